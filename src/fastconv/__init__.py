@@ -1,0 +1,18 @@
+"""fastconv: fast, verified neural-network kernels behind one NumPy-style API.
+
+Every op takes ``backend="auto"`` (or a backend name), validates its input once, and dispatches to
+a backend (see :func:`available_backends`). Semantics are PyTorch's: NCHW, cross-correlation,
+``torch.nn.functional`` argument names and defaults.
+"""
+
+from ._dispatch import BackendUnavailableError, available_backends, backend_status, use_backend
+from .ops.activation import *  # noqa: F401,F403
+from .ops.conv import *  # noqa: F401,F403
+from .ops.dropout import *  # noqa: F401,F403
+from .ops.linear import *  # noqa: F401,F403
+from .ops.loss import *  # noqa: F401,F403
+from .ops.norm import *  # noqa: F401,F403
+from .ops.pool import *  # noqa: F401,F403
+from .ops.shape import *  # noqa: F401,F403
+
+__version__ = "0.1.0"

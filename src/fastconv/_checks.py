@@ -1,0 +1,99 @@
+"""Validation of user arrays: the one place that turns a bad input into a clear error.
+
+Every public op calls these before dispatching, so every backend raises the same error type with
+the same message for the same mistake. Backends assume what is checked here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: dtypes every backend accepts. Anything else (integers, bool, float16, complex) is a TypeError.
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_cupy(a) -> bool:
+    """True for a CuPy array, without importing CuPy (``import fastconv`` must not)."""
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def array_module(a):
+    """numpy, or cupy for a CuPy array: lets the API allocate results on the input's device."""
+    if is_cupy(a):
+        import cupy  # only reached when the caller already holds a CuPy array
+
+        return cupy
+    return np
+
+
+def check_array(op: str, name: str, a, *, dims: str | None = None, ndim: int | None = None,
+                min_ndim: int | None = None, float_only: bool = True):
+    """Check that ``a`` is a NumPy/CuPy float array of the right rank, and return it.
+
+    ``dims`` spells the expected axes for the message, e.g. ``"(N, C_in, H, W)"``; ``ndim``
+    defaults to its number of axes.
+    """
+    if not (isinstance(a, np.ndarray) or is_cupy(a)):
+        raise TypeError(f"{op}: expected {name} to be a numpy.ndarray (or a cupy.ndarray), "
+                        f"got {type(a).__name__}")
+    if ndim is None and dims is not None:
+        ndim = len([axis for axis in dims.strip("()").split(",") if axis.strip()])
+    if ndim is not None and a.ndim != ndim:
+        what = f"{ndim} dims {dims}" if dims else f"{ndim} dims"
+        raise ValueError(f"{op}: expected {name} with {what}, got shape {tuple(a.shape)}")
+    if min_ndim is not None and a.ndim < min_ndim:
+        raise ValueError(f"{op}: expected {name} with at least {min_ndim} dims, got shape {tuple(a.shape)}")
+    if float_only and a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: expected {name} of dtype float32 or float64, got {a.dtype}")
+    return a
+
+
+def check_same_kind(op: str, **arrays) -> None:
+    """All given arrays (None entries skipped) share one dtype and one device."""
+    given = {k: v for k, v in arrays.items() if v is not None}
+    dtypes = {k: v.dtype for k, v in given.items()}
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{k} {d}" for k, d in dtypes.items())
+        raise TypeError(f"{op}: expected arrays of one dtype, got {listed}")
+    devices = {k: ("cupy" if is_cupy(v) else "numpy") for k, v in given.items()}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{k} on {d}" for k, d in devices.items())
+        raise TypeError(f"{op}: expected arrays on one device, got {listed}")
+
+
+def check_shape(op: str, name: str, a, expected: tuple[int, ...]) -> None:
+    if a is not None and tuple(a.shape) != tuple(expected):
+        raise ValueError(f"{op}: expected {name} of shape {tuple(expected)}, got {tuple(a.shape)}")
+
+
+def check_needs(op: str, needs, count: int) -> tuple[bool, ...]:
+    """``needs`` is a tuple of ``count`` bools saying which gradients to compute."""
+    if not isinstance(needs, (tuple, list)) or len(needs) != count or \
+            not all(isinstance(n, (bool, np.bool_)) for n in needs):
+        raise TypeError(f"{op}: expected needs to be a tuple of {count} bools, got {needs!r}")
+    return tuple(bool(n) for n in needs)
+
+
+def check_choice(op: str, name: str, value, choices: tuple) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{op}: expected {name} to be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def check_float(op: str, name: str, value, *, low: float | None = None, high: float | None = None,
+                low_open: bool = False) -> float:
+    """A Python/NumPy real scalar within [low, high] (or (low, high] with ``low_open``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{op}: expected {name} to be a number, got {value!r}")
+    value = float(value)
+    if value != value:
+        raise ValueError(f"{op}: expected {name} to be a number, got nan")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{op}: expected {name} {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{op}: expected {name} <= {high}, got {value}")
+    return value
+
+
+def zeros(like, shape, dtype=None):
+    """A zero array on the device of ``like``: the result of an op on an empty batch."""
+    return array_module(like).zeros(shape, dtype=dtype or like.dtype)

@@ -1,0 +1,166 @@
+"""The backend registry and the choice of backend for each call.
+
+A backend is a package ``fastconv.backends.<name>`` with one module per op family
+(``conv``, ``pool``, ``linear``, ``activation``, ``loss``, ``norm``, ``dropout``); every backend uses
+the same function names and signatures in those modules. Backends are imported lazily, on first
+use, so ``import fastconv`` compiles nothing and imports neither CuPy nor Numba.
+
+Choosing: ``backend=`` on the call wins, then the innermost ``use_backend(...)`` context, then
+``"auto"``. ``"auto"`` sends CuPy arrays to ``cupy`` and NumPy arrays to the first available CPU
+backend in :data:`AUTO_ORDER` that implements the op. A backend the user *named* is never replaced
+by another: if it is missing, the error says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+from dataclasses import dataclass
+
+from ._checks import is_cupy
+
+
+class BackendUnavailableError(RuntimeError):
+    """A known backend could not be loaded here; the message carries the original reason."""
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    package: str
+    device: str  # "cpu" or "gpu"
+    summary: str
+
+
+#: Every backend fastconv knows, in one visible place. Adding a backend means adding a line here.
+REGISTRY: dict[str, BackendSpec] = {
+    spec.name: spec
+    for spec in (
+        BackendSpec("reference", "fastconv.backends.reference", "cpu",
+                    "NumPy, written to be obviously correct: the oracle"),
+    )
+}
+
+#: The order in which ``"auto"`` tries CPU backends: fastest first, the reference last.
+AUTO_ORDER: tuple[str, ...] = ("reference",)
+
+_loaded: dict[str, object] = {}
+_failed: dict[str, BaseException] = {}
+_current: contextvars.ContextVar[str] = contextvars.ContextVar("fastconv_backend", default="auto")
+
+
+def _check_name(name) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a str, got {name!r}")
+    if name != "auto" and name not in REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(REGISTRY)} (or 'auto')")
+    return name
+
+
+def _load(name: str):
+    """Import a backend's package once; remember the failure (with its reason) if it fails."""
+    if name in _loaded:
+        return _loaded[name]
+    if name not in _failed:
+        try:
+            _loaded[name] = importlib.import_module(REGISTRY[name].package)
+            return _loaded[name]
+        except Exception as exc:  # an extension that fails to load raises more than ImportError
+            _failed[name] = exc
+    exc = _failed[name]
+    raise BackendUnavailableError(
+        f"backend {name!r} is not available: {type(exc).__name__}: {exc}") from exc
+
+
+def backend_status() -> dict[str, str | None]:
+    """``{name: None}`` for each usable backend, ``{name: reason}`` for each that failed to load."""
+    status = {}
+    for name in REGISTRY:
+        try:
+            _load(name)
+            status[name] = None
+        except BackendUnavailableError as exc:
+            status[name] = str(exc)
+    return status
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that load on this machine, in registry order."""
+    return [name for name, reason in backend_status().items() if reason is None]
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run the enclosed calls on backend ``name`` (``"auto"`` restores the automatic choice).
+
+    The backend is loaded on entry, so a missing one fails here, with its reason.
+    """
+    _check_name(name)
+    if name != "auto":
+        _load(name)
+    token = _current.set(name)
+    try:
+        yield name
+    finally:
+        _current.reset(token)
+
+
+def _function(name: str, family: str, func: str):
+    """The function ``func`` of backend ``name``'s ``family`` module, or None if it has none."""
+    package = _load(name)
+    module_name = f"{package.__name__}.{family}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:  # the family exists but something it needs is missing
+            raise BackendUnavailableError(f"backend {name!r} cannot load {family} ops: {exc}") from exc
+        return None
+    return getattr(module, func, None)
+
+
+def implementers(family: str, func: str) -> list[str]:
+    """The available backends that implement ``family.func``."""
+    return [name for name in available_backends() if _function(name, family, func) is not None]
+
+
+def _usable(name: str) -> bool:
+    try:
+        _load(name)
+        return True
+    except BackendUnavailableError:
+        return False
+
+
+def select(op: str, family: str, func: str, backend, *arrays) -> tuple[str, object]:
+    """``(name, function)`` of the backend that runs ``family.func`` for this call.
+
+    ``backend`` is the call's argument (None or ``"auto"`` defer to ``use_backend``). ``"auto"``
+    sends CuPy arrays to ``cupy`` and NumPy arrays to the first usable backend in
+    :data:`AUTO_ORDER` that implements the function. A named backend is used or fails loudly.
+    """
+    name = _check_name("auto" if backend is None else backend)
+    if name == "auto":
+        name = _current.get()
+    on_gpu = any(is_cupy(a) for a in arrays if a is not None)
+    if name == "auto":
+        if on_gpu and "cupy" not in REGISTRY:
+            raise BackendUnavailableError(f"{op}: got CuPy arrays, but this build has no GPU backend")
+        candidates = ["cupy"] if on_gpu else [n for n in AUTO_ORDER if _usable(n)]
+    else:
+        device = REGISTRY[name].device
+        if on_gpu != (device == "gpu"):
+            where = "CuPy (GPU)" if on_gpu else "NumPy (CPU)"
+            raise TypeError(f"{op}: backend {name!r} runs on the {device.upper()} but got {where} arrays")
+        candidates = [name]
+    for candidate in candidates:
+        fn = _function(candidate, family, func)
+        if fn is not None:
+            return candidate, fn
+    raise NotImplementedError(f"{op}: backend {candidates[0]!r} does not implement {family}.{func}; "
+                              f"backends that do: {', '.join(implementers(family, func)) or 'none'}")
+
+
+def lookup(op: str, family: str, func: str, backend, *arrays):
+    """The function that runs ``family.func`` for this call (see :func:`select`)."""
+    return select(op, family, func, backend, *arrays)[1]

@@ -1,0 +1,302 @@
+"""Frozen parameter objects and the one place where output shapes are computed.
+
+The public API turns the many spellings users may write (``padding=1``, ``(1, 2)``, ``'same'``,
+``((top, bottom), (left, right))``) into one explicit form before any backend runs. Backends
+receive these objects and never re-derive a size, so a shape bug can only live here.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+
+# --------------------------------------------------------------------------------------------
+# scalar normalisation
+# --------------------------------------------------------------------------------------------
+
+def _is_int(value) -> bool:
+    # bool is an int subclass, but `stride=True` is a mistake, not a stride of 1
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def as_int(op: str, name: str, value, *, minimum: int | None = None) -> int:
+    """``value`` as a plain int, or a TypeError/ValueError that names the op and the value."""
+    if not _is_int(value):
+        raise TypeError(f"{op}: expected {name} to be an int, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{op}: expected {name} >= {minimum}, got {value}")
+    return value
+
+
+def as_pair(op: str, name: str, value, *, minimum: int | None = None) -> tuple[int, int]:
+    """An int or a sequence of two ints, as a pair ``(h, w)``."""
+    if _is_int(value):
+        pair = (value, value)
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        pair = tuple(value)
+    else:
+        raise TypeError(f"{op}: expected {name} to be an int or a pair of ints, got {value!r}")
+    return tuple(as_int(op, name, v, minimum=minimum) for v in pair)
+
+
+def as_single(op: str, name: str, value, *, minimum: int | None = None) -> int:
+    """An int or a 1-sequence of an int (PyTorch's 1-d spelling ``(k,)``), as an int."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    return as_int(op, name, value, minimum=minimum)
+
+
+# --------------------------------------------------------------------------------------------
+# convolution
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConvParams:
+    """One 2-d convolution problem: sizes and hyper-parameters, padding explicit per side.
+
+    The same object describes the forward (fprop), backward-input (dgrad) and backward-weight
+    (wgrad) passes: x is (N, C_in, H, W), w is (C_out, C_in/groups, KH, KW), y and dy are
+    (N, C_out, OH, OW).
+    """
+
+    N: int
+    C_in: int
+    H: int
+    W: int
+    C_out: int
+    KH: int
+    KW: int
+    OH: int
+    OW: int
+    stride_h: int = 1
+    stride_w: int = 1
+    pad_t: int = 0
+    pad_b: int = 0
+    pad_l: int = 0
+    pad_r: int = 0
+    dil_h: int = 1
+    dil_w: int = 1
+    groups: int = 1
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.C_in, self.H, self.W)
+
+    @property
+    def w_shape(self) -> tuple[int, int, int, int]:
+        return (self.C_out, self.C_in // self.groups, self.KH, self.KW)
+
+    @property
+    def y_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.C_out, self.OH, self.OW)
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds times two, per pass (the same count for fprop, dgrad and wgrad)."""
+        return 2 * self.N * self.C_out * self.OH * self.OW * (self.C_in // self.groups) * self.KH * self.KW
+
+
+def conv_padding(op: str, padding, K: tuple[int, int], dilation: tuple[int, int],
+                 stride: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Any accepted padding spelling as ``(top, bottom, left, right)``."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"{op}: padding='same' needs stride 1 (as in PyTorch), got stride {stride}")
+            sides = []
+            for k, d in zip(K, dilation):
+                total = d * (k - 1)
+                # PyTorch puts the odd pixel on the bottom/right side
+                sides += [total // 2, total - total // 2]
+            return tuple(sides)
+        raise ValueError(f"{op}: padding must be an int, a pair, 'same', 'valid' or "
+                         f"((top, bottom), (left, right)), got {padding!r}")
+    if (isinstance(padding, (tuple, list)) and len(padding) == 2
+            and all(isinstance(p, (tuple, list)) for p in padding)):
+        (t, b), (l, r) = (as_pair(op, "padding", p) for p in padding)
+        sides = (t, b, l, r)
+    else:
+        ph, pw = as_pair(op, "padding", padding)
+        sides = (ph, ph, pw, pw)
+    if min(sides) < 0:
+        raise ValueError(f"{op}: padding must be non-negative, got {padding!r}")
+    return sides
+
+
+def conv_params(op: str, x_shape, w_shape, stride, padding, dilation, groups) -> ConvParams:
+    """Validate the hyper-parameters against the shapes and compute the output size."""
+    N, C_in, H, W = x_shape
+    C_out, C_in_g, KH, KW = w_shape
+    stride = as_pair(op, "stride", stride, minimum=1)
+    dilation = as_pair(op, "dilation", dilation, minimum=1)
+    groups = as_int(op, "groups", groups, minimum=1)
+    pad_t, pad_b, pad_l, pad_r = conv_padding(op, padding, (KH, KW), dilation, stride)
+    if C_in % groups or C_out % groups:
+        raise ValueError(f"{op}: groups={groups} must divide C_in={C_in} and C_out={C_out}")
+    if C_in_g * groups != C_in:
+        raise ValueError(f"{op}: w has {C_in_g} input channels per group; x has C_in={C_in} with "
+                         f"groups={groups}, so expected {C_in // groups}")
+    if min(KH, KW) < 1 or C_out < 1 or C_in < 1:
+        raise ValueError(f"{op}: expected non-empty channels and kernel, got x {tuple(x_shape)} and w {tuple(w_shape)}")
+    span_h, span_w = dilation[0] * (KH - 1) + 1, dilation[1] * (KW - 1) + 1
+    Hp, Wp = H + pad_t + pad_b, W + pad_l + pad_r
+    if span_h > Hp or span_w > Wp:
+        raise ValueError(f"{op}: kernel {KH}x{KW} with dilation {dilation} spans {span_h}x{span_w}, "
+                         f"larger than the padded input {Hp}x{Wp}")
+    OH = (Hp - span_h) // stride[0] + 1
+    OW = (Wp - span_w) // stride[1] + 1
+    return ConvParams(N, C_in, H, W, C_out, KH, KW, OH, OW, stride[0], stride[1],
+                      pad_t, pad_b, pad_l, pad_r, dilation[0], dilation[1], groups)
+
+
+# --------------------------------------------------------------------------------------------
+# pooling
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PoolParams:
+    """One 2-d pooling problem: x is (N, C, H, W), y and dy are (N, C, OH, OW).
+
+    ``pad_h``/``pad_w`` are PyTorch's symmetric paddings; with ``ceil_mode`` the last window may
+    reach past the bottom/right padding, and kernels clip it there.
+    """
+
+    N: int
+    C: int
+    H: int
+    W: int
+    KH: int
+    KW: int
+    OH: int
+    OW: int
+    stride_h: int
+    stride_w: int
+    pad_h: int = 0
+    pad_w: int = 0
+    dil_h: int = 1
+    dil_w: int = 1
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+    divisor_override: int | None = None
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def y_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.C, self.OH, self.OW)
+
+
+def pool_output_size(size: int, k: int, pad: int, stride: int, dilation: int, ceil_mode: bool) -> int:
+    """PyTorch's ``pooling_output_shape``: with ceil_mode a window may not start in the right padding."""
+    span = dilation * (k - 1) + 1
+    numerator = size + 2 * pad - span + ((stride - 1) if ceil_mode else 0)
+    out = numerator // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def pool_params(op: str, x_shape, kernel_size, stride, padding, dilation, ceil_mode,
+                count_include_pad=True, divisor_override=None) -> PoolParams:
+    N, C, H, W = x_shape
+    KH, KW = as_pair(op, "kernel_size", kernel_size, minimum=1)
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        stride = (KH, KW)  # PyTorch: stride defaults to the kernel size
+    SH, SW = as_pair(op, "stride", stride, minimum=1)
+    PH, PW = as_pair(op, "padding", padding, minimum=0)
+    DH, DW = as_pair(op, "dilation", dilation, minimum=1)
+    if not isinstance(ceil_mode, bool) or not isinstance(count_include_pad, bool):
+        raise TypeError(f"{op}: ceil_mode and count_include_pad must be bools, "
+                        f"got {ceil_mode!r} and {count_include_pad!r}")
+    if divisor_override is not None:
+        divisor_override = as_int(op, "divisor_override", divisor_override)
+        if divisor_override == 0:
+            raise ValueError(f"{op}: divisor_override must be non-zero, got 0")
+    if PH > KH // 2 or PW > KW // 2:
+        raise ValueError(f"{op}: padding {(PH, PW)} must be at most half the kernel size {(KH, KW)}")
+    OH = pool_output_size(H, KH, PH, SH, DH, ceil_mode)
+    OW = pool_output_size(W, KW, PW, SW, DW, ceil_mode)
+    if OH < 1 or OW < 1:
+        raise ValueError(f"{op}: input {H}x{W} with kernel {(KH, KW)}, stride {(SH, SW)}, padding "
+                         f"{(PH, PW)}, dilation {(DH, DW)} gives output {OH}x{OW}, which is too small")
+    return PoolParams(N, C, H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW,
+                      bool(ceil_mode), bool(count_include_pad), divisor_override)
+
+
+@dataclass(frozen=True)
+class AdaptivePoolParams:
+    """Adaptive pooling, x (N, C, H, W) to y (N, C, OH, OW): window i along H spans
+    ``[floor(i*H/OH), ceil((i+1)*H/OH))``, so windows may overlap and differ in size."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    OH: int
+    OW: int
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def y_shape(self) -> tuple[int, int, int, int]:
+        return (self.N, self.C, self.OH, self.OW)
+
+
+def adaptive_pool_params(op: str, x_shape, output_size) -> AdaptivePoolParams:
+    """``output_size`` an int or a pair; ``None`` in the pair keeps that input size (PyTorch)."""
+    N, C, H, W = x_shape
+    if _is_int(output_size):
+        output_size = (output_size, output_size)
+    if not isinstance(output_size, (tuple, list)) or len(output_size) != 2:
+        raise TypeError(f"{op}: expected output_size to be an int or a pair, got {output_size!r}")
+    OH, OW = (size if o is None else as_int(op, "output_size", o, minimum=1)
+              for o, size in zip(output_size, (H, W)))
+    if H < 1 or W < 1:
+        raise ValueError(f"{op}: expected a non-empty image, got {H}x{W}")
+    return AdaptivePoolParams(N, C, H, W, OH, OW)
+
+
+def conv_transpose_params(op: str, x_shape, w_shape, stride, padding, output_padding, groups,
+                          dilation) -> ConvParams:
+    """A transposed convolution as the convolution whose backward-input it is.
+
+    x is (N, C_in, H, W) and w is (C_in, C_out/groups, KH, KW); the output y is
+    (N, C_out, OH, OW) with ``OH = (H-1)*stride - 2*padding + dilation*(KH-1) + output_padding + 1``.
+    The returned params describe the *equivalent convolution* from y-space to x-space: its input is
+    (N, C_out, OH, OW), its weight is w as given, its output is (N, C_in, H, W). Its OH/OW are set to
+    H/W explicitly: with output_padding the formula could give one more row, which the transposed
+    output does not have (kernels always use ``p.OH``/``p.OW``, never recompute them).
+    """
+    N, C_in, H, W = x_shape
+    C_in_w, C_out_g, KH, KW = w_shape
+    stride = as_pair(op, "stride", stride, minimum=1)
+    dilation = as_pair(op, "dilation", dilation, minimum=1)
+    groups = as_int(op, "groups", groups, minimum=1)
+    if isinstance(padding, str):
+        raise ValueError(f"{op}: padding must be an int or a pair, got {padding!r}")
+    ph, pw = as_pair(op, "padding", padding, minimum=0)
+    oph, opw = as_pair(op, "output_padding", output_padding, minimum=0)
+    if C_in_w != C_in:
+        raise ValueError(f"{op}: w has {C_in_w} input channels (dim 0), x has C_in={C_in}")
+    if C_in % groups:
+        raise ValueError(f"{op}: groups={groups} must divide C_in={C_in}")
+    if min(KH, KW, C_out_g, C_in) < 1:
+        raise ValueError(f"{op}: expected non-empty channels and kernel, got x {tuple(x_shape)} and w {tuple(w_shape)}")
+    for o, s, d, axis in ((oph, stride[0], dilation[0], "H"), (opw, stride[1], dilation[1], "W")):
+        if o >= s and o >= d:  # PyTorch's rule: smaller than either stride or dilation
+            raise ValueError(f"{op}: output_padding {o} along {axis} must be smaller than either "
+                             f"stride {s} or dilation {d}")
+    OH = (H - 1) * stride[0] - 2 * ph + dilation[0] * (KH - 1) + oph + 1
+    OW = (W - 1) * stride[1] - 2 * pw + dilation[1] * (KW - 1) + opw + 1
+    if OH < 1 or OW < 1 or H < 1 or W < 1:
+        raise ValueError(f"{op}: input {H}x{W} with padding {(ph, pw)} gives output {OH}x{OW}, which is too small")
+    return ConvParams(N, C_out_g * groups, OH, OW, C_in, KH, KW, H, W, stride[0], stride[1],
+                      ph, ph, pw, pw, dilation[0], dilation[1], groups)

@@ -1,0 +1,1 @@
+"""The public ops, one module per family; ``fastconv/__init__.py`` re-exports them."""

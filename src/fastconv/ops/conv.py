@@ -1,0 +1,175 @@
+"""Public convolution ops: conv2d, conv1d, conv_transpose2d, each with its backward.
+
+Every op validates here, once, builds a :class:`~fastconv._params.ConvParams`, and dispatches to
+the backend's ``conv`` module (``conv2d_forward``, ``conv2d_backward_input``,
+``conv2d_backward_weight``, ``conv2d_backward_bias``). conv1d is conv2d with H = 1, and a
+transposed convolution is the backward-input of the convolution it transposes, so three ops share
+four kernels per backend.
+"""
+
+from __future__ import annotations
+
+from .._checks import check_array, check_needs, check_same_kind, check_shape, zeros
+from .._dispatch import lookup
+from .._params import ConvParams, as_int, as_single, conv_params, conv_transpose_params
+
+_X = "(N, C_in, H, W)"
+_W = "(C_out, C_in/groups, KH, KW)"
+
+
+def _check_conv2d(op, x, w, b, stride, padding, dilation, groups) -> ConvParams:
+    check_array(op, "x", x, dims=_X)
+    check_array(op, "w", w, dims=_W)
+    if b is not None:
+        check_array(op, "b", b, dims="(C_out,)")
+    check_same_kind(op, x=x, w=w, b=b)
+    p = conv_params(op, x.shape, w.shape, stride, padding, dilation, groups)
+    check_shape(op, "b", b, (p.C_out,))
+    return p
+
+
+def _forward(op, x, w, b, p, backend):
+    if p.N == 0:
+        return zeros(x, p.y_shape)
+    return lookup(op, "conv", "conv2d_forward", backend, x, w, b)(x, w, b, p)
+
+
+def _backward(op, dy, x, w, p, needs, backend):
+    """(dx, dw, db) of the convolution ``p`` given dy; None for what ``needs`` leaves out."""
+    need_dx, need_dw, need_db = needs
+    dx = dw = db = None
+    if p.N == 0:  # nothing flows back from an empty batch
+        return (zeros(x, p.x_shape) if need_dx else None, zeros(w, p.w_shape) if need_dw else None,
+                zeros(w, (p.C_out,)) if need_db else None)
+    if need_dx:
+        dx = lookup(op, "conv", "conv2d_backward_input", backend, dy, w)(dy, w, p)
+    if need_dw:
+        dw = lookup(op, "conv", "conv2d_backward_weight", backend, dy, x)(dy, x, p)
+    if need_db:
+        db = lookup(op, "conv", "conv2d_backward_bias", backend, dy)(dy)
+    return dx, dw, db
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend="auto"):
+    """2-d cross-correlation, as ``torch.nn.functional.conv2d``.
+
+    x (N, C_in, H, W), w (C_out, C_in/groups, KH, KW), b (C_out,) or None -> y (N, C_out, OH, OW).
+    ``padding``: an int, a pair (ph, pw), ``'same'``, ``'valid'`` or ``((top, bottom), (left, right))``.
+    """
+    p = _check_conv2d("conv2d", x, w, b, stride, padding, dilation, groups)
+    return _forward("conv2d", x, w, b, p, backend)
+
+
+def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, *,
+                    needs=(True, True, True), backend="auto"):
+    """Gradients ``(dx, dw, db)`` of :func:`conv2d` given dy (N, C_out, OH, OW).
+
+    ``needs`` picks which of the three to compute; the others are None.
+    """
+    op = "conv2d_backward"
+    needs = check_needs(op, needs, 3)
+    p = _check_conv2d(op, x, w, None, stride, padding, dilation, groups)
+    check_array(op, "dy", dy, dims="(N, C_out, OH, OW)")
+    check_same_kind(op, dy=dy, x=x)
+    check_shape(op, "dy", dy, p.y_shape)
+    return _backward(op, dy, x, w, p, needs, backend)
+
+
+# --------------------------------------------------------------------------------------------
+# conv1d: conv2d over (N, C, 1, L)
+# --------------------------------------------------------------------------------------------
+
+def _padding_1d(op, padding):
+    """1-d padding (int, ``(p,)``, ``(left, right)``, 'same', 'valid') in conv2d's per-side form."""
+    if isinstance(padding, str):
+        return padding
+    if isinstance(padding, (tuple, list)) and len(padding) == 2:
+        left, right = (as_int(op, "padding", v) for v in padding)
+        return ((0, 0), (left, right))
+    return (0, as_single(op, "padding", padding))
+
+
+def _params_1d(op, x, w, b, stride, padding, dilation, groups):
+    check_array(op, "x", x, dims="(N, C_in, L)")
+    check_array(op, "w", w, dims="(C_out, C_in/groups, K)")
+    x2, w2 = x[:, :, None, :], w[:, :, None, :]  # views: (N, C_in, 1, L), (C_out, C_in/g, 1, K)
+    p = _check_conv2d(op, x2, w2, b, (1, as_single(op, "stride", stride)), _padding_1d(op, padding),
+                      (1, as_single(op, "dilation", dilation)), groups)
+    return x2, w2, p
+
+
+def conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend="auto"):
+    """1-d cross-correlation, as ``torch.nn.functional.conv1d``: x (N, C_in, L) -> y (N, C_out, OL).
+
+    ``padding``: an int, ``(p,)``, ``'same'``, ``'valid'`` or per side ``(left, right)``.
+    """
+    x2, w2, p = _params_1d("conv1d", x, w, b, stride, padding, dilation, groups)
+    return _forward("conv1d", x2, w2, b, p, backend)[:, :, 0, :]
+
+
+def conv1d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, *,
+                    needs=(True, True, True), backend="auto"):
+    """Gradients ``(dx, dw, db)`` of :func:`conv1d` given dy (N, C_out, OL)."""
+    op = "conv1d_backward"
+    needs = check_needs(op, needs, 3)
+    x2, w2, p = _params_1d(op, x, w, None, stride, padding, dilation, groups)
+    check_array(op, "dy", dy, dims="(N, C_out, OL)")
+    check_same_kind(op, dy=dy, x=x)
+    check_shape(op, "dy", dy, (p.N, p.C_out, p.OW))
+    dx, dw, db = _backward(op, dy[:, :, None, :], x2, w2, p, needs, backend)
+    return (None if dx is None else dx[:, :, 0, :], None if dw is None else dw[:, :, 0, :], db)
+
+
+# --------------------------------------------------------------------------------------------
+# conv_transpose2d: the backward-input of a convolution from y-space to x-space
+# --------------------------------------------------------------------------------------------
+
+def _params_transpose(op, x, w, b, stride, padding, output_padding, groups, dilation) -> ConvParams:
+    check_array(op, "x", x, dims=_X)
+    check_array(op, "w", w, dims="(C_in, C_out/groups, KH, KW)")
+    if b is not None:
+        check_array(op, "b", b, dims="(C_out,)")
+    check_same_kind(op, x=x, w=w, b=b)
+    p = conv_transpose_params(op, x.shape, w.shape, stride, padding, output_padding, groups, dilation)
+    check_shape(op, "b", b, (p.C_in,))  # the equivalent convolution's input channels are y's
+    return p
+
+
+def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+                     backend="auto"):
+    """Transposed 2-d convolution, as ``torch.nn.functional.conv_transpose2d``.
+
+    x (N, C_in, H, W), w (C_in, C_out/groups, KH, KW), b (C_out,) -> y (N, C_out, OH, OW).
+    """
+    op = "conv_transpose2d"
+    p = _params_transpose(op, x, w, b, stride, padding, output_padding, groups, dilation)
+    if p.N == 0:
+        return zeros(x, p.x_shape)
+    # the equivalent convolution maps y-space (its x) to x-space (its y): x plays its dy
+    y = lookup(op, "conv", "conv2d_backward_input", backend, x, w)(x, w, p)  # (N, C_out, OH, OW)
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
+    return y
+
+
+def conv_transpose2d_backward(dy, x, w, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+                              needs=(True, True, True), backend="auto"):
+    """Gradients ``(dx, dw, db)`` of :func:`conv_transpose2d` given dy (N, C_out, OH, OW)."""
+    op = "conv_transpose2d_backward"
+    need_dx, need_dw, need_db = check_needs(op, needs, 3)
+    p = _params_transpose(op, x, w, None, stride, padding, output_padding, groups, dilation)
+    check_array(op, "dy", dy, dims="(N, C_out, OH, OW)")
+    check_same_kind(op, dy=dy, x=x)
+    check_shape(op, "dy", dy, p.x_shape)
+    if p.N == 0:
+        return (zeros(x, x.shape) if need_dx else None, zeros(w, w.shape) if need_dw else None,
+                zeros(w, (p.C_in,)) if need_db else None)
+    # in the equivalent convolution dy is the input and x the output gradient
+    dx = lookup(op, "conv", "conv2d_forward", backend, dy, w)(dy, w, None, p) if need_dx else None
+    dw = lookup(op, "conv", "conv2d_backward_weight", backend, x, dy)(x, dy, p) if need_dw else None
+    db = lookup(op, "conv", "conv2d_backward_bias", backend, dy)(dy) if need_db else None
+    return dx, dw, db
+
+
+__all__ = ["conv2d", "conv2d_backward", "conv1d", "conv1d_backward", "conv_transpose2d",
+           "conv_transpose2d_backward"]

@@ -1,0 +1,91 @@
+"""What every test module shares: tolerances, comparisons, random inputs, finite differences.
+
+One tolerance table per dtype; ``|a - ref| <= atol + rtol * |ref|`` everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: (atol, rtol) per dtype, for comparing a backend with the reference on random data.
+TOLERANCE = {
+    np.dtype(np.float32): (2e-4, 2e-4),
+    np.dtype(np.float64): (1e-10, 1e-10),
+}
+
+DTYPES = (np.float32, np.float64)
+
+
+def assert_close(actual, expected, what: str = "", scale: float = 1.0):
+    """``actual`` matches ``expected`` within the dtype's tolerance (times ``scale``)."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    atol, rtol = (t * scale for t in TOLERANCE[expected.dtype])
+    bad = ~(np.abs(actual - expected) <= atol + rtol * np.abs(expected))
+    bad &= ~(np.isnan(actual) & np.isnan(expected))
+    if bad.any():
+        i = np.unravel_index(np.argmax(bad), bad.shape)
+        raise AssertionError(f"{what}: {bad.sum()} of {bad.size} elements differ; first at {i}: "
+                             f"{actual[i]!r} vs expected {expected[i]!r}")
+
+
+def assert_equal(actual, expected, what: str = ""):
+    """Bit-for-bit equality (NaN equals NaN): for exact small-integer inputs."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    np.testing.assert_array_equal(actual, expected, err_msg=what)
+
+
+def assert_fresh_output(out, dtype, *inputs):
+    """An op's result is a new C-contiguous array of the input dtype, sharing no memory with inputs."""
+    assert isinstance(out, np.ndarray), type(out)
+    assert out.dtype == np.dtype(dtype), (out.dtype, dtype)
+    assert out.flags.c_contiguous, "result is not C-contiguous"
+    for a in inputs:
+        if a is not None:
+            assert not np.shares_memory(out, a), "result shares memory with an input"
+
+
+def small_ints(rng, shape, dtype, low=-3, high=4):
+    """Random small integers as floats: products and sums of a few of them are exact in float32."""
+    return rng.integers(low, high, size=shape).astype(dtype)
+
+
+def randn(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def numerical_gradient(f, x, dy, eps=1e-6):
+    """d/dx of ``sum(f(x) * dy)`` by central differences, in float64. ``x`` is not modified."""
+    x = np.array(x, dtype=np.float64)
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        orig = flat[i]
+        flat[i] = orig + eps
+        plus = np.sum(f(x) * dy)
+        flat[i] = orig - eps
+        minus = np.sum(f(x) * dy)
+        flat[i] = orig
+        gflat[i] = (plus - minus) / (2 * eps)
+    return grad
+
+
+def assert_gradient(analytic, f, x, dy, what: str = "", eps=1e-6, tol=1e-6):
+    """Compare an analytic gradient with central differences of ``sum(f(x) * dy)``."""
+    numeric = numerical_gradient(f, x, dy, eps)
+    err = np.max(np.abs(analytic - numeric) / (1.0 + np.abs(numeric))) if numeric.size else 0.0
+    assert err < tol, f"{what}: finite-difference mismatch, max relative error {err:.3g}"
+
+
+def snapshot(*arrays):
+    """Copies of the inputs, to check afterwards that an op left them unchanged."""
+    return [None if a is None else np.array(a, copy=True) for a in arrays]
+
+
+def assert_unchanged(arrays, copies):
+    for a, c in zip(arrays, copies):
+        if a is not None:
+            np.testing.assert_array_equal(a, c, err_msg="an op modified its input")
