@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-#: (atol, rtol) per dtype, for comparing a backend with the reference on random data.
-TOLERANCE = {
-    np.dtype(np.float32): (2e-4, 2e-4),
-    np.dtype(np.float64): (1e-10, 1e-10),
-}
+from fastconv.verify import TOLERANCE  # the project's one tolerance table, shared with `fastconv check`
 
 DTYPES = (np.float32, np.float64)
 
