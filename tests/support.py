@@ -5,21 +5,28 @@ One tolerance table per dtype; ``|a - ref| <= atol + rtol * |ref|`` everywhere.
 
 from __future__ import annotations
 
-import numpy as np
+import warnings
 
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv._dispatch import implementers
 from fastconv.verify import TOLERANCE  # the project's one tolerance table, shared with `fastconv check`
 
 DTYPES = (np.float32, np.float64)
 
 
 def assert_close(actual, expected, what: str = "", scale: float = 1.0):
-    """``actual`` matches ``expected`` within the dtype's tolerance (times ``scale``)."""
+    """``actual`` matches ``expected`` within the dtype's tolerance (times ``scale``); NaN matches NaN
+    and an infinity matches the same infinity."""
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     atol, rtol = (t * scale for t in TOLERANCE[expected.dtype])
-    bad = ~(np.abs(actual - expected) <= atol + rtol * np.abs(expected))
-    bad &= ~(np.isnan(actual) & np.isnan(expected))
+    with np.errstate(invalid="ignore"):  # inf - inf: equal infinities are caught by the == below
+        bad = ~(np.abs(actual - expected) <= atol + rtol * np.abs(expected))
+    bad &= ~((actual == expected) | (np.isnan(actual) & np.isnan(expected)))
     if bad.any():
         i = np.unravel_index(np.argmax(bad), bad.shape)
         raise AssertionError(f"{what}: {bad.sum()} of {bad.size} elements differ; first at {i}: "
@@ -74,6 +81,27 @@ def assert_gradient(analytic, f, x, dy, what: str = "", eps=1e-6, tol=1e-6):
     numeric = numerical_gradient(f, x, dy, eps)
     err = np.max(np.abs(analytic - numeric) / (1.0 + np.abs(numeric))) if numeric.size else 0.0
     assert err < tol, f"{what}: finite-difference mismatch, max relative error {err:.3g}"
+
+
+def backends_implementing(family: str, *funcs: str) -> list[str]:
+    """The available backends that implement every one of ``family``'s kernels ``funcs``."""
+    return [name for name in fastconv.available_backends()
+            if all(name in implementers(family, f) for f in funcs)]
+
+
+def require(backend: str, family: str, *funcs: str) -> str:
+    """Skip a backend-matrix test for a backend that does not implement these kernels yet."""
+    missing = [f for f in funcs if backend not in implementers(family, f)]
+    if missing:
+        pytest.skip(f"backend {backend!r} does not implement {family}.{', '.join(missing)} yet")
+    return backend
+
+
+def without_warnings(op, *args, **kwargs):
+    """op(...), failing on any warning (an overflow or invalid-value RuntimeWarning above all)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return op(*args, **kwargs)
 
 
 def snapshot(*arrays):

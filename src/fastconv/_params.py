@@ -225,6 +225,15 @@ def pool_params(op: str, x_shape, kernel_size, stride, padding, dilation, ceil_m
     if OH < 1 or OW < 1:
         raise ValueError(f"{op}: input {H}x{W} with kernel {(KH, KW)}, stride {(SH, SW)}, padding "
                          f"{(PH, PW)}, dilation {(DH, DW)} gives output {OH}x{OW}, which is too small")
+    # With dilation a window that starts in the padding can step over the whole image. PyTorch then
+    # returns -inf with an index outside the image, which its own backward writes out of bounds
+    # (a crash); here it is an error. Windows starting inside the image always hit it.
+    for axis, size, k, s, pad, d, out in (("H", H, KH, SH, PH, DH, OH), ("W", W, KW, SW, PW, DW, OW)):
+        for o in range(min(out, pad // s + 1)):
+            start = o * s - pad
+            if not any(0 <= start + t * d < size for t in range(k)):
+                raise ValueError(f"{op}: window {o} along {axis} (taps {start}, {start + d}, ... with "
+                                 f"dilation {d}) lies entirely in the padding of the input {H}x{W}")
     return PoolParams(N, C, H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW,
                       bool(ceil_mode), bool(count_include_pad), divisor_override)
 

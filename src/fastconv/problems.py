@@ -91,4 +91,8 @@ POOL_PROBLEMS = [
     Pool("batch_1_odd_c", 1, 5, 5, 9, 2, stride=(1, 2)),
     Pool("output_1x1", 2, 3, 4, 5, (4, 5)),
     Pool("image_1x1", 2, 3, 1, 1, 1),
+    # dilated windows that start in the padding and, with ceil_mode, hang over the bottom/right
+    Pool("dilation_pad_ceil", 2, 3, 9, 11, (2, 3), stride=(2, 3), padding=1, dilation=(3, 2), ceil_mode=True),
+    # stride larger than the kernel: some pixels are in no window and get no gradient
+    Pool("stride_exceeds_kernel", 1, 2, 7, 9, (2, 1), stride=(3, 4)),
 ]

@@ -1,2 +1,157 @@
-"""(being written)"""
-__all__ = []
+"""Public batch normalisation ops, as ``torch.nn.functional.batch_norm``.
+
+x is (N, C, *) with 2 to 5 dims; it is viewed here, once, as (N, C, L) with L the product of the
+spatial dims, and the backend's ``norm`` module sees only that 3-d view and (C,) vectors:
+
+- ``batch_norm_stats(x) -> (mean, var)``: per-channel batch mean and biased variance;
+- ``batch_norm_forward(x, mean, invstd, weight, bias) -> y`` (weight and bias may be None);
+- ``batch_norm_backward_reduce(dy, x, mean, invstd) -> (sum_dy, sum_dy_xhat)``;
+- ``batch_norm_backward_input(dy, x, mean, invstd, weight, sum_dy, sum_dy_xhat) -> dx`` (training).
+
+What is computed on (C,) vectors (invstd from the variance, the running-statistic update) is
+done here, in one place, with array arithmetic that works on any device. Backends never see an
+empty x.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from .._checks import check_array, check_float, check_needs, check_same_kind, check_shape, zeros
+from .._dispatch import lookup
+
+
+class BatchNormResult(NamedTuple):
+    """The output ``y``; the ``mean`` and ``invstd`` (C,) that normalised x, to pass back to
+    :func:`batch_norm_backward` by name; and the NEW running statistics (None when not given)."""
+
+    y: Any
+    mean: Any
+    invstd: Any
+    running_mean: Any
+    running_var: Any
+
+
+def _check_x(op, name, x):
+    check_array(op, name, x)
+    if not 2 <= x.ndim <= 5:
+        raise ValueError(f"{op}: expected {name} with 2 to 5 dims (N, C, *), got shape {tuple(x.shape)}")
+
+
+def _check_channels(op, C, **vectors):
+    """Each given vector is a (C,) array."""
+    for name, v in vectors.items():
+        if v is not None:
+            check_array(op, name, v, dims="(C,)")
+            check_shape(op, name, v, (C,))
+
+
+def _check_bool(op, name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}: expected {name} to be a bool, got {value!r}")
+
+
+def _as_3d(x):
+    """(N, C, *) -> (N, C, L); reshape, not -1: L may be 0."""
+    return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
+
+
+def _invstd(var, eps):
+    return 1 / (var + eps) ** 0.5  # (C,)
+
+
+def _momentum_update(running, batch, momentum):
+    """PyTorch's running-statistic update, the one place it is computed: a new array."""
+    return (1 - momentum) * running + momentum * batch  # (C,)
+
+
+def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, backend="auto"):
+    """Batch normalisation of x (N, C, *), 2 to 5 dims: ``(x - mean) * invstd * weight + bias``.
+
+    In training, mean and invstd = 1/sqrt(var + eps) come from the batch (biased variance), and
+    the returned running statistics are new arrays ``(1 - momentum) * running + momentum * batch``
+    (unbiased variance for running_var); the given ones are never modified. In inference the
+    running statistics normalise x and are required; they are returned as copies. Returns
+    :class:`BatchNormResult`.
+    """
+    op = "batch_norm"
+    _check_x(op, "x", x)
+    N, C = x.shape[:2]
+    _check_channels(op, C, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    check_same_kind(op, x=x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    _check_bool(op, "training", training)
+    momentum = check_float(op, "momentum", momentum)
+    eps = check_float(op, "eps", eps, low=0.0)
+    x3 = _as_3d(x)  # (N, C, L)
+    n = N * x3.shape[2]  # values per channel
+    if training:
+        if n == 1:
+            raise ValueError(f"{op}: expected more than 1 value per channel when training, "
+                             f"got x of shape {tuple(x.shape)}")
+        if x.size == 0:  # an empty batch has no statistics: mean 0, variance 0, running stats kept
+            mean, var = zeros(x, (C,)), zeros(x, (C,))
+            new_mean = None if running_mean is None else running_mean.copy()
+            new_var = None if running_var is None else running_var.copy()
+        else:
+            mean, var = lookup(op, "norm", "batch_norm_stats", backend, x3)(x3)
+            new_mean = None if running_mean is None else _momentum_update(running_mean, mean, momentum)
+            new_var = None if running_var is None else _momentum_update(running_var, var * (n / (n - 1)), momentum)
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError(f"{op}: running_mean and running_var are required in inference "
+                             f"(training=False)")
+        mean, var = running_mean.copy(), running_var
+        new_mean, new_var = running_mean.copy(), running_var.copy()
+    invstd = _invstd(var, eps)
+    if x.size == 0:
+        y = zeros(x, x.shape)
+    else:
+        y = lookup(op, "norm", "batch_norm_forward", backend, x3)(x3, mean, invstd, weight, bias).reshape(x.shape)
+    return BatchNormResult(y, mean, invstd, new_mean, new_var)
+
+
+def batch_norm_backward(dy, x, weight=None, *, mean, invstd, training, needs=(True, True, True),
+                        backend="auto"):
+    """Gradients ``(dx, dweight, dbias)`` of :func:`batch_norm` given dy of x's shape.
+
+    ``mean`` and ``invstd`` are the forward's (``BatchNormResult.mean/.invstd``). In inference
+    they are constants and ``dx = dy * weight * invstd``; in training dx carries the batch terms
+    through them. dweight is None when weight is None (the forward had no scale) or ``needs`` leaves
+    it out; dbias (the sum of dy per channel) follows ``needs`` alone, since a bias may be given
+    without a weight, as in PyTorch.
+    """
+    op = "batch_norm_backward"
+    need_dx, need_dw, need_db = check_needs(op, needs, 3)
+    _check_x(op, "x", x)
+    check_array(op, "dy", dy)
+    check_shape(op, "dy", dy, x.shape)
+    C = x.shape[1]
+    _check_channels(op, C, weight=weight, mean=mean, invstd=invstd)
+    if mean is None or invstd is None:
+        raise ValueError(f"{op}: mean and invstd (from the forward's result) are required")
+    check_same_kind(op, dy=dy, x=x, weight=weight, mean=mean, invstd=invstd)
+    _check_bool(op, "training", training)
+    need_dw = need_dw and weight is not None
+    if x.size == 0:  # nothing flows back from an empty batch
+        return (zeros(x, x.shape) if need_dx else None, zeros(x, (C,)) if need_dw else None,
+                zeros(x, (C,)) if need_db else None)
+    x3, dy3 = _as_3d(x), _as_3d(dy)  # (N, C, L)
+    sum_dy = sum_dy_xhat = None
+    if need_dw or need_db or (need_dx and training):
+        reduce = lookup(op, "norm", "batch_norm_backward_reduce", backend, dy3, x3)
+        sum_dy, sum_dy_xhat = reduce(dy3, x3, mean, invstd)
+    dx = None
+    if need_dx and training:
+        backward_input = lookup(op, "norm", "batch_norm_backward_input", backend, dy3, x3)
+        dx = backward_input(dy3, x3, mean, invstd, weight, sum_dy, sum_dy_xhat).reshape(x.shape)
+    elif need_dx:
+        # in inference batch norm is the per-channel affine map x * (invstd * weight) + const,
+        # so dx is the forward applied to dy with a zero mean and no bias
+        forward = lookup(op, "norm", "batch_norm_forward", backend, dy3)
+        dx = forward(dy3, zeros(x, (C,)), invstd, weight, None).reshape(x.shape)
+    return dx, sum_dy_xhat if need_dw else None, sum_dy if need_db else None
+
+
+__all__ = ["BatchNormResult", "batch_norm", "batch_norm_backward"]

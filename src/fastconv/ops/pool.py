@@ -1,2 +1,168 @@
-"""(being written)"""
-__all__ = []
+"""Public pooling ops: max_pool2d, avg_pool2d, adaptive_avg_pool2d, each with its backward.
+
+Every op validates here, once, builds a :class:`~fastconv._params.PoolParams` (or
+:class:`~fastconv._params.AdaptivePoolParams`), and dispatches to the backend's ``pool`` module:
+``max_pool2d_forward(x, p) -> (y, indices)``, ``max_pool2d_backward(dy, indices, p)``,
+``avg_pool2d_forward(x, p)``, ``avg_pool2d_backward(dy, p)``, ``adaptive_avg_pool2d_forward(x, p)``,
+``adaptive_avg_pool2d_backward(dy, p)``. Semantics are ``torch.nn.functional``'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .._checks import check_array, check_same_kind, check_shape, is_cupy, zeros
+from .._dispatch import lookup
+from .._params import AdaptivePoolParams, PoolParams, adaptive_pool_params, pool_params
+
+_X = "(N, C, H, W)"
+_Y = "(N, C, OH, OW)"
+
+
+class MaxPool2dResult(NamedTuple):
+    """``max_pool2d(..., return_indices=True)``: y and, per output, the flat index into its (n, c)
+    H*W plane of the chosen input pixel (int64, as PyTorch's). Pass ``indices=`` to the backward."""
+
+    y: Any
+    indices: Any
+
+
+def _check_dy(op, dy, x, shape):
+    check_array(op, "dy", dy, dims=_Y)
+    check_same_kind(op, dy=dy, x=x)
+    check_shape(op, "dy", dy, shape)
+
+
+# --------------------------------------------------------------------------------------------
+# max pooling
+# --------------------------------------------------------------------------------------------
+
+def _max_params(op, x, kernel_size, stride, padding, dilation, ceil_mode) -> PoolParams:
+    check_array(op, "x", x, dims=_X)
+    return pool_params(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def _check_indices(op, indices, x, p: PoolParams) -> None:
+    """User-given indices: a compiled backward scatters through them, so they must stay in the plane."""
+    check_array(op, "indices", indices, dims=_Y, float_only=False)
+    if indices.dtype != np.int64:
+        raise TypeError(f"{op}: expected indices of dtype int64, got {indices.dtype}")
+    if is_cupy(indices) != is_cupy(x):
+        raise TypeError(f"{op}: expected indices on the device of x")
+    check_shape(op, "indices", indices, p.y_shape)
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= p.H * p.W):
+        raise ValueError(f"{op}: expected indices in [0, H*W) = [0, {p.H * p.W}), got values from "
+                         f"{int(indices.min())} to {int(indices.max())}")
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False, *, backend="auto"):
+    """2-d max pooling, as ``torch.nn.functional.max_pool2d``: x (N, C, H, W) -> y (N, C, OH, OW).
+
+    ``stride`` defaults to ``kernel_size``; ``padding`` is at most half the kernel and never wins;
+    with ``ceil_mode`` the last window may hang over the bottom/right but never starts in the
+    right padding. Ties keep the first position in row-major window order; a NaN always wins (the
+    last NaN's position is kept). With ``return_indices`` the result is ``MaxPool2dResult(y, indices)``.
+    """
+    op = "max_pool2d"
+    p = _max_params(op, x, kernel_size, stride, padding, dilation, ceil_mode)
+    if not isinstance(return_indices, bool):
+        raise TypeError(f"{op}: expected return_indices to be a bool, got {return_indices!r}")
+    if x.size == 0:  # an empty batch (or no channels): empty results, no kernel call
+        y, indices = zeros(x, p.y_shape), zeros(x, p.y_shape, dtype=np.int64)
+    else:
+        y, indices = lookup(op, "pool", "max_pool2d_forward", backend, x)(x, p)
+    return MaxPool2dResult(y, indices) if return_indices else y
+
+
+def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
+                        indices=None, backend="auto"):
+    """dx of :func:`max_pool2d` given dy (N, C, OH, OW): each dy goes to its window's maximum.
+
+    ``indices`` from ``max_pool2d(..., return_indices=True)`` skip recomputing them from x; they
+    are checked to be int64, of y's shape and inside the H*W plane.
+    """
+    op = "max_pool2d_backward"
+    p = _max_params(op, x, kernel_size, stride, padding, dilation, ceil_mode)
+    _check_dy(op, dy, x, p.y_shape)
+    if indices is not None:
+        _check_indices(op, indices, x, p)
+    if x.size == 0:
+        return zeros(x, p.x_shape)
+    if indices is None:
+        _, indices = lookup(op, "pool", "max_pool2d_forward", backend, x)(x, p)
+    return lookup(op, "pool", "max_pool2d_backward", backend, dy, indices)(dy, indices, p)
+
+
+# --------------------------------------------------------------------------------------------
+# average pooling
+# --------------------------------------------------------------------------------------------
+
+def _avg_params(op, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                divisor_override) -> PoolParams:
+    check_array(op, "x", x, dims=_X)
+    return pool_params(op, x.shape, kernel_size, stride, padding, 1, ceil_mode, count_include_pad,
+                       divisor_override)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, *, backend="auto"):
+    """2-d average pooling, as ``torch.nn.functional.avg_pool2d``: x (N, C, H, W) -> y (N, C, OH, OW).
+
+    Each window's sum is divided by ``divisor_override`` if given, else by the window size cut at
+    the end of the padding (``count_include_pad=True``) or by its count of image pixels.
+    """
+    op = "avg_pool2d"
+    p = _avg_params(op, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    if x.size == 0:
+        return zeros(x, p.y_shape)
+    return lookup(op, "pool", "avg_pool2d_forward", backend, x)(x, p)
+
+
+def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=True, divisor_override=None, *, backend="auto"):
+    """dx of :func:`avg_pool2d` given dy (N, C, OH, OW); x gives only the shape and dtype."""
+    op = "avg_pool2d_backward"
+    p = _avg_params(op, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    _check_dy(op, dy, x, p.y_shape)
+    if x.size == 0:
+        return zeros(x, p.x_shape)
+    return lookup(op, "pool", "avg_pool2d_backward", backend, dy)(dy, p)
+
+
+# --------------------------------------------------------------------------------------------
+# adaptive average pooling
+# --------------------------------------------------------------------------------------------
+
+def _adaptive_params(op, x, output_size) -> AdaptivePoolParams:
+    check_array(op, "x", x, dims=_X)
+    return adaptive_pool_params(op, x.shape, output_size)
+
+
+def adaptive_avg_pool2d(x, output_size, *, backend="auto"):
+    """Adaptive average pooling, as ``torch.nn.functional.adaptive_avg_pool2d``.
+
+    ``output_size``: an int, or a pair whose None entries keep that input size; ``1`` is global
+    average pooling. Output row i averages input rows ``[floor(i*H/OH), ceil((i+1)*H/OH))``.
+    """
+    op = "adaptive_avg_pool2d"
+    p = _adaptive_params(op, x, output_size)
+    if x.size == 0:
+        return zeros(x, p.y_shape)
+    return lookup(op, "pool", "adaptive_avg_pool2d_forward", backend, x)(x, p)
+
+
+def adaptive_avg_pool2d_backward(dy, x, output_size, *, backend="auto"):
+    """dx of :func:`adaptive_avg_pool2d` given dy (N, C, OH, OW); x gives only the shape and dtype."""
+    op = "adaptive_avg_pool2d_backward"
+    p = _adaptive_params(op, x, output_size)
+    _check_dy(op, dy, x, p.y_shape)
+    if x.size == 0:
+        return zeros(x, p.x_shape)
+    return lookup(op, "pool", "adaptive_avg_pool2d_backward", backend, dy)(dy, p)
+
+
+__all__ = ["MaxPool2dResult", "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+           "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward"]

@@ -1,0 +1,263 @@
+"""linear: the reference against direct loops, finite differences and PyTorch (1-d to 4-d x);
+every backend against the reference (exact on small integers, close on random data); bad input."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from support import (backends_implementing, require, DTYPES, assert_close, assert_equal, assert_fresh_output, assert_gradient,
+                     assert_unchanged, randn, small_ints, snapshot)
+
+# (name, x shape, out_features): leading dims of every rank, odd sizes, batch 1, one feature
+LINEAR_PROBLEMS = [
+    ("batch_2d", (5, 7), 3),
+    ("vector_1d", (7,), 4),
+    ("seq_3d", (2, 3, 5), 6),
+    ("image_4d", (2, 1, 3, 4), 5),
+    ("batch_1", (1, 9), 1),
+    ("in_features_1", (4, 1), 3),
+    ("wide", (3, 33), 17),
+]
+PROBLEMS = [pytest.param(*p[1:], id=p[0]) for p in LINEAR_PROBLEMS]
+NAMES = ("forward", "dgrad", "wgrad", "bias grad")
+FUNCS = ("linear_forward", "linear_backward_input", "linear_backward_weight", "linear_backward_bias")
+
+
+@pytest.fixture
+def linear_backend(backend):
+    """The suite's backend matrix, less the backends that do not implement the linear passes yet."""
+    return require(backend, "linear", *FUNCS)
+
+
+def _inputs(make, rng, x_shape, out_features, dtype):
+    in_features = x_shape[-1]
+    return (make(rng, x_shape, dtype), make(rng, (out_features, in_features), dtype),
+            make(rng, (out_features,), dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# an independent formulation: direct loops over rows, outputs and inputs
+# --------------------------------------------------------------------------------------------
+
+def direct_linear(x, w, b):
+    rows = x.reshape(-1, x.shape[-1])
+    y = np.zeros((rows.shape[0], w.shape[0]), x.dtype)
+    for m in range(rows.shape[0]):
+        for o in range(w.shape[0]):
+            y[m, o] = b[o]
+            for k in range(w.shape[1]):
+                y[m, o] += rows[m, k] * w[o, k]
+    return y.reshape(*x.shape[:-1], w.shape[0])
+
+
+def direct_linear_grads(dy, x, w):
+    rows, drows = x.reshape(-1, x.shape[-1]), dy.reshape(-1, w.shape[0])
+    dx, dw, db = np.zeros_like(rows), np.zeros_like(w), np.zeros(w.shape[0], w.dtype)
+    for m in range(rows.shape[0]):
+        for o in range(w.shape[0]):
+            db[o] += drows[m, o]
+            for k in range(w.shape[1]):
+                dx[m, k] += drows[m, o] * w[o, k]
+                dw[o, k] += drows[m, o] * rows[m, k]
+    return dx.reshape(x.shape), dw, db
+
+
+@pytest.mark.parametrize("x_shape, out_features", PROBLEMS)
+def test_reference_matches_direct_loops_exactly(x_shape, out_features, rng):
+    x, w, b = _inputs(small_ints, rng, x_shape, out_features, np.float32)
+    y = fastconv.linear(x, w, b, backend="reference")
+    assert_equal(y, direct_linear(x, w, b), "forward")
+    dy = small_ints(rng, y.shape, np.float32)
+    for name, got, want in zip(NAMES[1:], fastconv.linear_backward(dy, x, w, backend="reference"),
+                               direct_linear_grads(dy, x, w)):
+        assert_equal(got, want, name)
+
+
+@pytest.mark.parametrize("x_shape, out_features", [p for p in PROBLEMS if p.id in ("seq_3d", "vector_1d", "batch_2d")])
+def test_reference_gradients_match_finite_differences(x_shape, out_features, rng):
+    x, w, b = _inputs(randn, rng, x_shape, out_features, np.float64)
+    run = lambda **kw: fastconv.linear(**{"x": x, "w": w, "b": b, **kw})  # noqa: E731
+    dy = randn(rng, run().shape, np.float64)
+    dx, dw, db = fastconv.linear_backward(dy, x, w, backend="reference")
+    assert_gradient(dx, lambda v: run(x=v), x, dy, "dx")
+    assert_gradient(dw, lambda v: run(w=v), w, dy, "dw")
+    assert_gradient(db, lambda v: run(b=v), b, dy, "db")
+
+
+# --------------------------------------------------------------------------------------------
+# against PyTorch
+# --------------------------------------------------------------------------------------------
+
+def torch_linear(x, w, b, dy):
+    """PyTorch's output and autograd gradients (db None when b is None)."""
+    torch = pytest.importorskip("torch")
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    bt = None if b is None else torch.tensor(b, requires_grad=True)
+    yt = torch.nn.functional.linear(xt, wt, bt)
+    yt.backward(torch.tensor(dy))
+    return yt.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(), None if bt is None else bt.grad.numpy()
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("x_shape, out_features", PROBLEMS)
+def test_reference_matches_torch(x_shape, out_features, dtype, with_bias, rng):
+    x, w, b = _inputs(randn, rng, x_shape, out_features, dtype)
+    b = b if with_bias else None
+    y = fastconv.linear(x, w, b, backend="reference")
+    dy = randn(rng, y.shape, dtype)
+    want = torch_linear(x, w, b, dy)
+    assert_close(y, want[0], "forward vs torch")
+    dx, dw, db = fastconv.linear_backward(dy, x, w, backend="reference")
+    assert_close(dx, want[1], "dx vs torch")
+    assert_close(dw, want[2], "dw vs torch")
+    assert_close(db, dy.reshape(-1, out_features).sum(axis=0) if b is None else want[3], "db vs torch")
+
+
+@pytest.mark.parametrize("x_shape, w_shape", [
+    pytest.param((0, 5), (3, 5), id="empty_batch"),
+    pytest.param((2, 0, 5), (3, 5), id="empty_middle_dim"),
+    pytest.param((4, 0), (3, 0), id="no_in_features"),
+    pytest.param((4, 5), (0, 5), id="no_out_features"),
+])
+def test_empty_sizes_match_torch(x_shape, w_shape, linear_backend, rng):
+    """Zero-size inputs give PyTorch's result (with no in_features y is the bias) and zero gradients."""
+    x, w, b = randn(rng, x_shape, np.float64), randn(rng, w_shape, np.float64), randn(rng, w_shape[0], np.float64)
+    y = fastconv.linear(x, w, b, backend=linear_backend)
+    dy = randn(rng, y.shape, np.float64)
+    want = torch_linear(x, w, b, dy)
+    assert_fresh_output(y, np.float64, x, w, b)
+    assert_equal(y, want[0], "forward")
+    for name, got, ref in zip(NAMES[1:], fastconv.linear_backward(dy, x, w, backend=linear_backend), want[1:]):
+        assert_fresh_output(got, np.float64, x, w, dy)
+        assert_equal(got, ref, name)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+def test_nan_and_inf_propagate(linear_backend):
+    x = np.ones((3, 4), np.float32)
+    x[0, 1], x[2, 3] = np.nan, np.inf
+    w = np.ones((2, 4), np.float32)
+    y = fastconv.linear(x, w, backend=linear_backend)
+    assert np.isnan(y[0]).all() and np.isinf(y[2]).all() and np.isfinite(y[1]).all()
+
+
+# --------------------------------------------------------------------------------------------
+# every backend against the reference
+# --------------------------------------------------------------------------------------------
+
+def _run_all(x, w, b, dy, backend):
+    return (fastconv.linear(x, w, b, backend=backend), *fastconv.linear_backward(dy, x, w, backend=backend))
+
+
+@pytest.mark.parametrize("x_shape, out_features", PROBLEMS)
+def test_backend_exact_on_small_integers(x_shape, out_features, linear_backend, rng):
+    x, w, b = _inputs(small_ints, rng, x_shape, out_features, np.float32)
+    dy = small_ints(rng, (*x_shape[:-1], out_features), np.float32)
+    inputs = snapshot(x, w, b, dy)
+    got = _run_all(x, w, b, dy, linear_backend)
+    assert_unchanged((x, w, b, dy), inputs)
+    for name, g, r in zip(NAMES, got, _run_all(x, w, b, dy, "reference")):
+        assert_equal(g, r, f"{name} on {linear_backend}")
+        assert_fresh_output(g, np.float32, x, w, b, dy)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("x_shape, out_features", PROBLEMS)
+def test_backend_close_on_random_data(x_shape, out_features, dtype, linear_backend, rng):
+    x, w, b = _inputs(randn, rng, x_shape, out_features, dtype)
+    dy = randn(rng, (*x_shape[:-1], out_features), dtype)
+    for name, g, r in zip(NAMES, _run_all(x, w, b, dy, linear_backend), _run_all(x, w, b, dy, "reference")):
+        assert_close(g, r, f"{name} on {linear_backend}")
+
+
+@pytest.mark.parametrize("x_shape, out_features", [p for p in PROBLEMS if p.id in ("batch_2d", "seq_3d", "image_4d")])
+def test_backend_accepts_non_contiguous_and_read_only_inputs(x_shape, out_features, linear_backend, rng):
+    x, w, b = _inputs(randn, rng, x_shape, out_features, np.float32)
+    dy = randn(rng, (*x_shape[:-1], out_features), np.float32)
+    want = _run_all(x, w, b, dy, "reference")
+    odd = [np.asfortranarray(a) for a in (x, w, dy)] + [np.repeat(b, 2)[::2]]
+    for a in odd:
+        a.setflags(write=False)
+    xo, wo, dyo, bo = odd
+    assert not (xo.flags.c_contiguous or wo.flags.c_contiguous or bo.flags.c_contiguous)
+    for name, g, r in zip(NAMES, _run_all(xo, wo, bo, dyo, linear_backend), want):
+        assert_close(g, r, f"{name} on {linear_backend} with non-contiguous read-only inputs")
+        assert_fresh_output(g, np.float32, xo, wo, bo, dyo)
+
+
+@pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True), (False,) * 3])
+def test_backward_computes_only_what_is_needed(needs, linear_backend, rng):
+    x, w, _ = _inputs(randn, rng, (2, 3, 5), 4, np.float64)
+    dy = randn(rng, (2, 3, 4), np.float64)
+    full = fastconv.linear_backward(dy, x, w, backend=linear_backend)
+    part = fastconv.linear_backward(dy, x, w, needs=needs, backend=linear_backend)
+    for need, f, p in zip(needs, full, part):
+        if need:
+            assert_equal(p, f)
+        else:
+            assert p is None
+
+
+# --------------------------------------------------------------------------------------------
+# bad input
+# --------------------------------------------------------------------------------------------
+
+f32 = np.float32
+X, W, DY = np.ones((2, 3, 5), f32), np.ones((4, 5), f32), np.ones((2, 3, 4), f32)
+
+BAD = [  # (id, op, args, kwargs, error type, text the message must contain)
+    ("x_0d", fastconv.linear, (np.ones((), f32), W), {}, ValueError, "expected x with at least 1 dims"),
+    ("w_1d", fastconv.linear, (X, np.ones(5, f32)), {}, ValueError, "expected w with 2 dims (out_features, in_features)"),
+    ("w_3d", fastconv.linear, (X, np.ones((4, 5, 1), f32)), {}, ValueError, "expected w with 2 dims"),
+    ("features_mismatch", fastconv.linear, (X, np.ones((4, 6), f32)), {}, ValueError, "expects in_features=6"),
+    ("bias_shape", fastconv.linear, (X, W, np.ones(3, f32)), {}, ValueError, "expected b of shape (4,)"),
+    ("bias_2d", fastconv.linear, (X, W, np.ones((4, 1), f32)), {}, ValueError, "expected b with 1 dims"),
+    ("integer_x", fastconv.linear, (X.astype(np.int64), W), {}, TypeError, "float32 or float64, got int64"),
+    ("integer_w", fastconv.linear, (X, W.astype(np.int32)), {}, TypeError, "got int32"),
+    ("mixed_dtypes", fastconv.linear, (X.astype(np.float64), W), {}, TypeError, "one dtype"),
+    ("list_x", fastconv.linear, (X.tolist(), W), {}, TypeError, "numpy.ndarray"),
+    ("dy_shape", fastconv.linear_backward, (np.ones((2, 3, 3), f32), X, W), {}, ValueError, "expected dy of shape (2, 3, 4)"),
+    ("dy_rank", fastconv.linear_backward, (np.ones((6, 4), f32), X, W), {}, ValueError, "expected dy of shape (2, 3, 4)"),
+    ("dy_dtype", fastconv.linear_backward, (DY.astype(np.float64), X, W), {}, TypeError, "one dtype"),
+    ("backward_features", fastconv.linear_backward, (DY, X, np.ones((4, 2), f32)), {}, ValueError, "in_features=2"),
+    ("needs_short", fastconv.linear_backward, (DY, X, W), {"needs": (True,)}, TypeError, "needs"),
+    ("needs_not_bool", fastconv.linear_backward, (DY, X, W), {"needs": (1, 0, 1)}, TypeError, "needs"),
+]
+
+
+@pytest.mark.parametrize("op, args, kwargs, error, text", [pytest.param(*c[1:], id=c[0]) for c in BAD])
+def test_bad_input_raises_clear_error(op, args, kwargs, error, text, backend):
+    arrays = [a for a in args if isinstance(a, np.ndarray)]
+    before = snapshot(*arrays)
+    with pytest.raises(error) as info:
+        op(*args, **kwargs, backend=backend)
+    message = str(info.value)
+    assert message.startswith(op.__name__ + ":"), message
+    assert text in message, message
+    assert_unchanged(arrays, before)
+
+
+# --------------------------------------------------------------------------------------------
+# property: random valid shapes against PyTorch, every backend against the reference
+# --------------------------------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(lead=st.lists(st.integers(0, 4), max_size=3), in_features=st.integers(1, 9),
+       out_features=st.integers(1, 9), with_bias=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_property_matches_torch_on_every_backend(lead, in_features, out_features, with_bias, seed):
+    rng = np.random.default_rng(seed)
+    x, w, b = _inputs(randn, rng, (*lead, in_features), out_features, np.float64)
+    b = b if with_bias else None
+    dy = randn(rng, (*lead, out_features), np.float64)
+    want = torch_linear(x, w, b, dy)
+    for name in backends_implementing("linear", *FUNCS):
+        y = fastconv.linear(x, w, b, backend=name)
+        dx, dw, db = fastconv.linear_backward(dy, x, w, needs=(True, True, with_bias), backend=name)
+        assert_close(y, want[0], f"forward on {name}")
+        assert_close(dx, want[1], f"dx on {name}")
+        assert_close(dw, want[2], f"dw on {name}")
+        if with_bias:
+            assert_close(db, want[3], f"db on {name}")
