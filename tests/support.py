@@ -104,6 +104,24 @@ def without_warnings(op, *args, **kwargs):
         return op(*args, **kwargs)
 
 
+def bad_input_cases(cases):
+    """pytest params from ``(id, op, args, kwargs, error type, text the message must contain)`` rows."""
+    return [pytest.param(*c[1:], id=c[0]) for c in cases]
+
+
+def check_bad_input(op, args, kwargs, error, text, backend):
+    """``op(*args, **kwargs)`` raises ``error`` whose message starts with the op's name and contains
+    ``text``, and leaves every array argument unchanged."""
+    arrays = [a for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray)]
+    before = snapshot(*arrays)
+    with pytest.raises(error) as info:
+        op(*args, **kwargs, backend=backend)
+    message = str(info.value)
+    assert message.startswith(op.__name__ + ":"), message
+    assert text in message, message
+    assert_unchanged(arrays, before)
+
+
 def snapshot(*arrays):
     """Copies of the inputs, to check afterwards that an op left them unchanged."""
     return [None if a is None else np.array(a, copy=True) for a in arrays]
