@@ -14,6 +14,10 @@ bench: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
+# the benchmark suite once, timing nothing: every case still verifies its result against the reference
+bench-smoke: $(VENV)/.installed
+	$(BIN)/python -m pytest benchmarks --quick --benchmark-disable -p no:cacheprovider
+
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: 2.13.0 is a local CPU wheel here, any other spec downloads a CUDA build

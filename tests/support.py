@@ -5,6 +5,7 @@ One tolerance table per dtype; ``|a - ref| <= atol + rtol * |ref|`` everywhere.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -120,6 +121,22 @@ def check_bad_input(op, args, kwargs, error, text, backend):
     assert message.startswith(op.__name__ + ":"), message
     assert text in message, message
     assert_unchanged(arrays, before)
+
+
+#: Tiny layers of every benchmark kind, asymmetric where the kind allows, for fast bench runs.
+TINY_SUITE = [
+    dict(name="tiny_conv", kind="conv", N=2, C_in=4, H=9, W=7, C_out=6, kH=3, kW=2, stride=[2, 1],
+         pad=[1, 0], dilation=[1, 2], groups=2),
+    dict(name="tiny_pool", kind="maxpool", N=2, C_in=3, H=9, W=8, C_out=3, kH=3, kW=2, stride=[2, 2],
+         pad=[1, 1], dilation=1),
+    dict(name="tiny_dense", kind="dense", N=5, C_in=7, H=1, W=1, C_out=3, kH=1, kW=1),
+]
+
+
+def write_shapes(path, shapes=TINY_SUITE, **extra):
+    """A shapes file for ``fastconv bench --shapes``."""
+    path.write_text(json.dumps(dict(extra, shapes=shapes)))
+    return path
 
 
 def snapshot(*arrays):

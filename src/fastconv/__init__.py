@@ -5,7 +5,8 @@ a backend (see :func:`available_backends`). Semantics are PyTorch's: NCHW, cross
 ``torch.nn.functional`` argument names and defaults.
 """
 
-from ._dispatch import BackendUnavailableError, available_backends, backend_status, use_backend
+from ._dispatch import BackendUnavailableError, available_backends, backend_status, use_backend  # noqa: F401
+from ._threads import get_num_threads, set_num_threads  # noqa: F401
 from .ops.activation import *  # noqa: F401,F403
 from .ops.conv import *  # noqa: F401,F403
 from .ops.dropout import *  # noqa: F401,F403

@@ -1,0 +1,124 @@
+"""What machine a benchmark ran on: CPU model and flags, threads, library versions, GPUs.
+
+Everything here is read-only and tolerant: a field that cannot be found is None, never an error,
+so ``fastconv info`` and the reports work on any machine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+
+from .. import _threads
+from .._dispatch import REGISTRY, backend_status
+
+#: CPU flags that matter to these kernels, in the order reports list them.
+SIMD_FLAGS = ("sse4_2", "avx", "fma", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+              "avx512_bf16", "amx_tile", "neon", "asimd", "sve")
+
+#: Distributions whose versions a report records (the first installed spelling of each).
+PACKAGES = {
+    "numpy": ("numpy",), "scipy": ("scipy",), "torch": ("torch",), "threadpoolctl": ("threadpoolctl",),
+    "numba": ("numba",), "cython": ("Cython",), "pybind11": ("pybind11",),
+    "cupy": ("cupy", "cupy-cuda12x", "cupy-cuda11x", "cupy-cuda13x"),
+    "matplotlib": ("matplotlib",), "pytest-benchmark": ("pytest-benchmark",),
+}
+
+
+def cpu_info() -> dict:
+    model, flags = None, []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Hardware", "Model") and model is None:
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = value.split()
+    except OSError:  # not Linux
+        pass
+    return dict(model=model or platform.processor() or platform.machine(), machine=platform.machine(),
+                logical_cores=os.cpu_count(), usable_cores=_threads._usable_cores(),
+                simd=[f for f in SIMD_FLAGS if f in flags], flags=flags)
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for label, dists in PACKAGES.items():
+        for dist in dists:
+            try:
+                found[label] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    from .. import __version__
+
+    found["fastconv"] = __version__
+    return found
+
+
+def blas_info() -> list[dict] | str:
+    """The thread pools threadpoolctl sees (BLAS, OpenMP), or why they cannot be listed."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "threadpoolctl is not installed: BLAS threads are neither listed nor capped"
+    return [{k: pool.get(k) for k in ("user_api", "internal_api", "prefix", "version", "num_threads",
+                                      "threading_layer", "architecture")}
+            for pool in threadpool_info()]
+
+
+def gpu_info(torch=None) -> list[dict]:
+    """GPUs visible to PyTorch (CUDA) and to CuPy; empty without either."""
+    gpus = []
+    if torch is not None and torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            gpus.append(dict(via="torch", index=i, name=torch.cuda.get_device_name(i),
+                             cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version()))
+    try:
+        import cupy
+
+        for i in range(cupy.cuda.runtime.getDeviceCount()):
+            name = cupy.cuda.runtime.getDeviceProperties(i)["name"]
+            gpus.append(dict(via="cupy", index=i, name=name.decode() if isinstance(name, bytes) else name,
+                             cuda_runtime=cupy.cuda.runtime.runtimeGetVersion()))
+    except Exception:  # no CuPy, no driver or no device: there is simply no GPU to list
+        pass
+    return gpus
+
+
+def machine_info(torch=None) -> dict:
+    """Everything a report records about the machine; ``torch`` adds its threads and GPUs."""
+    threads = dict(fastconv=_threads.get_num_threads(), source=_threads.thread_source(),
+                   torch=None if torch is None else torch.get_num_threads(), pools=blas_info())
+    return dict(platform=platform.platform(), python=sys.version.split()[0], cpu=cpu_info(),
+                threads=threads, versions=versions(), gpus=gpu_info(torch),
+                backends={name: dict(device=REGISTRY[name].device, status=reason or "available")
+                          for name, reason in backend_status().items()})
+
+
+def format_info(info: dict) -> str:
+    """``fastconv info``'s text."""
+    lines = [f"fastconv {info['versions']['fastconv']} on {info['platform']}", "", "backends:"]
+    for name, b in info["backends"].items():
+        lines.append(f"  {name:<12} {b['device']:<4} {b['status']}  ({REGISTRY[name].summary})")
+    cpu = info["cpu"]
+    lines += ["", f"cpu:      {cpu['model']} ({cpu['machine']}), {cpu['usable_cores']} usable of "
+                  f"{cpu['logical_cores']} logical cores",
+              f"features: {' '.join(cpu['simd']) or 'none of ' + ' '.join(SIMD_FLAGS)}"]
+    t = info["threads"]
+    lines.append(f"threads:  fastconv {t['fastconv']} (from {t['source']}; set with "
+                 f"fastconv.set_num_threads or {_threads.ENV})"
+                 + ("" if t["torch"] is None else f", torch {t['torch']}"))
+    if isinstance(t["pools"], str):
+        lines.append(f"          {t['pools']}")
+    for pool in t["pools"] if isinstance(t["pools"], list) else ():
+        lines.append(f"          {pool['internal_api']} {pool['version'] or ''}".rstrip()
+                     + f" ({pool['user_api']}, {pool['prefix']}): {pool['num_threads']} threads")
+    lines += ["", "versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items())]
+    gpus = info["gpus"]
+    lines.append("gpu:      " + ("; ".join(f"{g['name']} (via {g['via']})" for g in gpus) if gpus else "none found"))
+    return "\n".join(lines)

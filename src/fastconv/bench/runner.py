@@ -1,0 +1,236 @@
+"""Running the suite: for each case, the reference's result first, then every contender verified
+against it and, only if it matches, timed.
+
+Statuses of a (case, contender) result:
+
+- ``ok``: matched the reference, then timed;
+- ``FAIL``: ran but its result differs from the reference's (not timed);
+- ``error``: raised an exception (not timed; the message is kept);
+- ``n/a``: the backend does not implement this op (NotImplementedError from dispatch), or the
+  layout does not exist for the kind (channels_last for dense), or the reference could not run the
+  case, so nothing could be verified.
+
+``FAIL`` and ``error`` make ``fastconv bench`` exit with status 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import _threads
+from .._dispatch import REGISTRY, backend_status
+from .cases import Case, Contender, fastconv_contenders, make_inputs, torch_contenders, verify
+from .suite import Shape
+from .timing import Policy, Stats, measure
+
+FAILED = ("FAIL", "error")
+
+
+@dataclass
+class Config:
+    shapes: tuple[Shape, ...]
+    passes: tuple[str, ...]
+    backends: tuple[str, ...]  # fastconv backends to time (the reference always runs as the oracle)
+    dtype: str = "float32"
+    threads: int | None = None  # None: fastconv.get_num_threads()
+    policy: Policy = field(default_factory=Policy)
+    torch: bool = True
+    seed: int = 0
+    unavailable: dict = field(default_factory=dict)  # backend -> why it cannot load here
+    command: str = ""  # the command line, for the report
+
+    def cases(self) -> list[Case]:
+        dtype = np.dtype(self.dtype)
+        return [Case(s, p, dtype) for s in self.shapes for p in s.passes if p in self.passes]
+
+
+def resolve_backends(names: list[str] | None) -> tuple[tuple[str, ...], dict[str, str]]:
+    """``(backends to run, {unavailable: reason})``. Default: every available backend.
+
+    Naming an unknown backend, or one that cannot load here, is an error that says why.
+    """
+    status = backend_status()
+    if names is None:
+        return (tuple(n for n, reason in status.items() if reason is None),
+                {n: reason for n, reason in status.items() if reason is not None})
+    for name in names:
+        if name not in REGISTRY:
+            raise ValueError(f"bench: unknown backend {name!r}; known backends: {', '.join(REGISTRY)}")
+        if status[name] is not None:
+            raise ValueError(f"bench: {status[name]}")
+    return tuple(dict.fromkeys(names)), {}
+
+
+def import_torch():
+    """PyTorch, or None when it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+class Progress:
+    """A plain progress bar on stderr: redrawn in place on a terminal, one line per case otherwise."""
+
+    def __init__(self, total: int, stream=None, width: int = 28):
+        self.total, self.width, self.done = total, width, 0
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.perf_counter()
+
+    def _draw(self, label: str) -> None:
+        filled = int(self.width * self.done / max(self.total, 1))
+        bar = "#" * filled + "-" * (self.width - filled)
+        elapsed = time.perf_counter() - self.start
+        self.stream.write(f"\r\x1b[K[{bar}] {self.done}/{self.total} {elapsed:4.0f}s {label}"[:150])
+        self.stream.flush()
+
+    def start_case(self, label: str) -> None:
+        if self.tty:
+            self._draw(label)
+        else:
+            elapsed = time.perf_counter() - self.start
+            self.stream.write(f"[{self.done + 1}/{self.total}] {elapsed:4.0f}s {label}\n")
+
+    def step(self, label: str) -> None:
+        if self.tty:
+            self._draw(label)
+
+    def finish_case(self) -> None:
+        self.done += 1
+        if self.tty:
+            self._draw("")
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def _record(case: Case, contender: Contender, status: str, reason: str = "", verdict=None,
+            stats: Stats | None = None, times=()) -> dict:
+    amount, unit = case.work()
+    rec = dict(shape=case.shape.name, kind=case.shape.kind, pass_name=case.pass_name,
+               contender=contender.name, family=contender.family, backend=contender.backend,
+               device=contender.device, layout=contender.layout, status=status, reason=reason,
+               work=amount, work_unit=unit, error_ratio=None, exact=None)
+    if verdict is not None:
+        rec.update(error_ratio=verdict.error_ratio if np.isfinite(verdict.error_ratio) else None,
+                   exact=verdict.exact)
+    if stats is not None:
+        rec.update(median_ms=stats.median, q1_ms=stats.q1, q3_ms=stats.q3, min_ms=stats.min,
+                   max_ms=stats.max, repeats=stats.repeats, spread_pct=stats.spread_pct,
+                   rate=amount / (stats.median * 1e-3) / 1e9, times_ms=[t * 1e3 for t in times])
+    return rec
+
+
+def _first_call(prepared):
+    """Run once (the verification call): ``(host result, seconds)``."""
+    start = time.perf_counter()
+    out = prepared.fn()
+    host = prepared.to_host(out)
+    return host, time.perf_counter() - start
+
+
+def run_case(case: Case, contenders, policy: Policy, rng, torch=None, progress=None) -> list[dict]:
+    """All contenders on one case: the reference's result, then verify-then-time each contender."""
+    arrays = make_inputs(case, rng)
+    oracle = Contender("reference", "fastconv", "cpu", backend="reference")
+    try:
+        reference = oracle.prepare(case, arrays)
+        want, reference_s = _first_call(reference)
+    except Exception as exc:  # without the oracle nothing can be verified, so nothing is timed
+        reason = f"the reference cannot run this case: {type(exc).__name__}: {exc}"
+        return [_record(case, c, "n/a", reason) for c in contenders if c.applies(case)]
+    records = []
+    for contender in contenders:
+        if progress is not None:
+            progress.step(f"{case.id} {contender.name}")
+        if not contender.applies(case):
+            continue
+        try:
+            if contender.name == "reference":  # the oracle's call was its verification and first run
+                prepared, got, first_s = reference, want, reference_s
+            else:
+                prepared = contender.prepare(case, arrays, torch)
+                got, first_s = _first_call(prepared)
+            verdict = verify(got, want)
+            if not verdict.ok:
+                records.append(_record(case, contender, "FAIL", f"differs from the reference: max error "
+                                       f"{verdict.error_ratio:.3g}x the tolerance", verdict))
+                continue
+            times = measure(prepared.fn, prepared.timer, policy, first_s)
+        except NotImplementedError as exc:
+            records.append(_record(case, contender, "n/a", str(exc)))
+            continue
+        except Exception as exc:  # a crash is reported against the contender, the run goes on
+            records.append(_record(case, contender, "error", f"{type(exc).__name__}: {exc}"))
+            continue
+        records.append(_record(case, contender, "ok", "", verdict, Stats.of(times), times))
+    return records
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average: other processes on the machine make timings noisy."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows
+        return None
+
+
+def run(config: Config, progress_stream=None, show_progress: bool = True) -> dict:
+    """Run the suite; the raw results (plain JSON-able dicts) with the settings they were taken under."""
+    from .machine import machine_info
+
+    torch = import_torch() if config.torch else None
+    contenders = fastconv_contenders(config.backends)
+    if torch is not None:
+        contenders += torch_contenders(torch)
+    threads = _threads.get_num_threads() if config.threads is None else config.threads
+    cases = config.cases()
+    progress = Progress(len(cases), progress_stream) if show_progress else None
+    rng = np.random.default_rng(config.seed)
+    results = []
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    load_before = _load_average()
+    started = time.perf_counter()
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    try:
+        if torch is not None:
+            torch.set_num_threads(threads)  # the same pool size for PyTorch as for fastconv
+            torch.backends.cudnn.benchmark = True  # cuDNN picks its fastest algorithm during warm-up
+        with _threads.num_threads(threads):
+            machine = machine_info(torch)
+            for case in cases:
+                if progress is not None:
+                    progress.start_case(case.id)
+                results += run_case(case, contenders, config.policy, rng, torch, progress)
+                if progress is not None:
+                    progress.finish_case()
+    finally:
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
+        if progress is not None:
+            progress.close()
+    return dict(
+        schema=1,
+        settings=dict(started_at=started_at, command=config.command, dtype=config.dtype, threads=threads,
+                      passes=list(config.passes),
+                      backends=list(config.backends), unavailable=dict(config.unavailable),
+                      contenders=[c.name for c in contenders],
+                      torch=None if torch is None else torch.__version__, seed=config.seed,
+                      timing=dict(budget_s=config.policy.budget_s, min_repeats=config.policy.min_repeats,
+                                  max_repeats=config.policy.max_repeats, repeat=config.policy.repeat,
+                                  warmup=config.policy.warmup, rule=config.policy.describe()),
+                      seconds=time.perf_counter() - started, load_before=load_before,
+                      load_after=_load_average()),
+        machine=machine,
+        shapes=[s.to_json() for s in config.shapes],
+        results=results,
+    )

@@ -1,0 +1,112 @@
+"""Timing: how many runs, which clock, and the statistics reported.
+
+A case's first call is its verification; one more warm-up call follows (JIT compilation, NVRTC,
+first-touch page faults, BLAS thread start-up all land in those), unless the first call alone took
+longer than the budget. Then timed runs: ``repeat`` of them when given, otherwise at least
+``min_repeats`` and more until ``budget_s`` seconds of runs have been spent (at most
+``max_repeats``). So cheap cases get many runs and the NumPy reference's multi-second passes get
+``min_repeats``; the full default suite finishes in minutes on two cores.
+
+CPU contenders are timed with ``time.perf_counter`` around the call. GPU contenders record CUDA
+events on the stream around the call and synchronise on the end event, so the time is the
+device's, not the launch's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Policy:
+    budget_s: float = 0.5
+    min_repeats: int = 3
+    max_repeats: int = 200
+    repeat: int | None = None  # a fixed number of timed runs instead of the budget rule
+    warmup: int = 1
+
+    def describe(self) -> str:
+        if self.repeat is not None:
+            runs = f"{self.repeat} timed runs"
+        else:
+            runs = (f"timed runs until {self.budget_s:g} s spent, at least {self.min_repeats} "
+                    f"and at most {self.max_repeats}")
+        return (f"verification call, then {self.warmup} warm-up call(s) (skipped when one call exceeds "
+                f"the budget), then {runs}; median and IQR reported")
+
+
+#: The policy of ``--quick``: the pipeline end to end in seconds, timings only indicative.
+QUICK = Policy(budget_s=0.05, min_repeats=3, max_repeats=20)
+
+
+def cpu_timer(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+class EventTimer:
+    """Times a GPU call with CUDA events: ``new_event()`` makes one, ``elapsed_ms(start, end)``."""
+
+    def __init__(self, new_event, elapsed_ms):
+        self.new_event, self.elapsed_ms = new_event, elapsed_ms
+
+    def __call__(self, fn) -> float:
+        start, end = self.new_event(), self.new_event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return self.elapsed_ms(start, end) / 1e3
+
+
+def cupy_timer():
+    import cupy
+
+    return EventTimer(cupy.cuda.Event, cupy.cuda.get_elapsed_time)
+
+
+def torch_cuda_timer(torch):
+    return EventTimer(lambda: torch.cuda.Event(enable_timing=True), lambda s, e: s.elapsed_time(e))
+
+
+def measure(fn, timer, policy: Policy, first_call_s: float) -> list[float]:
+    """Timed runs of ``fn`` (seconds each), after the warm-up; see the module docstring."""
+    if first_call_s < policy.budget_s:
+        for _ in range(policy.warmup):
+            timer(fn)
+    times = []
+    while True:
+        times.append(timer(fn))
+        if policy.repeat is not None:
+            if len(times) >= policy.repeat:
+                return times
+        elif len(times) >= policy.max_repeats or (
+                len(times) >= policy.min_repeats and sum(times) >= policy.budget_s):
+            return times
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Statistics of the timed runs, in milliseconds."""
+
+    median: float
+    q1: float
+    q3: float
+    min: float
+    max: float
+    repeats: int
+
+    @classmethod
+    def of(cls, seconds) -> "Stats":
+        ms = np.asarray(seconds, dtype=np.float64) * 1e3
+        q1, median, q3 = np.percentile(ms, [25, 50, 75])
+        return cls(float(median), float(q1), float(q3), float(ms.min()), float(ms.max()), len(ms))
+
+    @property
+    def spread_pct(self) -> float:
+        """The interquartile range as a percentage of the median."""
+        return 100.0 * (self.q3 - self.q1) / self.median if self.median > 0 else 0.0
