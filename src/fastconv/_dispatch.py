@@ -39,11 +39,12 @@ REGISTRY: dict[str, BackendSpec] = {
     for spec in (
         BackendSpec("reference", "fastconv.backends.reference", "cpu",
                     "NumPy, written to be obviously correct: the oracle"),
+        BackendSpec("cpp", "fastconv.backends.cpp", "cpu", "C++ (pybind11, OpenMP): packed AVX-512/AVX2 GEMM, im2col"),
     )
 }
 
 #: The order in which ``"auto"`` tries CPU backends: fastest first, the reference last.
-AUTO_ORDER: tuple[str, ...] = ("reference",)
+AUTO_ORDER: tuple[str, ...] = ("cpp", "reference")
 
 _loaded: dict[str, object] = {}
 _failed: dict[str, BaseException] = {}

@@ -1,0 +1,311 @@
+// fastconv._cpp: binds the plain C++ kernels of conv.cpp (and later families) to Python. Only
+// binding work happens here: checking that arrays are what the kernels index (C-contiguous, one
+// float dtype, writable outputs of the right size; the Python front has validated everything a
+// user can get wrong), reading the params objects, and releasing the GIL around the compute.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "conv.h"
+#include "gemm.h"
+#include "linear.h"
+#include "pool.h"
+
+namespace py = pybind11;
+using fastconv::index_t;
+
+namespace {
+
+// The array's data, after checking dtype, layout and size (never a silent copy or cast).
+template <typename T>
+const T* in(const char* op, const char* name, const py::array& a, index_t size) {
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(op) + ": " + name + " has dtype " + std::string(py::str(a.dtype())) +
+                         ", expected " + std::string(py::str(py::dtype::of<T>())));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(op) + ": " + name + " must be C-contiguous");
+  if (a.size() != size)
+    throw py::value_error(std::string(op) + ": " + name + " has " + std::to_string(a.size()) + " elements, expected " +
+                          std::to_string(size));
+  return static_cast<const T*>(a.data());
+}
+
+template <typename T>
+T* out(const char* op, const char* name, py::array& a, index_t size) {
+  in<T>(op, name, a, size);
+  if (!a.writeable()) throw py::value_error(std::string(op) + ": " + name + " must be writable");
+  return static_cast<T*>(a.mutable_data());
+}
+
+template <typename T>
+const T* in_opt(const char* op, const char* name, const py::object& a, index_t size) {
+  return a.is_none() ? nullptr : in<T>(op, name, a.cast<py::array>(), size);
+}
+
+int threads(int n) {
+  if (n < 1) throw py::value_error("nthreads must be >= 1, got " + std::to_string(n));
+  return n;
+}
+
+fastconv::ConvShape conv_shape(const py::object& p) {
+  auto get = [&](const char* name) { return p.attr(name).cast<index_t>(); };
+  return fastconv::ConvShape{get("N"),        get("C_in"),     get("H"),     get("W"),     get("C_out"),
+                             get("KH"),       get("KW"),       get("OH"),    get("OW"),    get("stride_h"),
+                             get("stride_w"), get("pad_t"),    get("pad_l"), get("dil_h"), get("dil_w"),
+                             get("groups")};
+}
+
+// Run f<float> or f<double> on the dtype of `a`; integer and other dtypes are a TypeError.
+template <class F>
+void by_dtype(const char* op, const py::array& a, F&& f) {
+  if (a.dtype().is(py::dtype::of<float>())) return f(float{});
+  if (a.dtype().is(py::dtype::of<double>())) return f(double{});
+  throw py::type_error(std::string(op) + ": expected float32 or float64 arrays, got " + std::string(py::str(a.dtype())));
+}
+
+void conv2d_forward(const py::array& x, const py::array& w, const py::object& b, py::array& y, const py::object& p,
+                    int nthreads) {
+  const auto s = conv_shape(p);
+  by_dtype("conv2d_forward", x, [&](auto tag) {
+    using T = decltype(tag);
+    const char* op = "conv2d_forward";
+    const T* xp = in<T>(op, "x", x, s.N * s.C_in * s.H * s.W);
+    const T* wp = in<T>(op, "w", w, s.C_out * (s.C_in / s.groups) * s.KH * s.KW);
+    const T* bp = in_opt<T>(op, "b", b, s.C_out);
+    T* yp = out<T>(op, "y", y, s.N * s.C_out * s.OH * s.OW);
+    const int nt = threads(nthreads);
+    py::gil_scoped_release release;
+    fastconv::conv2d_forward(s, xp, wp, bp, yp, nt);
+  });
+}
+
+void conv2d_backward_input(const py::array& dy, const py::array& w, py::array& dx, const py::object& p, int nthreads) {
+  const auto s = conv_shape(p);
+  by_dtype("conv2d_backward_input", dy, [&](auto tag) {
+    using T = decltype(tag);
+    const char* op = "conv2d_backward_input";
+    const T* dyp = in<T>(op, "dy", dy, s.N * s.C_out * s.OH * s.OW);
+    const T* wp = in<T>(op, "w", w, s.C_out * (s.C_in / s.groups) * s.KH * s.KW);
+    T* dxp = out<T>(op, "dx", dx, s.N * s.C_in * s.H * s.W);
+    const int nt = threads(nthreads);
+    py::gil_scoped_release release;
+    fastconv::conv2d_backward_input(s, dyp, wp, dxp, nt);
+  });
+}
+
+void conv2d_backward_weight(const py::array& dy, const py::array& x, py::array& dw, const py::object& p,
+                            int nthreads) {
+  const auto s = conv_shape(p);
+  by_dtype("conv2d_backward_weight", dy, [&](auto tag) {
+    using T = decltype(tag);
+    const char* op = "conv2d_backward_weight";
+    const T* dyp = in<T>(op, "dy", dy, s.N * s.C_out * s.OH * s.OW);
+    const T* xp = in<T>(op, "x", x, s.N * s.C_in * s.H * s.W);
+    T* dwp = out<T>(op, "dw", dw, s.C_out * (s.C_in / s.groups) * s.KH * s.KW);
+    const int nt = threads(nthreads);
+    py::gil_scoped_release release;
+    fastconv::conv2d_backward_weight(s, dyp, xp, dwp, nt);
+  });
+}
+
+void conv2d_backward_bias(const py::array& dy, py::array& db, int nthreads) {
+  if (dy.ndim() != 4) throw py::value_error("conv2d_backward_bias: dy must have 4 dims (N, C, OH, OW)");
+  const index_t N = dy.shape(0), C = dy.shape(1), P = dy.shape(2) * dy.shape(3);
+  by_dtype("conv2d_backward_bias", dy, [&](auto tag) {
+    using T = decltype(tag);
+    const char* op = "conv2d_backward_bias";
+    const T* dyp = in<T>(op, "dy", dy, N * C * P);
+    T* dbp = out<T>(op, "db", db, C);
+    const int nt = threads(nthreads);
+    py::gil_scoped_release release;
+    fastconv::conv2d_backward_bias(N, C, P, dyp, dbp, nt);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// linear: x (M, in), w (out, in), dy (M, out)
+// ---------------------------------------------------------------------------------------------
+
+void linear_forward(const py::array& x, const py::array& w, const py::object& b, py::array& y, int nthreads) {
+  if (x.ndim() != 2 || w.ndim() != 2) throw py::value_error("linear_forward: x and w must be 2-d");
+  const index_t M = x.shape(0), in_f = x.shape(1), out_f = w.shape(0);
+  by_dtype("linear_forward", x, [&](auto tag) {
+    using T = decltype(tag);
+    const char* op = "linear_forward";
+    const T* xp = in<T>(op, "x", x, M * in_f);
+    const T* wp = in<T>(op, "w", w, out_f * in_f);
+    const T* bp = in_opt<T>(op, "b", b, out_f);
+    T* yp = out<T>(op, "y", y, M * out_f);
+    const int nt = threads(nthreads);
+    py::gil_scoped_release release;
+    fastconv::linear_forward(M, in_f, out_f, xp, wp, bp, yp, nt);
+  });
+}
+
+void linear_backward_input(const py::array& dy, const py::array& w, py::array& dx, int nthreads) {
+  if (dy.ndim() != 2 || w.ndim() != 2) throw py::value_error("linear_backward_input: dy and w must be 2-d");
+  const index_t M = dy.shape(0), out_f = w.shape(0), in_f = w.shape(1);
+  by_dtype("linear_backward_input", dy, [&](auto tag) {
+    using T = decltype(tag);
+    const char* op = "linear_backward_input";
+    const T* dyp = in<T>(op, "dy", dy, M * out_f);
+    const T* wp = in<T>(op, "w", w, out_f * in_f);
+    T* dxp = out<T>(op, "dx", dx, M * in_f);
+    const int nt = threads(nthreads);
+    py::gil_scoped_release release;
+    fastconv::linear_backward_input(M, in_f, out_f, dyp, wp, dxp, nt);
+  });
+}
+
+void linear_backward_weight(const py::array& dy, const py::array& x, py::array& dw, int nthreads) {
+  if (dy.ndim() != 2 || x.ndim() != 2) throw py::value_error("linear_backward_weight: dy and x must be 2-d");
+  const index_t M = dy.shape(0), out_f = dy.shape(1), in_f = x.shape(1);
+  by_dtype("linear_backward_weight", dy, [&](auto tag) {
+    using T = decltype(tag);
+    const char* op = "linear_backward_weight";
+    const T* dyp = in<T>(op, "dy", dy, M * out_f);
+    const T* xp = in<T>(op, "x", x, M * in_f);
+    T* dwp = out<T>(op, "dw", dw, out_f * in_f);
+    const int nt = threads(nthreads);
+    py::gil_scoped_release release;
+    fastconv::linear_backward_weight(M, in_f, out_f, dyp, xp, dwp, nt);
+  });
+}
+
+void linear_backward_bias(const py::array& dy, py::array& db, int nthreads) {
+  if (dy.ndim() != 2) throw py::value_error("linear_backward_bias: dy must be 2-d");
+  const index_t M = dy.shape(0), out_f = dy.shape(1);
+  by_dtype("linear_backward_bias", dy, [&](auto tag) {
+    using T = decltype(tag);
+    const char* op = "linear_backward_bias";
+    const T* dyp = in<T>(op, "dy", dy, M * out_f);
+    T* dbp = out<T>(op, "db", db, out_f);
+    const int nt = threads(nthreads);
+    py::gil_scoped_release release;
+    fastconv::linear_backward_bias(M, out_f, dyp, dbp, nt);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// pooling: x, dx (N, C, H, W); y, dy, indices (N, C, OH, OW)
+// ---------------------------------------------------------------------------------------------
+
+fastconv::PoolShape pool_shape(const py::object& p) {
+  auto get = [&](const char* name) { return p.attr(name).cast<index_t>(); };
+  const py::object divisor = p.attr("divisor_override");
+  return fastconv::PoolShape{get("N"),        get("C"),        get("H"),     get("W"),     get("KH"),
+                             get("KW"),       get("OH"),       get("OW"),    get("stride_h"), get("stride_w"),
+                             get("pad_h"),    get("pad_w"),    get("dil_h"), get("dil_w"),
+                             p.attr("count_include_pad").cast<bool>(), divisor.is_none() ? 0 : divisor.cast<index_t>()};
+}
+
+fastconv::PoolShape adaptive_shape(const py::object& p) {
+  auto get = [&](const char* name) { return p.attr(name).cast<index_t>(); };
+  return fastconv::PoolShape{get("N"), get("C"), get("H"), get("W"), 0, 0, get("OH"), get("OW"), 0, 0, 0, 0, 0, 0,
+                             false, 0};
+}
+
+const std::int64_t* indices_in(const char* op, const py::array& a, index_t size) {
+  return in<std::int64_t>(op, "indices", a, size);
+}
+
+void max_pool2d_forward(const py::array& x, py::array& y, py::array& indices, const py::object& p, int nthreads) {
+  const auto s = pool_shape(p);
+  by_dtype("max_pool2d_forward", x, [&](auto tag) {
+    using T = decltype(tag);
+    const char* op = "max_pool2d_forward";
+    const T* xp = in<T>(op, "x", x, s.N * s.C * s.H * s.W);
+    T* yp = out<T>(op, "y", y, s.N * s.C * s.OH * s.OW);
+    std::int64_t* ip = out<std::int64_t>(op, "indices", indices, s.N * s.C * s.OH * s.OW);
+    const int nt = threads(nthreads);
+    py::gil_scoped_release release;
+    fastconv::max_pool2d_forward(s, xp, yp, ip, nt);
+  });
+}
+
+void max_pool2d_backward(const py::array& dy, const py::array& indices, py::array& dx, const py::object& p,
+                         int nthreads) {
+  const auto s = pool_shape(p);
+  by_dtype("max_pool2d_backward", dy, [&](auto tag) {
+    using T = decltype(tag);
+    const char* op = "max_pool2d_backward";
+    const T* dyp = in<T>(op, "dy", dy, s.N * s.C * s.OH * s.OW);
+    const std::int64_t* ip = indices_in(op, indices, s.N * s.C * s.OH * s.OW);
+    T* dxp = out<T>(op, "dx", dx, s.N * s.C * s.H * s.W);
+    const int nt = threads(nthreads);
+    py::gil_scoped_release release;
+    fastconv::max_pool2d_backward(s, dyp, ip, dxp, nt);
+  });
+}
+
+// The four average-pool kernels share one shape: (src, dst) with sizes from the params.
+template <bool Adaptive, bool Backward>
+void avg_pool(const char* op, const py::array& src, py::array& dst, const py::object& p, int nthreads) {
+  const auto s = Adaptive ? adaptive_shape(p) : pool_shape(p);
+  const index_t big = s.N * s.C * s.H * s.W, small = s.N * s.C * s.OH * s.OW;
+  by_dtype(op, src, [&](auto tag) {
+    using T = decltype(tag);
+    const T* sp = in<T>(op, Backward ? "dy" : "x", src, Backward ? small : big);
+    T* dp = out<T>(op, Backward ? "dx" : "y", dst, Backward ? big : small);
+    const int nt = threads(nthreads);
+    py::gil_scoped_release release;
+    if (Adaptive && Backward) fastconv::adaptive_avg_pool2d_backward(s, sp, dp, nt);
+    if (Adaptive && !Backward) fastconv::adaptive_avg_pool2d_forward(s, sp, dp, nt);
+    if (!Adaptive && Backward) fastconv::avg_pool2d_backward(s, sp, dp, nt);
+    if (!Adaptive && !Backward) fastconv::avg_pool2d_forward(s, sp, dp, nt);
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cpp, m) {
+  m.doc() = "fastconv's C++ kernels (private: use fastconv's public ops with backend='cpp')";
+
+  m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("p"),
+        py::arg("nthreads"), "y = conv2d(x, w) + b into the preallocated y; p is a fastconv ConvParams");
+  m.def("conv2d_backward_input", &conv2d_backward_input, py::arg("dy"), py::arg("w"), py::arg("dx"), py::arg("p"),
+        py::arg("nthreads"));
+  m.def("conv2d_backward_weight", &conv2d_backward_weight, py::arg("dy"), py::arg("x"), py::arg("dw"), py::arg("p"),
+        py::arg("nthreads"));
+  m.def("conv2d_backward_bias", &conv2d_backward_bias, py::arg("dy"), py::arg("db"), py::arg("nthreads"));
+
+  m.def("linear_forward", &linear_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("nthreads"));
+  m.def("linear_backward_input", &linear_backward_input, py::arg("dy"), py::arg("w"), py::arg("dx"),
+        py::arg("nthreads"));
+  m.def("linear_backward_weight", &linear_backward_weight, py::arg("dy"), py::arg("x"), py::arg("dw"),
+        py::arg("nthreads"));
+  m.def("linear_backward_bias", &linear_backward_bias, py::arg("dy"), py::arg("db"), py::arg("nthreads"));
+
+  m.def("max_pool2d_forward", &max_pool2d_forward, py::arg("x"), py::arg("y"), py::arg("indices"), py::arg("p"),
+        py::arg("nthreads"));
+  m.def("max_pool2d_backward", &max_pool2d_backward, py::arg("dy"), py::arg("indices"), py::arg("dx"), py::arg("p"),
+        py::arg("nthreads"));
+  m.def(
+      "avg_pool2d_forward",
+      [](const py::array& x, py::array& y, const py::object& p, int nt) { avg_pool<false, false>("avg_pool2d_forward", x, y, p, nt); },
+      py::arg("x"), py::arg("y"), py::arg("p"), py::arg("nthreads"));
+  m.def(
+      "avg_pool2d_backward",
+      [](const py::array& dy, py::array& dx, const py::object& p, int nt) { avg_pool<false, true>("avg_pool2d_backward", dy, dx, p, nt); },
+      py::arg("dy"), py::arg("dx"), py::arg("p"), py::arg("nthreads"));
+  m.def(
+      "adaptive_avg_pool2d_forward",
+      [](const py::array& x, py::array& y, const py::object& p, int nt) {
+        avg_pool<true, false>("adaptive_avg_pool2d_forward", x, y, p, nt);
+      },
+      py::arg("x"), py::arg("y"), py::arg("p"), py::arg("nthreads"));
+  m.def(
+      "adaptive_avg_pool2d_backward",
+      [](const py::array& dy, py::array& dx, const py::object& p, int nt) {
+        avg_pool<true, true>("adaptive_avg_pool2d_backward", dy, dx, p, nt);
+      },
+      py::arg("dy"), py::arg("dx"), py::arg("p"), py::arg("nthreads"));
+
+  m.def("gemm_isa", &fastconv::gemm_isa, "the micro-kernel set in use: 'avx512', 'avx2' or 'generic'");
+  m.def("set_gemm_isa", &fastconv::set_gemm_isa, py::arg("name"),
+        "use another micro-kernel set ('auto' = the best this CPU has); ValueError if unavailable");
+  m.def("workspace_peak_bytes", &fastconv::workspace_peak_bytes,
+        "most bytes of kernel workspace held at once since workspace_reset_peak()");
+  m.def("workspace_reset_peak", &fastconv::workspace_reset_peak);
+}

@@ -1,0 +1,63 @@
+// Shared by every C++ kernel family: index type, aligned workspaces, small integer helpers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace fastconv {
+
+using index_t = std::int64_t;
+
+inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
+inline index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
+inline index_t min_i(index_t a, index_t b) { return a < b ? a : b; }
+inline index_t max_i(index_t a, index_t b) { return a > b ? a : b; }
+
+// Bytes held by all live Buffers and the most ever held at once since the last reset: lets the
+// tests check that a kernel's workspace is bounded (e.g. independent of the batch size).
+void workspace_note(index_t delta_bytes);
+index_t workspace_peak_bytes();
+void workspace_reset_peak();
+
+// An uninitialised, 64-byte aligned array (one cache line, one AVX-512 vector) owned by one call
+// or one thread; kernels size it explicitly so every workspace bound is visible at its use.
+template <typename T>
+class Buffer {
+ public:
+  explicit Buffer(index_t n = 0) { resize(n); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { release(); }
+  void resize(index_t n) {
+    release();
+    if (n > 0) {
+      const index_t bytes = round_up(n * index_t(sizeof(T)), 64);
+      ptr_ = static_cast<T*>(std::aligned_alloc(64, static_cast<std::size_t>(bytes)));
+      if (!ptr_) throw std::bad_alloc();
+      size_ = n;
+      bytes_ = bytes;
+      workspace_note(bytes);
+    }
+  }
+  T* data() { return ptr_; }
+  const T* data() const { return ptr_; }
+  index_t size() const { return size_; }
+
+ private:
+  void release() {
+    if (ptr_) workspace_note(-bytes_);
+    std::free(ptr_);
+    ptr_ = nullptr;
+    size_ = bytes_ = 0;
+  }
+  T* ptr_ = nullptr;
+  index_t size_ = 0, bytes_ = 0;
+};
+
+template <typename T>
+inline void fill_zero(T* p, index_t n) { std::memset(p, 0, static_cast<std::size_t>(n) * sizeof(T)); }
+
+}  // namespace fastconv

@@ -1,0 +1,632 @@
+// 2-d convolution: implicit-im2col GEMM as the general path, plus
+//   * pointwise (1x1, stride 1, no padding): B is x itself, packed like any matrix (no im2col);
+//   * depthwise (one input channel per group): direct loops over rows, no GEMM;
+//   * dgrad at stride 1: the forward convolution of dy with the flipped, transposed weight (no
+//     col2im); at larger strides dgrad is GEMM (cols = W^T dy) + col2im (im2col with +=);
+//   * wgrad: GEMM dW += dY cols^T, the batch folded into the reduction.
+//
+// Workspace (the only memory besides inputs and outputs; see Buffer / workspace_peak_bytes):
+//   shared:     the packed weight, C_out x (C_in/groups*KH*KW) rounded up to MR rows; dgrad at
+//               stride 1 also a flipped copy of w; wgrad with S > 1 reduction slices S copies of dw
+//               (S <= 8, chosen by the shape);
+//   per thread: one packed B block, KC x NC (256 x 512 fp32 / 256 x 256 fp64 = 512 KiB), plus
+//               for wgrad one packed dy chunk (C_out/groups x KC) and for strided dgrad one cols
+//               chunk of C_in/groups*KH*KW x nbc with nbc*rows <= 64 Ki elements (at least NR
+//               columns).
+// None of it grows with the batch size: no im2col matrix is ever built for a whole image, let alone
+// a batch; the GEMM packs each KC x NC block of it straight from x when it needs it.
+#include "conv.h"
+
+#include <omp.h>
+
+#include <vector>
+
+#include "gemm.h"
+
+namespace fastconv {
+namespace {
+
+// The index map of one convolution, as the im2col/col2im loops see it.
+struct Geo {
+  index_t H, W, OW, sh, sw, pt, pl, dh, dw, KH, KW;
+};
+
+// Pointwise layers read x as a (C_in, H*W) matrix: one "row" of H*W pixels, one tap.
+bool is_pointwise(const ConvShape& s) {
+  return s.KH == 1 && s.KW == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_t == 0 && s.pad_l == 0 &&
+         s.OH == s.H && s.OW == s.W;
+}
+
+Geo geometry(const ConvShape& s) {
+  if (is_pointwise(s)) return Geo{1, s.H * s.W, s.OH * s.OW, 1, 1, 0, 0, 1, 1, 1, 1};
+  return Geo{s.H, s.W, s.OW, s.stride_h, s.stride_w, s.pad_t, s.pad_l, s.dil_h, s.dil_w, s.KH, s.KW};
+}
+
+// Output pixels [lane, lane+len) of a range that share image n and output row oh.
+struct PixelRun {
+  index_t lane, len, n, oh, ow;
+};
+
+// Split pixels [j, j+len) of the flattened (image, oh, ow) space (P pixels per image) into runs
+// along one output row; returns how many (at most len).
+int pixel_runs(const Geo& g, index_t P, index_t j, index_t len, PixelRun* runs) {
+  int count = 0;
+  for (index_t lane = 0; lane < len;) {
+    const index_t jj = j + lane, n = jj / P, q = jj - n * P, oh = q / g.OW, ow = q - oh * g.OW;
+    const index_t l = min_i(len - lane, g.OW - ow);
+    runs[count++] = PixelRun{lane, l, n, oh, ow};
+    lane += l;
+  }
+  return count;
+}
+
+// Where tap (kh, kw) of run r reads: input row ih, first input column iw0 (then every sw-th).
+struct TapRow {
+  index_t ih, iw0;
+  bool inside;  // every lane of the run lands inside the image (no padding to handle)
+};
+
+inline TapRow tap_row(const Geo& g, index_t kh, index_t kw, const PixelRun& r) {
+  const index_t ih = r.oh * g.sh - g.pt + kh * g.dh, iw0 = r.ow * g.sw - g.pl + kw * g.dw;
+  return TapRow{ih, iw0, ih >= 0 && ih < g.H && iw0 >= 0 && iw0 + (r.len - 1) * g.sw < g.W};
+}
+
+// im2col for one run and one tap: dst[t*ds] = x_plane[ih][iw0 + t*sw], zero outside the image.
+// The interior case (most runs) is one copy; the border case checks each lane (no divisions).
+template <typename T>
+inline void im2col_run(const T* plane, const Geo& g, index_t kh, index_t kw, const PixelRun& r, T* dst,
+                       index_t ds) {
+  const TapRow tr = tap_row(g, kh, kw, r);
+  const T* src = plane + tr.ih * g.W + tr.iw0;
+  if (tr.inside) {
+    if (ds == 1 && g.sw == 1) {
+      std::memcpy(dst, src, static_cast<std::size_t>(r.len) * sizeof(T));
+    } else {
+      for (index_t t = 0; t < r.len; ++t) dst[t * ds] = src[t * g.sw];
+    }
+    return;
+  }
+  if (tr.ih < 0 || tr.ih >= g.H) {
+    for (index_t t = 0; t < r.len; ++t) dst[t * ds] = T(0);
+  } else if (g.sw == 1) {  // zeros, a copy, zeros
+    const index_t lo = min_i(r.len, max_i(0, -tr.iw0)), hi = max_i(lo, min_i(r.len, g.W - tr.iw0));
+    for (index_t t = 0; t < lo; ++t) dst[t * ds] = T(0);
+    for (index_t t = lo; t < hi; ++t) dst[t * ds] = src[t];
+    for (index_t t = hi; t < r.len; ++t) dst[t * ds] = T(0);
+  } else {
+    for (index_t t = 0, iw = tr.iw0; t < r.len; ++t, iw += g.sw)
+      dst[t * ds] = iw >= 0 && iw < g.W ? src[t * g.sw] : T(0);
+  }
+}
+
+// col2im for one run and one tap: im2col with +=, skipping what falls in the padding.
+template <typename T>
+inline void col2im_run(T* plane, const Geo& g, index_t kh, index_t kw, const PixelRun& r, const T* src) {
+  const TapRow tr = tap_row(g, kh, kw, r);
+  if (tr.ih < 0 || tr.ih >= g.H) return;
+  T* dst = plane + tr.ih * g.W + tr.iw0;
+  if (tr.inside) {
+    for (index_t t = 0; t < r.len; ++t) dst[t * g.sw] += src[t];
+    return;
+  }
+  for (index_t t = 0, iw = tr.iw0; t < r.len; ++t, iw += g.sw)
+    if (iw >= 0 && iw < g.W) dst[t * g.sw] += src[t];
+}
+
+// Decompose a depth index k of one group into (channel, kh, kw).
+struct Tap {
+  index_t c, kh, kw;
+  void next(const Geo& g) {
+    if (++kw == g.KW) {
+      kw = 0;
+      if (++kh == g.KH) {
+        kh = 0;
+        ++c;
+      }
+    }
+  }
+};
+inline Tap tap_of(const Geo& g, index_t k) {
+  const index_t kk = g.KH * g.KW, rem = k % kk;
+  return Tap{k / kk, rem / g.KW, rem % g.KW};
+}
+
+// Forward B(k, j) = cols(k, pixel j) of one group, j over all images' pixels, packed straight from x
+// into [panel][k][NR]: the implicit im2col.
+template <typename T>
+struct Im2colB {
+  const T* x;  // the group's first channel in image 0
+  index_t image_stride, plane, P;
+  Geo g;
+  void operator()(const MicroKernel<T>& uk, index_t pc, index_t kcb, index_t j0, index_t nb, T* dst) const {
+    const int NR = uk.nr;
+    PixelRun runs[kMaxNR];
+    for (index_t jr = 0; jr < nb; jr += NR) {
+      const index_t lanes = min_i(NR, nb - jr);
+      const int count = pixel_runs(g, P, j0 + jr, lanes, runs);
+      T* d = dst + jr * kcb;
+      Tap tap = tap_of(g, pc);
+      for (index_t p = 0; p < kcb; ++p, tap.next(g)) {
+        T* dp = d + p * NR;
+        const T* xc = x + tap.c * plane;
+        for (int i = 0; i < count; ++i)
+          im2col_run(xc + runs[i].n * image_stride, g, tap.kh, tap.kw, runs[i], dp + runs[i].lane, index_t(1));
+        for (index_t l = lanes; l < NR; ++l) dp[l] = T(0);
+      }
+    }
+  }
+};
+
+// Wgrad B(p, k) = cols(k, pixel q0 + p) of one image and group, packed into [panel][p][NR]:
+// each column is one tap's im2col row, written with stride NR.
+template <typename T>
+struct Im2colTransposedB {
+  const T* x;  // the group's first channel in this image
+  index_t plane, P, q0;
+  Geo g;
+  void operator()(const MicroKernel<T>& uk, index_t pc, index_t kcb, index_t j0, index_t nb, T* dst) const {
+    const int NR = uk.nr;
+    PixelRun runs[kMaxKC];
+    const int count = pixel_runs(g, P, q0 + pc, kcb, runs);
+    for (index_t jr = 0; jr < nb; jr += NR) {
+      const index_t cols = min_i(NR, nb - jr);
+      T* d = dst + jr * kcb;
+      Tap tap = tap_of(g, j0 + jr);
+      for (index_t r = 0; r < cols; ++r, tap.next(g)) {
+        const T* xc = x + tap.c * plane;
+        for (int i = 0; i < count; ++i) im2col_run(xc, g, tap.kh, tap.kw, runs[i], d + runs[i].lane * NR + r, index_t(NR));
+      }
+      for (index_t r = cols; r < NR; ++r)
+        for (index_t p = 0; p < kcb; ++p) d[p * NR + r] = T(0);
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// depthwise: one input channel per group, direct loops (a GEMM of depth KH*KW would starve)
+// ---------------------------------------------------------------------------------------------
+
+bool is_depthwise(const ConvShape& s) { return s.C_in == s.groups; }
+
+// For each kernel column kw: the offset off = kw*dil - pad of its input column iw = ow*sw + off,
+// and the output columns [lo, hi) where 0 <= iw < W. Computed once per plane (divisions).
+struct ColRanges {
+  std::vector<index_t> off, lo, hi;
+  explicit ColRanges(const ConvShape& s) : off(s.KW), lo(s.KW), hi(s.KW) {
+    for (index_t kw = 0; kw < s.KW; ++kw) {
+      const index_t o = kw * s.dil_w - s.pad_l, sw = s.stride_w;
+      const index_t l = min_i(s.OW, o >= 0 ? 0 : ceil_div(-o, sw));
+      const index_t h = o >= s.W ? 0 : min_i(s.OW, (s.W - 1 - o) / sw + 1);
+      off[kw] = o;
+      lo[kw] = l;
+      hi[kw] = max_i(h, l);
+    }
+  }
+};
+
+// Register tile of the depthwise forward: kDwRows output rows x kDwTile columns (one AVX-512 fp32
+// vector per row): four independent accumulation chains hide the FMA latency.
+constexpr index_t kDwTile = 16;
+constexpr index_t kDwRows = 4;
+
+// The zero-padded copy of one input plane the depthwise forward reads without bounds checks:
+// every row and column that a tile (output rows and columns rounded up to whole tiles) can touch.
+struct PaddedPlane {
+  index_t Hp, Wp;
+  explicit PaddedPlane(const ConvShape& s)
+      : Hp((round_up(s.OH, kDwRows) - 1) * s.stride_h + (s.KH - 1) * s.dil_h + 1),
+        Wp((round_up(s.OW, kDwTile) - 1) * s.stride_w + (s.KW - 1) * s.dil_w + 1) {}
+};
+
+// xp (Hp x Wp) = x (H x W) shifted by (pad_t, pad_l), zero elsewhere (paddings may be negative).
+template <typename T>
+void pad_plane(const ConvShape& s, const PaddedPlane& pp, const T* x, T* xp) {
+  const index_t c0 = max_i(0, -s.pad_l), c1 = min_i(s.W, pp.Wp - s.pad_l);
+  for (index_t r = 0; r < pp.Hp; ++r) {
+    T* dst = xp + r * pp.Wp;
+    const index_t ih = r - s.pad_t;
+    if (ih < 0 || ih >= s.H || c1 <= c0) {
+      fill_zero(dst, pp.Wp);
+      continue;
+    }
+    for (index_t j = 0; j < c0 + s.pad_l; ++j) dst[j] = T(0);  // a few columns: no memset call
+    std::memcpy(dst + c0 + s.pad_l, x + ih * s.W + c0, static_cast<std::size_t>(c1 - c0) * sizeof(T));
+    for (index_t j = c1 + s.pad_l; j < pp.Wp; ++j) dst[j] = T(0);
+  }
+}
+
+// One output plane of a depthwise forward from its padded input plane: each tile of kDwTile
+// outputs is accumulated over all taps in registers (acc[]), then stored once (the padded plane
+// covers whole tiles; only the stores of ragged tiles are clipped).
+template <typename T, bool UnitStride>
+__attribute__((always_inline)) inline void dw_forward_tiles(const ConvShape& s, const PaddedPlane& pp, const T* xp,
+                                                            const T* w, T bias, T* y) {
+  // a GCC vector of kDwTile lanes: one zmm (fp32) in the AVX-512 clone, split by the compiler
+  // into narrower registers in the others (plain arrays here are left scalar by the vectoriser)
+  typedef T Vec __attribute__((vector_size(kDwTile * sizeof(T))));
+  const index_t sw = s.stride_w;
+  for (index_t oh0 = 0; oh0 < s.OH; oh0 += kDwRows) {
+    for (index_t ow0 = 0; ow0 < s.OW; ow0 += kDwTile) {
+      Vec acc[kDwRows];  // fully unrolled loops over r keep acc in registers
+#pragma GCC unroll 4
+      for (index_t r = 0; r < kDwRows; ++r) acc[r] = Vec{} + bias;
+      for (index_t kh = 0; kh < s.KH; ++kh) {
+        for (index_t kw = 0; kw < s.KW; ++kw) {
+          const T wv = w[kh * s.KW + kw];
+#pragma GCC unroll 4
+          for (index_t r = 0; r < kDwRows; ++r) {
+            const T* xs = xp + ((oh0 + r) * s.stride_h + kh * s.dil_h) * pp.Wp + ow0 * sw + kw * s.dil_w;
+            Vec xv;
+            if (UnitStride) {
+              std::memcpy(&xv, xs, sizeof(Vec));
+            } else {
+              for (index_t l = 0; l < kDwTile; ++l) xv[l] = xs[l * sw];
+            }
+            acc[r] += wv * xv;
+          }
+        }
+      }
+      const index_t rows = min_i(kDwRows, s.OH - oh0), cols = min_i(kDwTile, s.OW - ow0);
+      if (rows == kDwRows && cols == kDwTile) {  // whole tile: vector stores straight into y
+#pragma GCC unroll 4
+        for (index_t r = 0; r < kDwRows; ++r) std::memcpy(y + (oh0 + r) * s.OW + ow0, &acc[r], sizeof(Vec));
+      } else {
+        for (index_t r = 0; r < rows; ++r)
+          std::memcpy(y + (oh0 + r) * s.OW + ow0, &acc[r], static_cast<std::size_t>(cols) * sizeof(T));
+      }
+    }
+  }
+}
+
+// The stride-1 case is instantiated apart: with one loop body for both, GCC merged the vector
+// load into the strided gather and ran the gather at stride 1 (5-10x slower).
+template <typename T>
+__attribute__((always_inline)) inline void dw_forward_plane_impl(const ConvShape& s, const PaddedPlane& pp,
+                                                                 const T* xp, const T* w, T bias, T* y) {
+  if (s.stride_w == 1) {
+    dw_forward_tiles<T, true>(s, pp, xp, w, bias, y);
+  } else {
+    dw_forward_tiles<T, false>(s, pp, xp, w, bias, y);
+  }
+}
+
+// One input-gradient plane of a depthwise dgrad: dx (H x W) += taps of dy (OH x OW) for one
+// output channel (the caller zeroes dx and sums the channel multiplier's planes in order).
+template <typename T>
+__attribute__((always_inline)) inline void dw_dgrad_plane_impl(const ConvShape& s, const T* dy, const T* w, T* dx) {
+  ColRanges cr(s);
+  for (index_t oh = 0; oh < s.OH; ++oh) {
+    const T* dyr = dy + oh * s.OW;
+    for (index_t kh = 0; kh < s.KH; ++kh) {
+      const index_t ih = oh * s.stride_h - s.pad_t + kh * s.dil_h;
+      if (ih < 0 || ih >= s.H) continue;
+      T* dxr = dx + ih * s.W;
+      for (index_t kw = 0; kw < s.KW; ++kw) {
+        const index_t off = cr.off[kw], lo = cr.lo[kw], hi = cr.hi[kw];
+        const T wv = w[kh * s.KW + kw];
+        if (s.stride_w == 1) {
+          for (index_t o = lo; o < hi; ++o) dxr[o + off] += wv * dyr[o];
+        } else {
+          for (index_t o = lo; o < hi; ++o) dxr[o * s.stride_w + off] += wv * dyr[o];
+        }
+      }
+    }
+  }
+}
+
+// dw (KH x KW) += taps of one (dy plane, x plane) pair.
+template <typename T>
+__attribute__((always_inline)) inline void dw_wgrad_plane_impl(const ConvShape& s, const T* dy, const T* x, T* dw) {
+  ColRanges cr(s);
+  for (index_t kh = 0; kh < s.KH; ++kh)
+    for (index_t kw = 0; kw < s.KW; ++kw) {
+      const index_t off = cr.off[kw], lo = cr.lo[kw], hi = cr.hi[kw];
+      T sum = T(0);
+      for (index_t oh = 0; oh < s.OH; ++oh) {
+        const index_t ih = oh * s.stride_h - s.pad_t + kh * s.dil_h;
+        if (ih < 0 || ih >= s.H) continue;
+        const T* dyr = dy + oh * s.OW;
+        const T* xr = x + ih * s.W;
+        // 8 independent partial sums: lets the compiler vectorise without reassociating a chain
+        T part[8] = {};
+        index_t o = lo;
+        if (s.stride_w == 1)
+          for (; o + 8 <= hi; o += 8)
+            for (int l = 0; l < 8; ++l) part[l] += dyr[o + l] * xr[o + l + off];
+        for (; o < hi; ++o) part[0] += dyr[o] * xr[o * s.stride_w + off];
+        for (int l = 0; l < 8; ++l) sum += part[l];
+      }
+      dw[kh * s.KW + kw] += sum;
+    }
+}
+
+// Feature-based clones: an "arch=" clone is picked by CPU model name, so a Cascade Lake would miss a
+// skylake-avx512 clone and fall back to SSE2.
+#define FASTCONV_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+FASTCONV_CLONES void dw_forward_plane(const ConvShape& s, const PaddedPlane& pp, const float* xp, const float* w,
+                                      float b, float* y) {
+  dw_forward_plane_impl(s, pp, xp, w, b, y);
+}
+FASTCONV_CLONES void dw_forward_plane(const ConvShape& s, const PaddedPlane& pp, const double* xp, const double* w,
+                                      double b, double* y) {
+  dw_forward_plane_impl(s, pp, xp, w, b, y);
+}
+FASTCONV_CLONES void dw_dgrad_plane(const ConvShape& s, const float* dy, const float* w, float* dx) {
+  dw_dgrad_plane_impl(s, dy, w, dx);
+}
+FASTCONV_CLONES void dw_dgrad_plane(const ConvShape& s, const double* dy, const double* w, double* dx) {
+  dw_dgrad_plane_impl(s, dy, w, dx);
+}
+FASTCONV_CLONES void dw_wgrad_plane(const ConvShape& s, const float* dy, const float* x, float* dw) {
+  dw_wgrad_plane_impl(s, dy, x, dw);
+}
+FASTCONV_CLONES void dw_wgrad_plane(const ConvShape& s, const double* dy, const double* x, double* dw) {
+  dw_wgrad_plane_impl(s, dy, x, dw);
+}
+
+template <typename T>
+void depthwise_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads) {
+  const index_t mult = s.C_out / s.groups, KK = s.KH * s.KW;
+  const PaddedPlane pp(s);
+#pragma omp parallel num_threads(nthreads)
+  {
+    Buffer<T> xp(pp.Hp * pp.Wp);                  // per thread: one padded input plane
+    index_t padded = -1;                           // the plane now in xp (reused across the multiplier)
+#pragma omp for schedule(static)
+    for (index_t u = 0; u < s.N * s.C_out; ++u) {
+      const index_t n = u / s.C_out, co = u % s.C_out, plane = n * s.C_in + co / mult;
+      if (plane != padded) pad_plane(s, pp, x + plane * s.H * s.W, xp.data());
+      padded = plane;
+      dw_forward_plane(s, pp, xp.data(), w + co * KK, b ? b[co] : T(0), y + u * s.OH * s.OW);
+    }
+  }
+}
+
+template <typename T>
+void depthwise_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads) {
+  const index_t mult = s.C_out / s.groups, KK = s.KH * s.KW;
+  if (mult == 1 && s.stride_h == 1 && s.stride_w == 1) {
+    // at stride 1 a depthwise dgrad is a depthwise forward of dy with the flipped kernel and
+    // padding d*(K-1) - pad (see dgrad_as_forward): register tiles instead of scattered adds
+    Buffer<T> wf(s.C_out * KK);
+    for (index_t c = 0; c < s.C_out; ++c)
+      for (index_t k = 0; k < KK; ++k) wf.data()[c * KK + KK - 1 - k] = w[c * KK + k];
+    const ConvShape t{s.N, s.C_out, s.OH, s.OW, s.C_in, s.KH, s.KW, s.H, s.W, 1, 1,
+                      s.dil_h * (s.KH - 1) - s.pad_t, s.dil_w * (s.KW - 1) - s.pad_l, s.dil_h, s.dil_w, s.groups};
+    return depthwise_forward(t, dy, wf.data(), static_cast<const T*>(nullptr), dx, nthreads);
+  }
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (index_t u = 0; u < s.N * s.C_in; ++u) {
+    const index_t n = u / s.C_in, c = u % s.C_in;
+    T* plane = dx + u * s.H * s.W;
+    fill_zero(plane, s.H * s.W);
+    for (index_t m = 0; m < mult; ++m) {
+      const index_t co = c * mult + m;
+      dw_dgrad_plane(s, dy + (n * s.C_out + co) * s.OH * s.OW, w + co * KK, plane);
+    }
+  }
+}
+
+template <typename T>
+void depthwise_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+  const index_t mult = s.C_out / s.groups, KK = s.KH * s.KW;
+  // one output channel per iteration, its batch summed in order: the same result on any thread count
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (index_t co = 0; co < s.C_out; ++co) {
+    T* d = dw + co * KK;
+    fill_zero(d, KK);
+    for (index_t n = 0; n < s.N; ++n)
+      dw_wgrad_plane(s, dy + (n * s.C_out + co) * s.OH * s.OW, x + (n * s.C_in + co / mult) * s.H * s.W, d);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the general paths
+// ---------------------------------------------------------------------------------------------
+
+template <typename T>
+void gemm_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads) {
+  const MicroKernel<T>& uk = micro_kernel<T>();
+  const index_t G = s.groups, Cig = s.C_in / G, Cog = s.C_out / G, Kg = Cig * s.KH * s.KW;
+  const index_t P = s.OH * s.OW, HW = s.H * s.W, NP = s.N * P;
+  const Geo g = geometry(s);
+  const Tiling t = tile_product(uk, Cog, NP, nthreads, G);
+  const index_t asize = packed_a_size(uk, Cog, Kg), ajobs = pack_a_jobs(uk, Cog, Kg);
+  Buffer<T> ap(G * asize);  // shared: the packed weight
+  const index_t units = G * t.units();
+#pragma omp parallel num_threads(static_cast<int>(min_i(nthreads, max_i(units, 1))))
+  {
+#pragma omp for schedule(static)
+    for (index_t job = 0; job < G * ajobs; ++job)
+      pack_a_job(uk, w + (job / ajobs) * Cog * Kg, Kg, index_t(1), Cog, Kg, ap.data() + (job / ajobs) * asize,
+                 job % ajobs);
+    Buffer<T> bbuf(packed_b_size(uk));  // per thread: one packed KC x NC block of the implicit im2col
+#pragma omp for schedule(dynamic, 1)
+    for (index_t u = 0; u < units; ++u) {
+      const index_t grp = u / t.units(), rest = u % t.units();
+      const index_t p0 = (rest / t.col_units) * t.panels, p1 = min_i(p0 + t.panels, ceil_div(Cog, uk.mr));
+      const index_t j0 = (rest % t.col_units) * t.nb, nb = min_i(t.nb, NP - j0);
+      const Im2colB<T> pack_b{x + grp * Cig * HW, s.C_in * HW, HW, P, g};
+      const SegmentedC<T> cmap{y + grp * Cog * P, P, P, s.C_out * P};
+      gemm_unit(uk, ap.data() + grp * asize, Cog, Kg, p0, p1, pack_b, j0, nb, cmap, bbuf.data(), false);
+      if (b) {  // while this unit's block of y is still in cache
+        for (index_t co = p0 * uk.mr; co < min_i(Cog, p1 * uk.mr); ++co) {
+          const T bias = b[grp * Cog + co];
+          for (index_t j = j0; j < j0 + nb;) {
+            const index_t n = j / P, q = j - n * P, len = min_i(P - q, j0 + nb - j);
+            T* row = y + (n * s.C_out + grp * Cog + co) * P + q;
+            for (index_t i = 0; i < len; ++i) row[i] += bias;
+            j += len;
+          }
+        }
+      }
+    }
+  }
+}
+
+// dgrad at stride 1 is a stride-1 convolution of dy: dx[c, ih, iw] = sum over o, kh, kw of
+// dy[o, ih - pad' + kh'*d] * w'[c, o, kh', kw'] with kh' = KH-1-kh (the flipped kernel) and
+// pad' = d*(KH-1) - pad (negative when the padding exceeds the kernel span: the bounds checks of
+// im2col handle any offset). Sharing the forward's kernels beats GEMM + col2im: the depth is
+// C_out*KH*KW instead of C_out, and nothing is scattered.
+template <typename T>
+void dgrad_as_forward(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads) {
+  const index_t G = s.groups, Cig = s.C_in / G, Cog = s.C_out / G, KK = s.KH * s.KW;
+  Buffer<T> wt(s.C_out * Cig * KK);  // shared: (C_in, C_out/groups, KH, KW), flipped
+  for (index_t grp = 0; grp < G; ++grp)
+    for (index_t co = 0; co < Cog; ++co)
+      for (index_t ci = 0; ci < Cig; ++ci)
+        for (index_t k = 0; k < KK; ++k)
+          wt.data()[((grp * Cig + ci) * Cog + co) * KK + (KK - 1 - k)] = w[((grp * Cog + co) * Cig + ci) * KK + k];
+  const ConvShape t{s.N, s.C_out, s.OH, s.OW, s.C_in, s.KH, s.KW, s.H, s.W, 1, 1,
+                    s.dil_h * (s.KH - 1) - s.pad_t, s.dil_w * (s.KW - 1) - s.pad_l, s.dil_h, s.dil_w, G};
+  gemm_forward(t, dy, wt.data(), static_cast<const T*>(nullptr), dx, nthreads);
+}
+
+// dgrad at stride > 1: per image, cols (Kg x pixels) = W_g^T dy_g in chunks of nbc pixels, each
+// scattered into dx by col2im. Units are (image, group, channel range): a unit owns its dx planes,
+// so no two threads ever add into the same pixel.
+template <typename T>
+void dgrad_col2im(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads) {
+  const MicroKernel<T>& uk = micro_kernel<T>();
+  const index_t G = s.groups, Cig = s.C_in / G, Cog = s.C_out / G, KK = s.KH * s.KW, Kg = Cig * KK;
+  const index_t P = s.OH * s.OW, HW = s.H * s.W;
+  const Geo g = geometry(s);
+  const index_t rows = round_up(Kg, uk.mr) + uk.mr;  // a unit's panels cover its rows plus ragged ends
+  const index_t nbc = min_i(round_up(P, uk.nr), max_i(uk.nr, (index_t(65536) / rows) / uk.nr * uk.nr));
+  const index_t splits = (s.N * G >= 2 * nthreads || nthreads == 1) ? 1 : min_i(Cig, ceil_div(2 * nthreads, s.N * G));
+  const index_t asize = packed_a_size(uk, Kg, Cog), ajobs = pack_a_jobs(uk, Kg, Cog);
+  Buffer<T> ap(G * asize);  // shared: W_g^T packed, (Kg x Cog) per group
+  const index_t units = s.N * G * splits;
+#pragma omp parallel num_threads(static_cast<int>(min_i(nthreads, units)))
+  {
+#pragma omp for schedule(static)
+    for (index_t job = 0; job < G * ajobs; ++job)
+      pack_a_job(uk, w + (job / ajobs) * Cog * Kg, index_t(1), Kg, Kg, Cog, ap.data() + (job / ajobs) * asize,
+                 job % ajobs);
+    Buffer<T> bbuf(packed_b_size(uk));  // per thread: one packed block of dy
+    Buffer<T> cols(rows * nbc);         // per thread: one chunk of cols
+    std::vector<PixelRun> runs(static_cast<std::size_t>(nbc));
+#pragma omp for schedule(dynamic, 1)
+    for (index_t u = 0; u < units; ++u) {
+      const index_t n = u / (G * splits), grp = (u / splits) % G, part = u % splits;
+      const index_t c0 = part * Cig / splits, c1 = (part + 1) * Cig / splits;
+      const index_t k0 = c0 * KK, k1 = c1 * KK, p0 = k0 / uk.mr, p1 = ceil_div(k1, uk.mr);
+      T* dxg = dx + (n * s.C_in + grp * Cig) * HW;
+      fill_zero(dxg + c0 * HW, (c1 - c0) * HW);
+      const StridedB<T> pack_b{dy + (n * s.C_out + grp * Cog) * P, P, index_t(1)};
+      for (index_t q0 = 0; q0 < P; q0 += nbc) {
+        const index_t len = min_i(nbc, P - q0);
+        const PlainC<T> cmap{cols.data(), nbc, p0 * uk.mr, q0};
+        gemm_unit(uk, ap.data() + grp * asize, Kg, Cog, p0, p1, pack_b, q0, len, cmap, bbuf.data(), false);
+        const int count = pixel_runs(g, P, q0, len, runs.data());
+        Tap tap = tap_of(g, k0);
+        for (index_t k = k0; k < k1; ++k, tap.next(g)) {
+          const T* src = cols.data() + (k - p0 * uk.mr) * nbc;
+          for (int i = 0; i < count; ++i) col2im_run(dxg + tap.c * HW, g, tap.kh, tap.kw, runs[i], src + runs[i].lane);
+        }
+      }
+    }
+  }
+}
+
+// wgrad: dW_g (Cog x Kg) = sum over images and pixels of dy_g cols_g^T, in chunks of at most KC
+// pixels within an image. Units are (group, column block, reduction slice); the slices (S of them,
+// set by the shape alone) give small layers parallelism, each into its own copy of dw, summed in
+// slice order at the end. Every element is thus reduced in one fixed order on any thread count.
+template <typename T>
+void gemm_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+  const MicroKernel<T>& uk = micro_kernel<T>();
+  const index_t G = s.groups, Cig = s.C_in / G, Cog = s.C_out / G, Kg = Cig * s.KH * s.KW;
+  const index_t P = s.OH * s.OW, HW = s.H * s.W, R = s.N * P;
+  const Geo g = geometry(s);
+  const index_t col_units = ceil_div(Kg, uk.nc), cw = round_up(ceil_div(Kg, col_units), uk.nr);
+  const index_t base = G * col_units;
+  const index_t S = base >= 8 ? 1 : max_i(1, min_i(ceil_div(8, base), R / 4096));
+  const index_t dw_size = s.C_out * Kg;
+  Buffer<T> partial(S > 1 ? S * dw_size : 0);  // shared: one dw per reduction slice
+  T* target = S > 1 ? partial.data() : dw;
+  const index_t units = base * S;
+#pragma omp parallel num_threads(static_cast<int>(min_i(nthreads, units)))
+  {
+    Buffer<T> abuf(packed_a_size(uk, Cog, uk.kc));  // per thread: one packed chunk of dy
+    Buffer<T> bbuf(packed_b_size(uk));              // per thread: one packed block of cols^T
+#pragma omp for schedule(dynamic, 1)
+    for (index_t u = 0; u < units; ++u) {
+      const index_t grp = u / (col_units * S), cu = (u / S) % col_units, slice = u % S;
+      const index_t j0 = cu * cw, nb = min_i(cw, Kg - j0);
+      const index_t r0 = slice * R / S, r1 = (slice + 1) * R / S;
+      const PlainC<T> cmap{target + slice * dw_size + grp * Cog * Kg, Kg};
+      if (r0 == r1) {  // an empty slice still owns its (zero) share of the sum
+        for (index_t co = 0; co < Cog; ++co) fill_zero(target + slice * dw_size + (grp * Cog + co) * Kg + j0, nb);
+      }
+      for (index_t r = r0; r < r1;) {
+        const index_t n = r / P, q0 = r - n * P, len = min_i(min_i(uk.kc, P - q0), r1 - r);
+        pack_a(uk, dy + (n * s.C_out + grp * Cog) * P + q0, P, index_t(1), Cog, len, abuf.data());
+        const Im2colTransposedB<T> pack_b{x + (n * s.C_in + grp * Cig) * HW, HW, P, q0, g};
+        gemm_unit(uk, abuf.data(), Cog, len, 0, ceil_div(Cog, uk.mr), pack_b, j0, nb, cmap, bbuf.data(), r > r0);
+        r += len;
+      }
+    }
+    if (S > 1) {
+#pragma omp for schedule(static)
+      for (index_t e = 0; e < dw_size; ++e) {
+        T sum = partial.data()[e];
+        for (index_t sl = 1; sl < S; ++sl) sum += partial.data()[sl * dw_size + e];
+        dw[e] = sum;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads) {
+  if (is_depthwise(s)) return depthwise_forward(s, x, w, b, y, nthreads);
+  gemm_forward(s, x, w, b, y, nthreads);
+}
+
+template <typename T>
+void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads) {
+  if (is_depthwise(s)) return depthwise_backward_input(s, dy, w, dx, nthreads);
+  if (s.stride_h == 1 && s.stride_w == 1) return dgrad_as_forward(s, dy, w, dx, nthreads);
+  dgrad_col2im(s, dy, w, dx, nthreads);
+}
+
+template <typename T>
+void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+  if (is_depthwise(s)) return depthwise_backward_weight(s, dy, x, dw, nthreads);
+  gemm_backward_weight(s, dy, x, dw, nthreads);
+}
+
+template <typename T>
+void conv2d_backward_bias(index_t N, index_t C, index_t P, const T* dy, T* db, int nthreads) {
+  // one channel per iteration, summed image by image with 16 interleaved partial sums: a fixed
+  // order on any thread count, and one the compiler can vectorise
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (index_t c = 0; c < C; ++c) {
+    T part[16] = {};
+    for (index_t n = 0; n < N; ++n) {
+      const T* row = dy + (n * C + c) * P;
+      index_t i = 0;
+      for (; i + 16 <= P; i += 16)
+        for (int l = 0; l < 16; ++l) part[l] += row[i + l];
+      for (; i < P; ++i) part[i % 16] += row[i];
+    }
+    T sum = T(0);
+    for (int l = 0; l < 16; ++l) sum += part[l];
+    db[c] = sum;
+  }
+}
+
+#define FASTCONV_INSTANTIATE(T)                                                                    \
+  template void conv2d_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, int);        \
+  template void conv2d_backward_input<T>(const ConvShape&, const T*, const T*, T*, int);           \
+  template void conv2d_backward_weight<T>(const ConvShape&, const T*, const T*, T*, int);          \
+  template void conv2d_backward_bias<T>(index_t, index_t, index_t, const T*, T*, int);
+FASTCONV_INSTANTIATE(float)
+FASTCONV_INSTANTIATE(double)
+
+}  // namespace fastconv

@@ -1,0 +1,33 @@
+// 2-d convolution kernels: forward (fprop), backward-input (dgrad), backward-weight (wgrad), bias.
+// Layout NCHW, weights (C_out, C_in/groups, KH, KW), cross-correlation: PyTorch's semantics.
+// Inputs are C-contiguous and already validated by the Python front; outputs are fully written.
+#pragma once
+
+#include "common.h"
+
+namespace fastconv {
+
+// The Python ConvParams, field for field (the bottom/right paddings are implied by OH/OW).
+struct ConvShape {
+  index_t N, C_in, H, W, C_out, KH, KW, OH, OW;
+  index_t stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, groups;
+};
+
+// y (N, C_out, OH, OW) = conv(x, w) + b; b may be null.
+template <typename T>
+void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads);
+
+// dx (N, C_in, H, W) from dy (N, C_out, OH, OW) and w.
+template <typename T>
+void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads);
+
+// dw (C_out, C_in/groups, KH, KW) from dy and x; summed over the batch in an order fixed by the
+// shape alone, so the result is bit-identical for every thread count.
+template <typename T>
+void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads);
+
+// db (C) = sum of dy (N, C, P) over N and P, in a fixed order.
+template <typename T>
+void conv2d_backward_bias(index_t N, index_t C, index_t P, const T* dy, T* db, int nthreads);
+
+}  // namespace fastconv

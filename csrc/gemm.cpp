@@ -1,0 +1,140 @@
+// Run-time choice of the micro-kernels, the portable fallback kernel, and the general GEMM.
+#include "gemm.h"
+
+#include <omp.h>
+
+#include <atomic>
+#include <stdexcept>
+
+namespace fastconv {
+namespace {
+
+#include "ukernel.h"
+
+// The portable kernel: "vectors" of one lane, so the compiler sees plain scalar code (4x4 tile).
+template <typename TT>
+struct Scalar {
+  using T = TT;
+  using R = TT;
+  static constexpr int L = 1;
+  static R zero() { return R(0); }
+  static R load(const T* p) { return *p; }
+  static R set1(T v) { return v; }
+  static R fma(R a, R b, R c) { return a * b + c; }
+  static R add(R a, R b) { return a + b; }
+  static void store(T* p, R v) { *p = v; }
+};
+
+struct KernelSet {
+  const char* name;
+  MicroKernel<float> f32;
+  MicroKernel<double> f64;
+};
+
+KernelSet generic_set() {
+  return KernelSet{"generic", MicroKernel<float>{4, 4, 256, 256, &ukernel<Scalar<float>, 4, 4>},
+                   MicroKernel<double>{4, 4, 256, 256, &ukernel<Scalar<double>, 4, 4>}};
+}
+
+// The kernel sets this build has and this CPU runs, best first.
+struct Available {
+  KernelSet sets[3];
+  int count = 0;
+  Available() {
+    __builtin_cpu_init();
+    KernelSet s{};
+    if (__builtin_cpu_supports("avx512f") && gemm_kernels_avx512(s.f32, s.f64)) {
+      s.name = "avx512";
+      sets[count++] = s;
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && gemm_kernels_avx2(s.f32, s.f64)) {
+      s.name = "avx2";
+      sets[count++] = s;
+    }
+    sets[count++] = generic_set();
+  }
+};
+
+const Available& available() {
+  static const Available a;  // thread-safe initialisation (C++11 statics)
+  return a;
+}
+
+std::atomic<const KernelSet*>& current() {
+  static std::atomic<const KernelSet*> set{&available().sets[0]};
+  return set;
+}
+
+std::atomic<index_t> workspace_live{0}, workspace_peak{0};
+
+}  // namespace
+
+void workspace_note(index_t delta_bytes) {
+  const index_t now = workspace_live.fetch_add(delta_bytes) + delta_bytes;
+  index_t peak = workspace_peak.load();
+  while (now > peak && !workspace_peak.compare_exchange_weak(peak, now)) {
+  }
+}
+index_t workspace_peak_bytes() { return workspace_peak.load(); }
+void workspace_reset_peak() { workspace_peak.store(workspace_live.load()); }
+
+template <>
+const MicroKernel<float>& micro_kernel<float>() { return current().load()->f32; }
+template <>
+const MicroKernel<double>& micro_kernel<double>() { return current().load()->f64; }
+
+const char* gemm_isa() { return current().load()->name; }
+
+void set_gemm_isa(const std::string& name) {
+  const Available& a = available();
+  if (name == "auto") {
+    current().store(&a.sets[0]);
+    return;
+  }
+  std::string have;
+  for (int i = 0; i < a.count; ++i) {
+    if (name == a.sets[i].name) {
+      current().store(&a.sets[i]);
+      return;
+    }
+    have += (i ? ", " : "") + std::string(a.sets[i].name);
+  }
+  throw std::invalid_argument("kernel set '" + name + "' is not available on this CPU/build (have: " + have +
+                              ", or 'auto')");
+}
+
+template <typename T>
+void gemm(index_t M, index_t N, index_t K, const T* a, index_t rsa, index_t csa, const T* b, index_t rsb,
+          index_t csb, T* c, index_t ldc, int nthreads) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // an empty sum: the loops below would leave C unwritten
+    for (index_t i = 0; i < M; ++i) fill_zero(c + i * ldc, N);
+    return;
+  }
+  const MicroKernel<T>& uk = micro_kernel<T>();
+  const Tiling t = tile_product(uk, M, N, nthreads);
+  Buffer<T> ap(packed_a_size(uk, M, K));  // workspace: A packed once, M*K rounded up to MR rows
+  const StridedB<T> pack_b{b, rsb, csb};
+  const PlainC<T> cmap{c, ldc};
+  const int team = static_cast<int>(min_i(nthreads, t.units()));
+#pragma omp parallel num_threads(team)
+  {
+#pragma omp for schedule(static)
+    for (index_t job = 0; job < pack_a_jobs(uk, M, K); ++job) pack_a_job(uk, a, rsa, csa, M, K, ap.data(), job);
+    Buffer<T> bbuf(packed_b_size(uk));         // per-thread workspace: one KC x NC packed block
+#pragma omp for schedule(dynamic, 1)
+    for (index_t u = 0; u < t.units(); ++u) {
+      const index_t ru = u / t.col_units, cu = u % t.col_units;
+      const index_t p0 = ru * t.panels, p1 = min_i(p0 + t.panels, ceil_div(M, uk.mr));
+      const index_t j0 = cu * t.nb;
+      gemm_unit(uk, ap.data(), M, K, p0, p1, pack_b, j0, min_i(t.nb, N - j0), cmap, bbuf.data(), false);
+    }
+  }
+}
+
+template void gemm<float>(index_t, index_t, index_t, const float*, index_t, index_t, const float*, index_t,
+                          index_t, float*, index_t, int);
+template void gemm<double>(index_t, index_t, index_t, const double*, index_t, index_t, const double*, index_t,
+                           index_t, double*, index_t, int);
+
+}  // namespace fastconv

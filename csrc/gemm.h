@@ -1,0 +1,244 @@
+// Packed, register-blocked GEMM (GotoBLAS/BLIS structure), shared by convolution and linear.
+//
+//   for each column block of C (<= NC columns, one unit of work for one thread):
+//     for each depth block pc (<= KC):             pack B[pc block, column block] -> [panel][p][NR]
+//       for each MR-row panel of A (packed once): (A micro-panel stays in L1)
+//         for each NR-column panel of B:          (the packed B block stays in L2)
+//           micro-kernel: C tile (+)= A panel * B panel
+//
+// B is packed by a caller-supplied functor, so convolution packs B straight from the image
+// (implicit im2col: no im2col matrix exists, only one packed KC x NC block per thread), and C is
+// addressed through a small map, so one GEMM can span several images' pixels.
+// Reductions are never split across threads here: every element of C is one sum over the depth
+// in a fixed order (KC blocks in turn, each accumulated from zero then added), whatever the
+// number of threads or the placement of tile edges.
+#pragma once
+
+#include <string>
+
+#include "common.h"
+#include "gemm_kernel.h"
+
+namespace fastconv {
+
+constexpr int kMaxMR = 16;
+constexpr int kMaxNR = 32;
+constexpr index_t kMaxKC = 256;  // every kernel set's kc is at most this (sizes stack arrays of runs)
+
+// The micro-kernel chosen for this CPU (AVX-512F, else AVX2+FMA, else portable C++).
+template <typename T>
+const MicroKernel<T>& micro_kernel();
+// "avx512", "avx2" or "generic": the kernels in use.
+const char* gemm_isa();
+// Use another kernel set ("auto" = the best this CPU has). Throws std::invalid_argument for a set
+// this CPU or build cannot run. For tests and benchmarks; not meant to race with running ops.
+void set_gemm_isa(const std::string& name);
+
+// ---------------------------------------------------------------------------------------------
+// packing
+// ---------------------------------------------------------------------------------------------
+
+// The depth of each packed block for a product of depth K: at most KC, and as even as possible
+// (K = 576 runs as 3 x 192, not 256 + 256 + 64, whose last short block would waste the C traffic).
+template <typename T>
+inline index_t depth_block(const MicroKernel<T>& uk, index_t K) {
+  return ceil_div(K, ceil_div(K, uk.kc));
+}
+
+// Elements of a packed A of M rows and depth K: rows rounded up to whole MR panels.
+template <typename T>
+inline index_t packed_a_size(const MicroKernel<T>& uk, index_t M, index_t K) {
+  return round_up(M, uk.mr) * K;
+}
+
+// Start of row panel `panel` in depth block `pc` of a packed A; layout [pc block][panel][p][MR].
+template <typename T>
+inline const T* packed_a_panel(const MicroKernel<T>& uk, const T* ap, index_t M, index_t pc, index_t panel,
+                               index_t kcb) {
+  return ap + pc * round_up(M, uk.mr) + panel * uk.mr * kcb;
+}
+
+// Number of independent packing jobs (one per depth block and row panel) of an M x K A.
+template <typename T>
+inline index_t pack_a_jobs(const MicroKernel<T>& uk, index_t M, index_t K) {
+  return ceil_div(K, depth_block(uk, K)) * ceil_div(M, uk.mr);
+}
+
+// Packing job `job` of A(i, p) = a[i*rs + p*cs], i < M, p < K, into `dst` (rows past M are zero).
+template <typename T>
+void pack_a_job(const MicroKernel<T>& uk, const T* a, index_t rs, index_t cs, index_t M, index_t K, T* dst,
+                index_t job) {
+  const int MR = uk.mr;
+  const index_t panels = ceil_div(M, MR), kc = depth_block(uk, K);
+  const index_t pc = (job / panels) * kc, panel = job % panels;
+  const index_t kcb = min_i(kc, K - pc);
+  T* d = dst + pc * round_up(M, MR) + panel * MR * kcb;
+  const index_t i0 = panel * MR;
+  const int rows = static_cast<int>(min_i(MR, M - i0));
+  if (cs == 1) {  // rows are contiguous in memory: read along them, write with stride MR
+    for (int r = 0; r < rows; ++r) {
+      const T* src = a + (i0 + r) * rs + pc;
+      for (index_t p = 0; p < kcb; ++p) d[p * MR + r] = src[p];
+    }
+    for (int r = rows; r < MR; ++r)
+      for (index_t p = 0; p < kcb; ++p) d[p * MR + r] = T(0);
+  } else {  // columns are contiguous (a transposed A): read MR neighbours per depth step
+    for (index_t p = 0; p < kcb; ++p) {
+      const T* src = a + i0 * rs + (pc + p) * cs;
+      for (int r = 0; r < rows; ++r) d[p * MR + r] = src[r * rs];
+      for (int r = rows; r < MR; ++r) d[p * MR + r] = T(0);
+    }
+  }
+}
+
+// The whole of A, packed by the calling thread alone.
+template <typename T>
+void pack_a(const MicroKernel<T>& uk, const T* a, index_t rs, index_t cs, index_t M, index_t K, T* dst) {
+  for (index_t job = 0, jobs = pack_a_jobs(uk, M, K); job < jobs; ++job) pack_a_job(uk, a, rs, cs, M, K, dst, job);
+}
+
+// Pack B(p, j) = b[p*rs + j*cs] for depth rows [pc, pc+kcb) and columns [j0, j0+nb) into
+// [panel][p][NR], zero-padding the last panel.
+template <typename T>
+struct StridedB {
+  const T* b;
+  index_t rs, cs;
+  void operator()(const MicroKernel<T>& uk, index_t pc, index_t kcb, index_t j0, index_t nb, T* dst) const {
+    const int NR = uk.nr;
+    for (index_t jr = 0; jr < nb; jr += NR) {
+      const int cols = static_cast<int>(min_i(NR, nb - jr));
+      T* d = dst + jr * kcb;
+      if (cs == 1) {
+        for (index_t p = 0; p < kcb; ++p) {
+          const T* src = b + (pc + p) * rs + j0 + jr;
+          for (int r = 0; r < cols; ++r) d[p * NR + r] = src[r];
+          for (int r = cols; r < NR; ++r) d[p * NR + r] = T(0);
+        }
+      } else {  // a transposed B (e.g. linear's weight): read each column along its depth
+        for (int r = 0; r < cols; ++r) {
+          const T* src = b + (j0 + jr + r) * cs + pc * rs;
+          for (index_t p = 0; p < kcb; ++p) d[p * NR + r] = src[p * rs];
+        }
+        for (int r = cols; r < NR; ++r)
+          for (index_t p = 0; p < kcb; ++p) d[p * NR + r] = T(0);
+      }
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// C addressing
+// ---------------------------------------------------------------------------------------------
+
+// Row-major C; GEMM element (i, j) is c[(i - i0)*ldc + (j - j0)].
+template <typename T>
+struct PlainC {
+  T* c;
+  index_t ldc;
+  index_t i0 = 0, j0 = 0;
+  T* tile(index_t i, index_t j, index_t /*n*/, index_t& ld) const {
+    ld = ldc;
+    return c + (i - i0) * ldc + (j - j0);
+  }
+  void scatter(index_t, index_t, int, int, const T*, int, bool) const {}  // tiles never straddle
+};
+
+// Columns run over several images: column j is pixel j % seg of image j / seg, and row i of image
+// s starts at c + s*seg_stride + i*ldc. A tile that straddles two images is computed into a local
+// tile and scattered.
+template <typename T>
+struct SegmentedC {
+  T* c;
+  index_t ldc, seg, seg_stride;
+  T* tile(index_t i, index_t j, index_t n, index_t& ld) const {
+    const index_t s = j / seg, q = j - s * seg;
+    ld = ldc;
+    return q + n <= seg ? c + s * seg_stride + i * ldc + q : nullptr;
+  }
+  void scatter(index_t i, index_t j, int m, int n, const T* t, int ldt, bool accumulate) const {
+    for (int jj = 0; jj < n; ++jj) {
+      const index_t s = (j + jj) / seg, q = (j + jj) - s * seg;
+      T* col = c + s * seg_stride + i * ldc + q;
+      for (int ii = 0; ii < m; ++ii)
+        col[ii * ldc] = accumulate ? col[ii * ldc] + t[ii * ldt + jj] : t[ii * ldt + jj];
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// the blocked product for one unit of work
+// ---------------------------------------------------------------------------------------------
+
+// Elements of the per-thread packed-B block: the only per-thread GEMM workspace.
+template <typename T>
+inline index_t packed_b_size(const MicroKernel<T>& uk) {
+  return uk.kc * round_up(uk.nc, uk.nr);
+}
+
+// C[rows of panels [p0, p1), columns [j0, j0+nb)] (+)= A * B over the full depth K, where `ap` is
+// the packed A of all M rows, `pack_b` fills the packed B block and `bbuf` holds packed_b_size.
+// nb may exceed NC: the columns are then done NC at a time. accumulate=false overwrites C.
+template <typename T, class PackB, class CMap>
+void gemm_unit(const MicroKernel<T>& uk, const T* ap, index_t M, index_t K, index_t p0, index_t p1,
+               const PackB& pack_b, index_t j0, index_t nb, const CMap& cmap, T* bbuf, bool accumulate) {
+  const int MR = uk.mr, NR = uk.nr;
+  alignas(64) T tile[kMaxMR * kMaxNR];
+  const index_t row_end = min_i(M, p1 * MR), kc = depth_block(uk, K);
+  for (index_t jc = 0; jc < nb; jc += uk.nc) {
+    const index_t ncb = min_i(uk.nc, nb - jc);
+    for (index_t pc = 0; pc < K; pc += kc) {
+      const index_t kcb = min_i(kc, K - pc);
+      const bool acc = accumulate || pc > 0;
+      pack_b(uk, pc, kcb, j0 + jc, ncb, bbuf);
+      for (index_t panel = p0; panel < p1; ++panel) {
+        const index_t i = panel * MR;
+        const int m = static_cast<int>(min_i(MR, row_end - i));
+        const T* a = packed_a_panel(uk, ap, M, pc, panel, kcb);
+        for (index_t jr = 0; jr < ncb; jr += NR) {
+          const int n = static_cast<int>(min_i(NR, ncb - jr));
+          const index_t j = j0 + jc + jr;
+          index_t ld;
+          T* c = cmap.tile(i, j, n, ld);
+          if (c) {
+            uk.fn(kcb, a, bbuf + jr * kcb, c, ld, acc, m, n);
+          } else {
+            uk.fn(kcb, a, bbuf + jr * kcb, tile, NR, false, m, n);
+            cmap.scatter(i, j, m, n, tile, NR, acc);
+          }
+        }
+      }
+    }
+  }
+}
+
+// How to cut an M x N product into units for `nthreads` threads: column blocks of nb columns
+// (a multiple of NR, at most NC) times row blocks of `panels` MR-panels. Aims at >= 2 units per
+// thread (dynamic scheduling evens out ragged units), splitting rows before shrinking columns.
+struct Tiling {
+  index_t nb, col_units, panels, row_units;
+  index_t units() const { return col_units * row_units; }
+};
+
+template <typename T>
+inline Tiling tile_product(const MicroKernel<T>& uk, index_t M, index_t N, int nthreads, index_t units_outside = 1) {
+  const index_t want = nthreads > 1 ? ceil_div(2 * nthreads, units_outside) : 1;
+  const index_t total_panels = ceil_div(M, uk.mr);
+  index_t nb = min_i(uk.nc, round_up(N, uk.nr));
+  index_t col_units = ceil_div(N, nb);
+  index_t row_units = 1;
+  if (col_units < want) row_units = min_i(total_panels, ceil_div(want, col_units));
+  if (col_units * row_units < want) {
+    nb = max_i(uk.nr, round_up(ceil_div(N, ceil_div(want, row_units)), uk.nr));
+    col_units = ceil_div(N, nb);
+  }
+  const index_t panels = ceil_div(total_panels, row_units);
+  return Tiling{nb, col_units, panels, ceil_div(total_panels, panels)};
+}
+
+// C (M x N, row-major, ldc) = A * B with A(i,p) = a[i*rsa + p*csa], B(p,j) = b[p*rsb + j*csb],
+// on `nthreads` threads (one OpenMP team; the micro-kernels are single-threaded).
+template <typename T>
+void gemm(index_t M, index_t N, index_t K, const T* a, index_t rsa, index_t csa, const T* b, index_t rsb,
+          index_t csb, T* c, index_t ldc, int nthreads);
+
+}  // namespace fastconv

@@ -1,0 +1,53 @@
+// AVX2+FMA micro-kernels (compiled with -mavx2 -mfma; selected at run time in gemm.cpp only when
+// the CPU has both). fp32 6x16, fp64 6x8: 12 accumulators + 2 B vectors + 1 broadcast of 16 ymm.
+#include "gemm_kernel.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+namespace fastconv {
+namespace {
+
+#include "ukernel.h"
+
+struct F32x8 {
+  using T = float;
+  using R = __m256;
+  static constexpr int L = 8;
+  static R zero() { return _mm256_setzero_ps(); }
+  static R load(const T* p) { return _mm256_loadu_ps(p); }
+  static R set1(T v) { return _mm256_set1_ps(v); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static void store(T* p, R v) { _mm256_storeu_ps(p, v); }
+};
+
+struct F64x4 {
+  using T = double;
+  using R = __m256d;
+  static constexpr int L = 4;
+  static R zero() { return _mm256_setzero_pd(); }
+  static R load(const T* p) { return _mm256_loadu_pd(p); }
+  static R set1(T v) { return _mm256_set1_pd(v); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+  static R add(R a, R b) { return _mm256_add_pd(a, b); }
+  static void store(T* p, R v) { _mm256_storeu_pd(p, v); }
+};
+
+}  // namespace
+
+bool gemm_kernels_avx2(MicroKernel<float>& f32, MicroKernel<double>& f64) {
+  f32 = MicroKernel<float>{6, 16, 256, 512, &ukernel<F32x8, 6, 2>};
+  f64 = MicroKernel<double>{6, 8, 256, 256, &ukernel<F64x4, 6, 2>};
+  return true;
+}
+
+}  // namespace fastconv
+
+#else  // built without the flags (a compiler setup.py does not know): no kernels here
+
+namespace fastconv {
+bool gemm_kernels_avx2(MicroKernel<float>&, MicroKernel<double>&) { return false; }
+}  // namespace fastconv
+
+#endif

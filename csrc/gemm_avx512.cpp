@@ -1,0 +1,53 @@
+// AVX-512F micro-kernels (compiled with -mavx512f -mfma; selected at run time in gemm.cpp only when
+// the CPU has AVX-512F). fp32 14x32, fp64 14x16: 28 accumulators + 2 B vectors + 1 broadcast.
+#include "gemm_kernel.h"
+
+#if defined(__AVX512F__) && defined(__FMA__)
+#include <immintrin.h>
+
+namespace fastconv {
+namespace {
+
+#include "ukernel.h"
+
+struct F32x16 {
+  using T = float;
+  using R = __m512;
+  static constexpr int L = 16;
+  static R zero() { return _mm512_setzero_ps(); }
+  static R load(const T* p) { return _mm512_loadu_ps(p); }
+  static R set1(T v) { return _mm512_set1_ps(v); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static void store(T* p, R v) { _mm512_storeu_ps(p, v); }
+};
+
+struct F64x8 {
+  using T = double;
+  using R = __m512d;
+  static constexpr int L = 8;
+  static R zero() { return _mm512_setzero_pd(); }
+  static R load(const T* p) { return _mm512_loadu_pd(p); }
+  static R set1(T v) { return _mm512_set1_pd(v); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
+  static R add(R a, R b) { return _mm512_add_pd(a, b); }
+  static void store(T* p, R v) { _mm512_storeu_pd(p, v); }
+};
+
+}  // namespace
+
+bool gemm_kernels_avx512(MicroKernel<float>& f32, MicroKernel<double>& f64) {
+  f32 = MicroKernel<float>{14, 32, 256, 512, &ukernel<F32x16, 14, 2>};
+  f64 = MicroKernel<double>{14, 16, 256, 256, &ukernel<F64x8, 14, 2>};
+  return true;
+}
+
+}  // namespace fastconv
+
+#else  // built without the flags (a compiler setup.py does not know): no kernels here
+
+namespace fastconv {
+bool gemm_kernels_avx512(MicroKernel<float>&, MicroKernel<double>&) { return false; }
+}  // namespace fastconv
+
+#endif

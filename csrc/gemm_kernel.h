@@ -1,0 +1,28 @@
+// The micro-kernel table each instruction-set translation unit fills in. Deliberately free of
+// inline functions: gemm_avx512.cpp and gemm_avx2.cpp include it while compiled with -mavx512f /
+// -mavx2, and an inline function emitted there could be picked by the linker for every caller.
+#pragma once
+
+#include <cstdint>
+
+namespace fastconv {
+
+using index_t = std::int64_t;
+
+template <typename T>
+struct MicroKernel {
+  // C[m x n] (= or +=) A_panel[MR x kc] * B_panel[kc x NR]; see ukernel.h for the packed layouts.
+  using Fn = void (*)(index_t kc, const T* a, const T* b, T* c, index_t ldc, bool accumulate, int m, int n);
+  int mr;       // rows of C per micro-tile (broadcast operand)
+  int nr;       // columns of C per micro-tile (vector operand)
+  index_t kc;   // depth of a packed block: an A micro-panel MR*kc stays in L1
+  index_t nc;   // columns of a packed B block: kc*nc*sizeof(T) ~ 512 KiB, half of a 1 MiB L2
+  Fn fn;
+};
+
+// Each returns false (and leaves the tables alone) when that translation unit was built without
+// its instruction set, e.g. by a compiler that does not know the flags.
+bool gemm_kernels_avx512(MicroKernel<float>& f32, MicroKernel<double>& f64);
+bool gemm_kernels_avx2(MicroKernel<float>& f32, MicroKernel<double>& f64);
+
+}  // namespace fastconv

@@ -1,0 +1,29 @@
+"""C++ dense layer (csrc/linear.cpp): every pass one packed GEMM, transposes as strides."""
+
+from ... import _cpp
+from .._common import empty
+from ._util import contiguous, nthreads
+
+
+def linear_forward(x, w, b):
+    y = empty((x.shape[0], w.shape[0]), x.dtype)  # (M, out_features)
+    _cpp.linear_forward(contiguous(x), contiguous(w), contiguous(b), y, nthreads())
+    return y
+
+
+def linear_backward_input(dy, w):
+    dx = empty((dy.shape[0], w.shape[1]), dy.dtype)  # (M, in_features)
+    _cpp.linear_backward_input(contiguous(dy), contiguous(w), dx, nthreads())
+    return dx
+
+
+def linear_backward_weight(dy, x):
+    dw = empty((dy.shape[1], x.shape[1]), dy.dtype)  # (out_features, in_features)
+    _cpp.linear_backward_weight(contiguous(dy), contiguous(x), dw, nthreads())
+    return dw
+
+
+def linear_backward_bias(dy):
+    db = empty((dy.shape[1],), dy.dtype)  # (out_features,)
+    _cpp.linear_backward_bias(contiguous(dy), db, nthreads())
+    return db

@@ -1,0 +1,198 @@
+"""What only the C++ backend has: its kernel sets (AVX-512 / AVX2 / portable), its fast paths, its
+threads (determinism, concurrency, the released GIL) and its bounded workspace. The generic matrix
+in test_conv.py / test_pool.py / test_linear.py already checks every op against the reference."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv._threads import num_threads
+from fastconv.problems import CONV_PROBLEMS, Conv
+from support import assert_close, assert_equal, randn, small_ints
+
+if fastconv.backend_status()["cpp"] is not None:
+    pytest.skip(fastconv.backend_status()["cpp"], allow_module_level=True)
+
+from fastconv import _cpp  # noqa: E402
+
+NAMES = ("y", "dx", "dw", "db")
+
+
+def _all_passes(c, x, w, b, dy, backend):
+    y = fastconv.conv2d(x, w, b, **c.kwargs, backend=backend)
+    return (y, *fastconv.conv2d_backward(dy, x, w, **c.kwargs, backend=backend))
+
+
+def _inputs(rng, c, make, dtype):
+    x, w, b = make(rng, c.x_shape, dtype), make(rng, c.w_shape, dtype), make(rng, (c.C_out,), dtype)
+    dy = make(rng, fastconv.conv2d(x, w, b, **c.kwargs, backend="reference").shape, dtype)
+    return x, w, b, dy
+
+
+# Problems that reach each fast path of csrc/conv.cpp, beyond the general problem list:
+FAST_PATHS = [
+    Conv("pointwise_many_images", 5, 9, 7, 7, 17, 1, 1),                 # B read as a matrix, tiles straddle images
+    Conv("depthwise_stride1", 3, 6, 9, 21, 6, 3, 5, padding=(1, 2), groups=6),  # dgrad as a depthwise forward
+    Conv("depthwise_strided", 2, 4, 11, 19, 8, 3, 3, stride=(2, 3), padding=1, dilation=(1, 2), groups=4),
+    Conv("dgrad_col2im", 2, 7, 13, 11, 9, 3, 4, stride=(2, 3), padding=(1, 2)),  # stride > 1: GEMM + col2im
+    Conv("dgrad_negative_pad", 2, 3, 6, 7, 5, 1, 2, padding=(2, 3)),      # flipped kernel with pad' < 0
+    Conv("wgrad_slices", 4, 3, 48, 44, 5, 3, 3, padding=1),              # small dw, large batch: S > 1 slices
+    Conv("wide_channels", 1, 70, 6, 5, 33, 3, 3, padding=1, groups=1),  # several packed panels and blocks
+]
+
+
+@pytest.fixture(params=["avx512", "avx2", "generic"])
+def isa(request):
+    """Each micro-kernel set this CPU runs; the best one is restored afterwards."""
+    try:
+        _cpp.set_gemm_isa(request.param)
+    except ValueError as exc:
+        pytest.skip(str(exc))
+    yield request.param
+    _cpp.set_gemm_isa("auto")
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in CONV_PROBLEMS + FAST_PATHS])
+def test_every_kernel_set_exact_on_small_integers(c, isa, rng):
+    x, w, b, dy = _inputs(rng, c, small_ints, np.float32)
+    for name, got, want in zip(NAMES, _all_passes(c, x, w, b, dy, "cpp"), _all_passes(c, x, w, b, dy, "reference")):
+        assert_equal(got, want, f"{c.name} {name} with {isa} kernels")
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in FAST_PATHS])
+def test_fast_paths_close_on_random_data(c, dtype, rng):
+    x, w, b, dy = _inputs(rng, c, randn, dtype)
+    for name, got, want in zip(NAMES, _all_passes(c, x, w, b, dy, "cpp"), _all_passes(c, x, w, b, dy, "reference")):
+        assert_close(got, want, f"{c.name} {name}")
+
+
+def test_linear_every_kernel_set(isa, rng):
+    x, w, b = small_ints(rng, (37, 29), np.float32), small_ints(rng, (19, 29), np.float32), small_ints(rng, (19,), np.float32)
+    dy = small_ints(rng, (37, 19), np.float32)
+    assert_equal(fastconv.linear(x, w, b, backend="cpp"), fastconv.linear(x, w, b, backend="reference"))
+    got = fastconv.linear_backward(dy, x, w, backend="cpp")
+    for g, r in zip(got, fastconv.linear_backward(dy, x, w, backend="reference")):
+        assert_equal(g, r)
+
+
+def test_isa_report_and_bad_name():
+    assert _cpp.gemm_isa() in ("avx512", "avx2", "generic")
+    with pytest.raises(ValueError, match="not available"):
+        _cpp.set_gemm_isa("sse9")
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in FAST_PATHS + [CONV_PROBLEMS[5]]])
+def test_results_identical_for_1_and_2_threads(c, rng):
+    """wgrad splits its batch reduction by the shape alone, so dw is bit-identical on any number of
+    threads; the other passes never split a reduction at all."""
+    x, w, b, dy = _inputs(rng, c, randn, np.float32)
+    with num_threads(1):
+        one = _all_passes(c, x, w, b, dy, "cpp")
+    with num_threads(2):
+        two = _all_passes(c, x, w, b, dy, "cpp")
+    with num_threads(3):  # more threads than cores, and an odd count
+        three = _all_passes(c, x, w, b, dy, "cpp")
+    for name, a, b2, b3 in zip(NAMES, one, two, three):
+        assert_equal(a, b2, f"{c.name} {name}: 1 vs 2 threads")
+        assert_equal(a, b3, f"{c.name} {name}: 1 vs 3 threads")
+
+
+def test_concurrent_calls_from_python_threads(rng):
+    """Several Python threads calling the backend at once (each call with its own OpenMP team and
+    workspace) all get the right answers."""
+    cases = []
+    for i in range(6):
+        c = FAST_PATHS[i % len(FAST_PATHS)]
+        x, w, b, dy = _inputs(rng, c, randn, np.float64)
+        cases.append((c, x, w, b, dy, _all_passes(c, x, w, b, dy, "reference")))
+    errors = []
+
+    def work(case):
+        c, x, w, b, dy, want = case
+        try:
+            for _ in range(5):
+                for name, got, ref in zip(NAMES, _all_passes(c, x, w, b, dy, "cpp"), want):
+                    assert_close(got, ref, f"{c.name} {name} (concurrent)")
+        except Exception as exc:  # reported below, from the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(case,)) for case in cases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_gil_released_during_a_long_conv(rng):
+    """While one thread runs a long convolution, another Python thread keeps running."""
+    x = randn(rng, (1, 64, 112, 112), np.float32)
+    w = randn(rng, (64, 64, 3, 3), np.float32)
+    with num_threads(1):
+        start = time.perf_counter()
+        fastconv.conv2d(x, w, padding=1, backend="cpp")
+        single = time.perf_counter() - start
+        done = threading.Event()
+        ticks = 0
+
+        def conv():
+            for _ in range(max(1, int(0.3 / max(single, 1e-3)))):
+                fastconv.conv2d(x, w, padding=1, backend="cpp")
+            done.set()
+
+        worker = threading.Thread(target=conv)
+        worker.start()
+        while not done.is_set():
+            ticks += 1
+        worker.join()
+    # holding the GIL for the whole call would leave this loop a handful of iterations per call
+    assert ticks > 10_000, f"the main thread ran only {ticks} iterations while the conv ran"
+
+
+def test_workspace_bounded_independent_of_batch(rng):
+    """No im2col buffer for a whole image or batch: the peak workspace of forward and dgrad does not
+    grow with the batch; wgrad adds at most 8 copies of dw (its reduction slices). One thread, so
+    that the number of per-thread workspaces in use is the same for every batch size."""
+    base = Conv("ws", 1, 32, 40, 36, 24, 3, 3, padding=1)
+    cols_per_image = base.C_in * base.KH * base.KW * base.H * base.W * 4
+    dw_bytes = 4 * int(np.prod(base.w_shape))
+    peaks = {}
+    for N in (2, 16):
+        c = Conv(**{**base.__dict__, "N": N})
+        x, w, b, dy = _inputs(rng, c, randn, np.float32)
+        for name, run in (("fwd", lambda: fastconv.conv2d(x, w, b, padding=1, backend="cpp")),
+                          ("dgrad", lambda: fastconv.conv2d_backward(dy, x, w, padding=1, needs=(True, False, False),
+                                                                     backend="cpp")),
+                          ("wgrad", lambda: fastconv.conv2d_backward(dy, x, w, padding=1, needs=(False, True, False),
+                                                                     backend="cpp"))):
+            with num_threads(1):
+                _cpp.workspace_reset_peak()
+                run()
+                peaks[name, N] = _cpp.workspace_peak_bytes()
+    assert peaks["fwd", 2] == peaks["fwd", 16]
+    assert peaks["dgrad", 2] == peaks["dgrad", 16]
+    assert peaks["wgrad", 16] <= peaks["wgrad", 2] + 8 * dw_bytes
+    for (name, N), peak in peaks.items():
+        assert 0 < peak < N * cols_per_image, f"{name} N={N}: {peak} bytes of workspace"
+
+
+def test_binding_rejects_what_it_cannot_index(rng):
+    """The extension itself refuses mismatched dtypes, non-contiguous arrays and read-only outputs
+    (the public ops never pass them; nothing is silently copied or cast)."""
+    p = fastconv._params.conv_params("t", (1, 2, 5, 5), (3, 2, 3, 3), 1, 1, 1, 1)
+    x, w = randn(rng, p.x_shape, np.float32), randn(rng, p.w_shape, np.float32)
+    y = np.empty(p.y_shape, np.float32)
+    with pytest.raises(TypeError, match="conv2d_forward: w has dtype float64"):
+        _cpp.conv2d_forward(x, w.astype(np.float64), None, y, p, 1)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _cpp.conv2d_forward(x.astype(np.int32), w, None, y, p, 1)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _cpp.conv2d_forward(np.asfortranarray(x), w, None, y, p, 1)
+    y.setflags(write=False)
+    with pytest.raises(ValueError, match="writable"):
+        _cpp.conv2d_forward(x, w, None, y, p, 1)
+    with pytest.raises(ValueError, match="nthreads"):
+        _cpp.conv2d_forward(x, w, None, np.empty(p.y_shape, np.float32), p, 0)
