@@ -6,8 +6,8 @@ variable ``FASTCONV_NUM_THREADS``, else the cores this process may run on. Compi
 
 The NumPy reference gets its parallelism only from the BLAS library NumPy links, so setting a
 number (or starting with ``FASTCONV_NUM_THREADS`` set) also caps every BLAS library loaded in the
-process at that moment, through ``threadpoolctl`` when it is installed (``pip install
-'fastconv[bench]'``; without it the BLAS keeps its own setting, e.g. ``OPENBLAS_NUM_THREADS``).
+process at that moment, through ``threadpoolctl`` (a dependency; should it be missing, the BLAS
+keeps its own setting, e.g. ``OPENBLAS_NUM_THREADS``).
 PyTorch keeps its own pool: the benchmarks pin it separately with ``torch.set_num_threads``.
 """
 
