@@ -3,8 +3,13 @@
 // give bit-identical results.
 #include "pool.h"
 
+#include <cstring>
+
 #include <cmath>
+#include <type_traits>
 #include <vector>
+
+#include "gemm.h"
 
 namespace fastconv {
 namespace {
@@ -31,35 +36,158 @@ std::vector<T> avg_divisors(const PoolShape& s) {  // (OH x OW)
 inline index_t adaptive_start(index_t o, index_t out, index_t size) { return o * size / out; }
 inline index_t adaptive_end(index_t o, index_t out, index_t size) { return ((o + 1) * size + out - 1) / out; }
 
+// ---------------------------------------------------------------------------------------------
+// max pooling forward: vectors of output columns
+// ---------------------------------------------------------------------------------------------
+
+// Window (oh, ow) scanned as PyTorch's CPU kernel does: the first in-image tap starts it, then a
+// tap wins when value > max or value is NaN. Used for the border columns the vectors leave.
+template <typename T>
+inline void max_window(const PoolShape& s, const T* xp, index_t oh, index_t ow, T* y, std::int64_t* index) {
+  T best = -INFINITY;
+  index_t where = -1;
+  for (index_t kh = 0; kh < s.KH; ++kh) {
+    const index_t ih = oh * s.stride_h - s.pad_h + kh * s.dil_h;
+    if (ih < 0 || ih >= s.H) continue;
+    for (index_t kw = 0; kw < s.KW; ++kw) {
+      const index_t iw = ow * s.stride_w - s.pad_w + kw * s.dil_w;
+      if (iw < 0 || iw >= s.W) continue;
+      const T v = xp[ih * s.W + iw];
+      if (where < 0 || v > best || std::isnan(v)) {
+        best = v;
+        where = ih * s.W + iw;
+      }
+    }
+  }
+  *y = best;
+  *index = where;
+}
+
+// Output columns [lo, hi) whose windows lie inside the image horizontally (every kw tap reads a
+// real pixel): the vector kernel's range.
+struct InteriorCols {
+  index_t lo, hi;
+  explicit InteriorCols(const PoolShape& s) {
+    lo = min_i(s.OW, ceil_div(s.pad_w, s.stride_w));
+    const index_t last = s.W - 1 + s.pad_w - (s.KW - 1) * s.dil_w;  // ow*sw <= last
+    hi = last < 0 ? lo : max_i(lo, min_i(s.OW, last / s.stride_w + 1));
+  }
+};
+
+// The vector kernels are compiled for AVX-512F in this region and called only where the CPU has it
+// (and the GEMM kernel set in use is "avx512", so tests can force the portable path). A region,
+// not target_clones: GCC lowers vector compares lane by lane, with branches, in templates that
+// are only inlined into a clone.
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+
+// L output columns at once (one 512-bit vector of T): lane l of tap (kh, kw) reads
+// xs[l*SW] with xs = row ih, column ow0*sw - pad + kw*dil (SW = 0: the stride at run time).
+// Each lane keeps its max and the offset of its winner from the window's origin, off = kh*dil_h*W
+// + kw*dil_w (one scalar per tap for every lane), and applies the scalar scan's rule lane-wise.
+template <typename T, int SW>
+__attribute__((always_inline)) inline void max_cols_vec(const PoolShape& s, const T* xp, index_t oh, index_t kh0,
+                                                        index_t kh1, index_t ow0, T* y, std::int64_t* indices) {
+  constexpr int L = 64 / sizeof(T);
+  using I = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;  // the lanes of a compare
+  typedef T V __attribute__((vector_size(L * sizeof(T))));
+  typedef I VI __attribute__((vector_size(L * sizeof(I))));
+  const index_t sw = SW ? SW : s.stride_w, ih0 = oh * s.stride_h - s.pad_h, origin = ih0 * s.W + ow0 * sw - s.pad_w;
+  V best{};
+  VI where{};
+  for (index_t kh = kh0; kh < kh1; ++kh) {
+    const T* row = xp + (origin + kh * s.dil_h * s.W);  // in the image: kh >= kh0
+    for (index_t kw = 0; kw < s.KW; ++kw) {
+      const T* xs = row + kw * s.dil_w;
+      V v;
+      if (SW == 1) {
+        std::memcpy(&v, xs, sizeof(V));
+      } else if (SW == 2) {  // lanes 0..L/2-1 from xs[0..L), the rest from xs[L-1..2L-1): never past xs[2L-2]
+        V a, b;
+        std::memcpy(&a, xs, sizeof(V));
+        std::memcpy(&b, xs + L - 1, sizeof(V));
+        VI even;
+        for (int l = 0; l < L; ++l) even[l] = l < L / 2 ? 2 * l : 2 * l + 1;
+        v = __builtin_shuffle(a, b, even);
+      } else {
+        for (int l = 0; l < L; ++l) v[l] = xs[l * sw];
+      }
+      const I off = static_cast<I>(kh * s.dil_h * s.W + kw * s.dil_w);
+      if (kh == kh0 && kw == 0) {
+        best = v;
+        where = VI{} + off;
+      } else {
+        // selects as bit masks: GCC turns a vector ?: into one branch per lane
+        const VI take = (v > best) | (v != v);
+        best = reinterpret_cast<V>((take & reinterpret_cast<VI>(v)) | (~take & reinterpret_cast<VI>(best)));
+        where = (take & off) | (~take & where);
+      }
+    }
+  }
+  std::memcpy(y + ow0, &best, sizeof(V));
+  for (int l = 0; l < L; ++l) indices[ow0 + l] = origin + l * sw + where[l];
+}
+
+// One (n, c) plane: vectors over the interior columns (the last vector of a row ends at the
+// interior's end, overlapping its predecessor: the overlap is recomputed to the same values),
+// the scalar scan for the border columns and for rows or planes too narrow for one vector.
+template <typename T, int SW>
+__attribute__((always_inline)) inline void max_plane_impl(const PoolShape& s, const InteriorCols& ic, const T* xp,
+                                                          T* y, std::int64_t* indices) {
+  constexpr index_t L = 64 / sizeof(T);
+  const bool vectors = ic.hi - ic.lo >= L && s.H * s.W < (index_t(1) << 31);  // offsets fit I (int32 for fp32)
+  for (index_t oh = 0; oh < s.OH; ++oh) {
+    T* yr = y + oh * s.OW;
+    std::int64_t* ir = indices + oh * s.OW;
+    index_t kh0 = 0, kh1 = s.KH;  // the taps whose row is in the image
+    while (kh0 < s.KH && oh * s.stride_h - s.pad_h + kh0 * s.dil_h < 0) ++kh0;
+    while (kh1 > kh0 && oh * s.stride_h - s.pad_h + (kh1 - 1) * s.dil_h >= s.H) --kh1;
+    const index_t lo = vectors && kh0 < kh1 ? ic.lo : s.OW, hi = vectors && kh0 < kh1 ? ic.hi : s.OW;
+    for (index_t ow = 0; ow < lo; ++ow) max_window(s, xp, oh, ow, yr + ow, ir + ow);
+    for (index_t ow0 = lo; ow0 < hi; ow0 += L) max_cols_vec<T, SW>(s, xp, oh, kh0, kh1, min_i(ow0, hi - L), yr, ir);
+    for (index_t ow = hi; ow < s.OW; ++ow) max_window(s, xp, oh, ow, yr + ow, ir + ow);
+  }
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void max_plane_dispatch(const PoolShape& s, const InteriorCols& ic, const T* xp,
+                                                              T* y, std::int64_t* indices) {
+  // the common strides get their own loads (a strided lane-by-lane gather is several times slower)
+  if (s.stride_w == 1) return max_plane_impl<T, 1>(s, ic, xp, y, indices);
+  if (s.stride_w == 2) return max_plane_impl<T, 2>(s, ic, xp, y, indices);
+  max_plane_impl<T, 0>(s, ic, xp, y, indices);
+}
+
+void max_plane_avx512(const PoolShape& s, const InteriorCols& ic, const float* xp, float* y, std::int64_t* indices) {
+  max_plane_dispatch(s, ic, xp, y, indices);
+}
+void max_plane_avx512(const PoolShape& s, const InteriorCols& ic, const double* xp, double* y,
+                      std::int64_t* indices) {
+  max_plane_dispatch(s, ic, xp, y, indices);
+}
+
+#pragma GCC pop_options
+
+// The portable kernel: the scalar scan of every window.
+template <typename T>
+void max_plane_scalar(const PoolShape& s, const T* xp, T* y, std::int64_t* indices) {
+  for (index_t oh = 0; oh < s.OH; ++oh)
+    for (index_t ow = 0; ow < s.OW; ++ow) max_window(s, xp, oh, ow, y + oh * s.OW + ow, indices + oh * s.OW + ow);
+}
+
 }  // namespace
 
 template <typename T>
 void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indices, int nthreads) {
+  const InteriorCols ic(s);
+  const bool avx512 = std::strcmp(gemm_isa(), "avx512") == 0;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (index_t u = 0; u < s.N * s.C; ++u) {
-    const T* xp = x + u * s.H * s.W;
-    T* yp = y + u * s.OH * s.OW;
-    std::int64_t* ip = indices + u * s.OH * s.OW;
-    for (index_t oh = 0; oh < s.OH; ++oh)
-      for (index_t ow = 0; ow < s.OW; ++ow) {
-        T best = -INFINITY;
-        index_t where = -1;
-        for (index_t kh = 0; kh < s.KH; ++kh) {
-          const index_t ih = oh * s.stride_h - s.pad_h + kh * s.dil_h;
-          if (ih < 0 || ih >= s.H) continue;
-          for (index_t kw = 0; kw < s.KW; ++kw) {
-            const index_t iw = ow * s.stride_w - s.pad_w + kw * s.dil_w;
-            if (iw < 0 || iw >= s.W) continue;
-            const T v = xp[ih * s.W + iw];
-            if (where < 0 || v > best || std::isnan(v)) {
-              best = v;
-              where = ih * s.W + iw;
-            }
-          }
-        }
-        yp[oh * s.OW + ow] = best;
-        ip[oh * s.OW + ow] = where;
-      }
+    if (avx512) {
+      max_plane_avx512(s, ic, x + u * s.H * s.W, y + u * s.OH * s.OW, indices + u * s.OH * s.OW);
+    } else {
+      max_plane_scalar(s, x + u * s.H * s.W, y + u * s.OH * s.OW, indices + u * s.OH * s.OW);
+    }
   }
 }
 

@@ -196,3 +196,43 @@ def test_binding_rejects_what_it_cannot_index(rng):
         _cpp.conv2d_forward(x, w, None, y, p, 1)
     with pytest.raises(ValueError, match="nthreads"):
         _cpp.conv2d_forward(x, w, None, np.empty(p.y_shape, np.float32), p, 0)
+
+
+# Max pooling's vector path (csrc/pool.cpp, AVX-512) covers the interior output columns of rows at
+# least one vector (16 fp32 / 8 fp64 outputs) wide; these shapes reach it for each stride kind
+# (1: plain loads, 2: even-lane shuffles, 3: the lane-by-lane gather), with padding, dilation,
+# ceil_mode, ragged and overlapping last vectors, and top/bottom rows with clipped windows.
+WIDE_POOLS = [
+    # (x shape, kernel, stride, padding, dilation, ceil_mode)
+    ((2, 3, 9, 75), (3, 3), (2, 2), (1, 1), (1, 1), False),
+    ((1, 2, 8, 64), (2, 2), (2, 2), (0, 0), (1, 1), False),
+    ((1, 2, 7, 41), (3, 2), (1, 1), (1, 1), (1, 1), False),
+    ((2, 1, 11, 90), (2, 3), (3, 3), (1, 1), (2, 1), True),
+    ((1, 2, 10, 70), (3, 3), (2, 2), (1, 0), (2, 2), True),
+    ((1, 1, 5, 38), (1, 4), (1, 2), (0, 2), (1, 1), False),
+]
+
+
+@pytest.mark.parametrize("pool_isa", ["avx512", "generic"])
+@pytest.mark.parametrize("case", WIDE_POOLS, ids=lambda c: "x".join(map(str, c[0])) + f"_k{c[1]}_s{c[2]}")
+def test_max_pool_vector_path_matches_reference(case, pool_isa, dtype, rng):
+    """y and indices bit-identical to the reference, with ties, NaN and -inf planted (PyTorch's scan
+    rule: the first in-image tap starts a window, then value > max or NaN wins)."""
+    shape, kernel, stride, padding, dilation, ceil_mode = case
+    try:
+        _cpp.set_gemm_isa(pool_isa)  # max pooling vectorises only under the "avx512" kernel set
+    except ValueError as exc:
+        pytest.skip(str(exc))
+    try:
+        x = small_ints(rng, shape, dtype)  # many ties
+        flat = x.reshape(-1)
+        flat[rng.choice(flat.size, flat.size // 17, replace=False)] = np.nan
+        flat[rng.choice(flat.size, flat.size // 13, replace=False)] = -np.inf
+        x[0, 0, :2] = -np.inf  # whole windows of -inf: the first in-image tap must win
+        args = (kernel, stride, padding, dilation, ceil_mode)
+        got = fastconv.max_pool2d(x, *args, return_indices=True, backend="cpp")
+        want = fastconv.max_pool2d(x, *args, return_indices=True, backend="reference")
+        assert_equal(got.y, want.y, "y")
+        assert_equal(got.indices, want.indices, "indices")
+    finally:
+        _cpp.set_gemm_isa("auto")
