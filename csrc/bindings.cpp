@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "bind_util.h"
 #include "conv.h"
 #include "gemm.h"
 #include "linear.h"
@@ -17,36 +18,7 @@ using fastconv::index_t;
 
 namespace {
 
-// The array's data, after checking dtype, layout and size (never a silent copy or cast).
-template <typename T>
-const T* in(const char* op, const char* name, const py::array& a, index_t size) {
-  if (!a.dtype().is(py::dtype::of<T>()))
-    throw py::type_error(std::string(op) + ": " + name + " has dtype " + std::string(py::str(a.dtype())) +
-                         ", expected " + std::string(py::str(py::dtype::of<T>())));
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(op) + ": " + name + " must be C-contiguous");
-  if (a.size() != size)
-    throw py::value_error(std::string(op) + ": " + name + " has " + std::to_string(a.size()) + " elements, expected " +
-                          std::to_string(size));
-  return static_cast<const T*>(a.data());
-}
-
-template <typename T>
-T* out(const char* op, const char* name, py::array& a, index_t size) {
-  in<T>(op, name, a, size);
-  if (!a.writeable()) throw py::value_error(std::string(op) + ": " + name + " must be writable");
-  return static_cast<T*>(a.mutable_data());
-}
-
-template <typename T>
-const T* in_opt(const char* op, const char* name, const py::object& a, index_t size) {
-  return a.is_none() ? nullptr : in<T>(op, name, a.cast<py::array>(), size);
-}
-
-int threads(int n) {
-  if (n < 1) throw py::value_error("nthreads must be >= 1, got " + std::to_string(n));
-  return n;
-}
+using namespace fastconv::bind;  // in, out, in_opt, threads, by_dtype (bind_util.h)
 
 fastconv::ConvShape conv_shape(const py::object& p) {
   auto get = [&](const char* name) { return p.attr(name).cast<index_t>(); };
@@ -54,14 +26,6 @@ fastconv::ConvShape conv_shape(const py::object& p) {
                              get("KH"),       get("KW"),       get("OH"),    get("OW"),    get("stride_h"),
                              get("stride_w"), get("pad_t"),    get("pad_l"), get("dil_h"), get("dil_w"),
                              get("groups")};
-}
-
-// Run f<float> or f<double> on the dtype of `a`; integer and other dtypes are a TypeError.
-template <class F>
-void by_dtype(const char* op, const py::array& a, F&& f) {
-  if (a.dtype().is(py::dtype::of<float>())) return f(float{});
-  if (a.dtype().is(py::dtype::of<double>())) return f(double{});
-  throw py::type_error(std::string(op) + ": expected float32 or float64 arrays, got " + std::string(py::str(a.dtype())));
 }
 
 void conv2d_forward(const py::array& x, const py::array& w, const py::object& b, py::array& y, const py::object& p,
@@ -259,8 +223,11 @@ void avg_pool(const char* op, const py::array& src, py::array& dst, const py::ob
 
 }  // namespace
 
+void bind_ops(pybind11::module_& m);  // bindings_ops.cpp: activations, losses, batch norm, dropout
+
 PYBIND11_MODULE(_cpp, m) {
   m.doc() = "fastconv's C++ kernels (private: use fastconv's public ops with backend='cpp')";
+  bind_ops(m);
 
   m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("p"),
         py::arg("nthreads"), "y = conv2d(x, w) + b into the preallocated y; p is a fastconv ConvParams");

@@ -1,0 +1,59 @@
+// What every binding file checks before handing arrays to a kernel: dtype, C-contiguity, size and
+// writability (never a silent copy or cast), the thread count, and the float/double dispatch.
+// Shared by bindings.cpp and bindings_ops.cpp.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "common.h"
+
+namespace fastconv {
+namespace bind {
+
+namespace py = pybind11;
+
+// The array's data, after checking dtype, layout and size.
+template <typename T>
+const T* in(const char* op, const char* name, const py::array& a, index_t size) {
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(op) + ": " + name + " has dtype " + std::string(py::str(a.dtype())) +
+                         ", expected " + std::string(py::str(py::dtype::of<T>())));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(op) + ": " + name + " must be C-contiguous");
+  if (a.size() != size)
+    throw py::value_error(std::string(op) + ": " + name + " has " + std::to_string(a.size()) + " elements, expected " +
+                          std::to_string(size));
+  return static_cast<const T*>(a.data());
+}
+
+template <typename T>
+T* out(const char* op, const char* name, py::array& a, index_t size) {
+  in<T>(op, name, a, size);
+  if (!a.writeable()) throw py::value_error(std::string(op) + ": " + name + " must be writable");
+  return static_cast<T*>(a.mutable_data());
+}
+
+// None -> nullptr
+template <typename T>
+const T* in_opt(const char* op, const char* name, const py::object& a, index_t size) {
+  return a.is_none() ? nullptr : in<T>(op, name, a.cast<py::array>(), size);
+}
+
+inline int threads(int n) {
+  if (n < 1) throw py::value_error("nthreads must be >= 1, got " + std::to_string(n));
+  return n;
+}
+
+// Run f(float{}) or f(double{}) on the dtype of `a`; integer and other dtypes are a TypeError.
+template <class F>
+void by_dtype(const char* op, const py::array& a, F&& f) {
+  if (a.dtype().is(py::dtype::of<float>())) return f(float{});
+  if (a.dtype().is(py::dtype::of<double>())) return f(double{});
+  throw py::type_error(std::string(op) + ": expected float32 or float64 arrays, got " + std::string(py::str(a.dtype())));
+}
+
+}  // namespace bind
+}  // namespace fastconv

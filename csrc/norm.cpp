@@ -1,0 +1,158 @@
+// Batch norm. The reductions run one channel per unit of work (its N planes of L values, in order,
+// summed in double), so statistics never depend on the thread count; the elementwise passes run
+// one (n, c) plane per unit, with the reference's operation order, so they are bit-identical to it
+// given the same (C,) vectors.
+#include "norm.h"
+
+#include "activation.h"
+
+namespace fastconv {
+namespace {
+
+template <typename T>
+FASTCONV_INLINE double sum_impl(index_t L, const T* x) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (index_t l = 0; l < L; ++l) s += x[l];
+  return s;
+}
+
+template <typename T>
+FASTCONV_INLINE double squared_deviation_impl(index_t L, const T* x, double mean) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (index_t l = 0; l < L; ++l) s += (x[l] - mean) * (x[l] - mean);
+  return s;
+}
+
+// sum dy and sum dy * (x - mean), in one pass over dy
+struct Sums {
+  double dy, dy_centred;
+};
+
+template <typename T>
+FASTCONV_INLINE Sums dy_sums_impl(index_t L, const T* dy, const T* x, T mean) {
+  double s = 0, sc = 0;
+#pragma omp simd reduction(+ : s, sc)
+  for (index_t l = 0; l < L; ++l) {
+    s += dy[l];
+    sc += double(dy[l]) * double(x[l] - mean);
+  }
+  return {s, sc};
+}
+
+// y = ((x - mean) * invstd) * w + b (w = 1, b = 0 when absent: exact no-ops)
+template <typename T>
+FASTCONV_INLINE void affine_impl(index_t L, const T* x, T mean, T invstd, T w, T b, T* y) {
+#pragma omp simd
+  for (index_t l = 0; l < L; ++l) y[l] = ((x[l] - mean) * invstd) * w + b;
+}
+
+// dx = ((dy - a) - ((x - mean) * invstd) * b) * k
+template <typename T>
+FASTCONV_INLINE void dx_impl(index_t L, const T* dy, const T* x, T mean, T invstd, T a, T b, T k, T* dx) {
+#pragma omp simd
+  for (index_t l = 0; l < L; ++l) dx[l] = ((dy[l] - a) - ((x[l] - mean) * invstd) * b) * k;
+}
+
+FASTCONV_OPS_CLONES double plane_sum(index_t L, const float* x) { return sum_impl(L, x); }
+FASTCONV_OPS_CLONES double plane_sum(index_t L, const double* x) { return sum_impl(L, x); }
+FASTCONV_OPS_CLONES double plane_squared_deviation(index_t L, const float* x, double mean) {
+  return squared_deviation_impl(L, x, mean);
+}
+FASTCONV_OPS_CLONES double plane_squared_deviation(index_t L, const double* x, double mean) {
+  return squared_deviation_impl(L, x, mean);
+}
+FASTCONV_OPS_CLONES Sums plane_dy_sums(index_t L, const float* dy, const float* x, float mean) {
+  return dy_sums_impl(L, dy, x, mean);
+}
+FASTCONV_OPS_CLONES Sums plane_dy_sums(index_t L, const double* dy, const double* x, double mean) {
+  return dy_sums_impl(L, dy, x, mean);
+}
+FASTCONV_OPS_CLONES void plane_affine(index_t L, const float* x, float mean, float invstd, float w, float b, float* y) {
+  affine_impl(L, x, mean, invstd, w, b, y);
+}
+FASTCONV_OPS_CLONES void plane_affine(index_t L, const double* x, double mean, double invstd, double w, double b,
+                                     double* y) {
+  affine_impl(L, x, mean, invstd, w, b, y);
+}
+FASTCONV_OPS_CLONES void plane_dx(index_t L, const float* dy, const float* x, float mean, float invstd, float a,
+                                 float b, float k, float* dx) {
+  dx_impl(L, dy, x, mean, invstd, a, b, k, dx);
+}
+FASTCONV_OPS_CLONES void plane_dx(index_t L, const double* dy, const double* x, double mean, double invstd, double a,
+                                 double b, double k, double* dx) {
+  dx_impl(L, dy, x, mean, invstd, a, b, k, dx);
+}
+
+int team(const NormShape& s, index_t units, int nthreads) {
+  return static_cast<int>(max_i(1, min_i(min_i(nthreads, units), s.N * s.C * s.L / kElementsPerThread)));
+}
+
+}  // namespace
+
+template <typename T>
+void batch_norm_stats(const NormShape& s, const T* x, T* mean, T* var, int nthreads) {
+  const double n = double(s.N * s.L);
+#pragma omp parallel for schedule(static) num_threads(team(s, s.C, nthreads))
+  for (index_t c = 0; c < s.C; ++c) {
+    double total = 0;
+    for (index_t i = 0; i < s.N; ++i) total += plane_sum(s.L, x + (i * s.C + c) * s.L);
+    const double m = total / n;
+    double dev = 0;
+    for (index_t i = 0; i < s.N; ++i) dev += plane_squared_deviation(s.L, x + (i * s.C + c) * s.L, m);
+    mean[c] = T(m);
+    var[c] = T(dev / n);
+  }
+}
+
+template <typename T>
+void batch_norm_forward(const NormShape& s, const T* x, const T* mean, const T* invstd, const T* weight,
+                        const T* bias, T* y, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(team(s, s.N * s.C, nthreads))
+  for (index_t u = 0; u < s.N * s.C; ++u) {
+    const index_t c = u % s.C;
+    plane_affine(s.L, x + u * s.L, mean[c], invstd[c], weight ? weight[c] : T(1), bias ? bias[c] : T(0),
+                 y + u * s.L);
+  }
+}
+
+template <typename T>
+void batch_norm_backward_reduce(const NormShape& s, const T* dy, const T* x, const T* mean, const T* invstd,
+                                T* sum_dy, T* sum_dy_xhat, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(team(s, s.C, nthreads))
+  for (index_t c = 0; c < s.C; ++c) {
+    double total = 0, dot = 0;
+    for (index_t i = 0; i < s.N; ++i) {
+      const index_t at = (i * s.C + c) * s.L;
+      const Sums p = plane_dy_sums(s.L, dy + at, x + at, mean[c]);
+      total += p.dy;
+      dot += p.dy_centred;
+    }
+    sum_dy[c] = T(total);
+    sum_dy_xhat[c] = T(dot * double(invstd[c]));
+  }
+}
+
+template <typename T>
+void batch_norm_backward_input(const NormShape& s, const T* dy, const T* x, const T* mean, const T* invstd,
+                               const T* weight, const T* sum_dy, const T* sum_dy_xhat, T* dx, int nthreads) {
+  const T n = T(s.N * s.L);
+#pragma omp parallel for schedule(static) num_threads(team(s, s.N * s.C, nthreads))
+  for (index_t u = 0; u < s.N * s.C; ++u) {
+    const index_t c = u % s.C;
+    const T k = weight ? invstd[c] * weight[c] : invstd[c];
+    plane_dx(s.L, dy + u * s.L, x + u * s.L, mean[c], invstd[c], sum_dy[c] / n, sum_dy_xhat[c] / n, k, dx + u * s.L);
+  }
+}
+
+#define FASTCONV_INSTANTIATE(T)                                                                                  \
+  template void batch_norm_stats<T>(const NormShape&, const T*, T*, T*, int);                                   \
+  template void batch_norm_forward<T>(const NormShape&, const T*, const T*, const T*, const T*, const T*, T*, int); \
+  template void batch_norm_backward_reduce<T>(const NormShape&, const T*, const T*, const T*, const T*, T*, T*, int); \
+  template void batch_norm_backward_input<T>(const NormShape&, const T*, const T*, const T*, const T*, const T*,   \
+                                             const T*, const T*, T*, int);
+FASTCONV_INSTANTIATE(float)
+FASTCONV_INSTANTIATE(double)
+
+}  // namespace fastconv
