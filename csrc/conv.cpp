@@ -17,8 +17,10 @@
 // a batch; the GEMM packs each KC x NC block of it straight from x when it needs it.
 #include "conv.h"
 
+#include <immintrin.h>
 #include <omp.h>
 
+#include <cstring>
 #include <vector>
 
 #include "gemm.h"
@@ -408,8 +410,125 @@ void depthwise_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx
   }
 }
 
+// The depthwise wgrad's vector kernel, compiled for AVX-512F in this region and called only where
+// the CPU has it (and the GEMM kernel set in use is "avx512", so tests can force the portable path).
+// A region, not target_clones (see pool.cpp). One output channel's KH x KW taps at once, each in
+// its own vector accumulator (KH*KW independent FMA chains instead of one), L output columns of
+// a row per step: dy is loaded once per step and x once per tap. Lanes whose input column lies
+// in the padding, or past the row's end, are masked out of both the load and the FMA, so they
+// add nothing (not dy * 0, which would turn an Inf in dy into NaN).
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+
+template <typename T>
+struct Avx512;
+template <>
+struct Avx512<float> {
+  using V = __m512;
+  using M = __mmask16;
+  static constexpr int L = 16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(M m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static V fmadd(V a, V b, V c, M m) { return _mm512_mask3_fmadd_ps(a, b, c, m); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+};
+template <>
+struct Avx512<double> {
+  using V = __m512d;
+  using M = __mmask8;
+  static constexpr int L = 8;
+  static V zero() { return _mm512_setzero_pd(); }
+  static V load(M m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
+  static V fmadd(V a, V b, V c, M m) { return _mm512_mask3_fmadd_pd(a, b, c, m); }
+  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+};
+
+// dw (KH x KW) of output channel co (input channel ci) at stride_w 1: the sum over images, rows
+// and L-column steps v of dy * x, lanes summed in order at the end. masks[v*KW + kw]: the lanes
+// of step v whose tap-kw input column is in the image; dy_masks[v]: the lanes inside the row.
+template <typename T, int KH, int KW>
+void dw_wgrad_channel_avx512(const ConvShape& s, const T* dy, const T* x, const index_t* off,
+                             const typename Avx512<T>::M* masks, const typename Avx512<T>::M* dy_masks, T* dw) {
+  using A = Avx512<T>;
+  constexpr int L = A::L;
+  const index_t steps = ceil_div(s.OW, L), dy_image = s.C_out * s.OH * s.OW, x_image = s.C_in * s.H * s.W;
+  typename A::V acc[KH * KW];
+  for (int k = 0; k < KH * KW; ++k) acc[k] = A::zero();
+  for (index_t n = 0; n < s.N; ++n) {
+    const T* dyp = dy + n * dy_image;
+    const T* xp = x + n * x_image;
+    for (index_t oh = 0; oh < s.OH; ++oh) {
+      const T* rows[KH];  // x row of tap kh, null where it lies in the padding
+      for (int kh = 0; kh < KH; ++kh) {
+        const index_t ih = oh * s.stride_h - s.pad_t + kh * s.dil_h;
+        rows[kh] = ih >= 0 && ih < s.H ? xp + ih * s.W : nullptr;
+      }
+      const T* dyr = dyp + oh * s.OW;
+      for (index_t v = 0; v < steps; ++v) {
+        const typename A::V d = A::load(dy_masks[v], dyr + v * L);
+        const typename A::M* m = masks + v * KW;
+        for (int kh = 0; kh < KH; ++kh) {
+          if (!rows[kh]) continue;
+          // pointer arithmetic as integers: a masked lane may sit before the row (column -pad)
+          const std::uintptr_t xr = reinterpret_cast<std::uintptr_t>(rows[kh] + v * L);
+          for (int kw = 0; kw < KW; ++kw)
+            acc[kh * KW + kw] = A::fmadd(
+                d, A::load(m[kw], reinterpret_cast<const T*>(xr + off[kw] * index_t(sizeof(T)))),
+                acc[kh * KW + kw], m[kw]);
+        }
+      }
+    }
+  }
+  for (int k = 0; k < KH * KW; ++k) {
+    alignas(64) T lanes[L];
+    A::store(lanes, acc[k]);
+    T sum = lanes[0];
+    for (int l = 1; l < L; ++l) sum += lanes[l];
+    dw[k] = sum;
+  }
+}
+
+// Every channel of a depthwise wgrad with stride_w 1 and a KH x KW the vector kernel is
+// instantiated for; channels shared among the threads, each summed alone in a fixed order.
+template <typename T, int KH, int KW>
+void dw_wgrad_avx512(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+  using A = Avx512<T>;
+  constexpr int L = A::L;
+  const index_t mult = s.C_out / s.groups, steps = ceil_div(s.OW, L);
+  index_t off[KW];
+  std::vector<typename A::M> masks(static_cast<std::size_t>(steps * KW)), dy_masks(static_cast<std::size_t>(steps));
+  for (int kw = 0; kw < KW; ++kw) off[kw] = kw * s.dil_w - s.pad_l;
+  for (index_t v = 0; v < steps; ++v) {
+    dy_masks[v] = 0;
+    for (int kw = 0; kw < KW; ++kw) masks[v * KW + kw] = 0;
+    for (int l = 0; l < L; ++l) {
+      const index_t ow = v * L + l;
+      if (ow >= s.OW) continue;
+      dy_masks[v] |= typename A::M(1u << l);
+      for (int kw = 0; kw < KW; ++kw)
+        if (ow + off[kw] >= 0 && ow + off[kw] < s.W) masks[v * KW + kw] |= typename A::M(1u << l);
+    }
+  }
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (index_t co = 0; co < s.C_out; ++co)
+    dw_wgrad_channel_avx512<T, KH, KW>(s, dy + co * s.OH * s.OW, x + (co / mult) * s.H * s.W, off, masks.data(),
+                                       dy_masks.data(), dw + co * KH * KW);
+}
+
+// Runs the vector kernel where it applies; false: the caller takes the portable path.
+template <typename T>
+bool dw_wgrad_vector(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+  if (s.stride_w != 1 || std::strcmp(gemm_isa(), "avx512") != 0) return false;
+  if (s.KH == 3 && s.KW == 3) return dw_wgrad_avx512<T, 3, 3>(s, dy, x, dw, nthreads), true;
+  if (s.KH == 5 && s.KW == 5) return dw_wgrad_avx512<T, 5, 5>(s, dy, x, dw, nthreads), true;
+  return false;
+}
+
+#pragma GCC pop_options
+
 template <typename T>
 void depthwise_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+  if (dw_wgrad_vector(s, dy, x, dw, nthreads)) return;
   const index_t mult = s.C_out / s.groups, KK = s.KH * s.KW;
   // one output channel per iteration, its batch summed in order: the same result on any thread count
 #pragma omp parallel for schedule(static) num_threads(nthreads)

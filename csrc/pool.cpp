@@ -11,6 +11,8 @@
 
 #include "gemm.h"
 
+#include <immintrin.h>
+
 namespace fastconv {
 namespace {
 
@@ -168,6 +170,85 @@ void max_plane_avx512(const PoolShape& s, const InteriorCols& ic, const double* 
 
 #pragma GCC pop_options
 
+// One dx plane of a max-pool backward, zeroed and then scattered into (cache-hot) in output order.
+template <typename T>
+void max_backward_plane(const PoolShape& s, const T* dy, const std::int64_t* indices, T* dx) {
+  fill_zero(dx, s.H * s.W);
+  for (index_t o = 0; o < s.OH * s.OW; ++o)
+    if (indices[o] >= 0) dx[indices[o]] += dy[o];  // -1: a window with no image pixel (PyTorch forbids them)
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+
+// The rows ih of a max-pool backward whose windows do not overlap vertically: the output row oh
+// whose window holds row ih, or -1 where none does (padding rows, gaps, rows past the last window).
+inline index_t window_row(const PoolShape& s, index_t ih) {
+  const index_t t = ih + s.pad_h, oh = t / s.stride_h, tap = t - oh * s.stride_h;
+  return oh < s.OH && tap % s.dil_h == 0 && tap / s.dil_h < s.KH ? oh : -1;
+}
+
+// One fp32 dx plane of a 2-wide, stride-2, unpadded max pool whose windows do not overlap: every
+// dx pixel lies in at most one window, so it is that window's dy where the window's argmax is it,
+// else 0, and the plane is written in one pass, row by row, with no zeroing pass and no scattered
+// read-modify-write. 16 columns (8 windows) per vector: the 8 argmax offsets, made relative to
+// each window's left column, are compared with 0 (even column) and 1 (odd column).
+// Returns whether every index lay in its own window (each then hits exactly once): indices a
+// caller made up may point anywhere in the plane, and then the plane must be scattered instead.
+bool max_backward_plane_w2s2_avx512(const PoolShape& s, const float* dy, const std::int64_t* indices, float* dx) {
+  const __m512i pairs = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+  const __m512i parity = _mm512_set_epi32(1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0);
+  const __m512i left = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);  // window l's left column - 2*ow0
+  const index_t vec_end = s.OW / 8 * 8;
+  index_t hits = 0;
+  for (index_t ih = 0; ih < s.H; ++ih) {
+    float* dxr = dx + ih * s.W;
+    const index_t oh = window_row(s, ih);
+    if (oh < 0) {
+      fill_zero(dxr, s.W);
+      continue;
+    }
+    const float* dyr = dy + oh * s.OW;
+    const std::int64_t* ir = indices + oh * s.OW;
+    for (index_t ow0 = 0; ow0 < vec_end; ow0 += 8) {
+      const __m512i origin = _mm512_add_epi64(left, _mm512_set1_epi64(ih * s.W + 2 * ow0));
+      const __m512i rel = _mm512_sub_epi64(_mm512_loadu_si512(ir + ow0), origin);  // 0 or 1 where in this row
+      const __m512i rel2 = _mm512_permutexvar_epi32(pairs, _mm512_castsi256_si512(_mm512_cvtepi64_epi32(rel)));
+      const __mmask16 hit = _mm512_cmpeq_epi32_mask(rel2, parity);
+      hits += __builtin_popcount(hit);
+      const __m512 d = _mm512_permutexvar_ps(pairs, _mm512_castps256_ps512(_mm256_loadu_ps(dyr + ow0)));
+      // + 0: the reference adds dy to a zero, turning -0 into +0
+      _mm512_storeu_ps(dxr + 2 * ow0, _mm512_maskz_add_ps(hit, d, _mm512_setzero_ps()));
+    }
+    for (index_t iw = 2 * vec_end; iw < s.W; ++iw) {
+      const index_t ow = iw / 2;
+      const bool hit = ow < s.OW && ir[ow] == ih * s.W + iw;
+      hits += hit;
+      dxr[iw] = hit ? dyr[ow] + 0.0f : 0.0f;
+    }
+  }
+  return hits == s.OH * s.OW;
+}
+
+#pragma GCC pop_options
+
+// The vector backward where it applies (fp32, AVX-512, windows 2 columns wide at stride 2 without
+// padding, not overlapping vertically, offsets within int32); false: the caller takes the general path.
+bool max_backward_vector(const PoolShape& s, const float* dy, const std::int64_t* indices, float* dx, int nthreads) {
+  if (!(s.KW == 2 && s.stride_w == 2 && s.dil_w == 1 && s.pad_w == 0 && s.stride_h >= (s.KH - 1) * s.dil_h + 1 &&
+        s.H * s.W < (index_t(1) << 31) && std::strcmp(gemm_isa(), "avx512") == 0))
+    return false;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (index_t u = 0; u < s.N * s.C; ++u) {
+    const float* dyp = dy + u * s.OH * s.OW;
+    const std::int64_t* ip = indices + u * s.OH * s.OW;
+    float* dxp = dx + u * s.H * s.W;
+    if (!max_backward_plane_w2s2_avx512(s, dyp, ip, dxp)) max_backward_plane(s, dyp, ip, dxp);
+  }
+  return true;
+}
+bool max_backward_vector(const PoolShape&, const double*, const std::int64_t*, double*, int) { return false; }
+
 // The portable kernel: the scalar scan of every window.
 template <typename T>
 void max_plane_scalar(const PoolShape& s, const T* xp, T* y, std::int64_t* indices) {
@@ -193,15 +274,10 @@ void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indi
 
 template <typename T>
 void max_pool2d_backward(const PoolShape& s, const T* dy, const std::int64_t* indices, T* dx, int nthreads) {
+  if (max_backward_vector(s, dy, indices, dx, nthreads)) return;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
-  for (index_t u = 0; u < s.N * s.C; ++u) {
-    T* dxp = dx + u * s.H * s.W;
-    fill_zero(dxp, s.H * s.W);
-    const T* dyp = dy + u * s.OH * s.OW;
-    const std::int64_t* ip = indices + u * s.OH * s.OW;
-    for (index_t o = 0; o < s.OH * s.OW; ++o)
-      if (ip[o] >= 0) dxp[ip[o]] += dyp[o];  // -1: a window with no image pixel (PyTorch forbids them)
-  }
+  for (index_t u = 0; u < s.N * s.C; ++u)
+    max_backward_plane(s, dy + u * s.OH * s.OW, indices + u * s.OH * s.OW, dx + u * s.H * s.W);
 }
 
 template <typename T>

@@ -41,6 +41,15 @@ FAST_PATHS = [
     Conv("dgrad_negative_pad", 2, 3, 6, 7, 5, 1, 2, padding=(2, 3)),      # flipped kernel with pad' < 0
     Conv("wgrad_slices", 4, 3, 48, 44, 5, 3, 3, padding=1),              # small dw, large batch: S > 1 slices
     Conv("wide_channels", 1, 70, 6, 5, 33, 3, 3, padding=1, groups=1),  # several packed panels and blocks
+    # depthwise wgrad's vector kernel (AVX-512, stride_w 1, 3x3 and 5x5): rows of several vectors
+    # with a ragged last one, rows narrower than a vector, padding wider than the kernel's reach,
+    # a channel multiplier; and 3x4, which it leaves to the portable loops
+    Conv("dw_wgrad_ragged", 3, 5, 7, 37, 5, 3, 3, padding=1, groups=5),
+    Conv("dw_wgrad_narrow", 2, 3, 6, 5, 3, 3, 3, padding=1, groups=3),
+    Conv("dw_wgrad_5x5_stride_h", 2, 4, 13, 21, 4, 5, 5, stride=(2, 1), padding=2, groups=4),
+    Conv("dw_wgrad_dilated_wide_pad", 2, 3, 9, 19, 3, 3, 3, padding=(3, 4), dilation=(2, 3), groups=3),
+    Conv("dw_wgrad_multiplier", 2, 3, 8, 20, 6, 3, 3, padding=1, groups=3),
+    Conv("dw_wgrad_3x4", 2, 3, 8, 20, 3, 3, 4, padding=1, groups=3),
 ]
 
 
@@ -236,3 +245,83 @@ def test_max_pool_vector_path_matches_reference(case, pool_isa, dtype, rng):
         assert_equal(got.indices, want.indices, "indices")
     finally:
         _cpp.set_gemm_isa("auto")
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in FAST_PATHS if c.name.startswith("dw_wgrad")])
+def test_depthwise_wgrad_inf_and_nan_as_the_portable_loops(c, rng):
+    """The vector kernel masks the taps that fall in the padding out of its FMAs, as the portable
+    loops skip them: an Inf in dy on the border column gives Inf, not Inf * 0 = NaN, in those taps."""
+    x, w, _, dy = _inputs(rng, c, small_ints, np.float32)
+    dy[0, 0, :, 0] = np.inf
+    dy[-1, -1, 1, -1] = -np.inf
+    dy[0, -1, -1, 1] = np.nan
+    results = {}
+    for isa in ("avx512", "generic"):
+        try:
+            _cpp.set_gemm_isa(isa)
+        except ValueError as exc:
+            pytest.skip(str(exc))
+        try:
+            results[isa] = fastconv.conv2d_backward(dy, x, w, **c.kwargs, needs=(False, True, False), backend="cpp")[1]
+        finally:
+            _cpp.set_gemm_isa("auto")
+    assert_equal(results["avx512"], results["generic"], c.name)
+
+
+# Max pooling backward's one-pass vector kernel (fp32, AVX-512): windows 2 columns wide at stride 2
+# without padding that do not overlap vertically. Rows of whole vectors (8 windows), ragged rows
+# with a scalar tail and an uncovered last column, ceil_mode's half-outside last window, rows in
+# no window (vertical padding, stride > kernel, dilation), a 1-row kernel; and vertically
+# overlapping windows, which take the zero-and-scatter path.
+W2S2_POOLS = [
+    # (x shape, kernel, stride, padding, dilation, ceil_mode)
+    ((2, 3, 8, 64), (2, 2), (2, 2), (0, 0), (1, 1), False),
+    ((1, 2, 9, 37), (2, 2), (2, 2), (0, 0), (1, 1), False),
+    ((1, 2, 9, 37), (2, 2), (2, 2), (0, 0), (1, 1), True),
+    ((2, 1, 13, 50), (3, 2), (4, 2), (1, 0), (1, 1), False),
+    ((1, 2, 14, 40), (2, 2), (3, 2), (1, 0), (2, 1), True),
+    ((1, 1, 5, 33), (1, 2), (1, 2), (0, 0), (1, 1), False),
+    ((1, 2, 9, 40), (3, 2), (2, 2), (1, 0), (1, 1), False),
+]
+
+
+@pytest.mark.parametrize("pool_isa", ["avx512", "generic"])
+@pytest.mark.parametrize("case", W2S2_POOLS, ids=lambda c: "x".join(map(str, c[0])) + f"_k{c[1]}_s{c[2]}")
+def test_max_pool_backward_one_pass_matches_reference(case, pool_isa, dtype, rng):
+    """dx bit-identical to the reference (zeros, then dy added at each argmax), NaN, Inf and -0 in
+    dy included: -0 lands as +0, as 0 + -0 does in the reference."""
+    shape, kernel, stride, padding, dilation, ceil_mode = case
+    try:
+        _cpp.set_gemm_isa(pool_isa)
+    except ValueError as exc:
+        pytest.skip(str(exc))
+    try:
+        x = randn(rng, shape, dtype)
+        args = (kernel, stride, padding, dilation, ceil_mode)
+        indices = fastconv.max_pool2d(x, *args, return_indices=True, backend="reference").indices
+        dy = small_ints(rng, indices.shape, dtype)
+        flat = dy.reshape(-1)
+        flat[rng.choice(flat.size, flat.size // 7, replace=False)] = -0.0
+        flat[rng.choice(flat.size, 3, replace=False)] = [np.nan, np.inf, -np.inf]
+        got = fastconv.max_pool2d_backward(dy, x, *args, indices=indices, backend="cpp")
+        want = fastconv.max_pool2d_backward(dy, x, *args, indices=indices, backend="reference")
+        assert_equal(got, want, "dx")
+        assert_equal(np.signbit(got), np.signbit(want), "dx signs")
+    finally:
+        _cpp.set_gemm_isa("auto")
+
+
+@pytest.mark.parametrize("case", W2S2_POOLS[:3], ids=lambda c: "x".join(map(str, c[0])) + f"_k{c[1]}_s{c[2]}")
+def test_max_pool_backward_indices_outside_their_windows(case, rng):
+    """Indices a caller made up may point anywhere in the plane, repeated too: the one-pass kernel
+    notices that some window's index is not in that window and scatters the plane instead."""
+    shape, kernel, stride, padding, dilation, ceil_mode = case
+    x = randn(rng, shape, np.float32)
+    args = (kernel, stride, padding, dilation, ceil_mode)
+    indices = fastconv.max_pool2d(x, *args, return_indices=True, backend="reference").indices.copy()
+    dy = small_ints(rng, indices.shape, np.float32)
+    indices[0, 0, 0, 1] = shape[2] * shape[3] - 1  # another window's pixel: the only stray one of its plane
+    indices[-1, -1] = rng.integers(0, 3, size=indices.shape[2:])  # every window of a plane onto 3 pixels
+    got = fastconv.max_pool2d_backward(dy, x, *args, indices=indices, backend="cpp")
+    want = fastconv.max_pool2d_backward(dy, x, *args, indices=indices, backend="reference")
+    assert_equal(got, want, "dx")

@@ -52,7 +52,8 @@ def _check_indices(op, indices, x, p: PoolParams) -> None:
     if is_cupy(indices) != is_cupy(x):
         raise TypeError(f"{op}: expected indices on the device of x")
     check_shape(op, "indices", indices, p.y_shape)
-    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= p.H * p.W):
+    # one pass instead of min() and max(): read as unsigned, a negative index is huge too
+    if indices.size and bool((indices.view(np.uint64) >= p.H * p.W).any()):
         raise ValueError(f"{op}: expected indices in [0, H*W) = [0, {p.H * p.W}), got values from "
                          f"{int(indices.min())} to {int(indices.max())}")
 
