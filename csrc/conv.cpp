@@ -1,26 +1,34 @@
-// 2-d convolution: implicit-im2col GEMM as the general path, plus
-//   * pointwise (1x1, stride 1, no padding): B is x itself, packed like any matrix (no im2col);
-//   * depthwise (one input channel per group): direct loops over rows, no GEMM;
+// 2-d convolution. The general paths are GEMMs whose im2col operand is never built:
+//   * forward: each image is copied once into a "flat" layout (per channel, the planes of its
+//     stride phases, zero-padded; see FlatLayout) in which row k of the im2col matrix, for NR
+//     consecutive output columns, is NR consecutive elements: the micro-kernel reads it where it
+//     lies (no packing), and computes Wq - OW junk columns per output row that are dropped.
+//     Pointwise layers (1x1, stride 1, no padding) read x itself;
 //   * dgrad at stride 1: the forward convolution of dy with the flipped, transposed weight (no
 //     col2im); at larger strides dgrad is GEMM (cols = W^T dy) + col2im (im2col with +=);
-//   * wgrad: GEMM dW += dY cols^T, the batch folded into the reduction.
+//   * wgrad: dW^T = cols dy^T on the same flat layout (the micro-kernel reads cols' rows in place),
+//     for weights under 1 MiB and finite x; otherwise GEMM dW += dY cols^T with cols^T packed
+//     from x, the batch folded into the reduction;
+//   * depthwise (one input channel per group): direct loops over rows, no GEMM.
 //
 // Workspace (the only memory besides inputs and outputs; see Buffer / workspace_peak_bytes):
-//   shared:     the packed weight, C_out x (C_in/groups*KH*KW) rounded up to MR rows; dgrad at
-//               stride 1 also a flipped copy of w; wgrad with S > 1 reduction slices S copies of dw
-//               (S <= 8, chosen by the shape);
+//   shared:     the packed weight, C_out x (C_in/groups*KH*KW) rounded up to MR rows; forward,
+//               stride-1 dgrad and flat wgrad: the flat copies of a chunk of images, at most 4 MiB
+//               (kFlatChunkBytes) or one image, plus for flat wgrad their packed dy^T (within the
+//               same bound) and dW^T; dgrad at stride 1 also a flipped copy of w; packed wgrad with
+//               S > 1 reduction slices S copies of dw (S <= 8, chosen by the shape);
 //   per thread: one packed B block, KC x NC (256 x 512 fp32 / 256 x 256 fp64 = 512 KiB), plus
-//               for wgrad one packed dy chunk (C_out/groups x KC) and for strided dgrad one cols
-//               chunk of C_in/groups*KH*KW x nbc with nbc*rows <= 64 Ki elements (at least NR
+//               for packed wgrad one packed dy chunk (C_out/groups x KC) and for strided dgrad one
+//               cols chunk of C_in/groups*KH*KW x nbc with nbc*rows <= 64 Ki elements (at least NR
 //               columns).
-// None of it grows with the batch size: no im2col matrix is ever built for a whole image, let alone
-// a batch; the GEMM packs each KC x NC block of it straight from x when it needs it.
+// None of it grows with the batch size past the chunk bound: no im2col matrix is ever built.
 #include "conv.h"
 
 #include <immintrin.h>
 #include <omp.h>
 
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "gemm.h"
@@ -132,32 +140,6 @@ inline Tap tap_of(const Geo& g, index_t k) {
   const index_t kk = g.KH * g.KW, rem = k % kk;
   return Tap{k / kk, rem / g.KW, rem % g.KW};
 }
-
-// Forward B(k, j) = cols(k, pixel j) of one group, j over all images' pixels, packed straight from x
-// into [panel][k][NR]: the implicit im2col.
-template <typename T>
-struct Im2colB {
-  const T* x;  // the group's first channel in image 0
-  index_t image_stride, plane, P;
-  Geo g;
-  void operator()(const MicroKernel<T>& uk, index_t pc, index_t kcb, index_t j0, index_t nb, T* dst) const {
-    const int NR = uk.nr;
-    PixelRun runs[kMaxNR];
-    for (index_t jr = 0; jr < nb; jr += NR) {
-      const index_t lanes = min_i(NR, nb - jr);
-      const int count = pixel_runs(g, P, j0 + jr, lanes, runs);
-      T* d = dst + jr * kcb;
-      Tap tap = tap_of(g, pc);
-      for (index_t p = 0; p < kcb; ++p, tap.next(g)) {
-        T* dp = d + p * NR;
-        const T* xc = x + tap.c * plane;
-        for (int i = 0; i < count; ++i)
-          im2col_run(xc + runs[i].n * image_stride, g, tap.kh, tap.kw, runs[i], dp + runs[i].lane, index_t(1));
-        for (index_t l = lanes; l < NR; ++l) dp[l] = T(0);
-      }
-    }
-  }
-};
 
 // Wgrad B(p, k) = cols(k, pixel q0 + p) of one image and group, packed into [panel][p][NR]:
 // each column is one tap's im2col row, written with stride NR.
@@ -544,41 +526,212 @@ void depthwise_backward_weight(const ConvShape& s, const T* dy, const T* x, T* d
 // the general paths
 // ---------------------------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------------------------
+// forward: a GEMM that reads its B (the implicit im2col) in place from a phase-split padded image
+// ---------------------------------------------------------------------------------------------
+
+// The forward's input layout. Each input channel of an image is stored as the planes of the stride
+// phases its taps use, zero-padded: plane (ph, pw) holds the padded pixels (r*sh + ph, c*sw + pw),
+// r < Hq, c < Wq. Output pixel (oh, ow) is then GEMM column q = oh*Wq + ow of its image, and tap
+// (ci, kh, kw) = depth k reads element q + off[k]: row k of a panel of NR consecutive columns is NR
+// consecutive elements, which the micro-kernel reads where they lie, so nothing is packed. The
+// price is Wq - OW junk columns per output row, computed and dropped (2 of 226 for a 3x3 layer at
+// 224, 2 of 9 at 7). A pointwise layer (1x1, stride 1, no padding) is its own layout: x is read as
+// it lies and no copy is made.
+struct FlatLayout {
+  bool identity;           // pointwise: x itself
+  index_t Hq, Wq, plane;   // one phase plane
+  index_t chan;            // elements per channel (its phase planes)
+  index_t image;           // elements per image: channels, then zeros the last panel may over-read
+  index_t rows;            // OH*Wq: the columns of an image that hold output pixels (or junk)
+  index_t cols;            // rows rounded up to whole NR panels: GEMM columns per image
+  index_t in_place;        // columns q < in_place start a panel whose NR-wide rows lie in the image
+  std::vector<index_t> phases;  // the phases used, as ph*sw + pw, in plane order
+  std::vector<index_t> off;     // B row offset of depth k = (ci*KH + kh)*KW + kw of one group
+};
+
+FlatLayout flat_layout(const ConvShape& s, index_t NR) {
+  FlatLayout f;
+  f.identity = is_pointwise(s);
+  f.Hq = f.identity ? s.H : s.OH + (s.KH - 1) * s.dil_h / s.stride_h;
+  f.Wq = f.identity ? s.W : s.OW + (s.KW - 1) * s.dil_w / s.stride_w;
+  f.plane = f.Hq * f.Wq;
+  const index_t KK = s.KH * s.KW, Cig = s.C_in / s.groups;
+  std::vector<index_t> slot(static_cast<std::size_t>(s.stride_h * s.stride_w), -1), tap(static_cast<std::size_t>(KK));
+  for (index_t kh = 0; kh < s.KH; ++kh)
+    for (index_t kw = 0; kw < s.KW; ++kw) {
+      const index_t rh = kh * s.dil_h, rw = kw * s.dil_w;
+      const index_t phase = (rh % s.stride_h) * s.stride_w + rw % s.stride_w;
+      if (slot[phase] < 0) {
+        slot[phase] = static_cast<index_t>(f.phases.size());
+        f.phases.push_back(phase);
+      }
+      tap[kh * s.KW + kw] = slot[phase] * f.plane + (rh / s.stride_h) * f.Wq + rw / s.stride_w;
+    }
+  f.chan = static_cast<index_t>(f.phases.size()) * f.plane;
+  f.rows = s.OH * f.Wq;
+  f.cols = round_up(f.rows, NR);
+  // the last panel of the last channel reads at most Wq + NR elements past the channels (see
+  // in_place): a copy carries that many zeros; x itself cannot, so panels near its end are packed
+  f.image = f.identity ? s.C_in * f.plane : round_up(s.C_in * f.chan + f.Wq + NR, 16);
+  f.in_place = f.identity ? f.plane - NR + 1 : f.cols;
+  f.off.assign(static_cast<std::size_t>(Cig * KK + kPrefetchRows), 0);  // the micro-kernel prefetches ahead
+  for (index_t ci = 0; ci < Cig; ++ci)
+    for (index_t k = 0; k < KK; ++k) f.off[ci * KK + k] = ci * f.chan + tap[k];
+  return f;
+}
+
+// The phase planes of one channel (H x W) into dst (f.chan elements).
+template <typename T>
+void flat_fill_channel(const ConvShape& s, const FlatLayout& f, const T* xc, T* dst) {
+  const index_t sh = s.stride_h, sw = s.stride_w;
+  for (std::size_t sl = 0; sl < f.phases.size(); ++sl) {
+    const index_t ph = f.phases[sl] / sw, pw = f.phases[sl] % sw;
+    // plane column c reads input column iw = c*sw + o: inside the image for c in [c0, c1)
+    const index_t o = pw - s.pad_l;
+    const index_t c0 = min_i(f.Wq, o >= 0 ? 0 : ceil_div(-o, sw));
+    const index_t c1 = max_i(c0, min_i(f.Wq, o >= s.W ? 0 : (s.W - 1 - o) / sw + 1));
+    T* d = dst + static_cast<index_t>(sl) * f.plane;
+    for (index_t r = 0; r < f.Hq; ++r, d += f.Wq) {
+      const index_t ih = r * sh + ph - s.pad_t;
+      if (ih < 0 || ih >= s.H) {
+        fill_zero(d, f.Wq);
+        continue;
+      }
+      const T* src = xc + ih * s.W + o;
+      for (index_t c = 0; c < c0; ++c) d[c] = T(0);
+      if (sw == 1) {
+        std::memcpy(d + c0, src + c0, static_cast<std::size_t>(c1 - c0) * sizeof(T));
+      } else {
+        for (index_t c = c0; c < c1; ++c) d[c] = src[c * sw];
+      }
+      for (index_t c = c1; c < f.Wq; ++c) d[c] = T(0);
+    }
+  }
+}
+
+// Channel c of one image (x_image: C_in x H x W) into its flat copy dst (f.image elements); the
+// last channel's job also zeroes the slack after the channels, which the last row's junk columns
+// read (the forward drops what they give; wgrad multiplies them by dy's zeros).
+template <typename T>
+void flat_fill_job(const ConvShape& s, const FlatLayout& f, const T* x_image, T* dst, index_t c) {
+  flat_fill_channel(s, f, x_image + c * s.H * s.W, dst + c * f.chan);
+  if (c == s.C_in - 1) fill_zero(dst + s.C_in * f.chan, f.image - s.C_in * f.chan);
+}
+
+// B of the forward GEMM read in place from the flat layout; GEMM column j is column j % cols of
+// image j / cols. Panels that would read past an image (x itself, pointwise) are packed instead.
+template <typename T>
+struct FlatB {
+  static constexpr bool kInPlace = true;
+  const T* x;  // the group's first channel in the first image
+  const FlatLayout* f;
+  const index_t* off;  // = f->off: B row p of a panel at in_place(j) + off[p]
+  const T* in_place(index_t j) const {
+    const index_t img = j / f->cols, q = j - img * f->cols;
+    return q < f->in_place ? x + img * f->image + q : nullptr;
+  }
+  void operator()(const MicroKernel<T>& uk, index_t pc, index_t kcb, index_t j0, index_t nb, T* dst) const {
+    const int NR = uk.nr;
+    for (index_t jr = 0; jr < nb; jr += NR) {
+      const index_t j = j0 + jr, img = j / f->cols, q = j - img * f->cols;
+      if (q < f->in_place) continue;
+      const index_t lanes = max_i(0, min_i(NR, f->rows - q));
+      T* d = dst + jr * kcb;
+      for (index_t p = 0; p < kcb; ++p) {
+        const T* src = x + img * f->image + off[pc + p] + q;
+        for (index_t l = 0; l < lanes; ++l) d[p * NR + l] = src[l];
+        for (index_t l = lanes; l < NR; ++l) d[p * NR + l] = T(0);
+      }
+    }
+  }
+};
+
+// C of the forward GEMM: row co, column j -> y[image j / cols][co][oh][ow] with
+// q = j % cols = oh*Wq + ow; columns with oh >= OH or ow >= OW are junk and dropped.
+template <typename T>
+struct FlatC {
+  T* y;  // the group's first output channel in the first image
+  index_t image, P, OH, OW, Wq, cols;  // image = C_out*P, P = OH*OW
+  T* tile(index_t i, index_t j, index_t n, index_t& ld) const {  // direct when within one output row
+    const index_t img = j / cols, q = j - img * cols, oh = q / Wq, ow = q - oh * Wq;
+    ld = P;
+    return oh < OH && ow + n <= OW ? y + img * image + i * P + oh * OW + ow : nullptr;
+  }
+  void scatter(index_t i, index_t j, int m, int n, const T* t, int ldt, bool accumulate) const {
+    const index_t img = j / cols, q = j - img * cols;
+    index_t oh = q / Wq, ow = q - oh * Wq;
+    T* yi = y + img * image + i * P;
+    for (int jj = 0; jj < n; ++jj) {
+      if (oh < OH && ow < OW) {
+        T* col = yi + oh * OW + ow;
+        for (int ii = 0; ii < m; ++ii)
+          col[ii * P] = accumulate ? col[ii * P] + t[ii * ldt + jj] : t[ii * ldt + jj];
+      }
+      if (++ow == Wq) {
+        ow = 0;
+        ++oh;
+      }
+    }
+  }
+  // rows [i0, i1) of columns [j0, j0+nb) += bias (per row): while they are still in cache
+  void add_bias(index_t i0, index_t i1, index_t j0, index_t nb, const T* bias) const {
+    for (index_t j = j0; j < j0 + nb;) {
+      const index_t img = j / cols, q = j - img * cols, oh = q / Wq, ow = q - oh * Wq;
+      const index_t len = min_i(min_i(Wq - ow, cols - q), j0 + nb - j);  // the rest of this row of the layout
+      if (oh < OH && ow < OW)
+        for (index_t i = i0; i < i1; ++i) {
+          T* row = y + img * image + i * P + oh * OW;
+          for (index_t c = ow; c < min_i(OW, ow + len); ++c) row[c] += bias[i];
+        }
+      j += len;
+    }
+  }
+};
+
+// The flat copies of one chunk of images hold at most this many bytes (at least one image).
+constexpr index_t kFlatChunkBytes = index_t(4) << 20;
+// wgrad takes the flat path for weights smaller than this (see conv2d_backward_weight).
+constexpr index_t kFlatWgradMaxBytes = index_t(1) << 20;
+
 template <typename T>
 void gemm_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads) {
   const MicroKernel<T>& uk = micro_kernel<T>();
   const index_t G = s.groups, Cig = s.C_in / G, Cog = s.C_out / G, Kg = Cig * s.KH * s.KW;
-  const index_t P = s.OH * s.OW, HW = s.H * s.W, NP = s.N * P;
-  const Geo g = geometry(s);
-  const Tiling t = tile_product(uk, Cog, NP, nthreads, G);
+  const index_t P = s.OH * s.OW, HW = s.H * s.W;
+  const FlatLayout f = flat_layout(s, uk.nr);
+  const index_t chunk =
+      f.identity ? s.N : max_i(1, min_i(s.N, kFlatChunkBytes / (f.image * index_t(sizeof(T)))));
+  Buffer<T> xq(f.identity ? 0 : chunk * f.image);  // shared: the flat copies of one chunk of images
   const index_t asize = packed_a_size(uk, Cog, Kg), ajobs = pack_a_jobs(uk, Cog, Kg);
   Buffer<T> ap(G * asize);  // shared: the packed weight
-  const index_t units = G * t.units();
-#pragma omp parallel num_threads(static_cast<int>(min_i(nthreads, max_i(units, 1))))
+#pragma omp parallel num_threads(nthreads)
   {
 #pragma omp for schedule(static)
     for (index_t job = 0; job < G * ajobs; ++job)
       pack_a_job(uk, w + (job / ajobs) * Cog * Kg, Kg, index_t(1), Cog, Kg, ap.data() + (job / ajobs) * asize,
                  job % ajobs);
-    Buffer<T> bbuf(packed_b_size(uk));  // per thread: one packed KC x NC block of the implicit im2col
-#pragma omp for schedule(dynamic, 1)
-    for (index_t u = 0; u < units; ++u) {
-      const index_t grp = u / t.units(), rest = u % t.units();
-      const index_t p0 = (rest / t.col_units) * t.panels, p1 = min_i(p0 + t.panels, ceil_div(Cog, uk.mr));
-      const index_t j0 = (rest % t.col_units) * t.nb, nb = min_i(t.nb, NP - j0);
-      const Im2colB<T> pack_b{x + grp * Cig * HW, s.C_in * HW, HW, P, g};
-      const SegmentedC<T> cmap{y + grp * Cog * P, P, P, s.C_out * P};
-      gemm_unit(uk, ap.data() + grp * asize, Cog, Kg, p0, p1, pack_b, j0, nb, cmap, bbuf.data(), false);
-      if (b) {  // while this unit's block of y is still in cache
-        for (index_t co = p0 * uk.mr; co < min_i(Cog, p1 * uk.mr); ++co) {
-          const T bias = b[grp * Cog + co];
-          for (index_t j = j0; j < j0 + nb;) {
-            const index_t n = j / P, q = j - n * P, len = min_i(P - q, j0 + nb - j);
-            T* row = y + (n * s.C_out + grp * Cog + co) * P + q;
-            for (index_t i = 0; i < len; ++i) row[i] += bias;
-            j += len;
-          }
+    Buffer<T> bbuf(packed_b_size(uk));  // per thread: the panels a source cannot serve in place
+    for (index_t n0 = 0; n0 < s.N; n0 += chunk) {
+      const index_t imgs = min_i(chunk, s.N - n0);
+      if (!f.identity) {
+#pragma omp for schedule(static)
+        for (index_t job = 0; job < imgs * s.C_in; ++job) {
+          const index_t img = job / s.C_in;
+          flat_fill_job(s, f, x + (n0 + img) * s.C_in * HW, xq.data() + img * f.image, job % s.C_in);
         }
+      }
+      const T* base = f.identity ? x + n0 * f.image : xq.data();
+      const Tiling t = tile_product(uk, Cog, imgs * f.cols, nthreads, G);
+#pragma omp for schedule(dynamic, 1)
+      for (index_t u = 0; u < G * t.units(); ++u) {
+        const index_t grp = u / t.units(), rest = u % t.units();
+        const index_t p0 = (rest / t.col_units) * t.panels, p1 = min_i(p0 + t.panels, ceil_div(Cog, uk.mr));
+        const index_t j0 = (rest % t.col_units) * t.nb, nb = min_i(t.nb, imgs * f.cols - j0);
+        const FlatB<T> pack_b{base + grp * Cig * f.chan, &f, f.off.data()};
+        const FlatC<T> cmap{y + (n0 * s.C_out + grp * Cog) * P, s.C_out * P, P, s.OH, s.OW, f.Wq, f.cols};
+        gemm_unit(uk, ap.data() + grp * asize, Cog, Kg, p0, p1, pack_b, j0, nb, cmap, bbuf.data(), false);
+        if (b) cmap.add_bias(p0 * uk.mr, min_i(Cog, p1 * uk.mr), j0, nb, b + grp * Cog);
       }
     }
   }
@@ -699,6 +852,120 @@ void gemm_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
   }
 }
 
+// True when none of x[0, n) is NaN or infinite: no element has all exponent bits set. Integer
+// tests, so the compiler vectorises the loop (a floating-point sum would be one serial chain).
+template <typename T>
+bool all_finite(const T* x, index_t n) {
+  using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  constexpr Bits exponent = sizeof(T) == 4 ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
+  Bits bad = 0;
+  for (index_t i = 0; i < n; ++i) {
+    Bits b;
+    std::memcpy(&b, x + i, sizeof(T));
+    bad |= Bits((b & exponent) == exponent);
+  }
+  return bad == 0;
+}
+
+// wgrad on the flat layout: dW_g^T (Kg x Cog) = sum over images of cols_g (Kg x columns) times
+// dy_g^T (columns x Cog). The micro-kernel reads row k of cols in place from the image's flat copy
+// (at off[k], as the forward does) as its A rows; dy^T is packed per image into NR-channel panels
+// whose junk columns are zero. Units (group, channel panel, run of tap panels) each own a block of
+// dW^T and reduce it over the images in order: one fixed order on any thread count.
+// A junk column pairs dy = 0 with a real pixel, which adds 0 unless that pixel is Inf or NaN: x
+// with a non-finite value is left to the packed path (returns false), so results stay exact.
+template <typename T>
+bool flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+  const MicroKernel<T>& uk = micro_kernel<T>();
+  const int MR = uk.mr, NR = uk.nr;
+  const index_t G = s.groups, Cig = s.C_in / G, Cog = s.C_out / G, Kg = Cig * s.KH * s.KW;
+  const index_t P = s.OH * s.OW, HW = s.H * s.W;
+  const FlatLayout f = flat_layout(s, NR);
+  // ldt: dW^T rows one cache line longer than the panels, so that the MR rows of a tile (often a
+  // power of two apart otherwise) do not all fall into the same few L1 sets
+  const index_t cpanels = ceil_div(Cog, NR), kpanels = ceil_div(Kg, MR), ldt = cpanels * NR + 64 / index_t(sizeof(T));
+  const index_t dy_image = G * cpanels * NR * f.rows;  // dy^T of one image: [group][panel][column][NR]
+  const index_t per_image = (f.identity ? 0 : f.image) + dy_image;
+  const index_t chunk = max_i(1, min_i(s.N, kFlatChunkBytes / (per_image * index_t(sizeof(T)))));
+  Buffer<T> xq(f.identity ? 0 : chunk * f.image);  // shared: flat copies of one chunk of images
+  Buffer<T> dyq(chunk * dy_image);                   // shared: their packed dy^T
+  Buffer<T> dwt(G * kpanels * MR * ldt);             // shared: dW^T, rows and columns rounded up
+  Buffer<T> zeros(uk.kc);                            // the A row of taps past Kg in a ragged panel
+  fill_zero(zeros.data(), uk.kc);
+  // runs of tp tap panels: about four units per thread
+  const index_t runs = min_i(kpanels, max_i(1, ceil_div(4 * index_t(nthreads), G * cpanels)));
+  const index_t tp = ceil_div(kpanels, runs), units = G * cpanels * ceil_div(kpanels, tp);
+  bool finite = true;
+#pragma omp parallel num_threads(nthreads)
+  for (index_t n0 = 0; n0 < s.N; n0 += chunk) {
+    const index_t imgs = min_i(chunk, s.N - n0);
+    if (f.identity) {
+#pragma omp for schedule(static) reduction(&& : finite)
+      for (index_t img = 0; img < imgs; ++img) finite = finite && all_finite(x + (n0 + img) * f.image, f.image);
+    } else {
+#pragma omp for schedule(static) reduction(&& : finite)
+      for (index_t job = 0; job < imgs * s.C_in; ++job) {
+        const index_t img = job / s.C_in, c = job % s.C_in;
+        finite = finite && all_finite(x + ((n0 + img) * s.C_in + c) * HW, HW);
+        flat_fill_job(s, f, x + (n0 + img) * s.C_in * HW, xq.data() + img * f.image, c);
+      }
+    }
+    // every thread reads the flag between this loop's barrier and the next write to it (the next
+    // chunk's reduction, two barriers on), so all of them leave together
+    if (!finite) break;
+#pragma omp for schedule(static)
+    for (index_t job = 0; job < imgs * G * cpanels; ++job) {  // dy^T panels: column q = oh*Wq + ow
+      const index_t img = job / (G * cpanels), gp = job % (G * cpanels), c0 = (gp % cpanels) * NR;
+      const index_t chans = min_i(NR, Cog - c0);
+      const T* src = dy + ((n0 + img) * s.C_out + (gp / cpanels) * Cog + c0) * P;
+      T* dst = dyq.data() + img * dy_image + gp * NR * f.rows;
+      fill_zero(dst, NR * f.rows);
+      for (index_t r = 0; r < chans; ++r)
+        for (index_t oh = 0; oh < s.OH; ++oh)
+          for (index_t ow = 0; ow < s.OW; ++ow) dst[(oh * f.Wq + ow) * NR + r] = src[r * P + oh * s.OW + ow];
+    }
+    const T* base = f.identity ? x + n0 * f.image : xq.data();
+#pragma omp for schedule(dynamic, 1)
+    for (index_t u = 0; u < units; ++u) {
+      const index_t grp = u / (cpanels * ceil_div(kpanels, tp)), rest = u % (cpanels * ceil_div(kpanels, tp));
+      const index_t cp = rest % cpanels, k_first = (rest / cpanels) * tp, k_end = min_i(kpanels, k_first + tp);
+      const int n = static_cast<int>(min_i(NR, Cog - cp * NR));
+      for (index_t img = 0; img < imgs; ++img) {
+        const T* xi = base + img * f.image + grp * Cig * f.chan;
+        const T* bi = dyq.data() + img * dy_image + (grp * cpanels + cp) * NR * f.rows;
+        for (index_t pc = 0; pc < f.rows; pc += uk.kc) {
+          const index_t kcb = min_i(uk.kc, f.rows - pc);
+          const bool acc = n0 > 0 || img > 0 || pc > 0;
+          for (index_t panel = k_first; panel < k_end; ++panel) {
+            const index_t k0 = panel * MR;
+            const int m = static_cast<int>(min_i(MR, Kg - k0));
+            const T* rows[kMaxMR];
+            for (int i = 0; i < MR; ++i) rows[i] = i < m ? xi + f.off[k0 + i] + pc : zeros.data();
+            uk.fn_rows(kcb, rows, bi + pc * NR, dwt.data() + (grp * kpanels * MR + k0) * ldt + cp * NR, ldt, acc,
+                       m, n);
+          }
+        }
+      }
+    }
+  }
+  if (!finite) return false;
+  // dw (C_out, Kg) = the transpose of each group's dW^T, in 16 x 64 blocks that stay in cache (a
+  // plain column walk of dW^T misses on every element)
+  constexpr index_t kRows = 16, kCols = 64;
+  const index_t row_blocks = ceil_div(Cog, kRows);
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (index_t job = 0; job < G * row_blocks; ++job) {
+    const index_t grp = job / row_blocks, co0 = (job % row_blocks) * kRows, co1 = min_i(Cog, co0 + kRows);
+    const T* src = dwt.data() + grp * kpanels * MR * ldt;
+    for (index_t k0 = 0; k0 < Kg; k0 += kCols)
+      for (index_t co = co0; co < co1; ++co) {
+        T* dst = dw + (grp * Cog + co) * Kg;
+        for (index_t k = k0; k < min_i(Kg, k0 + kCols); ++k) dst[k] = src[k * ldt + co];
+      }
+  }
+  return true;
+}
+
 }  // namespace
 
 template <typename T>
@@ -717,6 +984,10 @@ void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, i
 template <typename T>
 void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
   if (is_depthwise(s)) return depthwise_backward_weight(s, dy, x, dw, nthreads);
+  // the flat path keeps all of dW^T live while it walks the images: it wins while that fits in L2
+  // with room to spare (measured: 2x on ResNet-20's layers, 0.4x on ResNet-50's 3x3x512 one)
+  const index_t weight_bytes = s.C_out * (s.C_in / s.groups) * s.KH * s.KW * index_t(sizeof(T));
+  if (weight_bytes < kFlatWgradMaxBytes && flat_backward_weight(s, dy, x, dw, nthreads)) return;
   gemm_backward_weight(s, dy, x, dw, nthreads);
 }
 

@@ -32,8 +32,8 @@ struct KernelSet {
 };
 
 KernelSet generic_set() {
-  return KernelSet{"generic", MicroKernel<float>{4, 4, 256, 256, &ukernel<Scalar<float>, 4, 4>},
-                   MicroKernel<double>{4, 4, 256, 256, &ukernel<Scalar<double>, 4, 4>}};
+  return KernelSet{"generic", MicroKernel<float>{4, 4, 256, 256, &ukernel<Scalar<float>, 4, 4>, &ukernel_offsets<Scalar<float>, 4, 4>, &ukernel_rows<Scalar<float>, 4, 4>},
+                   MicroKernel<double>{4, 4, 256, 256, &ukernel<Scalar<double>, 4, 4>, &ukernel_offsets<Scalar<double>, 4, 4>, &ukernel_rows<Scalar<double>, 4, 4>}};
 }
 
 // The kernel sets this build has and this CPU runs, best first.

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <string>
+#include <type_traits>
 
 #include "common.h"
 #include "gemm_kernel.h"
@@ -175,6 +176,15 @@ inline index_t packed_b_size(const MicroKernel<T>& uk) {
   return uk.kc * round_up(uk.nc, uk.nr);
 }
 
+// A B source is a functor packing one KC x NC block of B (see StridedB). A source may instead
+// leave B where it lies (kInPlace = true): it then packs only the NR-panels it cannot serve in
+// place, and for the others in_place(j) returns where the panel starting at column j begins, its
+// row p being at that pointer + off[p] (NR contiguous elements), p counted over the full depth.
+template <class PackB, class = void>
+struct reads_in_place : std::false_type {};
+template <class PackB>
+struct reads_in_place<PackB, std::void_t<decltype(PackB::kInPlace)>> : std::bool_constant<PackB::kInPlace> {};
+
 // C[rows of panels [p0, p1), columns [j0, j0+nb)] (+)= A * B over the full depth K, where `ap` is
 // the packed A of all M rows, `pack_b` fills the packed B block and `bbuf` holds packed_b_size.
 // nb may exceed NC: the columns are then done NC at a time. accumulate=false overwrites C.
@@ -197,12 +207,18 @@ void gemm_unit(const MicroKernel<T>& uk, const T* ap, index_t M, index_t K, inde
         for (index_t jr = 0; jr < ncb; jr += NR) {
           const int n = static_cast<int>(min_i(NR, ncb - jr));
           const index_t j = j0 + jc + jr;
+          auto product = [&](T* c, index_t ld, bool add) {
+            if constexpr (reads_in_place<PackB>::value) {
+              if (const T* b = pack_b.in_place(j)) return uk.fn_offsets(kcb, a, b, pack_b.off + pc, c, ld, add, m, n);
+            }
+            uk.fn(kcb, a, bbuf + jr * kcb, c, ld, add, m, n);
+          };
           index_t ld;
           T* c = cmap.tile(i, j, n, ld);
           if (c) {
-            uk.fn(kcb, a, bbuf + jr * kcb, c, ld, acc, m, n);
+            product(c, ld, acc);
           } else {
-            uk.fn(kcb, a, bbuf + jr * kcb, tile, NR, false, m, n);
+            product(tile, NR, false);
             cmap.scatter(i, j, m, n, tile, NR, acc);
           }
         }

@@ -37,8 +37,8 @@ struct F64x4 {
 }  // namespace
 
 bool gemm_kernels_avx2(MicroKernel<float>& f32, MicroKernel<double>& f64) {
-  f32 = MicroKernel<float>{6, 16, 256, 512, &ukernel<F32x8, 6, 2>};
-  f64 = MicroKernel<double>{6, 8, 256, 256, &ukernel<F64x4, 6, 2>};
+  f32 = MicroKernel<float>{6, 16, 256, 512, &ukernel<F32x8, 6, 2>, &ukernel_offsets<F32x8, 6, 2>, &ukernel_rows<F32x8, 6, 2>};
+  f64 = MicroKernel<double>{6, 8, 256, 256, &ukernel<F64x4, 6, 2>, &ukernel_offsets<F64x4, 6, 2>, &ukernel_rows<F64x4, 6, 2>};
   return true;
 }
 

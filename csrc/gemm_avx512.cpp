@@ -37,8 +37,8 @@ struct F64x8 {
 }  // namespace
 
 bool gemm_kernels_avx512(MicroKernel<float>& f32, MicroKernel<double>& f64) {
-  f32 = MicroKernel<float>{14, 32, 256, 512, &ukernel<F32x16, 14, 2>};
-  f64 = MicroKernel<double>{14, 16, 256, 256, &ukernel<F64x8, 14, 2>};
+  f32 = MicroKernel<float>{14, 32, 256, 512, &ukernel<F32x16, 14, 2>, &ukernel_offsets<F32x16, 14, 2>, &ukernel_rows<F32x16, 14, 2>};
+  f64 = MicroKernel<double>{14, 16, 256, 256, &ukernel<F64x8, 14, 2>, &ukernel_offsets<F64x8, 14, 2>, &ukernel_rows<F64x8, 14, 2>};
   return true;
 }
 

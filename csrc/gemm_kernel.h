@@ -4,20 +4,33 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 namespace fastconv {
 
 using index_t = std::int64_t;
 
+// fn_offsets prefetches row p + kPrefetchRows while it computes row p: off[] must hold that many
+// (any) entries past the depth it is given.
+constexpr int kPrefetchRows = 12;
+
 template <typename T>
 struct MicroKernel {
   // C[m x n] (= or +=) A_panel[MR x kc] * B_panel[kc x NR]; see ukernel.h for the packed layouts.
   using Fn = void (*)(index_t kc, const T* a, const T* b, T* c, index_t ldc, bool accumulate, int m, int n);
+  // the same with B row p at b + off[p] instead of packed (NR contiguous elements from there)
+  using OffsetFn = void (*)(index_t kc, const T* a, const T* b, const index_t* off, T* c, index_t ldc,
+                            bool accumulate, int m, int n);
+  // the same with row i of A read in place at rows[i] (MR pointers; kc elements each) and B packed
+  using RowsFn = void (*)(index_t kc, const T* const* rows, const T* b, T* c, index_t ldc, bool accumulate, int m,
+                          int n);
   int mr;       // rows of C per micro-tile (broadcast operand)
   int nr;       // columns of C per micro-tile (vector operand)
   index_t kc;   // depth of a packed block: an A micro-panel MR*kc stays in L1
   index_t nc;   // columns of a packed B block: kc*nc*sizeof(T) ~ 512 KiB, half of a 1 MiB L2
   Fn fn;
+  OffsetFn fn_offsets;
+  RowsFn fn_rows;
 };
 
 // Each returns false (and leaves the tables alone) when that translation unit was built without

@@ -8,7 +8,7 @@
 // Register blocking, row-major C (BLIS/GotoBLAS with the roles of the operands as in row-major):
 // C[MR x NR] += A_panel[MR x kc] * B_panel[kc x NR], NR = NV vectors of V::L lanes.
 //   a: packed [kc][MR]  -- broadcast one scalar per row
-//   b: packed [kc][NR]  -- NV vector loads per k
+//   b: packed [kc][NR], or rows in place (ukernel_offsets) -- NV vector loads per k
 // MR*NV accumulators + NV B vectors + 1 broadcast must fit the register file (AVX-512: 14x2 + 2 + 1
 // = 31 of 32 zmm; AVX2: 6x2 + 2 + 1 = 15 of 16 ymm).
 //
@@ -17,9 +17,39 @@
 // C = C + acc, so an element's value never depends on where tile edges fall: results are the same
 // for every thread count and blocking of the non-reduced dimensions.
 
-template <class V, int MR, int NV>
-void ukernel(index_t kc, const typename V::T* __restrict a, const typename V::T* __restrict b,
-             typename V::T* __restrict c, index_t ldc, bool accumulate, int m, int n) {
+// The operands' sources. A: packed [kc][MR] (one scalar of each row per step), or MR rows read in
+// place (element p of each; wgrad reads image rows so). B: packed [kc][NR], or rows read in place
+// at b + off[p] (the forward reads an image so: a row of NR pixels is contiguous there).
+template <typename T, int MR>
+struct PackedA {
+  const T* a;
+  T at(int i, index_t p) const { return a[p * MR + i]; }
+};
+template <typename T, int MR>
+struct RowsA {
+  const T* rows[MR];
+  T at(int i, index_t p) const { return rows[i][p]; }
+};
+template <typename T, int NR>
+struct PackedB {
+  static constexpr bool kPrefetch = false;
+  const T* b;
+  const T* row(index_t p) const { return b + p * NR; }
+};
+// Rows read in place lie anywhere (channel planes apart): no hardware prefetcher follows them, so
+// each step asks for the row kPrefetchRows ahead (see gemm_kernel.h).
+template <typename T>
+struct OffsetB {
+  static constexpr bool kPrefetch = true;
+  const T* b;
+  const index_t* off;
+  const T* row(index_t p) const { return b + off[p]; }
+};
+
+template <class V, int MR, int NV, class ASrc, class BSrc>
+inline __attribute__((always_inline)) void ukernel_body(index_t kc, const ASrc& A, const BSrc& B,
+                                                        typename V::T* __restrict c, index_t ldc, bool accumulate,
+                                                        int m, int n) {
   using T = typename V::T;
   using R = typename V::R;
   constexpr int L = V::L;
@@ -31,17 +61,21 @@ void ukernel(index_t kc, const typename V::T* __restrict a, const typename V::T*
     for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
 
   for (index_t p = 0; p < kc; ++p) {
+    const T* bp = B.row(p);
+    if constexpr (BSrc::kPrefetch) {
+      const char* ahead = reinterpret_cast<const char*>(B.row(p + kPrefetchRows));
+      for (int l = 0; l < int(NR * sizeof(T)); l += 64) __builtin_prefetch(ahead + l);
+      __builtin_prefetch(ahead + NR * sizeof(T) - 1);
+    }
     R bv[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * L);
+    for (int v = 0; v < NV; ++v) bv[v] = V::load(bp + v * L);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const R ai = V::set1(a[i]);
+      const R ai = V::set1(A.at(i, p));
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
     }
-    a += MR;
-    b += NR;
   }
 
   if (m == MR && n == NR) {
@@ -61,4 +95,30 @@ void ukernel(index_t kc, const typename V::T* __restrict a, const typename V::T*
     for (int v = 0; v < NV; ++v) V::store(tile + i * NR + v * L, acc[i][v]);
   for (int i = 0; i < m; ++i)
     for (int j = 0; j < n; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i * NR + j] : tile[i * NR + j];
+}
+
+// A and B packed.
+template <class V, int MR, int NV>
+void ukernel(index_t kc, const typename V::T* a, const typename V::T* b, typename V::T* c, index_t ldc,
+             bool accumulate, int m, int n) {
+  using T = typename V::T;
+  ukernel_body<V, MR, NV>(kc, PackedA<T, MR>{a}, PackedB<T, NV * V::L>{b}, c, ldc, accumulate, m, n);
+}
+
+// A packed, B row p at b + off[p].
+template <class V, int MR, int NV>
+void ukernel_offsets(index_t kc, const typename V::T* a, const typename V::T* b, const index_t* off,
+                     typename V::T* c, index_t ldc, bool accumulate, int m, int n) {
+  using T = typename V::T;
+  ukernel_body<V, MR, NV>(kc, PackedA<T, MR>{a}, OffsetB<T>{b, off}, c, ldc, accumulate, m, n);
+}
+
+// A row i at rows[i] (MR of them), B packed.
+template <class V, int MR, int NV>
+void ukernel_rows(index_t kc, const typename V::T* const* rows, const typename V::T* b, typename V::T* c,
+                  index_t ldc, bool accumulate, int m, int n) {
+  using T = typename V::T;
+  RowsA<T, MR> A;
+  for (int i = 0; i < MR; ++i) A.rows[i] = rows[i];
+  ukernel_body<V, MR, NV>(kc, A, PackedB<T, NV * V::L>{b}, c, ldc, accumulate, m, n);
 }
