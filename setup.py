@@ -47,4 +47,28 @@ cpp = Pybind11Extension(
     extra_link_args=["-fopenmp"],
 )
 
-setup(ext_modules=[cpp], cmdclass={"build_ext": BuildExt})
+
+# The Cython backend (src/fastconv/backends/cython/*.pyx): one extension module per .pyx, OpenMP for
+# prange, no -march=native either. Bounds and wraparound checks are off: the kernels index only
+# within the sizes the Python front has validated. -fno-tree-loop-distribute-patterns keeps GCC
+# from turning the kernels' few-element copy and zero loops (im2col's runs) into memcpy/memset
+# calls, which cost more than such loops.
+from pathlib import Path  # noqa: E402
+
+from Cython.Build import cythonize  # noqa: E402
+from setuptools import Extension  # noqa: E402
+
+CYTHON_DIR = Path("src/fastconv/backends/cython")
+cython_extensions = cythonize(
+    # depends: an sdist carries the .pyx/.pxd sources, so building from it compiles them too
+    [Extension(f"fastconv.backends.cython.{pyx.stem}", [pyx.as_posix()],
+               depends=[pyx.as_posix(), *(pxd.as_posix() for pxd in sorted(CYTHON_DIR.glob("*.pxd")))],
+               extra_compile_args=["-O3", "-fopenmp", "-fno-tree-loop-distribute-patterns"],
+               extra_link_args=["-fopenmp"])
+     for pyx in sorted(CYTHON_DIR.glob("*.pyx"))],
+    include_path=["src"],
+    compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False, "cdivision": True,
+                         "initializedcheck": False},
+)
+
+setup(ext_modules=[cpp, *cython_extensions], cmdclass={"build_ext": BuildExt})

@@ -40,11 +40,13 @@ REGISTRY: dict[str, BackendSpec] = {
         BackendSpec("reference", "fastconv.backends.reference", "cpu",
                     "NumPy, written to be obviously correct: the oracle"),
         BackendSpec("cpp", "fastconv.backends.cpp", "cpu", "C++ (pybind11, OpenMP): packed AVX-512/AVX2 GEMM, im2col"),
+        BackendSpec("cython", "fastconv.backends.cython", "cpu",
+                    "Cython (typed memoryviews, prange): im2col + SciPy's BLAS"),
     )
 }
 
 #: The order in which ``"auto"`` tries CPU backends: fastest first, the reference last.
-AUTO_ORDER: tuple[str, ...] = ("cpp", "reference")
+AUTO_ORDER: tuple[str, ...] = ("cpp", "cython", "reference")
 
 _loaded: dict[str, object] = {}
 _failed: dict[str, BaseException] = {}
