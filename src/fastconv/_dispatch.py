@@ -42,11 +42,12 @@ REGISTRY: dict[str, BackendSpec] = {
         BackendSpec("cpp", "fastconv.backends.cpp", "cpu", "C++ (pybind11, OpenMP): packed AVX-512/AVX2 GEMM, im2col"),
         BackendSpec("cython", "fastconv.backends.cython", "cpu",
                     "Cython (typed memoryviews, prange): im2col + SciPy's BLAS"),
+        BackendSpec("numba", "fastconv.backends.numba", "cpu", "Numba (@njit, parallel, cached): kernels in Python"),
     )
 }
 
 #: The order in which ``"auto"`` tries CPU backends: fastest first, the reference last.
-AUTO_ORDER: tuple[str, ...] = ("cpp", "cython", "reference")
+AUTO_ORDER: tuple[str, ...] = ("cpp", "cython", "numba", "reference")
 
 _loaded: dict[str, object] = {}
 _failed: dict[str, BaseException] = {}
