@@ -4,19 +4,21 @@
 //     consecutive output columns, is NR consecutive elements: the micro-kernel reads it where it
 //     lies (no packing), and computes Wq - OW junk columns per output row that are dropped.
 //     Pointwise layers (1x1, stride 1, no padding) read x itself;
+//     The weight is read as it lies too (row i of A at w + off[p] + i*lda, see InPlaceA);
 //   * dgrad at stride 1: the forward convolution of dy with the flipped, transposed weight (no
-//     col2im); at larger strides dgrad is GEMM (cols = W^T dy) + col2im (im2col with +=);
+//     col2im, and that weight is w read at other offsets: never built); at larger strides dgrad is
+//     GEMM (cols = W^T dy) + col2im (im2col with +=);
 //   * wgrad: dW^T = cols dy^T on the same flat layout (the micro-kernel reads cols' rows in place),
 //     for weights under 1 MiB and finite x; otherwise GEMM dW += dY cols^T with cols^T packed
 //     from x, the batch folded into the reduction;
 //   * depthwise (one input channel per group): direct loops over rows, no GEMM.
 //
 // Workspace (the only memory besides inputs and outputs; see Buffer / workspace_peak_bytes):
-//   shared:     the packed weight, C_out x (C_in/groups*KH*KW) rounded up to MR rows; forward,
-//               stride-1 dgrad and flat wgrad: the flat copies of a chunk of images, at most 4 MiB
-//               (kFlatChunkBytes) or one image, plus for flat wgrad their packed dy^T (within the
-//               same bound) and dW^T; dgrad at stride 1 also a flipped copy of w; packed wgrad with
-//               S > 1 reduction slices S copies of dw (S <= 8, chosen by the shape);
+//   shared:     forward, stride-1 dgrad and flat wgrad: the flat copies of a chunk of images, at
+//               most 4 MiB (kFlatChunkBytes) or one image, plus for flat wgrad their packed dy^T
+//               (within the same bound) and dW^T; strided dgrad and packed wgrad: the packed weight
+//               (C_in/groups*KH*KW x C_out rounded up to MR rows / packed dy chunks); packed wgrad
+//               with S > 1 reduction slices S copies of dw (S <= 8, chosen by the shape);
 //   per thread: one packed B block, KC x NC (256 x 512 fp32 / 256 x 256 fp64 = 512 KiB), plus
 //               for packed wgrad one packed dy chunk (C_out/groups x KC) and for strided dgrad one
 //               cols chunk of C_in/groups*KH*KW x nbc with nbc*rows <= 64 Ki elements (at least NR
@@ -694,23 +696,27 @@ constexpr index_t kFlatChunkBytes = index_t(4) << 20;
 // wgrad takes the flat path for weights smaller than this (see conv2d_backward_weight).
 constexpr index_t kFlatWgradMaxBytes = index_t(1) << 20;
 
+// How gemm_forward reads its weight, unpacked: row i, depth p of group grp's A (C_out/groups x Kg)
+// is w[grp*group + off[p] + i*lda].
 template <typename T>
-void gemm_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads) {
-  const MicroKernel<T>& uk = micro_kernel<T>();
+struct WeightA {
+  const T* w;
+  index_t group, lda;
+  const index_t* off;
+};
+
+template <typename T>
+void gemm_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const T* b, T* y, int nthreads) {
+  const MicroKernel<T>& uk = micro_kernel<T>(s.C_out / s.groups);
   const index_t G = s.groups, Cig = s.C_in / G, Cog = s.C_out / G, Kg = Cig * s.KH * s.KW;
   const index_t P = s.OH * s.OW, HW = s.H * s.W;
   const FlatLayout f = flat_layout(s, uk.nr);
   const index_t chunk =
       f.identity ? s.N : max_i(1, min_i(s.N, kFlatChunkBytes / (f.image * index_t(sizeof(T)))));
   Buffer<T> xq(f.identity ? 0 : chunk * f.image);  // shared: the flat copies of one chunk of images
-  const index_t asize = packed_a_size(uk, Cog, Kg), ajobs = pack_a_jobs(uk, Cog, Kg);
-  Buffer<T> ap(G * asize);  // shared: the packed weight
+  const bool crowded = l1_crowded<T>(wa.lda, wa.off, Kg);
 #pragma omp parallel num_threads(nthreads)
   {
-#pragma omp for schedule(static)
-    for (index_t job = 0; job < G * ajobs; ++job)
-      pack_a_job(uk, w + (job / ajobs) * Cog * Kg, Kg, index_t(1), Cog, Kg, ap.data() + (job / ajobs) * asize,
-                 job % ajobs);
     Buffer<T> bbuf(packed_b_size(uk));  // per thread: the panels a source cannot serve in place
     for (index_t n0 = 0; n0 < s.N; n0 += chunk) {
       const index_t imgs = min_i(chunk, s.N - n0);
@@ -730,7 +736,8 @@ void gemm_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, 
         const index_t j0 = (rest % t.col_units) * t.nb, nb = min_i(t.nb, imgs * f.cols - j0);
         const FlatB<T> pack_b{base + grp * Cig * f.chan, &f, f.off.data()};
         const FlatC<T> cmap{y + (n0 * s.C_out + grp * Cog) * P, s.C_out * P, P, s.OH, s.OW, f.Wq, f.cols};
-        gemm_unit(uk, ap.data() + grp * asize, Cog, Kg, p0, p1, pack_b, j0, nb, cmap, bbuf.data(), false);
+        const InPlaceA<T> a{wa.w + grp * wa.group, wa.lda, wa.off, Cog, crowded};
+        gemm_unit(uk, a, Kg, p0, p1, pack_b, j0, nb, cmap, bbuf.data(), false);
         if (b) cmap.add_bias(p0 * uk.mr, min_i(Cog, p1 * uk.mr), j0, nb, b + grp * Cog);
       }
     }
@@ -744,16 +751,17 @@ void gemm_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, 
 // C_out*KH*KW instead of C_out, and nothing is scattered.
 template <typename T>
 void dgrad_as_forward(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads) {
-  const index_t G = s.groups, Cig = s.C_in / G, Cog = s.C_out / G, KK = s.KH * s.KW;
-  Buffer<T> wt(s.C_out * Cig * KK);  // shared: (C_in, C_out/groups, KH, KW), flipped
-  for (index_t grp = 0; grp < G; ++grp)
-    for (index_t co = 0; co < Cog; ++co)
-      for (index_t ci = 0; ci < Cig; ++ci)
-        for (index_t k = 0; k < KK; ++k)
-          wt.data()[((grp * Cig + ci) * Cog + co) * KK + (KK - 1 - k)] = w[((grp * Cog + co) * Cig + ci) * KK + k];
+  const index_t Cig = s.C_in / s.groups, Cog = s.C_out / s.groups, KK = s.KH * s.KW;
+  // The flipped, transposed weight w'[ci][co][k'] = w[co][ci][KK-1-k'] is read where it lies: row ci
+  // is KK elements after row ci-1, depth p = co*KK + k' (the order of dy's channels and taps in the
+  // flat layout) at offset co*Cig*KK + KK-1-k'. Materialising w' was a third of
+  // resnet50_1x1_1024_256_14_b1's dgrad (a transpose that writes one element per cache line).
+  std::vector<index_t> off(static_cast<std::size_t>(Cog * KK));
+  for (index_t co = 0; co < Cog; ++co)
+    for (index_t k = 0; k < KK; ++k) off[co * KK + k] = co * Cig * KK + KK - 1 - k;
   const ConvShape t{s.N, s.C_out, s.OH, s.OW, s.C_in, s.KH, s.KW, s.H, s.W, 1, 1,
-                    s.dil_h * (s.KH - 1) - s.pad_t, s.dil_w * (s.KW - 1) - s.pad_l, s.dil_h, s.dil_w, G};
-  gemm_forward(t, dy, wt.data(), static_cast<const T*>(nullptr), dx, nthreads);
+                    s.dil_h * (s.KH - 1) - s.pad_t, s.dil_w * (s.KW - 1) - s.pad_l, s.dil_h, s.dil_w, s.groups};
+  gemm_forward(t, dy, WeightA<T>{w, Cog * Cig * KK, KK, off.data()}, static_cast<const T*>(nullptr), dx, nthreads);
 }
 
 // dgrad at stride > 1: per image, cols (Kg x pixels) = W_g^T dy_g in chunks of nbc pixels, each
@@ -791,7 +799,8 @@ void dgrad_col2im(const ConvShape& s, const T* dy, const T* w, T* dx, int nthrea
       for (index_t q0 = 0; q0 < P; q0 += nbc) {
         const index_t len = min_i(nbc, P - q0);
         const PlainC<T> cmap{cols.data(), nbc, p0 * uk.mr, q0};
-        gemm_unit(uk, ap.data() + grp * asize, Kg, Cog, p0, p1, pack_b, q0, len, cmap, bbuf.data(), false);
+        gemm_unit(uk, PrepackedA<T>{ap.data() + grp * asize, Kg}, Cog, p0, p1, pack_b, q0, len, cmap, bbuf.data(),
+                  false);
         const int count = pixel_runs(g, P, q0, len, runs.data());
         Tap tap = tap_of(g, k0);
         for (index_t k = k0; k < k1; ++k, tap.next(g)) {
@@ -837,7 +846,8 @@ void gemm_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
         const index_t n = r / P, q0 = r - n * P, len = min_i(min_i(uk.kc, P - q0), r1 - r);
         pack_a(uk, dy + (n * s.C_out + grp * Cog) * P + q0, P, index_t(1), Cog, len, abuf.data());
         const Im2colTransposedB<T> pack_b{x + (n * s.C_in + grp * Cig) * HW, HW, P, q0, g};
-        gemm_unit(uk, abuf.data(), Cog, len, 0, ceil_div(Cog, uk.mr), pack_b, j0, nb, cmap, bbuf.data(), r > r0);
+        gemm_unit(uk, PrepackedA<T>{abuf.data(), Cog}, len, 0, ceil_div(Cog, uk.mr), pack_b, j0, nb, cmap, bbuf.data(),
+                  r > r0);
         r += len;
       }
     }
@@ -971,7 +981,10 @@ bool flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
 template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads) {
   if (is_depthwise(s)) return depthwise_forward(s, x, w, b, y, nthreads);
-  gemm_forward(s, x, w, b, y, nthreads);
+  const index_t Kg = s.C_in / s.groups * s.KH * s.KW;
+  std::vector<index_t> off(static_cast<std::size_t>(Kg));  // the weight's rows as they lie
+  for (index_t p = 0; p < Kg; ++p) off[p] = p;
+  gemm_forward(s, x, WeightA<T>{w, s.C_out / s.groups * Kg, Kg, off.data()}, b, y, nthreads);
 }
 
 template <typename T>

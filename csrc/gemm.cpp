@@ -27,13 +27,13 @@ struct Scalar {
 
 struct KernelSet {
   const char* name;
-  MicroKernel<float> f32;
-  MicroKernel<double> f64;
+  KernelTable k;
 };
 
-KernelSet generic_set() {
-  return KernelSet{"generic", MicroKernel<float>{4, 4, 256, 256, &ukernel<Scalar<float>, 4, 4>, &ukernel_offsets<Scalar<float>, 4, 4>, &ukernel_rows<Scalar<float>, 4, 4>},
-                   MicroKernel<double>{4, 4, 256, 256, &ukernel<Scalar<double>, 4, 4>, &ukernel_offsets<Scalar<double>, 4, 4>, &ukernel_rows<Scalar<double>, 4, 4>}};
+KernelSet generic_set() {  // few rows: 2x8
+  return KernelSet{"generic", KernelTable{kernel_set<Scalar<float>, 4, 4>(256, 256), kernel_set<Scalar<float>, 2, 8>(256, 256),
+                                          kernel_set<Scalar<double>, 4, 4>(256, 256),
+                                          kernel_set<Scalar<double>, 2, 8>(256, 256)}};
 }
 
 // The kernel sets this build has and this CPU runs, best first.
@@ -43,11 +43,11 @@ struct Available {
   Available() {
     __builtin_cpu_init();
     KernelSet s{};
-    if (__builtin_cpu_supports("avx512f") && gemm_kernels_avx512(s.f32, s.f64)) {
+    if (__builtin_cpu_supports("avx512f") && gemm_kernels_avx512(s.k)) {
       s.name = "avx512";
       sets[count++] = s;
     }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && gemm_kernels_avx2(s.f32, s.f64)) {
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && gemm_kernels_avx2(s.k)) {
       s.name = "avx2";
       sets[count++] = s;
     }
@@ -79,9 +79,26 @@ index_t workspace_peak_bytes() { return workspace_peak.load(); }
 void workspace_reset_peak() { workspace_peak.store(workspace_live.load()); }
 
 template <>
-const MicroKernel<float>& micro_kernel<float>() { return current().load()->f32; }
+const MicroKernel<float>& micro_kernel<float>() { return current().load()->k.f32; }
 template <>
-const MicroKernel<double>& micro_kernel<double>() { return current().load()->f64; }
+const MicroKernel<double>& micro_kernel<double>() { return current().load()->k.f64; }
+
+// The few-rows kernel when its panels pad M to at least 1/8 fewer rows (16 or 32 rows: 16/32
+// instead of 28/42 at MR = 14; 64 rows stay with the general kernel: 64 against 70).
+template <typename T>
+const MicroKernel<T>& pick_rows(const MicroKernel<T>& general, const MicroKernel<T>& few, index_t M) {
+  return round_up(M, few.mr) * 8 < round_up(M, general.mr) * 7 ? few : general;
+}
+template <>
+const MicroKernel<float>& micro_kernel<float>(index_t M) {
+  const KernelTable& k = current().load()->k;
+  return pick_rows(k.f32, k.f32_few_rows, M);
+}
+template <>
+const MicroKernel<double>& micro_kernel<double>(index_t M) {
+  const KernelTable& k = current().load()->k;
+  return pick_rows(k.f64, k.f64_few_rows, M);
+}
 
 const char* gemm_isa() { return current().load()->name; }
 
@@ -127,7 +144,7 @@ void gemm(index_t M, index_t N, index_t K, const T* a, index_t rsa, index_t csa,
       const index_t ru = u / t.col_units, cu = u % t.col_units;
       const index_t p0 = ru * t.panels, p1 = min_i(p0 + t.panels, ceil_div(M, uk.mr));
       const index_t j0 = cu * t.nb;
-      gemm_unit(uk, ap.data(), M, K, p0, p1, pack_b, j0, min_i(t.nb, N - j0), cmap, bbuf.data(), false);
+      gemm_unit(uk, PrepackedA<T>{ap.data(), M}, K, p0, p1, pack_b, j0, min_i(t.nb, N - j0), cmap, bbuf.data(), false);
     }
   }
 }

@@ -23,12 +23,15 @@
 namespace fastconv {
 
 constexpr int kMaxMR = 16;
-constexpr int kMaxNR = 32;
+constexpr int kMaxNR = 48;
 constexpr index_t kMaxKC = 256;  // every kernel set's kc is at most this (sizes stack arrays of runs)
 
 // The micro-kernel chosen for this CPU (AVX-512F, else AVX2+FMA, else portable C++).
 template <typename T>
 const MicroKernel<T>& micro_kernel();
+// The one of this CPU's kernels that suits a product of M rows (see KernelTable).
+template <typename T>
+const MicroKernel<T>& micro_kernel(index_t M);
 // "avx512", "avx2" or "generic": the kernels in use.
 const char* gemm_isa();
 // Use another kernel set ("auto" = the best this CPU has). Throws std::invalid_argument for a set
@@ -167,6 +170,67 @@ struct SegmentedC {
 };
 
 // ---------------------------------------------------------------------------------------------
+// A operands: where gemm_unit finds each MR-row micro-panel of A for one depth block
+// ---------------------------------------------------------------------------------------------
+
+// One A micro-panel as the kernel reads it: packed [p][MR] when off is null, else element (i, p) at
+// a + off[p] + i*lda.
+template <typename T>
+struct APanel {
+  const T* a;
+  index_t lda;
+  const index_t* off;
+};
+
+// A packed beforehand (pack_a_job), shared by all threads.
+template <typename T>
+struct PrepackedA {
+  const T* ap;
+  index_t M;
+  APanel<T> panel(const MicroKernel<T>& uk, index_t pc, index_t panel, index_t kcb, T* /*scratch*/) const {
+    return {packed_a_panel(uk, ap, M, pc, panel, kcb), 0, nullptr};
+  }
+};
+
+// A read where it lies: A(i, p) = a[off[p] + i*lda], off over the full depth. A weight is an A of
+// this kind in any order of its depth (the forward: rows of Kg, off[p] = p; dgrad: the flipped,
+// transposed weight, see dgrad_as_forward), so nothing is packed (for small images packing a large
+// weight cost as much as the product: 41% of resnet50_3x3_512_7_b1's forward). A panel is packed
+// into the caller's scratch (MR x kcb) instead when it is the ragged last one, whose missing rows
+// would read past A, or when A's layout makes a panel's cache lines pile into a few of L1's sets
+// (see l1_crowded): read in place it would then come from L2 at every step.
+template <typename T>
+struct InPlaceA {
+  const T* a;
+  index_t lda;
+  const index_t* off;
+  index_t M;
+  bool crowded;  // pack every panel
+  APanel<T> panel(const MicroKernel<T>& uk, index_t pc, index_t panel, index_t kcb, T* scratch) const {
+    const index_t i0 = panel * uk.mr;
+    if (i0 + uk.mr <= M && !crowded) return {a + i0 * lda, lda, off + pc};
+    const int MR = uk.mr, rows = static_cast<int>(min_i(MR, M - i0));
+    for (index_t p = 0; p < kcb; ++p) {
+      const T* src = a + off[pc + p] + i0 * lda;
+      for (int r = 0; r < MR; ++r) scratch[p * MR + r] = r < rows ? src[r * lda] : T(0);
+    }
+    return {scratch, 0, nullptr};
+  }
+};
+
+// Whether A panels read in place (element (i, p) at off[p] + i*lda) would pile their cache lines
+// into one or two of L1's 64 sets, more lines than its 8 ways, so the panel could not stay in L1
+// while the kernel sweeps B: when its rows, or its first two depth steps, are a multiple of 2 KiB
+// apart. Measured: pointwise C_in = 1024 forward (rows 4 KiB apart) 1.9x slower in place, its dgrad
+// (depth steps 4 KiB apart) 3x; a finer count of lines per set also flagged layers that run well in
+// place (3x3 dgrad, rows 36 B and channels 18 KiB apart: 1.25x slower packed).
+template <typename T>
+bool l1_crowded(index_t lda, const index_t* off, index_t K) {
+  const auto aliased = [](index_t elements) { return elements != 0 && (elements * index_t(sizeof(T))) % 2048 == 0; };
+  return aliased(lda) || (K > 1 && aliased(off[1] - off[0]));
+}
+
+// ---------------------------------------------------------------------------------------------
 // the blocked product for one unit of work
 // ---------------------------------------------------------------------------------------------
 
@@ -185,15 +249,17 @@ struct reads_in_place : std::false_type {};
 template <class PackB>
 struct reads_in_place<PackB, std::void_t<decltype(PackB::kInPlace)>> : std::bool_constant<PackB::kInPlace> {};
 
-// C[rows of panels [p0, p1), columns [j0, j0+nb)] (+)= A * B over the full depth K, where `ap` is
-// the packed A of all M rows, `pack_b` fills the packed B block and `bbuf` holds packed_b_size.
-// nb may exceed NC: the columns are then done NC at a time. accumulate=false overwrites C.
-template <typename T, class PackB, class CMap>
-void gemm_unit(const MicroKernel<T>& uk, const T* ap, index_t M, index_t K, index_t p0, index_t p1,
-               const PackB& pack_b, index_t j0, index_t nb, const CMap& cmap, T* bbuf, bool accumulate) {
+// C[rows of panels [p0, p1), columns [j0, j0+nb)] (+)= A * B over the full depth K, where `A` is an
+// A operand of A.M rows (PrepackedA, InPlaceA), `pack_b` fills the packed B block and `bbuf` holds
+// packed_b_size. nb may exceed NC: the columns are then done NC at a time. accumulate=false
+// overwrites C.
+template <typename T, class AOp, class PackB, class CMap>
+void gemm_unit(const MicroKernel<T>& uk, const AOp& A, index_t K, index_t p0, index_t p1, const PackB& pack_b,
+               index_t j0, index_t nb, const CMap& cmap, T* bbuf, bool accumulate) {
   const int MR = uk.mr, NR = uk.nr;
   alignas(64) T tile[kMaxMR * kMaxNR];
-  const index_t row_end = min_i(M, p1 * MR), kc = depth_block(uk, K);
+  alignas(64) T scratch[kMaxMR * kMaxKC];  // a ragged A panel, packed (InPlaceA)
+  const index_t row_end = min_i(A.M, p1 * MR), kc = depth_block(uk, K);
   for (index_t jc = 0; jc < nb; jc += uk.nc) {
     const index_t ncb = min_i(uk.nc, nb - jc);
     for (index_t pc = 0; pc < K; pc += kc) {
@@ -203,15 +269,20 @@ void gemm_unit(const MicroKernel<T>& uk, const T* ap, index_t M, index_t K, inde
       for (index_t panel = p0; panel < p1; ++panel) {
         const index_t i = panel * MR;
         const int m = static_cast<int>(min_i(MR, row_end - i));
-        const T* a = packed_a_panel(uk, ap, M, pc, panel, kcb);
+        const APanel<T> a = A.panel(uk, pc, panel, kcb, scratch);
         for (index_t jr = 0; jr < ncb; jr += NR) {
           const int n = static_cast<int>(min_i(NR, ncb - jr));
           const index_t j = j0 + jc + jr;
           auto product = [&](T* c, index_t ld, bool add) {
             if constexpr (reads_in_place<PackB>::value) {
-              if (const T* b = pack_b.in_place(j)) return uk.fn_offsets(kcb, a, b, pack_b.off + pc, c, ld, add, m, n);
+              if (const T* b = pack_b.in_place(j)) {
+                const index_t* off = pack_b.off + pc;
+                return a.off ? uk.fn_both_offsets(kcb, a.a, a.lda, a.off, b, off, c, ld, add, m, n)
+                             : uk.fn_offsets(kcb, a.a, b, off, c, ld, add, m, n);
+              }
             }
-            uk.fn(kcb, a, bbuf + jr * kcb, c, ld, add, m, n);
+            const T* b = bbuf + jr * kcb;
+            a.off ? uk.fn_a_offsets(kcb, a.a, a.lda, a.off, b, c, ld, add, m, n) : uk.fn(kcb, a.a, b, c, ld, add, m, n);
           };
           index_t ld;
           T* c = cmap.tile(i, j, n, ld);

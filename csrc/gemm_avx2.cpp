@@ -36,9 +36,10 @@ struct F64x4 {
 
 }  // namespace
 
-bool gemm_kernels_avx2(MicroKernel<float>& f32, MicroKernel<double>& f64) {
-  f32 = MicroKernel<float>{6, 16, 256, 512, &ukernel<F32x8, 6, 2>, &ukernel_offsets<F32x8, 6, 2>, &ukernel_rows<F32x8, 6, 2>};
-  f64 = MicroKernel<double>{6, 8, 256, 256, &ukernel<F64x4, 6, 2>, &ukernel_offsets<F64x4, 6, 2>, &ukernel_rows<F64x4, 6, 2>};
+bool gemm_kernels_avx2(KernelTable& table) {
+  // few rows: 4x24 (fp32) / 4x12 (fp64), 12 accumulators + 3 B vectors + 1 broadcast
+  table = KernelTable{kernel_set<F32x8, 6, 2>(256, 512), kernel_set<F32x8, 4, 3>(256, 528),
+                      kernel_set<F64x4, 6, 2>(256, 256), kernel_set<F64x4, 4, 3>(256, 264)};
   return true;
 }
 
@@ -47,7 +48,7 @@ bool gemm_kernels_avx2(MicroKernel<float>& f32, MicroKernel<double>& f64) {
 #else  // built without the flags (a compiler setup.py does not know): no kernels here
 
 namespace fastconv {
-bool gemm_kernels_avx2(MicroKernel<float>&, MicroKernel<double>&) { return false; }
+bool gemm_kernels_avx2(KernelTable&) { return false; }
 }  // namespace fastconv
 
 #endif

@@ -36,9 +36,10 @@ struct F64x8 {
 
 }  // namespace
 
-bool gemm_kernels_avx512(MicroKernel<float>& f32, MicroKernel<double>& f64) {
-  f32 = MicroKernel<float>{14, 32, 256, 512, &ukernel<F32x16, 14, 2>, &ukernel_offsets<F32x16, 14, 2>, &ukernel_rows<F32x16, 14, 2>};
-  f64 = MicroKernel<double>{14, 16, 256, 256, &ukernel<F64x8, 14, 2>, &ukernel_offsets<F64x8, 14, 2>, &ukernel_rows<F64x8, 14, 2>};
+bool gemm_kernels_avx512(KernelTable& table) {
+  // few rows: 8x48 (fp32) / 8x24 (fp64), 24 accumulators + 3 B vectors + 1 broadcast
+  table = KernelTable{kernel_set<F32x16, 14, 2>(256, 512), kernel_set<F32x16, 8, 3>(256, 528),
+                      kernel_set<F64x8, 14, 2>(256, 256), kernel_set<F64x8, 8, 3>(256, 264)};
   return true;
 }
 
@@ -47,7 +48,7 @@ bool gemm_kernels_avx512(MicroKernel<float>& f32, MicroKernel<double>& f64) {
 #else  // built without the flags (a compiler setup.py does not know): no kernels here
 
 namespace fastconv {
-bool gemm_kernels_avx512(MicroKernel<float>&, MicroKernel<double>&) { return false; }
+bool gemm_kernels_avx512(KernelTable&) { return false; }
 }  // namespace fastconv
 
 #endif

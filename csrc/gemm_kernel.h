@@ -24,6 +24,11 @@ struct MicroKernel {
   // the same with row i of A read in place at rows[i] (MR pointers; kc elements each) and B packed
   using RowsFn = void (*)(index_t kc, const T* const* rows, const T* b, T* c, index_t ldc, bool accumulate, int m,
                           int n);
+  // the same with A(i, p) at a + aoff[p] + i*lda (a matrix as it lies), B packed / row p at b + boff[p]
+  using AOffsetFn = void (*)(index_t kc, const T* a, index_t lda, const index_t* aoff, const T* b, T* c, index_t ldc,
+                             bool accumulate, int m, int n);
+  using BothOffsetFn = void (*)(index_t kc, const T* a, index_t lda, const index_t* aoff, const T* b,
+                                const index_t* boff, T* c, index_t ldc, bool accumulate, int m, int n);
   int mr;       // rows of C per micro-tile (broadcast operand)
   int nr;       // columns of C per micro-tile (vector operand)
   index_t kc;   // depth of a packed block: an A micro-panel MR*kc stays in L1
@@ -31,11 +36,20 @@ struct MicroKernel {
   Fn fn;
   OffsetFn fn_offsets;
   RowsFn fn_rows;
+  AOffsetFn fn_a_offsets;
+  BothOffsetFn fn_both_offsets;
 };
 
-// Each returns false (and leaves the tables alone) when that translation unit was built without
+// The kernels of one instruction set: the general shape, and one of fewer rows (MR) for products
+// with few rows, e.g. a layer of 16 or 32 output channels, which 14-row panels pad by 43% / 24%.
+struct KernelTable {
+  MicroKernel<float> f32, f32_few_rows;
+  MicroKernel<double> f64, f64_few_rows;
+};
+
+// Each returns false (and leaves the table alone) when that translation unit was built without
 // its instruction set, e.g. by a compiler that does not know the flags.
-bool gemm_kernels_avx512(MicroKernel<float>& f32, MicroKernel<double>& f64);
-bool gemm_kernels_avx2(MicroKernel<float>& f32, MicroKernel<double>& f64);
+bool gemm_kernels_avx512(KernelTable& table);
+bool gemm_kernels_avx2(KernelTable& table);
 
 }  // namespace fastconv

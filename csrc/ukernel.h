@@ -17,9 +17,10 @@
 // C = C + acc, so an element's value never depends on where tile edges fall: results are the same
 // for every thread count and blocking of the non-reduced dimensions.
 
-// The operands' sources. A: packed [kc][MR] (one scalar of each row per step), or MR rows read in
-// place (element p of each; wgrad reads image rows so). B: packed [kc][NR], or rows read in place
-// at b + off[p] (the forward reads an image so: a row of NR pixels is contiguous there).
+// The operands' sources. A: packed [kc][MR] (one scalar of each row per step), MR rows read in
+// place (element p of each; wgrad reads image rows so), or element (i, p) at a + off[p] + i*lda (a
+// weight as it lies, in any order of its depth: the forward and dgrad read it so, unpacked). B: packed [kc][NR], or rows read in place at b + off[p] (the
+// forward reads an image so: a row of NR pixels is contiguous there).
 template <typename T, int MR>
 struct PackedA {
   const T* a;
@@ -29,6 +30,13 @@ template <typename T, int MR>
 struct RowsA {
   const T* rows[MR];
   T at(int i, index_t p) const { return rows[i][p]; }
+};
+template <typename T, int MR>
+struct OffsetA {
+  const T* a;
+  index_t lda;
+  const index_t* off;
+  T at(int i, index_t p) const { return a[off[p] + i * lda]; }
 };
 template <typename T, int NR>
 struct PackedB {
@@ -121,4 +129,29 @@ void ukernel_rows(index_t kc, const typename V::T* const* rows, const typename V
   RowsA<T, MR> A;
   for (int i = 0; i < MR; ++i) A.rows[i] = rows[i];
   ukernel_body<V, MR, NV>(kc, A, PackedB<T, NV * V::L>{b}, c, ldc, accumulate, m, n);
+}
+
+// A(i, p) at a + aoff[p] + i*lda, B packed.
+template <class V, int MR, int NV>
+void ukernel_a_offsets(index_t kc, const typename V::T* a, index_t lda, const index_t* aoff, const typename V::T* b,
+                       typename V::T* c, index_t ldc, bool accumulate, int m, int n) {
+  using T = typename V::T;
+  ukernel_body<V, MR, NV>(kc, OffsetA<T, MR>{a, lda, aoff}, PackedB<T, NV * V::L>{b}, c, ldc, accumulate, m, n);
+}
+
+// A(i, p) at a + aoff[p] + i*lda, B row p at b + boff[p].
+template <class V, int MR, int NV>
+void ukernel_both_offsets(index_t kc, const typename V::T* a, index_t lda, const index_t* aoff,
+                          const typename V::T* b, const index_t* boff, typename V::T* c, index_t ldc, bool accumulate,
+                          int m, int n) {
+  using T = typename V::T;
+  ukernel_body<V, MR, NV>(kc, OffsetA<T, MR>{a, lda, aoff}, OffsetB<T>{b, boff}, c, ldc, accumulate, m, n);
+}
+
+// The table entry of one kernel shape: MR x (NV vectors of V), depth blocks of kc, column blocks of nc.
+template <class V, int MR, int NV>
+MicroKernel<typename V::T> kernel_set(index_t kc, index_t nc) {
+  return MicroKernel<typename V::T>{MR, NV * V::L, kc, nc,
+                                    &ukernel<V, MR, NV>, &ukernel_offsets<V, MR, NV>, &ukernel_rows<V, MR, NV>,
+                                    &ukernel_a_offsets<V, MR, NV>, &ukernel_both_offsets<V, MR, NV>};
 }

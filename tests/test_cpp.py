@@ -48,6 +48,11 @@ FAST_PATHS = [
     Conv("flat_strided_1x1", 3, 8, 9, 11, 5, 1, 1, stride=2),
     Conv("flat_wide_rows", 1, 3, 5, 70, 4, 3, 3, padding=1),
     Conv("flat_many_images_groups", 9, 6, 5, 4, 9, 3, 2, padding=(2, 1), groups=3),
+    # the weight read in place, except where its rows (forward) or depth steps (stride-1 dgrad) are a
+    # multiple of 2 KiB apart, when its panels are packed as the kernel goes (C_in = 512): pointwise,
+    # and a 3x3 whose 29 output channels leave a ragged panel in both passes
+    Conv("weight_rows_2k_apart_pointwise", 2, 512, 3, 5, 29, 1, 1),
+    Conv("weight_rows_2k_apart_3x3", 1, 512, 4, 3, 29, 3, 3, padding=1),
     # a weight of 1 MiB or more: wgrad takes the packed im2col path instead of the flat one
     Conv("wgrad_packed_large_weight", 2, 256, 5, 6, 128, 3, 3, padding=1),
     # depthwise wgrad's vector kernel (AVX-512, stride_w 1, 3x3 and 5x5): rows of several vectors
@@ -232,9 +237,10 @@ def test_binding_rejects_what_it_cannot_index(rng):
 
 
 # Max pooling's vector path (csrc/pool.cpp, AVX-512) covers the interior output columns of rows at
-# least one vector (16 fp32 / 8 fp64 outputs) wide; these shapes reach it for each stride kind
-# (1: plain loads, 2: even-lane shuffles, 3: the lane-by-lane gather), with padding, dilation,
-# ceil_mode, ragged and overlapping last vectors, and top/bottom rows with clipped windows.
+# least one vector (16 fp32 / 8 fp64 outputs) wide, or half a vector for narrower interiors; these
+# shapes reach it for each stride kind (1: plain loads, 2: even-lane shuffles, 3: the lane-by-lane
+# gather), with padding, dilation, ceil_mode, ragged and overlapping last vectors, and top/bottom
+# rows with clipped windows; the last four have interiors of 12-15 / 5 columns (half vectors).
 WIDE_POOLS = [
     # (x shape, kernel, stride, padding, dilation, ceil_mode)
     ((2, 3, 9, 75), (3, 3), (2, 2), (1, 1), (1, 1), False),
@@ -243,6 +249,10 @@ WIDE_POOLS = [
     ((2, 1, 11, 90), (2, 3), (3, 3), (1, 1), (2, 1), True),
     ((1, 2, 10, 70), (3, 3), (2, 2), (1, 0), (2, 2), True),
     ((1, 1, 5, 38), (1, 4), (1, 2), (0, 2), (1, 1), False),
+    ((2, 3, 32, 32), (3, 3), (2, 2), (1, 1), (1, 1), False),
+    ((1, 2, 9, 13), (3, 2), (1, 1), (1, 0), (1, 1), False),
+    ((1, 2, 6, 40), (2, 3), (3, 3), (1, 1), (1, 2), True),
+    ((1, 1, 7, 12), (3, 3), (2, 2), (1, 1), (1, 1), False),
 ]
 
 

@@ -1,0 +1,136 @@
+"""Drop-in ``torch.nn`` modules whose forward (and backward) runs on fastconv's kernels.
+
+Each class *subclasses* its ``torch.nn`` counterpart and overrides only ``forward``: the
+constructor signature (plus a keyword-only ``backend="auto"``), the parameters, ``state_dict``
+keys, ``reset_parameters`` initialisation and ``isinstance(m, torch.nn.Conv2d)`` all stay
+PyTorch's, so weights load across ``torch.nn`` and ``fastconv.torch`` in both directions.
+``backend`` is a plain attribute, not a buffer, so it is not part of the ``state_dict``.
+
+This also lets :func:`fastconv.torch.patch` turn an existing ``torch.nn`` module into its fastconv
+counterpart by changing its class (see :mod:`fastconv.torch.patch`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._dispatch import _check_name
+from . import ops
+
+
+class _Fastconv:
+    """What every drop-in shares: the ``backend`` attribute and its repr."""
+
+    backend: str = "auto"
+
+    def _set_backend(self, backend: str) -> None:
+        self.backend = _check_name(backend)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, backend={self.backend!r}"
+
+
+def unsupported_reason(module: torch.nn.Module) -> str | None:
+    """Why fastconv cannot run ``module`` as configured, or None if it can.
+
+    Used by the constructors (which raise) and by ``patch`` (which leaves the module alone and
+    reports the reason).
+    """
+    if getattr(module, "padding_mode", "zeros") != "zeros":
+        return f"padding_mode={module.padding_mode!r} (fastconv pads with zeros only)"
+    for name, p in module.named_parameters(recurse=False):
+        if p.dtype not in (torch.float32, torch.float64):
+            return f"parameter {name!r} has dtype {p.dtype} (fastconv runs float32 and float64)"
+        if p.device.type == "meta":
+            return f"parameter {name!r} is on the meta device"
+    return None
+
+
+def _check_supported(module: torch.nn.Module) -> None:
+    reason = unsupported_reason(module)
+    if reason is not None:
+        raise ValueError(f"fastconv.torch.{type(module).__name__}: unsupported configuration: {reason}")
+
+
+class Conv2d(_Fastconv, torch.nn.Conv2d):
+    """``torch.nn.Conv2d`` on fastconv. ``padding_mode`` must be ``'zeros'`` (ValueError otherwise)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None, *, backend="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         bias, padding_mode, device, dtype)
+        _check_supported(self)
+        self._set_backend(backend)
+
+    def forward(self, input):
+        return ops.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                          self.groups, backend=self.backend)
+
+
+class Linear(_Fastconv, torch.nn.Linear):
+    """``torch.nn.Linear`` on fastconv."""
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *, backend="auto"):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        _check_supported(self)
+        self._set_backend(backend)
+
+    def forward(self, input):
+        return ops.linear(input, self.weight, self.bias, backend=self.backend)
+
+
+class MaxPool2d(_Fastconv, torch.nn.MaxPool2d):
+    """``torch.nn.MaxPool2d`` on fastconv (``return_indices=True`` returns ``(y, indices)``)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
+                 ceil_mode=False, *, backend="auto"):
+        super().__init__(kernel_size, stride, padding, dilation, return_indices, ceil_mode)
+        self._set_backend(backend)
+
+    def forward(self, input):
+        return ops.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                              self.ceil_mode, self.return_indices, backend=self.backend)
+
+
+class AvgPool2d(_Fastconv, torch.nn.AvgPool2d):
+    """``torch.nn.AvgPool2d`` on fastconv."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None, *, backend="auto"):
+        super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        self._set_backend(backend)
+
+    def forward(self, input):
+        return ops.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                              self.count_include_pad, self.divisor_override, backend=self.backend)
+
+
+class AdaptiveAvgPool2d(_Fastconv, torch.nn.AdaptiveAvgPool2d):
+    """``torch.nn.AdaptiveAvgPool2d`` on fastconv (``AdaptiveAvgPool2d(1)`` is global pooling)."""
+
+    def __init__(self, output_size, *, backend="auto"):
+        super().__init__(output_size)
+        self._set_backend(backend)
+
+    def forward(self, input):
+        return ops.adaptive_avg_pool2d(input, self.output_size, backend=self.backend)
+
+
+#: each torch.nn class fastconv replaces, and its drop-in
+DROP_INS: dict[type, type] = {
+    torch.nn.Conv2d: Conv2d,
+    torch.nn.Linear: Linear,
+    torch.nn.MaxPool2d: MaxPool2d,
+    torch.nn.AvgPool2d: AvgPool2d,
+    torch.nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d,
+}
+
+__all__ = [
+    "DROP_INS",
+    "AdaptiveAvgPool2d",
+    "AvgPool2d",
+    "Conv2d",
+    "Linear",
+    "MaxPool2d",
+    "unsupported_reason",
+]

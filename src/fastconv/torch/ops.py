@@ -1,0 +1,408 @@
+"""fastconv's kernels as PyTorch custom ops (``torch.ops.fastconv.*``) and functional wrappers.
+
+Each op family is registered from one table row, :data:`SPECS`, as two ``torch.library.custom_op``
+operators, the forward and its backward (so ``opcheck`` tests both, and torch.compile sees both as
+opaque nodes in the forward and backward graphs):
+
+=========================  =====================================================================
+``fastconv::conv2d``       ``(x, w, b?, stride[2], padding[4], dilation[2], groups, backend) -> y``
+``fastconv::linear``       ``(x, w, b?, backend) -> y``
+``fastconv::max_pool2d``   ``(x, kernel_size[2], stride[2], padding[2], dilation[2], ceil_mode,
+                           backend) -> (y, indices)``
+``fastconv::avg_pool2d``   ``(x, kernel_size[2], stride[2], padding[2], ceil_mode,
+                           count_include_pad, divisor_override?, backend) -> y``
+``fastconv::adaptive_avg_pool2d``  ``(x, output_size[2], backend) -> y``
+=========================  =====================================================================
+
+and ``fastconv::<name>_backward``: ``(dy, x, w, <params>, needs[3], backend) -> (dx, dw, db)`` for
+conv2d and linear; ``(dy, x, <params>, backend) -> dx`` for the pools (max pooling takes the
+forward's ``indices`` after ``x``). The ops take normalised hyper-parameters (conv padding is
+explicit per side: top, bottom, left, right); the functional wrappers below accept every spelling
+``torch.nn.functional`` accepts and normalise with fastconv's own helpers.
+
+Autograd (``register_autograd``): setup_context saves the inputs (and max pooling's indices);
+backward calls the backward op with ``needs`` taken from ``ctx.needs_input_grad``, so fastconv skips
+gradients nobody asked for. A custom op cannot return ``None``, so an unneeded gradient comes back
+from a backward op as an empty tensor of shape ``(0,)`` and autograd receives ``None`` for it.
+The backward ops have no autograd formula themselves: double backward raises PyTorch's
+"autograd not implemented" error for them.
+
+Fake kernels compute output shapes for torch.compile / meta tensors: with concrete sizes through
+fastconv's own shape logic (``fastconv._params``, which also validates, so tracing fails with the
+eager message); with symbolic sizes through the same formulas written on SymInts.
+
+Thread count: the kernels use fastconv's pool (``fastconv.set_num_threads``); nothing here touches
+``torch.set_num_threads``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+import fastconv as fc
+
+from .._dispatch import _check_name
+from .._params import (
+    as_int,
+    as_pair,
+    conv_padding,
+    conv_params,
+    pool_output_size,
+    pool_params,
+)
+from .exchange import check_device, check_dtype, from_array, to_array
+
+NAMESPACE = "fastconv"
+
+
+# --------------------------------------------------------------------------------------------
+# shape logic for the fake kernels
+# --------------------------------------------------------------------------------------------
+
+def _static(*shapes) -> bool:
+    """True when every size is a plain int (not a SymInt being traced)."""
+    return all(isinstance(s, int) for shape in shapes for s in shape)
+
+
+def _conv2d_shape(op, x, w, stride, padding, dilation, groups):
+    if _static(x.shape, w.shape):  # fastconv's validation and shape, the one place for both
+        t, b, l, r = padding
+        return conv_params(op, tuple(x.shape), tuple(w.shape), tuple(stride), ((t, b), (l, r)),
+                           tuple(dilation), groups).y_shape
+    N, _, H, W = x.shape
+    C_out, _, KH, KW = w.shape
+    OH = (H + padding[0] + padding[1] - dilation[0] * (KH - 1) - 1) // stride[0] + 1
+    OW = (W + padding[2] + padding[3] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
+    return (N, C_out, OH, OW)
+
+
+def _linear_shape(op, x, w):
+    if _static(x.shape, w.shape) and (x.dim() < 1 or x.shape[-1] != w.shape[1]):
+        raise ValueError(f"{op}: x of shape {tuple(x.shape)} does not match w of shape "
+                         f"{tuple(w.shape)} (in_features={w.shape[1]})")
+    return (*x.shape[:-1], w.shape[0])
+
+
+def _pool_shape(op, x, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad=True,
+                divisor_override=None):
+    if _static(x.shape):
+        return pool_params(op, tuple(x.shape), tuple(kernel_size), tuple(stride), tuple(padding),
+                           tuple(dilation), ceil_mode, count_include_pad, divisor_override).y_shape
+    N, C, H, W = x.shape
+    return (N, C, *(pool_output_size(size, k, p, s, d, ceil_mode)
+                    for size, k, p, s, d in zip((H, W), kernel_size, padding, stride, dilation)))
+
+
+def _max_pool2d_shape(op, x, kernel_size, stride, padding, dilation, ceil_mode):
+    return _pool_shape(op, x, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def _avg_pool2d_shape(op, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                      divisor_override):
+    return _pool_shape(op, x, kernel_size, stride, padding, (1, 1), ceil_mode, count_include_pad,
+                       divisor_override)
+
+
+def _adaptive_avg_pool2d_shape(op, x, output_size):
+    return (*x.shape[:2], *output_size)
+
+
+# --------------------------------------------------------------------------------------------
+# the table
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One fastconv op family as a forward and a backward custom op.
+
+    ``kind`` fixes the tensor arguments: ``"dense"`` is ``(x, w, b?) -> y`` with gradients
+    ``(dx, dw, db)``; ``"pool"`` is ``x -> y``; ``"max_pool"`` is ``x -> (y, indices)``.
+    ``params`` is the schema of the hyper-parameters (the same for forward and backward);
+    ``to_fastconv`` turns their values into fastconv keyword arguments; ``shape`` gives y's shape.
+    """
+
+    name: str
+    kind: str
+    params: str
+    to_fastconv: Callable[..., dict]
+    shape: Callable
+
+    @property
+    def qualname(self) -> str:
+        return f"{NAMESPACE}::{self.name}"
+
+    @property
+    def n_params(self) -> int:
+        return len(self.params.split(",")) if self.params else 0
+
+
+def _conv2d_kwargs(stride, padding, dilation, groups):
+    t, b, l, r = padding
+    return dict(stride=tuple(stride), padding=((t, b), (l, r)), dilation=tuple(dilation), groups=groups)
+
+
+def _max_pool2d_kwargs(kernel_size, stride, padding, dilation, ceil_mode):
+    return dict(kernel_size=tuple(kernel_size), stride=tuple(stride), padding=tuple(padding),
+                dilation=tuple(dilation), ceil_mode=ceil_mode)
+
+
+def _avg_pool2d_kwargs(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    return dict(kernel_size=tuple(kernel_size), stride=tuple(stride), padding=tuple(padding),
+                ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                divisor_override=divisor_override)
+
+
+SPECS: tuple[OpSpec, ...] = (
+    OpSpec("conv2d", "dense", "SymInt[2] stride, SymInt[4] padding, SymInt[2] dilation, SymInt groups",
+           _conv2d_kwargs, _conv2d_shape),
+    OpSpec("linear", "dense", "", dict, _linear_shape),
+    OpSpec("max_pool2d", "max_pool",
+           "SymInt[2] kernel_size, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, bool ceil_mode",
+           _max_pool2d_kwargs, _max_pool2d_shape),
+    OpSpec("avg_pool2d", "pool",
+           "SymInt[2] kernel_size, SymInt[2] stride, SymInt[2] padding, bool ceil_mode, "
+           "bool count_include_pad, SymInt? divisor_override",
+           _avg_pool2d_kwargs, _avg_pool2d_shape),
+    OpSpec("adaptive_avg_pool2d", "pool", "SymInt[2] output_size",
+           lambda output_size: dict(output_size=tuple(output_size)), _adaptive_avg_pool2d_shape),
+)
+
+#: per kind: (forward tensors, forward returns, backward tensors, backward extra params, backward returns)
+_KINDS = {
+    "dense": ("Tensor x, Tensor w, Tensor? b", "Tensor", "Tensor dy, Tensor x, Tensor w",
+              "bool[3] needs, ", "(Tensor, Tensor, Tensor)"),
+    "pool": ("Tensor x", "Tensor", "Tensor dy, Tensor x", "", "Tensor"),
+    "max_pool": ("Tensor x", "(Tensor, Tensor)", "Tensor dy, Tensor x, Tensor indices", "", "Tensor"),
+}
+
+
+def _schemas(spec: OpSpec) -> tuple[str, str]:
+    fwd_tensors, fwd_ret, bwd_tensors, bwd_extra, bwd_ret = _KINDS[spec.kind]
+    params = f"{spec.params}, " if spec.params else ""
+    return (f"({fwd_tensors}, {params}str backend) -> {fwd_ret}",
+            f"({bwd_tensors}, {params}{bwd_extra}str backend) -> {bwd_ret}")
+
+
+# --------------------------------------------------------------------------------------------
+# kernels: tensors -> arrays (zero-copy), fastconv, arrays -> tensors
+# --------------------------------------------------------------------------------------------
+
+_TENSOR_NAMES = {("dense", False): ("x", "w", "b"), ("dense", True): ("dy", "x", "w"),
+                 ("pool", False): ("x",), ("pool", True): ("dy", "x"),
+                 ("max_pool", False): ("x",), ("max_pool", True): ("dy", "x", "indices")}
+
+
+def _check_tensors(op: str, names, tensors) -> None:
+    for name, t in zip(names, tensors):
+        if t is not None:
+            check_dtype(op, name, t, (torch.int64,) if name == "indices" else (torch.float32, torch.float64))
+
+
+def _make_kernel(spec: OpSpec, backward: bool):
+    op = spec.qualname + ("_backward" if backward else "")
+    names = _TENSOR_NAMES[spec.kind, backward]
+    n = len(names)
+
+    def kernel(*args):
+        tensors, params = args[:n], args[n:n + spec.n_params]
+        backend = args[-1]
+        _check_tensors(op, names, tensors)
+        device = check_device(op, dict(zip(names, tensors)))
+        arrays = [to_array(t, device=device) for t in tensors]
+        kwargs = dict(spec.to_fastconv(*params), backend=backend)
+        if not backward:
+            if spec.kind == "max_pool":
+                y, indices = getattr(fc, spec.name)(*arrays, return_indices=True, **kwargs)
+                return from_array(y), from_array(indices)
+            return from_array(getattr(fc, spec.name)(*arrays, **kwargs))
+        if spec.kind == "dense":
+            x = tensors[1]
+            grads = getattr(fc, spec.name + "_backward")(*arrays, needs=tuple(args[-2]), **kwargs)
+            # a custom op returns tensors, never None: an unneeded gradient is an empty tensor
+            return tuple(x.new_empty(0) if g is None else from_array(g) for g in grads)
+        if spec.kind == "max_pool":
+            dy, x, indices = arrays
+            return from_array(getattr(fc, spec.name + "_backward")(dy, x, indices=indices, **kwargs))
+        return from_array(getattr(fc, spec.name + "_backward")(*arrays, **kwargs))
+
+    kernel.__name__ = kernel.__qualname__ = op.replace("::", "_")
+    return kernel
+
+
+def _make_fake(spec: OpSpec, backward: bool):
+    op = spec.qualname + ("_backward" if backward else "")
+    names = _TENSOR_NAMES[spec.kind, backward]
+    n = len(names)
+
+    def fake(*args):
+        tensors, params = args[:n], args[n:n + spec.n_params]
+        _check_tensors(op, names, tensors)
+        if not backward:
+            x = tensors[0]
+            w = tensors[1:2]  # dense kinds pass w to the shape function, pools do not
+            y = x.new_empty(spec.shape(op, x, *w, *params))
+            b = tensors[2] if spec.kind == "dense" else None
+            if b is not None and _static(b.shape, w[0].shape) and tuple(b.shape) != (w[0].shape[0],):
+                raise ValueError(f"{op}: expected b of shape ({w[0].shape[0]},), got {tuple(b.shape)}")
+            if spec.kind == "max_pool":
+                return y, x.new_empty(y.shape, dtype=torch.int64)
+            return y
+        if spec.kind == "dense":
+            _, x, w = tensors
+            needs = args[-2]
+            shapes = (x.shape, w.shape, (w.shape[0],))
+            return tuple(x.new_empty(shape if need else (0,)) for shape, need in zip(shapes, needs))
+        return torch.empty_like(tensors[1], memory_format=torch.contiguous_format)
+
+    return fake
+
+
+# --------------------------------------------------------------------------------------------
+# autograd: save inputs, call the backward op with needs from ctx.needs_input_grad
+# --------------------------------------------------------------------------------------------
+
+def _make_autograd(spec: OpSpec, backward_op):
+    n_fwd = len(_TENSOR_NAMES[spec.kind, False])
+
+    def setup_context(ctx, inputs, output):
+        tensors, params, backend = inputs[:n_fwd], inputs[n_fwd:-1], inputs[-1]
+        ctx.params, ctx.backend = params, backend
+        if spec.kind == "dense":
+            ctx.save_for_backward(tensors[0], tensors[1])  # x, w (b is not needed for gradients)
+        elif spec.kind == "max_pool":
+            indices = output[1]
+            ctx.mark_non_differentiable(indices)
+            ctx.save_for_backward(tensors[0], indices)
+        else:
+            ctx.save_for_backward(tensors[0])
+
+    def backward(ctx, *grads):
+        dy = grads[0]  # max pooling's indices get no gradient
+        none_for_rest = (None,) * (len(ctx.params) + 1)  # hyper-parameters and backend
+        if spec.kind == "dense":
+            x, w = ctx.saved_tensors
+            needs = [bool(n) for n in ctx.needs_input_grad[:3]]
+            dx, dw, db = backward_op(dy, x, w, *ctx.params, needs, ctx.backend)
+            return (dx if needs[0] else None, dw if needs[1] else None, db if needs[2] else None,
+                    *none_for_rest)
+        dx = backward_op(dy, *ctx.saved_tensors, *ctx.params, ctx.backend)
+        return (dx, *none_for_rest)
+
+    return setup_context, backward
+
+
+def _register(spec: OpSpec):
+    forward_schema, backward_schema = _schemas(spec)
+    backward_op = torch.library.custom_op(spec.qualname + "_backward", _make_kernel(spec, True),
+                                          mutates_args=(), schema=backward_schema)
+    backward_op.register_fake(_make_fake(spec, True))
+    forward_op = torch.library.custom_op(spec.qualname, _make_kernel(spec, False), mutates_args=(),
+                                         schema=forward_schema)
+    forward_op.register_fake(_make_fake(spec, False))
+    setup_context, backward = _make_autograd(spec, backward_op)
+    forward_op.register_autograd(backward, setup_context=setup_context)
+    return forward_op, backward_op
+
+
+#: ``{name: CustomOpDef}`` for every registered op, forward and backward (e.g. "conv2d_backward")
+OPS: dict = {}
+for _spec in SPECS:
+    OPS[_spec.name], OPS[_spec.name + "_backward"] = _register(_spec)
+del _spec
+
+
+# --------------------------------------------------------------------------------------------
+# functional API: torch.nn.functional's signatures, plus backend=
+# --------------------------------------------------------------------------------------------
+
+def _batched(op, x, call):
+    """Run ``call`` on 4-d x; an unbatched (C, H, W) x runs as a batch of one, as in PyTorch."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: expected x to be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 3:
+        out = call(x.unsqueeze(0))
+        return tuple(o.squeeze(0) for o in out) if isinstance(out, tuple) else out.squeeze(0)
+    if x.dim() != 4:
+        raise ValueError(f"{op}: expected x with 3 (C, H, W) or 4 (N, C, H, W) dims, got shape {tuple(x.shape)}")
+    return call(x)
+
+
+def _pool_stride(op, kernel_size, stride):
+    # PyTorch: stride None (or an empty list) means the kernel size
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        return kernel_size
+    return as_pair(op, "stride", stride, minimum=1)
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend="auto"):
+    """``torch.nn.functional.conv2d`` on fastconv: padding an int, a pair, ``'same'``, ``'valid'``
+    or ``((top, bottom), (left, right))``; x (N, C_in, H, W) or unbatched (C_in, H, W)."""
+    op = "fastconv.torch.conv2d"
+    _check_name(backend)
+    stride = as_pair(op, "stride", stride, minimum=1)
+    dilation = as_pair(op, "dilation", dilation, minimum=1)
+    groups = as_int(op, "groups", groups, minimum=1)
+    if w.dim() != 4:
+        raise ValueError(f"{op}: expected w with 4 dims (C_out, C_in/groups, KH, KW), got shape {tuple(w.shape)}")
+    sides = list(conv_padding(op, padding, tuple(w.shape[2:]), dilation, stride))
+    return _batched(op, x, lambda x4: torch.ops.fastconv.conv2d(
+        x4, w, b, list(stride), sides, list(dilation), groups, backend))
+
+
+def linear(x, w, b=None, *, backend="auto"):
+    """``torch.nn.functional.linear`` on fastconv: x (*, in_features) -> (*, out_features)."""
+    _check_name(backend)
+    return torch.ops.fastconv.linear(x, w, b, backend)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False, *, backend="auto"):
+    """``torch.nn.functional.max_pool2d`` on fastconv; ``return_indices`` gives ``(y, indices)``."""
+    op = "fastconv.torch.max_pool2d"
+    _check_name(backend)
+    kernel_size = as_pair(op, "kernel_size", kernel_size, minimum=1)
+    stride = _pool_stride(op, kernel_size, stride)
+    padding = as_pair(op, "padding", padding, minimum=0)
+    dilation = as_pair(op, "dilation", dilation, minimum=1)
+    y, indices = _batched(op, x, lambda x4: torch.ops.fastconv.max_pool2d(
+        x4, list(kernel_size), list(stride), list(padding), list(dilation), bool(ceil_mode), backend))
+    return (y, indices) if return_indices else y
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, *, backend="auto"):
+    """``torch.nn.functional.avg_pool2d`` on fastconv."""
+    op = "fastconv.torch.avg_pool2d"
+    _check_name(backend)
+    kernel_size = as_pair(op, "kernel_size", kernel_size, minimum=1)
+    stride = _pool_stride(op, kernel_size, stride)
+    padding = as_pair(op, "padding", padding, minimum=0)
+    if divisor_override is not None:
+        divisor_override = as_int(op, "divisor_override", divisor_override)
+    return _batched(op, x, lambda x4: torch.ops.fastconv.avg_pool2d(
+        x4, list(kernel_size), list(stride), list(padding), bool(ceil_mode), bool(count_include_pad),
+        divisor_override, backend))
+
+
+def adaptive_avg_pool2d(x, output_size, *, backend="auto"):
+    """``torch.nn.functional.adaptive_avg_pool2d`` on fastconv; a None in ``output_size`` keeps
+    that input size."""
+    op = "fastconv.torch.adaptive_avg_pool2d"
+    _check_name(backend)
+    if isinstance(output_size, int):
+        output_size = (output_size, output_size)
+    if not isinstance(output_size, (tuple, list)) or len(output_size) != 2:
+        raise TypeError(f"{op}: expected output_size to be an int or a pair, got {output_size!r}")
+
+    def call(x4):
+        size = [x4.shape[2 + i] if o is None else as_int(op, "output_size", o, minimum=1)
+                for i, o in enumerate(output_size)]
+        return torch.ops.fastconv.adaptive_avg_pool2d(x4, size, backend)
+
+    return _batched(op, x, call)
+
+
+__all__ = ["OPS", "SPECS", "OpSpec", "adaptive_avg_pool2d", "avg_pool2d", "conv2d", "linear", "max_pool2d"]

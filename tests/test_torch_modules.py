@@ -1,0 +1,244 @@
+"""fastconv.torch drop-in modules, patch(), and a small ResNet trained with and without the patch;
+one torch.compile test."""
+
+import copy
+import inspect
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fastconv
+import fastconv.torch as ft
+
+nn = torch.nn
+DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
+
+
+@pytest.fixture
+def seed():
+    seed = int(np.random.SeedSequence().generate_state(1)[0])
+    print(f"torch seed: {seed}")
+    return seed
+
+
+# (torch.nn class, constructor args, input shape): asymmetric configurations on purpose
+MODULE_CASES = {
+    "conv_asym": (nn.Conv2d, dict(in_channels=4, out_channels=6, kernel_size=(3, 2), stride=(2, 1),
+                                  padding=(1, 2), dilation=(1, 2), groups=2), (2, 4, 9, 7)),
+    "conv_same_nobias": (nn.Conv2d, dict(in_channels=3, out_channels=5, kernel_size=3, padding="same",
+                                         bias=False), (2, 3, 6, 5)),
+    "linear": (nn.Linear, dict(in_features=7, out_features=3), (2, 4, 7)),
+    "linear_nobias": (nn.Linear, dict(in_features=5, out_features=2, bias=False), (3, 5)),
+    "maxpool": (nn.MaxPool2d, dict(kernel_size=(3, 2), stride=(2, 1), padding=1, dilation=(1, 2),
+                                   ceil_mode=True), (2, 3, 7, 9)),
+    "avgpool": (nn.AvgPool2d, dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1),
+                                   count_include_pad=False), (2, 3, 7, 9)),
+    "adaptive": (nn.AdaptiveAvgPool2d, dict(output_size=(3, None)), (2, 3, 7, 9)),
+}
+
+
+def make_pair(case, dtype):
+    """The torch.nn module and its fastconv.torch drop-in, with the same parameters."""
+    cls, kwargs, shape = MODULE_CASES[case]
+    ours = ft.modules.DROP_INS[cls](**kwargs)
+    theirs = cls(**kwargs)
+    theirs.load_state_dict(ours.state_dict())
+    return theirs.to(dtype), ours.to(dtype), shape
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", MODULE_CASES)
+def test_modules_match_torch_nn_outputs_and_gradients(case, dtype, seed):
+    theirs, ours, shape = make_pair(case, dtype)
+    x = torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    ys = [theirs(xs[0]), ours(xs[1])]
+    assert ys[1].grad_fn.name().startswith("GeneratedBackwardFor_fastconv")  # it ran on fastconv
+    torch.testing.assert_close(ys[1], ys[0])
+    dy = torch.randn_like(ys[0])
+    for y in ys:
+        y.backward(dy)
+    torch.testing.assert_close(xs[1].grad, xs[0].grad)
+    for (name, p), (_, q) in zip(theirs.named_parameters(), ours.named_parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
+@pytest.mark.parametrize("case", MODULE_CASES)
+def test_state_dict_keys_and_loading_in_both_directions(case):
+    cls, kwargs, _ = MODULE_CASES[case]
+    theirs, ours = cls(**kwargs), ft.modules.DROP_INS[cls](**kwargs)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert isinstance(ours, cls)
+    ours.load_state_dict(theirs.state_dict())  # strict: same keys, same shapes
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value)
+    fresh = cls(**kwargs)
+    fresh.load_state_dict(ours.state_dict())
+    for key, value in ours.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("cls", list(ft.modules.DROP_INS), ids=lambda c: c.__name__)
+def test_constructor_signatures_are_torch_nn_plus_backend(cls):
+    ours = inspect.signature(ft.modules.DROP_INS[cls])
+    theirs = inspect.signature(cls)
+    params = list(ours.parameters.values())
+    spelled = lambda ps: [(p.name, p.kind, p.default) for p in ps]
+    assert spelled(params[:-1]) == spelled(theirs.parameters.values())
+    assert params[-1].name == "backend" and params[-1].kind is inspect.Parameter.KEYWORD_ONLY
+    assert params[-1].default == "auto"
+
+
+def test_module_backend_and_unsupported_configurations():
+    conv = ft.Conv2d(2, 3, 3, backend="reference")
+    assert conv.backend == "reference" and "backend='reference'" in repr(conv)
+    assert "backend" not in conv.state_dict()
+    with pytest.raises(ValueError, match=r"fastconv.torch.Conv2d: unsupported configuration: padding_mode='reflect'"):
+        ft.Conv2d(2, 3, 3, padding_mode="reflect")
+    with pytest.raises(ValueError, match=r"fastconv.torch.Linear: unsupported configuration: .*torch.float16"):
+        ft.Linear(2, 3, dtype=torch.float16)
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        ft.MaxPool2d(2, backend="gpu")
+    _, indices = ft.MaxPool2d(2, return_indices=True)(torch.arange(16.0).reshape(1, 1, 4, 4))
+    assert torch.equal(indices, torch.tensor([[[[5, 7], [13, 15]]]]))
+
+
+# --------------------------------------------------------------------------------------------
+# patch()
+# --------------------------------------------------------------------------------------------
+
+class MyConv(nn.Conv2d):
+    """A user subclass: it may change forward, so patch() must leave it alone."""
+
+
+def test_patch_swaps_in_place_keeps_parameters_and_reports_the_rest():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 4, 3, padding_mode="reflect"), MyConv(4, 4, 1),
+                          nn.Sequential(nn.AvgPool2d(1), nn.AdaptiveAvgPool2d(1)), nn.Flatten(),
+                          nn.Linear(4, 2))
+    x = torch.randn(2, 3, 8, 8)
+    before = model(x)
+    params = {name: p for name, p in model.named_parameters()}
+    modules = dict(model.named_modules())
+    keys = list(model.state_dict())
+
+    report = ft.patch(model, backend="reference")
+
+    assert report.swapped == [("0", "Conv2d"), ("2", "MaxPool2d"), ("5.0", "AvgPool2d"),
+                              ("5.1", "AdaptiveAvgPool2d"), ("7", "Linear")]
+    assert [name for name, _ in report.skipped] == ["3", "4"]
+    assert "padding_mode='reflect'" in report.skipped[0][1] and "MyConv" in report.skipped[1][1]
+    assert "5 modules swapped, 2 left on PyTorch" in str(report)
+    assert type(model[0]) is ft.Conv2d and type(model[3]) is nn.Conv2d and type(model[4]) is MyConv
+    assert model[0].backend == "reference"
+    # same objects: modules, Parameters (so optimizers keep working), state_dict keys
+    assert all(modules[name] is m for name, m in model.named_modules())
+    assert all(params[name] is p for name, p in model.named_parameters())
+    assert list(model.state_dict()) == keys
+    torch.testing.assert_close(model(x), before)
+    assert ft.unpatch(model) == 5
+    assert type(model[0]) is nn.Conv2d and not hasattr(model[0], "backend")
+
+
+def test_patch_rejects_non_modules():
+    with pytest.raises(TypeError, match="fastconv.torch.patch: expected a torch.nn.Module, got list"):
+        ft.patch([nn.Linear(2, 2)])
+
+
+# --------------------------------------------------------------------------------------------
+# a small ResNet, trained with and without the patch
+# --------------------------------------------------------------------------------------------
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """conv-bn-relu stem, max pooling, two residual blocks (one downsampling), average pooling,
+    a linear head: every op fastconv.torch replaces, plus batch norm and ReLU left to PyTorch."""
+
+    def __init__(self, classes=5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        self.blocks = nn.Sequential(BasicBlock(8, 8, 1), BasicBlock(8, 16, 2))
+        self.pool = nn.AvgPool2d(2)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, classes))
+
+    def forward(self, x):
+        return self.head(self.pool(self.blocks(self.stem(x))))
+
+
+def train(model, optimizer, batches):
+    losses = []
+    for x, target in batches:
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_small_resnet_trains_the_same_with_and_without_patch(seed):
+    torch.manual_seed(seed)
+    model = SmallResNet()
+    patched = copy.deepcopy(model)
+    # the optimizer is built *before* patch(): it must keep updating the same Parameters
+    opt, opt_patched = (torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (model, patched))
+    report = ft.patch(patched)
+    assert len(report.swapped) == 10 and report.skipped == []  # 6 convs, 3 pools, 1 linear
+    gen = torch.Generator().manual_seed(seed)
+    # two batches, three epochs: the model can fit them, so the loss must fall
+    batches = [(torch.randn(8, 3, 16, 16, generator=gen), torch.randint(0, 5, (8,), generator=gen))
+               for _ in range(2)] * 3
+    losses, losses_patched = train(model, opt, batches), train(patched, opt_patched, batches)
+    print("losses torch.nn:", losses, "fastconv:", losses_patched)
+    assert sum(losses[-2:]) < sum(losses[:2])  # it learns: not a comparison of two flat lines
+    np.testing.assert_allclose(losses_patched, losses, rtol=1e-4)
+    for (name, p), q in zip(model.named_parameters(), patched.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+
+
+# --------------------------------------------------------------------------------------------
+# torch.compile
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # inside inductor
+def test_torch_compile_fullgraph_inductor_matches_eager(seed, monkeypatch):
+    """Inductor (C++ codegen for the glue, fastconv ops called as opaque custom ops), fullgraph:
+    no graph breaks. Forward and backward both run through fastconv."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(ft.Conv2d(3, 8, 3, padding=1), nn.ReLU(), ft.MaxPool2d(2),
+                          ft.Conv2d(8, 8, (3, 1), stride=(2, 1)), ft.AvgPool2d(2), nn.Flatten(),
+                          ft.Linear(32, 5))
+    x = torch.randn(4, 3, 16, 16)
+    eager = copy.deepcopy(model)
+    y_eager = eager(x)
+    y_eager.square().sum().backward()
+
+    calls = []
+    for name in ("conv2d", "conv2d_backward", "linear_backward"):
+        real = getattr(fastconv, name)
+        monkeypatch.setattr(fastconv, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    compiled = torch.compile(model, fullgraph=True, backend="inductor")
+    y = compiled(x)
+    y.square().sum().backward()
+    torch.testing.assert_close(y, y_eager)
+    for p, q in zip(model.parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    assert calls.count("conv2d") == 2 and calls.count("conv2d_backward") == 2 and "linear_backward" in calls

@@ -1,0 +1,358 @@
+"""fastconv.torch custom ops: opcheck, gradcheck, agreement with torch.nn.functional, errors, and
+tensor exchange (zero-copy, explicit contiguity, CUDA routing)."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch.library import opcheck
+
+import fastconv
+import fastconv.torch as ft
+from fastconv.torch import exchange
+
+F = torch.nn.functional
+DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
+
+
+@pytest.fixture
+def gen():
+    """A torch generator with a fresh seed per test, printed so a failure can be replayed."""
+    seed = int(np.random.SeedSequence().generate_state(1)[0])
+    print(f"torch seed: {seed}")
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(gen, *shape, dtype=torch.float64, requires_grad=False):
+    return torch.randn(*shape, generator=gen, dtype=dtype).requires_grad_(requires_grad)
+
+
+# --------------------------------------------------------------------------------------------
+# the problem list: each case makes the op's inputs and the matching torch.nn.functional call
+# --------------------------------------------------------------------------------------------
+
+# conv2d: (x shape, w shape, has bias, stride, padding per side (t, b, l, r), dilation, groups)
+CONV_CASES = {
+    "stride21_pad12_dil12": ((2, 3, 7, 9), (4, 3, 3, 2), True, (2, 1), (1, 1, 2, 2), (1, 2), 1),
+    "groups2_nobias_asym_pad": ((1, 4, 6, 5), (6, 2, 2, 3), False, (1, 2), (0, 1, 2, 0), (2, 1), 2),
+    "depthwise_1x1_out": ((3, 3, 4, 5), (3, 1, 4, 5), True, (3, 2), (0, 0, 0, 0), (1, 1), 3),
+}
+# pools: (x shape, kernel, stride, padding, dilation, ceil_mode)
+MAX_CASES = {
+    "k32_s21_p11_d12_ceil": ((2, 3, 7, 9), (3, 2), (2, 1), (1, 1), (1, 2), True),
+    "k2_default": ((1, 2, 5, 4), (2, 2), (2, 2), (0, 0), (1, 1), False),
+}
+# avg: (x shape, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+AVG_CASES = {
+    "k32_s21_p10_ceil_nopad": ((2, 3, 7, 9), (3, 2), (2, 1), (1, 0), True, False, None),
+    "k2_divisor3": ((1, 2, 5, 4), (2, 3), (1, 2), (1, 1), False, True, 3),
+}
+ADAPTIVE_CASES = {"3x4_from_7x9": ((2, 3, 7, 9), (3, 4)), "global": ((2, 5, 4, 3), (1, 1))}
+# linear: (x shape, w shape, has bias)
+LINEAR_CASES = {"3d_bias": ((2, 5, 6), (4, 6), True), "2d_nobias": ((3, 7), (2, 7), False)}
+
+
+def forward_args(op, case, gen, dtype, requires_grad):
+    """The fastconv::<op> argument list for ``case``, tensors drawn fresh."""
+    t = lambda *s: randn(gen, *s, dtype=dtype, requires_grad=requires_grad)
+    if op == "conv2d":
+        xs, ws, bias, stride, pad, dil, groups = CONV_CASES[case]
+        return [t(*xs), t(*ws), t(ws[0]) if bias else None, list(stride), list(pad), list(dil), groups, "auto"]
+    if op == "linear":
+        xs, ws, bias = LINEAR_CASES[case]
+        return [t(*xs), t(*ws), t(ws[0]) if bias else None, "auto"]
+    if op == "max_pool2d":
+        xs, k, s, p, d, ceil = MAX_CASES[case]
+        return [t(*xs), list(k), list(s), list(p), list(d), ceil, "auto"]
+    if op == "avg_pool2d":
+        xs, k, s, p, ceil, cip, div = AVG_CASES[case]
+        return [t(*xs), list(k), list(s), list(p), ceil, cip, div, "auto"]
+    xs, size = ADAPTIVE_CASES[case]
+    return [t(*xs), list(size), "auto"]
+
+
+def torch_reference(op, args):
+    """torch.nn.functional's result for the fastconv::<op> arguments ``args``."""
+    if op == "conv2d":
+        x, w, b, stride, (t, bo, l, r), dil, groups, _ = args
+        return F.conv2d(F.pad(x, (l, r, t, bo)), w, b, stride, 0, dil, groups)
+    if op == "linear":
+        return F.linear(*args[:3])
+    if op == "max_pool2d":
+        x, k, s, p, d, ceil, _ = args
+        return F.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
+    if op == "avg_pool2d":
+        x, k, s, p, ceil, cip, div, _ = args
+        return F.avg_pool2d(x, k, s, p, ceil, cip, div)
+    return F.adaptive_avg_pool2d(args[0], args[1])
+
+
+CASES = {"conv2d": CONV_CASES, "linear": LINEAR_CASES, "max_pool2d": MAX_CASES, "avg_pool2d": AVG_CASES,
+         "adaptive_avg_pool2d": ADAPTIVE_CASES}
+OP_CASES = [pytest.param(op, case, id=f"{op}-{case}") for op, cases in CASES.items() for case in cases]
+DENSE_NEEDS = [[True, True, True], [True, False, True], [False, True, False]]
+
+
+def backward_args(op, args, gen, needs=None):
+    """The fastconv::<op>_backward argument list for forward arguments ``args``."""
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    out = torch_reference(op, args)
+    y, indices = out if op == "max_pool2d" else (out, None)
+    dy = randn(gen, *y.shape, dtype=y.dtype)
+    x, rest = args[0], args[1:]
+    if op in ("conv2d", "linear"):
+        w, params = rest[0], rest[2:-1]  # drop b: the gradients do not depend on it
+        return [dy, x, w, *params, needs, "auto"]
+    if op == "max_pool2d":
+        return [dy, x, indices, *rest]
+    return [dy, x, *rest]
+
+
+# --------------------------------------------------------------------------------------------
+# opcheck: schema, autograd registration, fake tensors, aot dispatch with dynamic shapes
+# --------------------------------------------------------------------------------------------
+
+def assert_opcheck(op_name, args):
+    result = opcheck(getattr(torch.ops.fastconv, op_name).default, tuple(args))
+    assert result == {k: "SUCCESS" for k in result} and len(result) == 4, result
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op,case", OP_CASES)
+def test_opcheck_forward(op, case, dtype, gen):
+    assert_opcheck(op, forward_args(op, case, gen, dtype, requires_grad=True))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op,case", OP_CASES)
+def test_opcheck_backward(op, case, dtype, gen):
+    needs_list = DENSE_NEEDS if op in ("conv2d", "linear") else [None]
+    for needs in needs_list:
+        assert_opcheck(op + "_backward", backward_args(op, forward_args(op, case, gen, dtype, False), gen, needs))
+
+
+def test_every_op_is_registered_and_checked():
+    """The table, the registry and the test cases cover the same ops, forward and backward."""
+    names = {spec.name for spec in ft.ops.SPECS}
+    assert names == set(CASES)
+    assert set(ft.OPS) == names | {n + "_backward" for n in names}
+    for name in ft.OPS:
+        assert hasattr(torch.ops.fastconv, name)
+
+
+# --------------------------------------------------------------------------------------------
+# results: equal to torch.nn.functional, forward and gradients
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op,case", OP_CASES)
+def test_ops_match_torch_forward_and_gradients(op, case, dtype, gen):
+    args = forward_args(op, case, gen, dtype, requires_grad=True)
+    out = getattr(torch.ops.fastconv, op)(*args)
+    ref = torch_reference(op, args)
+    if op == "max_pool2d":
+        (y, indices), (ref, ref_indices) = out, ref
+        assert indices.dtype == torch.int64 and torch.equal(indices, ref_indices)
+    else:
+        y = out
+    assert y.dtype == dtype and y.is_contiguous()
+    torch.testing.assert_close(y, ref)
+    inputs = [a for a in args if isinstance(a, torch.Tensor)]
+    dy = randn(gen, *y.shape, dtype=dtype)
+    torch.testing.assert_close(torch.autograd.grad(y, inputs, dy), torch.autograd.grad(ref, inputs, dy))
+
+
+@pytest.mark.parametrize("op,case", OP_CASES)
+def test_gradcheck_f64(op, case, gen):
+    args = forward_args(op, case, gen, torch.float64, requires_grad=True)
+    tensor_at = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+
+    def f(*tensors):
+        call = list(args)
+        for i, t in zip(tensor_at, tensors):
+            call[i] = t
+        out = getattr(torch.ops.fastconv, op)(*call)
+        return out[0] if op == "max_pool2d" else out
+
+    assert torch.autograd.gradcheck(f, tuple(args[i] for i in tensor_at))
+
+
+@pytest.mark.parametrize("requires", [(True, False, False), (False, True, True), (False, False, True)],
+                         ids=["dx", "dw_db", "db"])
+def test_backward_computes_only_the_gradients_autograd_needs(requires, gen, monkeypatch):
+    seen = []
+    real = fastconv.conv2d_backward
+
+    def spy(*args, needs, **kwargs):
+        seen.append(needs)
+        return real(*args, needs=needs, **kwargs)
+
+    monkeypatch.setattr(fastconv, "conv2d_backward", spy)
+    x, w, b = (randn(gen, *s, requires_grad=r) for s, r in zip([(2, 3, 6, 5), (4, 3, 3, 3), (4,)], requires))
+    ft.conv2d(x, w, b, padding=1).sum().backward()
+    assert seen == [requires]  # one backward call, asked for exactly what autograd needs
+    for t, r in zip((x, w, b), requires):
+        assert (t.grad is not None) == r
+    xr, wr, br = (t.detach().requires_grad_(r) for t, r in zip((x, w, b), requires))
+    F.conv2d(xr, wr, br, padding=1).sum().backward()
+    for t, ref, r in zip((x, w, b), (xr, wr, br), requires):
+        if r:
+            torch.testing.assert_close(t.grad, ref.grad)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")  # torch's own call warns, not ours
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_functional_wrappers_accept_torch_spellings(dtype, gen):
+    x = randn(gen, 2, 4, 7, 6, dtype=dtype)
+    w = randn(gen, 6, 2, 3, 2, dtype=dtype)
+    checks = [
+        (ft.conv2d(x, w, None, 1, "same", (2, 1), 2), F.conv2d(x, w, None, 1, "same", (2, 1), 2)),
+        (ft.conv2d(x, w, None, 2, "valid", 1, 2), F.conv2d(x, w, None, 2, "valid", 1, 2)),
+        (ft.conv2d(x[0], w, padding=(1, 2), groups=2), F.conv2d(x[0], w, padding=(1, 2), groups=2)),  # unbatched
+        (ft.max_pool2d(x, 3, padding=1), F.max_pool2d(x, 3, padding=1)),
+        (ft.max_pool2d(x[1], (2, 3), stride=[], ceil_mode=True), F.max_pool2d(x[1], (2, 3), ceil_mode=True)),
+        (ft.avg_pool2d(x, 2, 1, 1, count_include_pad=False), F.avg_pool2d(x, 2, 1, 1, count_include_pad=False)),
+        (ft.adaptive_avg_pool2d(x, (None, 4)), F.adaptive_avg_pool2d(x, (None, 4))),
+        (ft.adaptive_avg_pool2d(x[0], 2), F.adaptive_avg_pool2d(x[0], 2)),
+        (ft.linear(x, w[:, 0, 0, :].repeat(1, 3)), F.linear(x, w[:, 0, 0, :].repeat(1, 3))),
+    ]
+    for got, want in checks:
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want)
+    _, indices = ft.max_pool2d(x, 2, return_indices=True)
+    assert torch.equal(indices, F.max_pool2d(x, 2, return_indices=True)[1])
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_named_backend_reaches_fastconv(backend, gen, monkeypatch):
+    if backend not in fastconv.available_backends():
+        pytest.skip(fastconv.backend_status()[backend])
+    seen = []
+    real = fastconv.conv2d
+    monkeypatch.setattr(fastconv, "conv2d", lambda *a, backend, **k: seen.append(backend) or real(*a, backend=backend, **k))
+    x, w = randn(gen, 1, 2, 5, 5), randn(gen, 3, 2, 3, 3)
+    torch.testing.assert_close(ft.conv2d(x, w, backend=backend), F.conv2d(x, w))
+    assert seen == [backend]
+
+
+# --------------------------------------------------------------------------------------------
+# errors
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int64])
+def test_other_dtypes_raise_type_error_naming_the_op(dtype):
+    x = torch.ones(1, 2, 4, 4, dtype=dtype)
+    with pytest.raises(TypeError, match=rf"fastconv::max_pool2d: expected x of dtype .*got {dtype}"):
+        ft.max_pool2d(x, 2)
+    with pytest.raises(TypeError, match=rf"fastconv::conv2d: expected w of dtype .*got {dtype}"):
+        ft.conv2d(torch.ones(1, 2, 4, 4), torch.ones(3, 2, 2, 2, dtype=dtype))
+
+
+def test_user_errors_name_the_op_and_values():
+    x, w = torch.ones(1, 2, 4, 4), torch.ones(3, 2, 2, 2)
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        ft.conv2d(x, w, backend="fast")
+    with pytest.raises(ValueError, match=r"fastconv.torch.conv2d: padding='same' needs stride 1"):
+        ft.conv2d(x, w, stride=2, padding="same")
+    with pytest.raises(ValueError, match=r"w has 2 input channels per group.*C_in=3"):
+        ft.conv2d(torch.ones(1, 3, 4, 4), w)
+    with pytest.raises(ValueError, match=r"fastconv.torch.max_pool2d: expected x with 3 .* or 4 .* got shape \(4, 4\)"):
+        ft.max_pool2d(torch.ones(4, 4), 2)
+    with pytest.raises(ValueError, match=r"fastconv::linear: x of shape \(2, 3\) does not match w of shape \(3, 2\)"):
+        ft.linear(torch.ones(2, 3, device="meta"), torch.ones(3, 2, device="meta"))  # the fake kernel's check
+    with pytest.raises(ValueError, match=r"fastconv::conv2d: expected b of shape \(3,\), got \(2,\)"):
+        ft.conv2d(x.to("meta"), w.to("meta"), torch.ones(2, device="meta"))
+
+
+# --------------------------------------------------------------------------------------------
+# tensor exchange
+# --------------------------------------------------------------------------------------------
+
+def _spy_on(monkeypatch, name):
+    """Record the arrays fastconv.<name> receives and the array it returns."""
+    calls = []
+    real = getattr(fastconv, name)
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append((args, result))
+        return result
+
+    monkeypatch.setattr(fastconv, name, spy)
+    return calls
+
+
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def test_contiguous_cpu_tensors_cross_without_copies(gen, monkeypatch):
+    calls = _spy_on(monkeypatch, "conv2d")
+    x, w, b = randn(gen, 2, 3, 6, 5), randn(gen, 4, 3, 3, 3), randn(gen, 4)
+    y = ft.conv2d(x, w, b)
+    (xa, wa, ba), ya = calls[0]
+    # the kernel reads the tensors' own memory ...
+    assert [_address(a) for a in (xa, wa, ba)] == [t.data_ptr() for t in (x, w, b)]
+    # ... and the array it returns becomes the result tensor as is
+    assert y.data_ptr() == _address(ya)
+    assert np.shares_memory(xa, x.numpy()) and not np.shares_memory(ya, xa)
+
+
+def test_non_contiguous_inputs_are_made_contiguous_explicitly(gen, monkeypatch):
+    calls = _spy_on(monkeypatch, "max_pool2d")
+    base = randn(gen, 2, 6, 5, 3)
+    x = base.permute(0, 3, 1, 2)  # (2, 3, 6, 5), a view with channels last in memory
+    assert not x.is_contiguous()
+    y = ft.max_pool2d(x, 2)
+    (xa,), _ = calls[0]
+    assert xa.flags.c_contiguous and _address(xa) != base.data_ptr()  # one explicit copy
+    torch.testing.assert_close(y, F.max_pool2d(x, 2))
+    assert y.is_contiguous()
+    # channels_last is a memory format, not a shape: it gets the same treatment
+    xcl = base.permute(0, 3, 1, 2).contiguous().to(memory_format=torch.channels_last)
+    torch.testing.assert_close(ft.max_pool2d(xcl, 2), F.max_pool2d(xcl, 2))
+
+
+def test_cuda_tensors_without_gpu_backend_raise_a_clear_error():
+    if exchange.has_gpu_backend():
+        pytest.skip("fastconv has a GPU backend: the CUDA route is tested by test_cuda_tensors_run_on_gpu_backend")
+
+    class CudaStandIn:  # this machine has no CUDA: only the device matters to the check
+        device = torch.device("cuda", 0)
+
+    with pytest.raises(ft.GpuBackendMissing, match=r"fastconv::conv2d: got CUDA tensors, but fastconv has no GPU "
+                                                   r"backend yet \(backend 'cupy' is not in this build"):
+        exchange.check_device("fastconv::conv2d", {"x": CudaStandIn(), "w": CudaStandIn()})
+    assert isinstance(ft.GpuBackendMissing("m"), fastconv.BackendUnavailableError)
+
+
+@pytest.mark.skipif(not exchange.has_gpu_backend(),
+                    reason="fastconv has no GPU backend ('cupy') yet: CUDA tensors raise GpuBackendMissing")
+def test_cuda_tensors_run_on_gpu_backend(gen):
+    if not torch.cuda.is_available():
+        pytest.skip("fastconv has a GPU backend, but this machine has no CUDA device")
+    x, w = randn(gen, 2, 3, 8, 7).cuda(), randn(gen, 4, 3, 3, 2).cuda()
+    y = ft.conv2d(x, w, stride=(2, 1), padding=(1, 2))
+    assert y.device == x.device
+    torch.testing.assert_close(y, F.conv2d(x, w, stride=(2, 1), padding=(1, 2)))
+
+
+# --------------------------------------------------------------------------------------------
+# packaging and limits
+# --------------------------------------------------------------------------------------------
+
+def test_import_fastconv_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, fastconv; fastconv.conv2d; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_double_backward_is_refused_clearly(gen):
+    x = randn(gen, 1, 2, 5, 5, requires_grad=True)
+    dx, = torch.autograd.grad(ft.conv2d(x, randn(gen, 3, 2, 3, 3)).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="fastconv.conv2d_backward.* no autograd formula"):
+        dx.sum().backward()
