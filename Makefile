@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: 2.13.0 is a local CPU wheel here, any other spec downloads a CUDA build
 	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e '.[test,bench,torch,numba]'
+	$(BIN)/python -m pip install -e '.[test,bench,torch,numba,train]'
 	touch $@
 
 clean:

@@ -930,9 +930,18 @@ bool flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
       const T* src = dy + ((n0 + img) * s.C_out + (gp / cpanels) * Cog + c0) * P;
       T* dst = dyq.data() + img * dy_image + gp * NR * f.rows;
       fill_zero(dst, NR * f.rows);
-      for (index_t r = 0; r < chans; ++r)
-        for (index_t oh = 0; oh < s.OH; ++oh)
-          for (index_t ow = 0; ow < s.OW; ++ow) dst[(oh * f.Wq + ow) * NR + r] = src[r * P + oh * s.OW + ow];
+      // 16 columns of all channels at a time: the writes stay within 16*NR elements (a plain walk
+      // along each channel wrote one element per cache line: 19% of resnet50_conv1's wgrad)
+      constexpr index_t kCols = 16;
+      for (index_t oh = 0; oh < s.OH; ++oh)
+        for (index_t ow0 = 0; ow0 < s.OW; ow0 += kCols) {
+          const index_t ow1 = min_i(s.OW, ow0 + kCols);
+          for (index_t r = 0; r < chans; ++r) {
+            const T* sr = src + r * P + oh * s.OW;
+            T* dr = dst + oh * f.Wq * NR + r;
+            for (index_t ow = ow0; ow < ow1; ++ow) dr[ow * NR] = sr[ow];
+          }
+        }
     }
     const T* base = f.identity ? x + n0 * f.image : xq.data();
 #pragma omp for schedule(dynamic, 1)

@@ -16,4 +16,6 @@ from .ops.norm import *  # noqa: F401,F403
 from .ops.pool import *  # noqa: F401,F403
 from .ops.shape import *  # noqa: F401,F403
 
+from . import nn  # noqa: E402,F401  (layers over the ops above; fastconv.torch is imported explicitly)
+
 __version__ = "0.1.0"

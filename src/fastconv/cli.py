@@ -4,6 +4,8 @@
   writes ``bench-results/`` (``bench.json``, ``report.md``, ``speedup.png``).
 - ``fastconv check``: verify every backend against the reference (and the reference against PyTorch).
 - ``fastconv info``: backends (available or why not), versions, CPU features, threads, GPUs.
+- ``fastconv train``: train a LeNet-style CNN on scikit-learn's digits with ``fastconv.nn``; writes
+  ``train-results/`` (``training.png``, ``metrics.json``, ``model.npz``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(run=_run_info)
 
+    _add_train(commands)
+
     args = parser.parse_args(argv)
     return args.run(args)
 
@@ -80,6 +84,49 @@ def _run_info(args) -> int:
     from .bench import info
 
     return info(as_json=args.json)
+
+
+def _add_train(commands) -> None:
+    from .training import DEFAULT_LR, SCHEDULES, TrainConfig
+
+    d = TrainConfig()
+    train = commands.add_parser(
+        "train", help="train a LeNet-style CNN on scikit-learn's digits (needs fastconv[train])",
+        description="Train a LeNet-style CNN with fastconv.nn on sklearn.datasets.load_digits (8x8 images, "
+                    "no download): stratified train/validation/test split, early stopping on the validation "
+                    "loss, the best epoch's parameters kept. Prints train/val/test accuracy and writes "
+                    "training.png, metrics.json and model.npz into --out.")
+    train.add_argument("--backend", default=d.backend, help="backend of every layer (default: auto)")
+    train.add_argument("--epochs", type=int, default=d.epochs, help=f"at most this many (default {d.epochs})")
+    train.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
+    train.add_argument("--optimizer", choices=tuple(DEFAULT_LR), default=d.optimizer, help="default: sgd")
+    train.add_argument("--lr", type=float, help="learning rate (default per optimizer: "
+                                                + ", ".join(f"{k} {v}" for k, v in DEFAULT_LR.items()) + ")")
+    train.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD/RMSprop (default {d.momentum})")
+    train.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
+    train.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"L2 (default {d.weight_decay})")
+    train.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
+                       help="per-epoch learning-rate schedule (default: step)")
+    train.add_argument("--patience", type=int, default=d.patience,
+                       help=f"stop after this many epochs without a better validation loss (default {d.patience})")
+    train.add_argument("--seed", type=int, default=d.seed, help=f"split, initialisation and order (default {d.seed})")
+    train.add_argument("--batch-norm", action="store_true", help="batch norm after each convolution")
+    train.add_argument("--dropout", type=float, default=d.dropout, help="dropout before the last layer (default 0)")
+    train.add_argument("--threads", type=int, help="fastconv threads (default: fastconv.get_num_threads())")
+    train.add_argument("--out", default="train-results", metavar="DIR", help="default: train-results")
+    train.add_argument("--no-out", action="store_true", help="write nothing")
+    train.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    train.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from .training import TrainConfig, run_train
+
+    config = TrainConfig(backend=args.backend, epochs=args.epochs, batch_size=args.batch_size,
+                         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+                         weight_decay=args.weight_decay, schedule=args.schedule, patience=args.patience,
+                         seed=args.seed, batch_norm=args.batch_norm, dropout=args.dropout, threads=args.threads)
+    return run_train(config, None if args.no_out else args.out, quiet=args.quiet)
 
 
 if __name__ == "__main__":
