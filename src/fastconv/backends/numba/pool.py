@@ -25,15 +25,28 @@ def _geometry(p):
 
 
 @inline_jit
-def _max_tap(best, taken, src, start, lo, hi, step, tap):
-    """One kernel tap over an output row: for lo <= o < hi, the input ``src[start + o * step]``
+def _max_tap(best, taken, src, start, lo, hi, tap):
+    """One kernel tap over an output row: for lo <= o < hi, the input ``src[start + o]``
     replaces the window's maximum if it is larger or NaN (PyTorch's rule), and ``taken`` records
     the tap's number. Selects, not branches, and 32-bit tap numbers: the loop vectorises."""
     for o in range(lo, hi):
-        value = src[_u(start + o * step)]
+        value = src[_u(start + o)]
         take = (value > best[_u(o)]) | np.isnan(value)
         best[_u(o)] = value if take else best[_u(o)]
         taken[_u(o)] = tap if take else taken[_u(o)]
+
+
+@jit
+def _phase_split(plane, sw, out):
+    """out[(ph*H + ih)*Wp + c] = plane[ih, c*sw + ph] (Wp = ceil(W / sw)): each stride phase of
+    each row made contiguous, so the taps of a strided pool read their row at stride 1."""
+    H, W = plane.shape
+    Wp = (W + sw - 1) // sw
+    for ph in range(sw):
+        for ih in range(H):
+            dst = (ph * H + ih) * Wp
+            for c in range((W - ph + sw - 1) // sw):
+                out[_u(dst + c)] = plane[ih, c * sw + ph]
 
 
 @parallel_jit
@@ -41,25 +54,39 @@ def _max_forward(x, y, indices, geometry):
     """PyTorch's scan: per window, max starts at -inf with the first in-image position, then a
     tap is taken when ``value > max or isnan(value)`` (ties keep the first, the last NaN wins).
     An output row at a time: taps in row-major window order, each over the whole row; the taken
-    tap's number becomes a plane index at the end of the row."""
+    tap's number becomes a plane index at the end of the row. With a column stride sw > 1 each
+    plane is first split into its sw column phases (``_phase_split``), so every tap's loop reads
+    consecutive elements and vectorises (measured: 3.4 ns per tap at stride 2 read in place,
+    0.7 at stride 1)."""
     KH, KW, sh, sw, ph, pw, dh, dw = geometry
     N, C, H, W = x.shape
     _, _, OH, OW = y.shape
-    # divisions done once: each window's first in-image column; each kernel column's output range
+    Wp = (W + sw - 1) // sw  # columns of one phase row
+    # divisions done once: each window's first in-image column; each kernel column's output
+    # range, phase and shift (tap kw, output o reads phase row column o + tap_col[kw])
     first_col = np.empty(OW, np.int64)  # (OW,)
     for ow in range(OW):
         first_col[ow] = ow * sw - pw + inside(ow * sw - pw, dw, W, KW)[0] * dw
     tap_lo, tap_hi = np.empty(KW, np.int64), np.empty(KW, np.int64)  # (KW,), (KW,)
+    tap_phase, tap_col = np.empty(KW, np.int64), np.empty(KW, np.int64)  # (KW,), (KW,)
     for kw in range(KW):
         tap_lo[kw], tap_hi[kw] = inside(kw * dw - pw, sw, W, OW)
+        shift = kw * dw - pw
+        tap_phase[kw] = shift % sw
+        tap_col[kw] = (shift - tap_phase[kw]) // sw
     tap_shift = np.empty(KH * KW, np.int64)  # (KH*KW,) where tap kh*KW + kw reads, from the window's corner
     for tap in range(KH * KW):
         tap_shift[tap] = tap // KW * dh * W + tap % KW * dw
-    src, out, where = x.reshape(-1), y.reshape(N * C * OH, OW), indices.reshape(N * C * OH, OW)
+    planes, out, where = x.reshape(N * C, H, W), y.reshape(N * C * OH, OW), indices.reshape(N * C * OH, OW)
     for plane_ in prange(N * C):
         plane = np.int64(plane_)  # signed: an unsigned prange index turns arithmetic float
         best = np.empty(OW, x.dtype)  # (OW,) the windows' maxima so far
         taken = np.empty(OW, np.int32)  # (OW,) the number kh*KW + kw of the tap they came from
+        if sw == 1:
+            src = planes[plane].reshape(-1)  # (H*W,) read in place
+        else:
+            src = np.empty(sw * H * Wp, x.dtype)  # (sw, H, Wp) the plane's column phases
+            _phase_split(planes[plane], sw, src)
         for oh in range(OH):
             row0 = oh * sh - ph
             kh_lo, kh_hi = inside(row0, dh, H, KH)
@@ -67,8 +94,8 @@ def _max_forward(x, y, indices, geometry):
             taken[:] = -1  # none: the window's first in-image position
             for kh in range(kh_lo, kh_hi):
                 for kw in range(KW):
-                    start = (plane * H + row0 + kh * dh) * W + kw * dw - pw
-                    _max_tap(best, taken, src, start, tap_lo[kw], tap_hi[kw], sw, np.int32(kh * KW + kw))
+                    start = (tap_phase[kw] * H + row0 + kh * dh) * Wp + tap_col[kw]
+                    _max_tap(best, taken, src, start, tap_lo[kw], tap_hi[kw], np.int32(kh * KW + kw))
             row = plane * OH + oh
             out[row] = best
             for ow in range(OW):
