@@ -17,7 +17,7 @@ from fastconv.bench.cases import Case, Contender, make_inputs, torch_contenders,
 from fastconv.bench.runner import run_case
 from fastconv.bench.suite import (PASSES, default_suite_path, load_suite, parse_passes, quick_subset,
                                   select)
-from fastconv.bench.timing import EventTimer, Policy, Stats, measure
+from fastconv.bench.timing import EventTimer, Policy, Stats, Timed, measure
 from support import TINY_SUITE as TINY
 from support import write_shapes
 
@@ -195,21 +195,49 @@ class FakeClock:
 
 def test_measure_fixed_repeats():
     clock = FakeClock(0.01)
-    assert measure(None, clock, Policy(repeat=7), first_call_s=0.01) == [0.01] * 7
+    assert measure([Timed(None, clock, 0.01)], Policy(repeat=7)) == [[0.01] * 7]
     assert clock.calls == 8  # one warm-up
 
 
 def test_measure_budget_rule():
     clock = FakeClock(0.01)
-    times = measure(None, clock, Policy(budget_s=0.095, min_repeats=3, max_repeats=50), first_call_s=0.01)
+    [times] = measure([Timed(None, clock, 0.01)], Policy(budget_s=0.095, min_repeats=3, max_repeats=50))
     assert len(times) == 10  # stops once the budget is spent
-    assert len(measure(None, FakeClock(1e-6), Policy(budget_s=1, max_repeats=25), 0.0)) == 25
+    [times] = measure([Timed(None, FakeClock(1e-6), 0.0)], Policy(budget_s=1, max_repeats=25))
+    assert len(times) == 25
 
 
 def test_measure_expensive_case_gets_min_repeats_and_no_extra_warmup():
     clock = FakeClock(2.0)
-    times = measure(None, clock, Policy(budget_s=0.5, min_repeats=4), first_call_s=2.0)
+    [times] = measure([Timed(None, clock, 2.0)], Policy(budget_s=0.5, min_repeats=4))
     assert len(times) == 4 and clock.calls == 4  # the verification call was the warm-up
+
+
+def test_measure_interleaves_the_contenders_in_rounds():
+    """Each round takes its share of every contender's runs, so they all meet the same phases of a
+    noisy machine; a contender that raises is dropped and reported, the others go on."""
+    log = []
+
+    def clock(name, seconds):
+        def timer(fn):
+            log.append(name)
+            return seconds
+        return timer
+
+    def broken(fn):
+        log.append("broken")
+        raise RuntimeError("boom")
+
+    fast, slow = clock("fast", 0.001), clock("slow", 0.1)
+    out = measure([Timed(None, fast, 0.001), Timed(None, slow, 0.1), Timed(None, broken, 0.1)],
+                  Policy(budget_s=0.2, min_repeats=2, max_repeats=400, rounds=4))
+    assert [len(t) for t in out[:2]] == [200, 2]
+    assert isinstance(out[2], RuntimeError) and log.count("broken") == 1
+    timed = [name for name in log if name != "broken"][2:]  # after the two warm-ups
+    # round 1: 50 fast runs (a quarter of the budget), 1 slow run (ceil(2/4)); round 2: 50 fast,
+    # nothing slow (1 run = ceil(2*2/4), its 0.1 s already covers half the budget); round 3: 50 fast,
+    # 1 slow; round 4: 50 fast
+    assert timed == ["fast"] * 50 + ["slow"] + ["fast"] * 50 + ["fast"] * 50 + ["slow"] + ["fast"] * 50
 
 
 def test_event_timer_records_around_the_call_and_waits_for_the_end():

@@ -27,7 +27,7 @@ from .. import _threads
 from .._dispatch import REGISTRY, backend_status
 from .cases import Case, Contender, fastconv_contenders, make_inputs, torch_contenders, verify
 from .suite import Shape
-from .timing import Policy, Stats, measure
+from .timing import Policy, Stats, Timed, measure
 
 FAILED = ("FAIL", "error")
 
@@ -148,7 +148,9 @@ def run_case(case: Case, contenders, policy: Policy, rng, torch=None, progress=N
     except Exception as exc:  # without the oracle nothing can be verified, so nothing is timed
         reason = f"the reference cannot run this case: {type(exc).__name__}: {exc}"
         return [_record(case, c, "n/a", reason) for c in contenders if c.applies(case)]
-    records = []
+    # verify every contender first, then time the verified ones together (interleaved rounds)
+    records: list[dict | None] = []
+    ready: list[tuple[int, Contender, object, Timed]] = []
     for contender in contenders:
         if progress is not None:
             progress.step(f"{case.id} {contender.name}")
@@ -161,18 +163,22 @@ def run_case(case: Case, contenders, policy: Policy, rng, torch=None, progress=N
                 prepared = contender.prepare(case, arrays, torch)
                 got, first_s = _first_call(prepared)
             verdict = verify(got, want)
-            if not verdict.ok:
-                records.append(_record(case, contender, "FAIL", f"differs from the reference: max error "
-                                       f"{verdict.error_ratio:.3g}x the tolerance", verdict))
-                continue
-            times = measure(prepared.fn, prepared.timer, policy, first_s)
         except NotImplementedError as exc:
             records.append(_record(case, contender, "n/a", str(exc)))
             continue
         except Exception as exc:  # a crash is reported against the contender, the run goes on
             records.append(_record(case, contender, "error", f"{type(exc).__name__}: {exc}"))
             continue
-        records.append(_record(case, contender, "ok", "", verdict, Stats.of(times), times))
+        if not verdict.ok:
+            records.append(_record(case, contender, "FAIL", f"differs from the reference: max error "
+                                   f"{verdict.error_ratio:.3g}x the tolerance", verdict))
+            continue
+        ready.append((len(records), contender, verdict, Timed(prepared.fn, prepared.timer, first_s)))
+        records.append(None)  # filled in once timed
+    for (slot, contender, verdict, _), times in zip(ready, measure([r[3] for r in ready], policy)):
+        records[slot] = (_record(case, contender, "error", f"{type(times).__name__}: {times}")
+                         if isinstance(times, Exception)
+                         else _record(case, contender, "ok", "", verdict, Stats.of(times), times))
     return records
 
 

@@ -7,6 +7,11 @@ longer than the budget. Then timed runs: ``repeat`` of them when given, otherwis
 ``max_repeats``). So cheap cases get many runs and the NumPy reference's multi-second passes get
 ``min_repeats``; the full default suite finishes in minutes on two cores.
 
+The contenders of one case are timed in ``rounds`` interleaved rounds, each taking its share of
+every contender's runs and budget, so all of them meet the same phases of a noisy machine: on these
+shared VMs a process's speed can halve for seconds at a time, and timing one contender after the
+other turned that into ratios off by up to 2x.
+
 CPU contenders are timed with ``time.perf_counter`` around the call. GPU contenders record CUDA
 events on the stream around the call and synchronise on the end event, so the time is the
 device's, not the launch's.
@@ -14,6 +19,7 @@ device's, not the launch's.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -27,6 +33,7 @@ class Policy:
     max_repeats: int = 200
     repeat: int | None = None  # a fixed number of timed runs instead of the budget rule
     warmup: int = 1
+    rounds: int = 4  # interleaved rounds over the contenders of a case
 
     def describe(self) -> str:
         if self.repeat is not None:
@@ -35,7 +42,8 @@ class Policy:
             runs = (f"timed runs until {self.budget_s:g} s spent, at least {self.min_repeats} "
                     f"and at most {self.max_repeats}")
         return (f"verification call, then {self.warmup} warm-up call(s) (skipped when one call exceeds "
-                f"the budget), then {runs}; median and IQR reported")
+                f"the budget), then {runs}, in {self.rounds} rounds interleaving the contenders; "
+                f"median and IQR reported")
 
 
 #: The policy of ``--quick``: the pipeline end to end in seconds, timings only indicative.
@@ -73,20 +81,48 @@ def torch_cuda_timer(torch):
     return EventTimer(lambda: torch.cuda.Event(enable_timing=True), lambda s, e: s.elapsed_time(e))
 
 
-def measure(fn, timer, policy: Policy, first_call_s: float) -> list[float]:
-    """Timed runs of ``fn`` (seconds each), after the warm-up; see the module docstring."""
-    if first_call_s < policy.budget_s:
-        for _ in range(policy.warmup):
-            timer(fn)
-    times = []
-    while True:
-        times.append(timer(fn))
-        if policy.repeat is not None:
-            if len(times) >= policy.repeat:
-                return times
-        elif len(times) >= policy.max_repeats or (
-                len(times) >= policy.min_repeats and sum(times) >= policy.budget_s):
-            return times
+@dataclass(frozen=True)
+class Timed:
+    """One contender of a case, ready to time: its call, its timer, and how long its first call took."""
+
+    fn: object
+    timer: object
+    first_call_s: float
+
+
+def measure(contenders: list[Timed], policy: Policy) -> list[list[float] | Exception]:
+    """Timed runs (seconds each) of every contender, after its warm-up; see the module docstring.
+
+    Round r (of R) runs each contender until it has r/R of its runs and of its budget: at least
+    ceil(min_repeats*r/R) runs (of ``repeat*r/R`` when fixed), at most ceil(max_repeats*r/R). A
+    contender whose call raises is left out of the later rounds; its entry is the exception.
+    """
+    out: list[list[float] | Exception] = [[] for _ in contenders]
+    rounds = max(1, policy.rounds)
+    for step in range(rounds + 1):  # step 0: the warm-ups
+        share = step / rounds
+        for i, c in enumerate(contenders):
+            t = out[i]
+            if isinstance(t, Exception):
+                continue
+            try:
+                if step == 0:
+                    if c.first_call_s < policy.budget_s:
+                        for _ in range(policy.warmup):
+                            c.timer(c.fn)
+                    continue
+                while not _round_done(t, policy, share):
+                    t.append(c.timer(c.fn))
+            except Exception as exc:  # reported against this contender; the others go on
+                out[i] = exc
+    return out
+
+
+def _round_done(times: list[float], policy: Policy, share: float) -> bool:
+    if policy.repeat is not None:
+        return len(times) >= math.ceil(policy.repeat * share)
+    return len(times) >= math.ceil(policy.max_repeats * share) or (
+        len(times) >= math.ceil(policy.min_repeats * share) and sum(times) >= policy.budget_s * share)
 
 
 @dataclass(frozen=True)
