@@ -884,11 +884,18 @@ bool all_finite(const T* x, index_t n) {
 // dW^T and reduce it over the images in order: one fixed order on any thread count.
 // A junk column pairs dy = 0 with a real pixel, which adds 0 unless that pixel is Inf or NaN: x
 // with a non-finite value is left to the packed path (returns false), so results stay exact.
+// Few output channels (16 against 32-wide panels) take the few-columns kernel, with the rows of
+// dW^T in tap-major order (tap, ci): a panel is then MR channels of one tap, rows one channel
+// apart in the flat copy (one stride: InPlaceA's form, no row pointers), when MR divides C_in/groups.
 template <typename T>
 bool flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
-  const MicroKernel<T>& uk = micro_kernel<T>();
+  const index_t G = s.groups, Cig = s.C_in / G, Cog = s.C_out / G, Kg = Cig * s.KH * s.KW, KK = s.KH * s.KW;
+  // tap-major with the few-columns kernel when that is the kernel for Cog columns and its MR
+  // divides C_in/groups (so no panel straddles two taps)
+  const MicroKernel<T>& few = micro_kernel_few_cols<T>();
+  const bool tap_major = &micro_kernel_few_cols<T>(Cog) == &few && Cig % few.mr == 0;
+  const MicroKernel<T>& uk = tap_major ? few : micro_kernel<T>();
   const int MR = uk.mr, NR = uk.nr;
-  const index_t G = s.groups, Cig = s.C_in / G, Cog = s.C_out / G, Kg = Cig * s.KH * s.KW;
   const index_t P = s.OH * s.OW, HW = s.H * s.W;
   const FlatLayout f = flat_layout(s, NR);
   // ldt: dW^T rows one cache line longer than the panels, so that the MR rows of a tile (often a
@@ -902,6 +909,8 @@ bool flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
   Buffer<T> dwt(G * kpanels * MR * ldt);             // shared: dW^T, rows and columns rounded up
   Buffer<T> zeros(uk.kc);                            // the A row of taps past Kg in a ragged panel
   fill_zero(zeros.data(), uk.kc);
+  std::vector<index_t> along(static_cast<std::size_t>(uk.kc));  // tap-major A: element p of a row at +p
+  for (index_t p = 0; p < uk.kc; ++p) along[p] = p;
   // runs of tp tap panels: about four units per thread
   const index_t runs = min_i(kpanels, max_i(1, ceil_div(4 * index_t(nthreads), G * cpanels)));
   const index_t tp = ceil_div(kpanels, runs), units = G * cpanels * ceil_div(kpanels, tp);
@@ -958,10 +967,15 @@ bool flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
           for (index_t panel = k_first; panel < k_end; ++panel) {
             const index_t k0 = panel * MR;
             const int m = static_cast<int>(min_i(MR, Kg - k0));
+            T* c = dwt.data() + (grp * kpanels * MR + k0) * ldt + cp * NR;
+            if (tap_major) {  // rows k0.. = channels k0 % Cig.. of tap k0 / Cig: f.off[tap] + ci*chan
+              const T* a = xi + f.off[k0 / Cig] + (k0 % Cig) * f.chan + pc;
+              uk.fn_a_offsets(kcb, a, f.chan, along.data(), bi + pc * NR, c, ldt, acc, m, n);
+              continue;
+            }
             const T* rows[kMaxMR];
             for (int i = 0; i < MR; ++i) rows[i] = i < m ? xi + f.off[k0 + i] + pc : zeros.data();
-            uk.fn_rows(kcb, rows, bi + pc * NR, dwt.data() + (grp * kpanels * MR + k0) * ldt + cp * NR, ldt, acc,
-                       m, n);
+            uk.fn_rows(kcb, rows, bi + pc * NR, c, ldt, acc, m, n);
           }
         }
       }
@@ -979,7 +993,8 @@ bool flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
     for (index_t k0 = 0; k0 < Kg; k0 += kCols)
       for (index_t co = co0; co < co1; ++co) {
         T* dst = dw + (grp * Cog + co) * Kg;
-        for (index_t k = k0; k < min_i(Kg, k0 + kCols); ++k) dst[k] = src[k * ldt + co];
+        for (index_t k = k0; k < min_i(Kg, k0 + kCols); ++k)
+          dst[k] = src[(tap_major ? (k % KK) * Cig + k / KK : k) * ldt + co];
       }
   }
   return true;

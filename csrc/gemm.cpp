@@ -30,10 +30,11 @@ struct KernelSet {
   KernelTable k;
 };
 
-KernelSet generic_set() {  // few rows: 2x8
-  return KernelSet{"generic", KernelTable{kernel_set<Scalar<float>, 4, 4>(256, 256), kernel_set<Scalar<float>, 2, 8>(256, 256),
-                                          kernel_set<Scalar<double>, 4, 4>(256, 256),
-                                          kernel_set<Scalar<double>, 2, 8>(256, 256)}};
+KernelSet generic_set() {  // few rows: 2x8, few columns: 8x2
+  return KernelSet{"generic",
+                   KernelTable{kernel_set<Scalar<float>, 4, 4>(256, 256), kernel_set<Scalar<float>, 2, 8>(256, 256),
+                               kernel_set<Scalar<float>, 8, 2>(256, 256), kernel_set<Scalar<double>, 4, 4>(256, 256),
+                               kernel_set<Scalar<double>, 2, 8>(256, 256), kernel_set<Scalar<double>, 8, 2>(256, 256)}};
 }
 
 // The kernel sets this build has and this CPU runs, best first.
@@ -98,6 +99,27 @@ template <>
 const MicroKernel<double>& micro_kernel<double>(index_t M) {
   const KernelTable& k = current().load()->k;
   return pick_rows(k.f64, k.f64_few_rows, M);
+}
+
+// The few-columns kernel when its panels pad N to at least 1/8 fewer columns (16 columns: 16
+// instead of 32 at NR = 32), else the general one.
+template <typename T>
+const MicroKernel<T>& pick_cols(const MicroKernel<T>& general, const MicroKernel<T>& few, index_t N) {
+  return round_up(N, few.nr) * 8 < round_up(N, general.nr) * 7 ? few : general;
+}
+template <>
+const MicroKernel<float>& micro_kernel_few_cols<float>() { return current().load()->k.f32_few_cols; }
+template <>
+const MicroKernel<double>& micro_kernel_few_cols<double>() { return current().load()->k.f64_few_cols; }
+template <>
+const MicroKernel<float>& micro_kernel_few_cols<float>(index_t N) {
+  const KernelTable& k = current().load()->k;
+  return pick_cols(k.f32, k.f32_few_cols, N);
+}
+template <>
+const MicroKernel<double>& micro_kernel_few_cols<double>(index_t N) {
+  const KernelTable& k = current().load()->k;
+  return pick_cols(k.f64, k.f64_few_cols, N);
 }
 
 const char* gemm_isa() { return current().load()->name; }

@@ -32,6 +32,11 @@ const MicroKernel<T>& micro_kernel();
 // The one of this CPU's kernels that suits a product of M rows (see KernelTable).
 template <typename T>
 const MicroKernel<T>& micro_kernel(index_t M);
+// This CPU's few-columns kernel; and the one that suits a product of N columns, the general or it.
+template <typename T>
+const MicroKernel<T>& micro_kernel_few_cols();
+template <typename T>
+const MicroKernel<T>& micro_kernel_few_cols(index_t N);
 // "avx512", "avx2" or "generic": the kernels in use.
 const char* gemm_isa();
 // Use another kernel set ("auto" = the best this CPU has). Throws std::invalid_argument for a set

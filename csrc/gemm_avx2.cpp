@@ -37,9 +37,11 @@ struct F64x4 {
 }  // namespace
 
 bool gemm_kernels_avx2(KernelTable& table) {
-  // few rows: 4x24 (fp32) / 4x12 (fp64), 12 accumulators + 3 B vectors + 1 broadcast
+  // few rows: 4x24 (fp32) / 4x12 (fp64), 12 accumulators + 3 B vectors + 1 broadcast; few columns:
+  // 8x8 / 8x4, 8 accumulators
   table = KernelTable{kernel_set<F32x8, 6, 2>(256, 512), kernel_set<F32x8, 4, 3>(256, 528),
-                      kernel_set<F64x4, 6, 2>(256, 256), kernel_set<F64x4, 4, 3>(256, 264)};
+                      kernel_set<F32x8, 8, 1>(256, 512), kernel_set<F64x4, 6, 2>(256, 256),
+                      kernel_set<F64x4, 4, 3>(256, 264), kernel_set<F64x4, 8, 1>(256, 256)};
   return true;
 }
 

@@ -37,9 +37,11 @@ struct F64x8 {
 }  // namespace
 
 bool gemm_kernels_avx512(KernelTable& table) {
-  // few rows: 8x48 (fp32) / 8x24 (fp64), 24 accumulators + 3 B vectors + 1 broadcast
+  // few rows: 8x48 (fp32) / 8x24 (fp64), 24 accumulators + 3 B vectors + 1 broadcast; few columns:
+  // 16x16 / 16x8, 16 accumulators (17 loads per 16 FMAs: the load ports just keep up)
   table = KernelTable{kernel_set<F32x16, 14, 2>(256, 512), kernel_set<F32x16, 8, 3>(256, 528),
-                      kernel_set<F64x8, 14, 2>(256, 256), kernel_set<F64x8, 8, 3>(256, 264)};
+                      kernel_set<F32x16, 16, 1>(256, 512), kernel_set<F64x8, 14, 2>(256, 256),
+                      kernel_set<F64x8, 8, 3>(256, 264), kernel_set<F64x8, 16, 1>(256, 256)};
   return true;
 }
 

@@ -40,11 +40,12 @@ struct MicroKernel {
   BothOffsetFn fn_both_offsets;
 };
 
-// The kernels of one instruction set: the general shape, and one of fewer rows (MR) for products
-// with few rows, e.g. a layer of 16 or 32 output channels, which 14-row panels pad by 43% / 24%.
+// The kernels of one instruction set: the general shape, one of fewer rows (MR) for products with
+// few rows, e.g. a layer of 16 or 32 output channels, which 14-row panels pad by 43% / 24%, and
+// one of fewer columns (NR) for few columns (wgrad's dW^T of 16 output channels).
 struct KernelTable {
-  MicroKernel<float> f32, f32_few_rows;
-  MicroKernel<double> f64, f64_few_rows;
+  MicroKernel<float> f32, f32_few_rows, f32_few_cols;
+  MicroKernel<double> f64, f64_few_rows, f64_few_cols;
 };
 
 // Each returns false (and leaves the table alone) when that translation unit was built without

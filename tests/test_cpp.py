@@ -53,6 +53,10 @@ FAST_PATHS = [
     # and a 3x3 whose 29 output channels leave a ragged panel in both passes
     Conv("weight_rows_2k_apart_pointwise", 2, 512, 3, 5, 29, 1, 1),
     Conv("weight_rows_2k_apart_3x3", 1, 512, 4, 3, 29, 3, 3, padding=1),
+    # flat wgrad of few output channels: dW^T rows in tap-major order under the few-columns kernel
+    # (C_in/groups a multiple of its MR), ragged and whole column panels, groups
+    Conv("wgrad_tap_major", 2, 16, 9, 7, 5, 3, 3, padding=1),
+    Conv("wgrad_tap_major_groups", 3, 32, 6, 5, 16, 3, 2, padding=(1, 0), stride=(1, 2), groups=2),
     # a weight of 1 MiB or more: wgrad takes the packed im2col path instead of the flat one
     Conv("wgrad_packed_large_weight", 2, 256, 5, 6, 128, 3, 3, padding=1),
     # depthwise wgrad's vector kernel (AVX-512, stride_w 1, 3x3 and 5x5): rows of several vectors
