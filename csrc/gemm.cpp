@@ -79,48 +79,55 @@ void workspace_note(index_t delta_bytes) {
 index_t workspace_peak_bytes() { return workspace_peak.load(); }
 void workspace_reset_peak() { workspace_peak.store(workspace_live.load()); }
 
-template <>
-const MicroKernel<float>& micro_kernel<float>() { return current().load()->k.f32; }
-template <>
-const MicroKernel<double>& micro_kernel<double>() { return current().load()->k.f64; }
+namespace {
 
-// The few-rows kernel when its panels pad M to at least 1/8 fewer rows (16 or 32 rows: 16/32
-// instead of 28/42 at MR = 14; 64 rows stay with the general kernel: 64 against 70).
+// The current set's kernels of element type T.
 template <typename T>
-const MicroKernel<T>& pick_rows(const MicroKernel<T>& general, const MicroKernel<T>& few, index_t M) {
-  return round_up(M, few.mr) * 8 < round_up(M, general.mr) * 7 ? few : general;
-}
-template <>
-const MicroKernel<float>& micro_kernel<float>(index_t M) {
-  const KernelTable& k = current().load()->k;
-  return pick_rows(k.f32, k.f32_few_rows, M);
-}
-template <>
-const MicroKernel<double>& micro_kernel<double>(index_t M) {
-  const KernelTable& k = current().load()->k;
-  return pick_rows(k.f64, k.f64_few_rows, M);
+struct Kernels {
+  const MicroKernel<T>&general, &few_rows, &few_cols;
+};
+Kernels<float> kernels_of(const KernelTable& k, float) { return {k.f32, k.f32_few_rows, k.f32_few_cols}; }
+Kernels<double> kernels_of(const KernelTable& k, double) { return {k.f64, k.f64_few_rows, k.f64_few_cols}; }
+template <typename T>
+Kernels<T> kernels() {
+  return kernels_of(current().load()->k, T());
 }
 
-// The few-columns kernel when its panels pad N to at least 1/8 fewer columns (16 columns: 16
-// instead of 32 at NR = 32), else the general one.
+// `narrow` when its panels pad n to at least 1/8 less than the general kernel's along dimension
+// `dim` (16 or 32 rows: 16/32 instead of 28/42 at MR = 14, while 64 rows stay general: 64 against
+// 70; 16 columns: 16 instead of 32 at NR = 32).
 template <typename T>
-const MicroKernel<T>& pick_cols(const MicroKernel<T>& general, const MicroKernel<T>& few, index_t N) {
-  return round_up(N, few.nr) * 8 < round_up(N, general.nr) * 7 ? few : general;
+const MicroKernel<T>& pick(const MicroKernel<T>& general, const MicroKernel<T>& narrow, index_t n,
+                           int MicroKernel<T>::*dim) {
+  return round_up(n, index_t(narrow.*dim)) * 8 < round_up(n, index_t(general.*dim)) * 7 ? narrow : general;
 }
-template <>
-const MicroKernel<float>& micro_kernel_few_cols<float>() { return current().load()->k.f32_few_cols; }
-template <>
-const MicroKernel<double>& micro_kernel_few_cols<double>() { return current().load()->k.f64_few_cols; }
-template <>
-const MicroKernel<float>& micro_kernel_few_cols<float>(index_t N) {
-  const KernelTable& k = current().load()->k;
-  return pick_cols(k.f32, k.f32_few_cols, N);
+
+}  // namespace
+
+template <typename T>
+const MicroKernel<T>& micro_kernel() {
+  return kernels<T>().general;
 }
-template <>
-const MicroKernel<double>& micro_kernel_few_cols<double>(index_t N) {
-  const KernelTable& k = current().load()->k;
-  return pick_cols(k.f64, k.f64_few_cols, N);
+template <typename T>
+const MicroKernel<T>& micro_kernel(index_t M) {
+  return pick(kernels<T>().general, kernels<T>().few_rows, M, &MicroKernel<T>::mr);
 }
+template <typename T>
+const MicroKernel<T>& micro_kernel_few_cols() {
+  return kernels<T>().few_cols;
+}
+template <typename T>
+const MicroKernel<T>& micro_kernel_few_cols(index_t N) {
+  return pick(kernels<T>().general, kernels<T>().few_cols, N, &MicroKernel<T>::nr);
+}
+
+#define FASTCONV_KERNEL_CHOICE(T)                                   \
+  template const MicroKernel<T>& micro_kernel<T>();                 \
+  template const MicroKernel<T>& micro_kernel<T>(index_t);          \
+  template const MicroKernel<T>& micro_kernel_few_cols<T>();        \
+  template const MicroKernel<T>& micro_kernel_few_cols<T>(index_t);
+FASTCONV_KERNEL_CHOICE(float)
+FASTCONV_KERNEL_CHOICE(double)
 
 const char* gemm_isa() { return current().load()->name; }
 

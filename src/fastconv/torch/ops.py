@@ -201,15 +201,26 @@ def _check_tensors(op: str, names, tensors) -> None:
             check_dtype(op, name, t, (torch.int64,) if name == "indices" else (torch.float32, torch.float64))
 
 
-def _make_kernel(spec: OpSpec, backward: bool):
+def _split(spec: OpSpec, backward: bool):
+    """The op's name and a function splitting its arguments into (tensors, params), tensors checked."""
     op = spec.qualname + ("_backward" if backward else "")
     names = _TENSOR_NAMES[spec.kind, backward]
     n = len(names)
 
-    def kernel(*args):
+    def split(args):
         tensors, params = args[:n], args[n:n + spec.n_params]
-        backend = args[-1]
         _check_tensors(op, names, tensors)
+        return tensors, params
+
+    return op, names, split
+
+
+def _make_kernel(spec: OpSpec, backward: bool):
+    op, names, split = _split(spec, backward)
+
+    def kernel(*args):
+        tensors, params = split(args)
+        backend = args[-1]
         device = check_device(op, dict(zip(names, tensors)))
         arrays = [to_array(t, device=device) for t in tensors]
         kwargs = dict(spec.to_fastconv(*params), backend=backend)
@@ -233,13 +244,10 @@ def _make_kernel(spec: OpSpec, backward: bool):
 
 
 def _make_fake(spec: OpSpec, backward: bool):
-    op = spec.qualname + ("_backward" if backward else "")
-    names = _TENSOR_NAMES[spec.kind, backward]
-    n = len(names)
+    op, _, split = _split(spec, backward)
 
     def fake(*args):
-        tensors, params = args[:n], args[n:n + spec.n_params]
-        _check_tensors(op, names, tensors)
+        tensors, params = split(args)
         if not backward:
             x = tensors[0]
             w = tensors[1:2]  # dense kinds pass w to the shape function, pools do not
@@ -358,17 +366,22 @@ def linear(x, w, b=None, *, backend="auto"):
     return torch.ops.fastconv.linear(x, w, b, backend)
 
 
+def _pool_window(op, backend, kernel_size, stride, padding):
+    """The backend name checked; kernel_size, stride (default: the kernel) and padding as lists of two."""
+    _check_name(backend)
+    kernel_size = as_pair(op, "kernel_size", kernel_size, minimum=1)
+    stride = _pool_stride(op, kernel_size, stride)
+    return list(kernel_size), list(stride), list(as_pair(op, "padding", padding, minimum=0))
+
+
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False, *, backend="auto"):
     """``torch.nn.functional.max_pool2d`` on fastconv; ``return_indices`` gives ``(y, indices)``."""
     op = "fastconv.torch.max_pool2d"
-    _check_name(backend)
-    kernel_size = as_pair(op, "kernel_size", kernel_size, minimum=1)
-    stride = _pool_stride(op, kernel_size, stride)
-    padding = as_pair(op, "padding", padding, minimum=0)
-    dilation = as_pair(op, "dilation", dilation, minimum=1)
+    kernel_size, stride, padding = _pool_window(op, backend, kernel_size, stride, padding)
+    dilation = list(as_pair(op, "dilation", dilation, minimum=1))
     y, indices = _batched(op, x, lambda x4: torch.ops.fastconv.max_pool2d(
-        x4, list(kernel_size), list(stride), list(padding), list(dilation), bool(ceil_mode), backend))
+        x4, kernel_size, stride, padding, dilation, bool(ceil_mode), backend))
     return (y, indices) if return_indices else y
 
 
@@ -376,15 +389,11 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
                divisor_override=None, *, backend="auto"):
     """``torch.nn.functional.avg_pool2d`` on fastconv."""
     op = "fastconv.torch.avg_pool2d"
-    _check_name(backend)
-    kernel_size = as_pair(op, "kernel_size", kernel_size, minimum=1)
-    stride = _pool_stride(op, kernel_size, stride)
-    padding = as_pair(op, "padding", padding, minimum=0)
+    kernel_size, stride, padding = _pool_window(op, backend, kernel_size, stride, padding)
     if divisor_override is not None:
         divisor_override = as_int(op, "divisor_override", divisor_override)
     return _batched(op, x, lambda x4: torch.ops.fastconv.avg_pool2d(
-        x4, list(kernel_size), list(stride), list(padding), bool(ceil_mode), bool(count_include_pad),
-        divisor_override, backend))
+        x4, kernel_size, stride, padding, bool(ceil_mode), bool(count_include_pad), divisor_override, backend))
 
 
 def adaptive_avg_pool2d(x, output_size, *, backend="auto"):
