@@ -79,6 +79,13 @@ def check_choice(op: str, name: str, value, choices: tuple) -> None:
         raise ValueError(f"{op}: expected {name} to be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
+def check_bool(op: str, name: str, value) -> bool:
+    """A real bool (not 0/1, not a NumPy bool): flags are spelled True/False, as in PyTorch."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}: expected {name} to be a bool, got {value!r}")
+    return value
+
+
 def check_float(op: str, name: str, value, *, low: float | None = None, high: float | None = None,
                 low_open: bool = False) -> float:
     """A Python/NumPy real scalar within [low, high] (or (low, high] with ``low_open``)."""

@@ -127,6 +127,12 @@ def conv_padding(op: str, padding, K: tuple[int, int], dilation: tuple[int, int]
     return sides
 
 
+def conv_output_size(size, k, pad_lo, pad_hi, stride, dilation):
+    """Output size along one axis: windows of span dilation*(k-1)+1 over the padded input.
+    Plain arithmetic, so it also serves symbolic sizes (fastconv.torch's fake kernels)."""
+    return (size + pad_lo + pad_hi - dilation * (k - 1) - 1) // stride + 1
+
+
 def conv_params(op: str, x_shape, w_shape, stride, padding, dilation, groups) -> ConvParams:
     """Validate the hyper-parameters against the shapes and compute the output size."""
     N, C_in, H, W = x_shape
@@ -147,8 +153,8 @@ def conv_params(op: str, x_shape, w_shape, stride, padding, dilation, groups) ->
     if span_h > Hp or span_w > Wp:
         raise ValueError(f"{op}: kernel {KH}x{KW} with dilation {dilation} spans {span_h}x{span_w}, "
                          f"larger than the padded input {Hp}x{Wp}")
-    OH = (Hp - span_h) // stride[0] + 1
-    OW = (Wp - span_w) // stride[1] + 1
+    OH = conv_output_size(H, KH, pad_t, pad_b, stride[0], dilation[0])
+    OW = conv_output_size(W, KW, pad_l, pad_r, stride[1], dilation[1])
     return ConvParams(N, C_in, H, W, C_out, KH, KW, OH, OW, stride[0], stride[1],
                       pad_t, pad_b, pad_l, pad_r, dilation[0], dilation[1], groups)
 

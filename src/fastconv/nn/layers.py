@@ -14,7 +14,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import ops
-from .._checks import check_float
+from .._checks import check_bool, check_float
 from .._params import adaptive_pool_params, as_int, as_pair, conv_padding, pool_params
 from .module import Module, Parameter
 
@@ -39,12 +39,6 @@ def _float_dtype(owner: str, dtype) -> np.dtype:
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"{owner}: expected dtype float32 or float64, got {dtype}")
     return dtype
-
-
-def _check_bool(owner: str, name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{owner}: expected {name} to be a bool, got {value!r}")
-    return value
 
 
 def _uniform(rng: np.random.Generator, bound: float, shape, dtype) -> Parameter:
@@ -92,7 +86,7 @@ class Conv2d(Module):
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"{op}: in_channels={self.in_channels} and out_channels={self.out_channels} "
                              f"must both be divisible by groups={self.groups}")
-        _check_bool(op, "bias", bias)
+        check_bool(op, "bias", bias)
         fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         w_shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
         _kaiming_parameters(self, w_shape, fan_in, bias, as_generator(op, rng), _float_dtype(op, dtype))
@@ -134,7 +128,7 @@ class Linear(Module):
         op = "Linear"
         self.in_features = as_int(op, "in_features", in_features, minimum=1)
         self.out_features = as_int(op, "out_features", out_features, minimum=1)
-        _check_bool(op, "bias", bias)
+        check_bool(op, "bias", bias)
         _kaiming_parameters(self, (self.out_features, self.in_features), self.in_features, bias,
                             as_generator(op, rng), _float_dtype(op, dtype))
 
@@ -335,8 +329,8 @@ class BatchNorm2d(Module):
         self.num_features = C = as_int(op, "num_features", num_features, minimum=1)
         self.eps = check_float(op, "eps", eps, low=0.0, low_open=True)
         self.momentum = check_float(op, "momentum", momentum, low=0.0, high=1.0)
-        self.affine = _check_bool(op, "affine", affine)
-        self.track_running_stats = _check_bool(op, "track_running_stats", track_running_stats)
+        self.affine = check_bool(op, "affine", affine)
+        self.track_running_stats = check_bool(op, "track_running_stats", track_running_stats)
         dtype = _float_dtype(op, dtype)
         self.register_parameter("weight", Parameter(np.ones(C, dtype)) if affine else None)  # (C,)
         self.register_parameter("bias", Parameter(np.zeros(C, dtype)) if affine else None)  # (C,)

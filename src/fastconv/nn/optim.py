@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from .._checks import check_float
+from .._checks import check_bool, check_float
 from .module import Module, Parameter
 
 
@@ -91,8 +91,7 @@ class SGD(Optimizer):
         super().__init__(params, lr, weight_decay)
         self.momentum = self._number("momentum", momentum)
         self.dampening = self._number("dampening", dampening)
-        if not isinstance(nesterov, bool):
-            raise TypeError(f"SGD: expected nesterov to be a bool, got {nesterov!r}")
+        check_bool("SGD", "nesterov", nesterov)
         if nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError(f"SGD: Nesterov momentum needs momentum > 0 and dampening = 0, "
                              f"got momentum={self.momentum}, dampening={self.dampening}")
@@ -140,9 +139,7 @@ class RMSprop(Optimizer):
         self.alpha = self._number("alpha", alpha, high=1.0)
         self.eps = self._number("eps", eps)
         self.momentum = self._number("momentum", momentum)
-        if not isinstance(centered, bool):
-            raise TypeError(f"RMSprop: expected centered to be a bool, got {centered!r}")
-        self.centered = centered
+        self.centered = check_bool("RMSprop", "centered", centered)
 
     def _update(self, p, g, state):
         if "square_avg" not in state:

@@ -13,7 +13,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._checks import array_module, check_array, check_float, check_shape, is_cupy
+from .._checks import (
+    array_module,
+    check_array,
+    check_bool,
+    check_float,
+    check_shape,
+    is_cupy,
+)
 from .._dispatch import lookup
 from .._params import as_int
 
@@ -52,8 +59,7 @@ def dropout(x, p=0.5, training=True, seed=None, *, backend="auto"):
     op = "dropout"
     check_array(op, "x", x)
     p = _check_p(op, p)
-    if not isinstance(training, bool):
-        raise TypeError(f"{op}: expected training to be a bool, got {training!r}")
+    check_bool(op, "training", training)
     seed = _seed(op, seed)
     if not training:
         return DropoutResult(x.copy(), None)

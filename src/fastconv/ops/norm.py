@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from .._checks import check_array, check_float, check_needs, check_same_kind, check_shape, zeros
+from .._checks import check_array, check_bool, check_float, check_needs, check_same_kind, check_shape, zeros
 from .._dispatch import lookup
 
 
@@ -45,11 +45,6 @@ def _check_channels(op, C, **vectors):
         if v is not None:
             check_array(op, name, v, dims="(C,)")
             check_shape(op, name, v, (C,))
-
-
-def _check_bool(op, name, value):
-    if not isinstance(value, bool):
-        raise TypeError(f"{op}: expected {name} to be a bool, got {value!r}")
 
 
 def _as_3d(x):
@@ -81,7 +76,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     N, C = x.shape[:2]
     _check_channels(op, C, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     check_same_kind(op, x=x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
-    _check_bool(op, "training", training)
+    check_bool(op, "training", training)
     momentum = check_float(op, "momentum", momentum)
     eps = check_float(op, "eps", eps, low=0.0)
     x3 = _as_3d(x)  # (N, C, L)
@@ -132,7 +127,7 @@ def batch_norm_backward(dy, x, weight=None, *, mean, invstd, training, needs=(Tr
     if mean is None or invstd is None:
         raise ValueError(f"{op}: mean and invstd (from the forward's result) are required")
     check_same_kind(op, dy=dy, x=x, weight=weight, mean=mean, invstd=invstd)
-    _check_bool(op, "training", training)
+    check_bool(op, "training", training)
     need_dw = need_dw and weight is not None
     if x.size == 0:  # nothing flows back from an empty batch
         return (zeros(x, x.shape) if need_dx else None, zeros(x, (C,)) if need_dw else None,

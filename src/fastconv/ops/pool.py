@@ -13,7 +13,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._checks import check_array, check_same_kind, check_shape, is_cupy, zeros
+from .._checks import (
+    check_array,
+    check_bool,
+    check_same_kind,
+    check_shape,
+    is_cupy,
+    zeros,
+)
 from .._dispatch import lookup
 from .._params import AdaptivePoolParams, PoolParams, adaptive_pool_params, pool_params
 
@@ -70,8 +77,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     """
     op = "max_pool2d"
     p = _max_params(op, x, kernel_size, stride, padding, dilation, ceil_mode)
-    if not isinstance(return_indices, bool):
-        raise TypeError(f"{op}: expected return_indices to be a bool, got {return_indices!r}")
+    check_bool(op, "return_indices", return_indices)
     if x.size == 0:  # an empty batch (or no channels): empty results, no kernel call
         y, indices = zeros(x, p.y_shape), zeros(x, p.y_shape, dtype=np.int64)
     else:

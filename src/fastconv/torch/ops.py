@@ -48,6 +48,7 @@ from .._dispatch import _check_name
 from .._params import (
     as_int,
     as_pair,
+    conv_output_size,
     conv_padding,
     conv_params,
     pool_output_size,
@@ -74,9 +75,8 @@ def _conv2d_shape(op, x, w, stride, padding, dilation, groups):
                            tuple(dilation), groups).y_shape
     N, _, H, W = x.shape
     C_out, _, KH, KW = w.shape
-    OH = (H + padding[0] + padding[1] - dilation[0] * (KH - 1) - 1) // stride[0] + 1
-    OW = (W + padding[2] + padding[3] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
-    return (N, C_out, OH, OW)
+    return (N, C_out, conv_output_size(H, KH, padding[0], padding[1], stride[0], dilation[0]),
+            conv_output_size(W, KW, padding[2], padding[3], stride[1], dilation[1]))
 
 
 def _linear_shape(op, x, w):
