@@ -279,6 +279,37 @@ print(sum(k.stats.cache_misses.get(s, 0) for k in used for s in k.signatures))
     assert _python(code).strip() == "0"
 
 
+def test_read_only_input_is_neither_copied_nor_compiled_again(rng):
+    """Inputs reach the kernels as read-only views: a contiguous array, writable or not, is never
+    copied, and a read-only one runs the very kernels compiled for a writable one."""
+    a = randn(rng, (2, 3, 4, 5), np.float32)
+    view = _jit.contiguous(a)
+    assert np.shares_memory(view, a) and not view.flags.writeable and a.flags.writeable
+    a.flags.writeable = False
+    assert np.shares_memory(_jit.contiguous(a), a)
+    strided = _jit.contiguous(a[:, :, ::2])  # the one case that copies: not C-contiguous
+    assert strided.flags.c_contiguous and not np.shares_memory(strided, a)
+
+    from fastconv.backends.numba import pool
+
+    x, w = randn(rng, (2, 3, 9, 8), np.float32), randn(rng, (4, 3, 3, 3), np.float32)
+    y, indices = fastconv.max_pool2d(x, 2, return_indices=True, backend="numba")
+    dy = randn(rng, y.shape, np.float32)
+
+    def run():
+        return (fastconv.conv2d(x, w, padding=1, backend="numba"),
+                fastconv.max_pool2d_backward(dy, x, 2, indices=indices, backend="numba"))
+
+    kernels = (conv._forward_gemm, pool._max_backward)
+    want = run()
+    compiled = [len(k.signatures) for k in kernels]
+    for array in (x, w, dy, indices):
+        array.flags.writeable = False
+    for got, ref in zip(run(), want):
+        assert_equal(got, ref, "read-only inputs")
+    assert [len(k.signatures) for k in kernels] == compiled
+
+
 def test_threading_layer_is_thread_safe():
     fastconv.relu(np.ones(3), backend="numba")
     assert numba.threading_layer() in ("omp", "tbb")

@@ -50,11 +50,18 @@ parallel_jit = numba.njit(parallel=True, **FLAGS)
 
 
 def contiguous(a):
-    """``a`` as a writable C-contiguous array, the only kind the kernels are compiled for: a
-    non-contiguous or read-only input is copied once (Numba types a read-only array apart, so it
-    would mean compiling every kernel again, and helpers that read x and write dx could not be
-    shared); a writable contiguous one passes through. Inputs are never written."""
-    return np.require(a, requirements="CW")  # unlike np.ascontiguousarray, keeps a 0-d array 0-d
+    """``a`` as a read-only C-contiguous array, the one kind of input the kernels are compiled for.
+
+    Only a non-contiguous input is copied. A contiguous one, writable or not, is viewed read-only
+    without a copy: Numba types a read-only array apart from a writable one, so typing every input
+    read-only gives each kernel one specialisation whatever the caller passes (a read-only array
+    must not cost a copy or a second compile), and a kernel that wrote to an input would not compile.
+    """
+    a = np.require(a, requirements="C")  # unlike np.ascontiguousarray, keeps a 0-d array 0-d
+    if a.flags.writeable:
+        a = a.view()  # the caller's array keeps its flag
+        a.flags.writeable = False
+    return a
 
 
 class _BlasPin:

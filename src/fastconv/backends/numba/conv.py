@@ -184,17 +184,20 @@ def _tap_starts(g, stage):
 
 
 @jit
-def _stage(image, stage, n, c0, g, oh0, back):
-    """Stage a tile's input rows, or (``back``) add a staged gradient back into the image.
+def _stage(x, dx, stage, n, c0, g, oh0):
+    """Stage a tile's input rows from ``x``, or add a staged gradient back into ``dx``: exactly one
+    of the two is given, the other is None.
 
-    Forward: ``stage[c, ph*sw + pw, r, q] = image[n, c0 + c, (oh0 + r)*sh + ph - pad_t, q*sw + pw
-    - pad_l]``, 0 in the padding, for every stage row; image is x (N, C_in, H, W), stage
-    (channels, sh*sw, stage rows, Wq). Back: ``image[n, c0 + c, ih, iw] += stage[...]`` by the same
-    map, padding dropped, for the stage rows a tap can reach (not the last, junk row), so that
-    tiles two apart stay apart. Phase planes that no tap reads are skipped either way."""
+    Forward: ``stage[c, ph*sw + pw, r, q] = x[n, c0 + c, (oh0 + r)*sh + ph - pad_t, q*sw + pw
+    - pad_l]``, 0 in the padding, for every stage row; x is (N, C_in, H, W), stage (channels,
+    sh*sw, stage rows, Wq). Back: ``dx[n, c0 + c, ih, iw] += stage[...]`` by the same map, padding
+    dropped, for the stage rows a tap can reach (not the last, junk row), so that tiles two apart
+    stay apart. Phase planes that no tap reads are skipped either way. Numba prunes the branches
+    of the None argument before typing, so each direction compiles alone: the forward never types
+    the back's writes against x, a read-only input."""
     _, C_in, H, W, _, KH, KW, _, _, sh, sw, pt, pl, dil_h, dil_w, _ = g
     channels, phases, rows, Wq = stage.shape
-    flat_image, flat_stage = image.reshape(-1), stage.reshape(-1)
+    flat_image, flat_stage = (x if dx is None else dx).reshape(-1), stage.reshape(-1)
     for c in range(channels):
         for ph in range(sh):
             if not _phase_used(ph, KH, dil_h, sh):
@@ -203,17 +206,17 @@ def _stage(image, stage, n, c0, g, oh0, back):
                 if not _phase_used(pw, KW, dil_w, sw):
                     continue
                 lo, hi = inside(pw - pl, sw, W, Wq)
-                for r in range(rows - 1 if back else rows):
+                for r in range(rows):
                     ih = (oh0 + r) * sh + ph - pt
                     at = ((c * phases + ph * sw + pw) * rows + r) * Wq
                     pixel = ((n * C_in + c0 + c) * H + ih) * W + pw - pl  # the image row's start, shifted
-                    if not 0 <= ih < H:
-                        if not back:
+                    if dx is None:
+                        if 0 <= ih < H:
+                            gather(flat_stage, at, Wq, flat_image, pixel, lo, hi, sw)
+                        else:
                             fill(flat_stage, at, Wq, 0)
-                    elif back:
+                    elif 0 <= ih < H and r < rows - 1:
                         axpy(flat_image, pixel, sw, 1.0, flat_stage, at, 1, lo, hi)
-                    else:
-                        gather(flat_stage, at, Wq, flat_image, pixel, lo, hi, sw)
 
 
 @jit
@@ -330,7 +333,7 @@ def _forward_gemm(x, w, b, y, g, rows, tiles, blocks, pointwise):
         cols = np.empty((K, width), x.dtype)  # (K, tile rows*Wq)
         wide = np.empty((co1 - co0, width), x.dtype)  # (block, tile rows*Wq)
         for grp in range(groups):
-            _stage(x, stage, n, grp * Cig, g, oh0, False)
+            _stage(x, None, stage, n, grp * Cig, g, oh0)
             _cols(stage, g, 0, cols, width)
             gemm(1.0, w[grp * Cog + co0:grp * Cog + co1], cols, 0.0, wide)
             _narrow(wide, y, n, grp * Cog + co0, oh0, Wq, width, b)
@@ -377,7 +380,7 @@ def _backward_input_gemm(dy, w, dx, g, rows, tiles, blocks, pointwise):
                 _zero_junk(cols, width, OW, Wq)  # 0 already, unless w holds Inf or NaN (times dy's junk 0)
                 stage[:] = 0
                 _cols_add(cols, g, ci0 * taps, stage, width)
-                _stage(dx, stage, n, grp * Cig + ci0, g, oh0, True)
+                _stage(None, dx, stage, n, grp * Cig + ci0, g, oh0)
 
 
 @parallel_jit
@@ -416,7 +419,7 @@ def _backward_weight_gemm(dy, x, dw, g, rows, tiles, blocks, slices, pointwise):
                     a_op = dy3[n, grp * Cog:(grp + 1) * Cog, j0:j1]  # (C_out/groups, tile columns)
                     b_op = x3[n, grp * Cig + r0:grp * Cig + r1, j0:j1]  # (block, tile columns)
                 else:
-                    _stage(x, stage, n, grp * Cig + r0 // taps, g, oh0, False)
+                    _stage(x, None, stage, n, grp * Cig + r0 // taps, g, oh0)
                     _cols(stage, g, r0, cols, width)
                     _zero_junk(cols, width, OW, Wq)  # x's values there would meet dy's junk 0 (Inf * 0 = NaN)
                     _widen(dy, n, grp * Cog, oh0, Wq, wide_dy, width)
@@ -451,7 +454,7 @@ def _forward_direct(x, w, b, y, g):
     Wq = _wide_columns(g)
     for unit in prange(N * C_in):
         n, ci, stage = _plane(unit, g, x)  # stage: (1, phases, rows, Wq)
-        _stage(x, stage, n, ci, g, 0, False)
+        _stage(x, None, stage, n, ci, g, 0)
         src, starts = stage.reshape(-1), _tap_starts(g, stage)
         wide = np.empty((1, OH * Wq), y.dtype)  # (1, OH*Wq) one output plane, wide
         for co in range(ci * (C_out // groups), (ci + 1) * (C_out // groups)):
@@ -483,7 +486,7 @@ def _backward_input_direct(dy, w, dx, g):
                     for r in range(OH):
                         axpy(dst, start + r * Wq, 1, weight, wide_dy[0], r * Wq, 1, 0, OW)
         dx[n, ci] = 0
-        _stage(dx, stage, n, ci, g, 0, True)
+        _stage(None, dx, stage, n, ci, g, 0)
 
 
 @parallel_jit
@@ -502,7 +505,7 @@ def _backward_weight_direct(dy, x, dw, g):
         size = OH * Wq
         acc = np.zeros(KH * KW * size, dw.dtype)  # (taps*OH*Wq,): per tap, per wide column
         for n in range(N):
-            _stage(x, stage, n, co // per_group, g, 0, False)
+            _stage(x, None, stage, n, co // per_group, g, 0)
             _widen(dy, n, co, 0, Wq, wide_dy, size)
             for q in range(0, size, DIRECT_CHUNK):  # a chunk of columns at a time: acc's stay in cache
                 for tap in range(KH * KW):
@@ -538,7 +541,7 @@ def _direct(p) -> bool:
 def conv2d_forward(x, w, b, p):
     y = empty(p.y_shape, x.dtype)  # (N, C_out, OH, OW)
     x, w2 = contiguous(x), contiguous(w).reshape(p.C_out, -1)  # w2: (C_out, C_in/groups*KH*KW)
-    bias = np.zeros(0, x.dtype) if b is None else contiguous(b)  # (C_out,) or (0,): no bias
+    bias = contiguous(np.zeros(0, x.dtype) if b is None else b)  # (C_out,) or (0,): no bias
     if _direct(p):
         run(_forward_direct, x, w2, bias, y, _geometry(p))
     else:

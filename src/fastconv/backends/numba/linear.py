@@ -69,18 +69,18 @@ def _run_product(a, b, bias, c):
 
 def linear_forward(x, w, b):
     x, w = contiguous(x), contiguous(w)
-    bias = np.zeros(0, x.dtype) if b is None else contiguous(b)  # (out_features,) or (0,): no bias
+    bias = contiguous(np.zeros(0, x.dtype) if b is None else b)  # (out_features,) or (0,): no bias
     return _run_product(x, w.T, bias, empty((x.shape[0], w.shape[0]), x.dtype))  # (M, out_features)
 
 
 def linear_backward_input(dy, w):
     dy, w = contiguous(dy), contiguous(w)
-    return _run_product(dy, w, np.zeros(0, dy.dtype), empty((dy.shape[0], w.shape[1]), dy.dtype))  # (M, in_features)
+    return _run_product(dy, w, contiguous(np.zeros(0, dy.dtype)), empty((dy.shape[0], w.shape[1]), dy.dtype))  # (M, in_features)
 
 
 def linear_backward_weight(dy, x):
     dy, x = contiguous(dy), contiguous(x)
-    return _run_product(dy.T, x, np.zeros(0, dy.dtype), empty((dy.shape[1], x.shape[1]), dy.dtype))  # (out, in)
+    return _run_product(dy.T, x, contiguous(np.zeros(0, dy.dtype)), empty((dy.shape[1], x.shape[1]), dy.dtype))  # (out, in)
 
 
 def linear_backward_bias(dy):

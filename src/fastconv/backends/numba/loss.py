@@ -202,7 +202,7 @@ def _result(out, reduction):
 
 
 def _weight(weight, C, dtype):
-    return np.ones(C, dtype) if weight is None else contiguous(weight)  # (C,)
+    return contiguous(np.ones(C, dtype) if weight is None else weight)  # (C,)
 
 
 def cross_entropy_index_forward(logits, target, weight, reduction, ignore_index, label_smoothing):

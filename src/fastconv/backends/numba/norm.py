@@ -76,7 +76,7 @@ def _backward_input(dy, x, mean, invstd, mean_dy, mean_dy_xhat, scale, dx):
 
 
 def _optional(v, dtype):
-    return np.zeros(0, dtype) if v is None else contiguous(v)  # (C,) or (0,): absent
+    return contiguous(np.zeros(0, dtype) if v is None else v)  # (C,) or (0,): absent
 
 
 def batch_norm_stats(x):
