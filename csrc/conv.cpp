@@ -655,24 +655,38 @@ template <typename T>
 struct FlatC {
   T* y;  // the group's first output channel in the first image
   index_t image, P, OH, OW, Wq, cols;  // image = C_out*P, P = OH*OW
-  T* tile(index_t i, index_t j, index_t n, index_t& ld) const {  // direct when within one output row
+  // Direct when the tile's columns are contiguous in y: within one output row, or, in a layout
+  // without junk columns (Wq == OW: pointwise layers), anywhere within the image's pixels.
+  T* tile(index_t i, index_t j, index_t n, index_t& ld) const {
     const index_t img = j / cols, q = j - img * cols, oh = q / Wq, ow = q - oh * Wq;
     ld = P;
-    return oh < OH && ow + n <= OW ? y + img * image + i * P + oh * OW + ow : nullptr;
+    const bool contiguous = Wq == OW ? q + n <= P : oh < OH && ow + n <= OW;
+    return contiguous ? y + img * image + i * P + oh * OW + ow : nullptr;
   }
+  // Columns [j, j+n) of C rows [i, i+m), held at t (ld ldt), into y: each run of columns along one
+  // layout row is copied row by row of C, contiguous in y; junk columns and rows are left out.
   void scatter(index_t i, index_t j, int m, int n, const T* t, int ldt, bool accumulate) const {
-    const index_t img = j / cols, q = j - img * cols;
-    index_t oh = q / Wq, ow = q - oh * Wq;
-    T* yi = y + img * image + i * P;
-    for (int jj = 0; jj < n; ++jj) {
+    index_t img = j / cols, q = j - img * cols;
+    for (int jj = 0; jj < n;) {
+      const index_t oh = q / Wq, ow = q - oh * Wq;
+      const int len = static_cast<int>(min_i(n - jj, min_i(Wq - ow, cols - q)));  // to the row's end
       if (oh < OH && ow < OW) {
-        T* col = yi + oh * OW + ow;
-        for (int ii = 0; ii < m; ++ii)
-          col[ii * P] = accumulate ? col[ii * P] + t[ii * ldt + jj] : t[ii * ldt + jj];
+        const int used = static_cast<int>(min_i(len, OW - ow));
+        T* dst = y + img * image + i * P + oh * OW + ow;
+        const T* src = t + jj;
+        for (int ii = 0; ii < m; ++ii, dst += P, src += ldt) {
+          if (accumulate) {
+            for (int l = 0; l < used; ++l) dst[l] += src[l];
+          } else {
+            for (int l = 0; l < used; ++l) dst[l] = src[l];
+          }
+        }
       }
-      if (++ow == Wq) {
-        ow = 0;
-        ++oh;
+      jj += len;
+      q += len;
+      if (q == cols) {
+        q = 0;
+        ++img;
       }
     }
   }
@@ -705,6 +719,24 @@ struct WeightA {
   const index_t* off;
 };
 
+// A staged forward computes each unit's C into a per-thread block (row-major, the unit's columns
+// wide) and copies it into y once, after the full depth. A tile that straddles output rows would
+// otherwise be computed into a local tile and scattered after every depth block, and in a layout
+// with junk columns most tiles of a small image straddle (59% of them at OW = 56, all at OW < NR).
+// The block holds at most kStageBytes: units are cut into fewer row panels when need be.
+constexpr index_t kStageBytes = index_t(256) << 10;
+
+template <typename T>
+Tiling stage_tiling(const MicroKernel<T>& uk, index_t M, index_t N, int nthreads, index_t units_outside) {
+  Tiling t = tile_product(uk, M, N, nthreads, units_outside);
+  const index_t cap = max_i(1, kStageBytes / (uk.mr * t.nb * index_t(sizeof(T))));
+  if (t.panels > cap) {
+    t.panels = cap;
+    t.row_units = ceil_div(ceil_div(M, uk.mr), cap);
+  }
+  return t;
+}
+
 template <typename T>
 void gemm_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const T* b, T* y, int nthreads) {
   const MicroKernel<T>& uk = micro_kernel<T>(s.C_out / s.groups);
@@ -715,9 +747,11 @@ void gemm_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const T*
       f.identity ? s.N : max_i(1, min_i(s.N, kFlatChunkBytes / (f.image * index_t(sizeof(T)))));
   Buffer<T> xq(f.identity ? 0 : chunk * f.image);  // shared: the flat copies of one chunk of images
   const bool crowded = l1_crowded<T>(wa.lda, wa.off, Kg);
+  const bool staged = f.Wq != s.OW;  // junk columns: most tiles of a small image straddle output rows
 #pragma omp parallel num_threads(nthreads)
   {
     Buffer<T> bbuf(packed_b_size(uk));  // per thread: the panels a source cannot serve in place
+    Buffer<T> stage(0);                 // per thread, when staged: one unit's C (see stage_tiling)
     for (index_t n0 = 0; n0 < s.N; n0 += chunk) {
       const index_t imgs = min_i(chunk, s.N - n0);
       if (!f.identity) {
@@ -728,17 +762,25 @@ void gemm_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const T*
         }
       }
       const T* base = f.identity ? x + n0 * f.image : xq.data();
-      const Tiling t = tile_product(uk, Cog, imgs * f.cols, nthreads, G);
+      const Tiling t = staged ? stage_tiling(uk, Cog, imgs * f.cols, nthreads, G)
+                              : tile_product(uk, Cog, imgs * f.cols, nthreads, G);
+      if (staged && stage.size() < t.panels * uk.mr * t.nb) stage.resize(t.panels * uk.mr * t.nb);
 #pragma omp for schedule(dynamic, 1)
       for (index_t u = 0; u < G * t.units(); ++u) {
         const index_t grp = u / t.units(), rest = u % t.units();
         const index_t p0 = (rest / t.col_units) * t.panels, p1 = min_i(p0 + t.panels, ceil_div(Cog, uk.mr));
         const index_t j0 = (rest % t.col_units) * t.nb, nb = min_i(t.nb, imgs * f.cols - j0);
+        const index_t i0 = p0 * uk.mr, i1 = min_i(Cog, p1 * uk.mr);
         const FlatB<T> pack_b{base + grp * Cig * f.chan, &f, f.off.data()};
         const FlatC<T> cmap{y + (n0 * s.C_out + grp * Cog) * P, s.C_out * P, P, s.OH, s.OW, f.Wq, f.cols};
         const InPlaceA<T> a{wa.w + grp * wa.group, wa.lda, wa.off, Cog, crowded};
-        gemm_unit(uk, a, Kg, p0, p1, pack_b, j0, nb, cmap, bbuf.data(), false);
-        if (b) cmap.add_bias(p0 * uk.mr, min_i(Cog, p1 * uk.mr), j0, nb, b + grp * Cog);
+        if (staged) {  // the unit's C in the staging block, then into y at once
+          gemm_unit(uk, a, Kg, p0, p1, pack_b, j0, nb, PlainC<T>{stage.data(), nb, i0, j0}, bbuf.data(), false);
+          cmap.scatter(i0, j0, static_cast<int>(i1 - i0), static_cast<int>(nb), stage.data(), static_cast<int>(nb), false);
+        } else {
+          gemm_unit(uk, a, Kg, p0, p1, pack_b, j0, nb, cmap, bbuf.data(), false);
+        }
+        if (b) cmap.add_bias(i0, i1, j0, nb, b + grp * Cog);
       }
     }
   }
