@@ -154,7 +154,7 @@ struct PlainC {
 
 // Columns run over several images: column j is pixel j % seg of image j / seg, and row i of image
 // s starts at c + s*seg_stride + i*ldc. A tile that straddles two images is computed into a local
-// tile and scattered.
+// tile and scattered, one run of columns within an image at a time.
 template <typename T>
 struct SegmentedC {
   T* c;
@@ -164,13 +164,37 @@ struct SegmentedC {
     ld = ldc;
     return q + n <= seg ? c + s * seg_stride + i * ldc + q : nullptr;
   }
-  void scatter(index_t i, index_t j, int m, int n, const T* t, int ldt, bool accumulate) const {
-    for (int jj = 0; jj < n; ++jj) {
-      const index_t s = (j + jj) / seg, q = (j + jj) - s * seg;
-      T* col = c + s * seg_stride + i * ldc + q;
-      for (int ii = 0; ii < m; ++ii)
-        col[ii * ldc] = accumulate ? col[ii * ldc] + t[ii * ldt + jj] : t[ii * ldt + jj];
+  // Calls run(row pointer of C row i at column j + jj, jj, len) for each run of columns [j, j+n)
+  // within one image.
+  template <class Run>
+  void runs(index_t i, index_t j, index_t n, Run run) const {
+    index_t s = j / seg, q = j - s * seg;
+    for (index_t jj = 0; jj < n;) {
+      const index_t len = min_i(n - jj, seg - q);
+      run(c + s * seg_stride + i * ldc + q, jj, len);
+      jj += len;
+      q = 0;
+      ++s;
     }
+  }
+  void scatter(index_t i, index_t j, int m, int n, const T* t, int ldt, bool accumulate) const {
+    runs(i, j, n, [&](T* dst, index_t jj, index_t len) {
+      const T* src = t + jj;
+      for (int ii = 0; ii < m; ++ii, dst += ldc, src += ldt) {
+        if (accumulate) {
+          for (index_t l = 0; l < len; ++l) dst[l] += src[l];
+        } else {
+          for (index_t l = 0; l < len; ++l) dst[l] = src[l];
+        }
+      }
+    });
+  }
+  // rows [i0, i1) of columns [j0, j0+nb) += bias (per row)
+  void add_bias(index_t i0, index_t i1, index_t j0, index_t nb, const T* bias) const {
+    runs(i0, j0, nb, [&](T* dst, index_t, index_t len) {
+      for (index_t i = i0; i < i1; ++i, dst += ldc)
+        for (index_t l = 0; l < len; ++l) dst[l] += bias[i];
+    });
   }
 };
 

@@ -59,6 +59,10 @@ FAST_PATHS = [
     Conv("wgrad_tap_major_groups", 3, 32, 6, 5, 16, 3, 2, padding=(1, 0), stride=(1, 2), groups=2),
     # a weight of 1 MiB or more: wgrad takes the packed im2col path instead of the flat one
     Conv("wgrad_packed_large_weight", 2, 256, 5, 6, 128, 3, 3, padding=1),
+    # small images: B packed without junk columns (forward with 70 output channels, stride-1 dgrad
+    # with 64; AVX-512), tiles straddling images; groups and stride phases
+    Conv("compact_small_images", 3, 64, 6, 6, 70, 3, 3, padding=1),
+    Conv("compact_groups_strided", 2, 16, 9, 7, 128, 3, 3, stride=2, padding=1, groups=2),
     # depthwise wgrad's vector kernel (AVX-512, stride_w 1, 3x3 and 5x5): rows of several vectors
     # with a ragged last one, rows narrower than a vector, padding wider than the kernel's reach,
     # a channel multiplier; and 3x4, which it leaves to the portable loops
