@@ -649,31 +649,39 @@ struct FlatB {
   }
 };
 
-// Rows [0, kcb) of one packed B panel gathered from a flat layout: d[p*NR + l] = x[off[p] + at[l]]
-// for the lanes l < lanes, 0 after them: a vector of lanes per gather. Only with the "avx512" kernel
-// set (see compact_forward); NR is a multiple of the vector.
+// One packed B panel of CompactFlatB as runs of lanes: in vector v of a row, run k fills the lanes
+// of mask[v][k] from src + at[v][k] + lane (src = that row's start in the flat layout): the lanes
+// of a run are consecutive pixels of one output row, consecutive in the layout too.
+struct PanelRuns {
+  static constexpr int kMaxV = kMaxNR / 8;  // vectors per panel row: fp64 has 8 lanes
+  int vectors;
+  int count[kMaxV];
+  std::int32_t at[kMaxV][16];
+  std::uint16_t mask[kMaxV][16];
+};
+
+// Rows [0, kcb) of one packed B panel (NR = runs.vectors vectors of L lanes): row p from the
+// layout row at x + off[p], each vector assembled by masked loads, one per run, then stored whole.
+// AVX-512 only: compact_forward requires the "avx512" kernel set.
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 template <typename T>
-void gather_panel_avx512(const T* x, const index_t* off, index_t kcb, const std::int32_t* at, int lanes, int NR,
-                         T* d) {
-  constexpr int L = 64 / sizeof(T), kMaxV = kMaxNR / L;
-  const int V = NR / L;
-  __m512i at32[kMaxV];  // fp64 uses the low 256 bits: 8 offsets
-  __mmask16 mask[kMaxV];
-  for (int v = 0; v < V; ++v) {
-    at32[v] = _mm512_loadu_si512(at + v * L);  // at holds kMaxNR entries: never read past it
-    const int n = static_cast<int>(max_i(0, min_i(L, lanes - v * L)));
-    mask[v] = static_cast<__mmask16>((1u << n) - 1u);
-  }
-  for (index_t p = 0; p < kcb; ++p, d += NR) {
+void pack_runs_avx512(const T* x, const index_t* off, index_t kcb, const PanelRuns& runs, T* d) {
+  constexpr int L = 64 / sizeof(T);
+  for (index_t p = 0; p < kcb; ++p) {
     const T* src = x + off[p];
-    for (int v = 0; v < V; ++v) {
-      if constexpr (sizeof(T) == 4)
-        _mm512_storeu_ps(d + v * L, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask[v], at32[v], src, 4));
-      else
-        _mm512_storeu_pd(d + v * L, _mm512_mask_i32gather_pd(_mm512_setzero_pd(), static_cast<__mmask8>(mask[v]),
-                                                             _mm512_castsi512_si256(at32[v]), src, 8));
+    for (int v = 0; v < runs.vectors; ++v, d += L) {
+      if constexpr (sizeof(T) == 4) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int k = 0; k < runs.count[v]; ++k)
+          acc = _mm512_mask_loadu_ps(acc, static_cast<__mmask16>(runs.mask[v][k]), src + runs.at[v][k]);
+        _mm512_storeu_ps(d, acc);
+      } else {
+        __m512d acc = _mm512_setzero_pd();
+        for (int k = 0; k < runs.count[v]; ++k)
+          acc = _mm512_mask_loadu_pd(acc, static_cast<__mmask8>(runs.mask[v][k]), src + runs.at[v][k]);
+        _mm512_storeu_pd(d, acc);
+      }
     }
   }
 }
@@ -681,7 +689,8 @@ void gather_panel_avx512(const T* x, const index_t* off, index_t kcb, const std:
 
 // B of the forward GEMM without junk columns: GEMM column j is output pixel j % P of image j / P,
 // whose row p lies at x + img*image + oh*Wq + ow + off[p] in the flat layout; every panel is packed
-// (gathered) from there, with AVX-512. See compact_forward for when this beats reading B in place.
+// from there (runs of a row's pixels, AVX-512). See compact_forward for when this beats reading B
+// in place.
 template <typename T>
 struct CompactFlatB {
   const T* x;  // the group's first channel in the first image (of the layout)
@@ -689,13 +698,25 @@ struct CompactFlatB {
   const index_t* off;  // = f->off
   index_t P, OW;
   void operator()(const MicroKernel<T>& uk, index_t pc, index_t kcb, index_t j0, index_t nb, T* dst) const {
+    constexpr int L = 64 / sizeof(T);
     const int NR = uk.nr;
-    alignas(64) std::int32_t at[kMaxNR] = {};  // where each column of a panel starts (image-relative to x)
+    PanelRuns runs;
+    runs.vectors = NR / L;
     index_t img = j0 / P, pix = j0 - img * P, oh = pix / OW, ow = pix - oh * OW;
     for (index_t jr = 0; jr < nb; jr += NR) {
       const int lanes = static_cast<int>(min_i(NR, nb - jr));
+      index_t next = -1;  // the layout offset that would continue the current run
+      for (int v = 0; v < runs.vectors; ++v) runs.count[v] = 0;
       for (int l = 0; l < lanes; ++l) {
-        at[l] = static_cast<std::int32_t>(img * f->image + oh * f->Wq + ow);
+        const int v = l / L, lane = l % L;
+        const index_t at = img * f->image + oh * f->Wq + ow;
+        if (lane == 0 || at != next) {  // a new run: at lane `lane` of vector v
+          const int k = runs.count[v]++;
+          runs.at[v][k] = static_cast<std::int32_t>(at - lane);
+          runs.mask[v][k] = 0;
+        }
+        runs.mask[v][runs.count[v] - 1] |= static_cast<std::uint16_t>(1u << lane);
+        next = at + 1;
         if (++ow == OW) {
           ow = 0;
           if (++oh == P / OW) {
@@ -704,7 +725,7 @@ struct CompactFlatB {
           }
         }
       }
-      gather_panel_avx512(x, off + pc, kcb, at, lanes, NR, dst + jr * kcb);
+      pack_runs_avx512(x, off + pc, kcb, runs, dst + jr * kcb);
     }
   }
 };
@@ -798,15 +819,15 @@ Tiling stage_tiling(const MicroKernel<T>& uk, index_t M, index_t N, int nthreads
 }
 
 // Whether the forward packs B without junk columns (CompactFlatB) instead of reading it in place
-// with them (FlatB): only where the junk is at least half the useful columns and enough rows
-// share each packed element to pay for its gather. Read in place, B's rows overlap (the taps of one
-// channel) and stay in L1, while a packed block streams from L2 and costs a gather per vector.
-// Measured, single thread, compact vs in place: 8x8 images with 64 channels (96 columns per 64
-// pixels) 0.82-0.88x the time; 7x7 with 512 channels (64 per 49) 1.12x; 16x16 with 32 (288 per
-// 256) 1.6x; LeNet's conv2 (160 per 100, 16 channels) 1.8x.
-// (The gather's offsets are int32: the layout of a chunk must hold fewer elements.)
+// with them (FlatB): where the junk is at least 30% of the pixels and enough rows share each packed
+// element to pay for packing it. Read in place, B's rows overlap (the taps of one channel) and stay
+// in L1, while a packed block streams from L2. Measured, single thread, compact vs in place (time):
+// 8x8 images, 64 channels (96 columns per 64 pixels): forward 0.71x, dgrad 0.85x; 7x7, 512 channels
+// (64 per 49): 0.93x and 0.92x at batch 16, 1.03x at batch 1; 16x16, 32 channels (288 per 256)
+// 1.11x; LeNet's conv2 (160 per 100, 16 channels) 1.26x; 14x14 pointwise (224 per 196) 1.13x.
+// (The packing offsets are int32: a chunk's layout must hold fewer elements.)
 inline bool compact_forward(const FlatLayout& f, index_t P, index_t Cog, index_t chunk) {
-  return std::strcmp(gemm_isa(), "avx512") == 0 && Cog >= 64 && 2 * f.cols >= 3 * P &&
+  return std::strcmp(gemm_isa(), "avx512") == 0 && Cog >= 64 && 10 * f.cols >= 13 * P &&
          chunk * f.image < (index_t(1) << 31);
 }
 
