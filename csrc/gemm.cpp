@@ -113,6 +113,10 @@ const MicroKernel<T>& micro_kernel(index_t M) {
   return pick(kernels<T>().general, kernels<T>().few_rows, M, &MicroKernel<T>::mr);
 }
 template <typename T>
+const MicroKernel<T>& micro_kernel_few_rows() {
+  return kernels<T>().few_rows;
+}
+template <typename T>
 const MicroKernel<T>& micro_kernel_few_cols() {
   return kernels<T>().few_cols;
 }
@@ -124,6 +128,7 @@ const MicroKernel<T>& micro_kernel_few_cols(index_t N) {
 #define FASTCONV_KERNEL_CHOICE(T)                                   \
   template const MicroKernel<T>& micro_kernel<T>();                 \
   template const MicroKernel<T>& micro_kernel<T>(index_t);          \
+  template const MicroKernel<T>& micro_kernel_few_rows<T>();        \
   template const MicroKernel<T>& micro_kernel_few_cols<T>();        \
   template const MicroKernel<T>& micro_kernel_few_cols<T>(index_t);
 FASTCONV_KERNEL_CHOICE(float)

@@ -32,6 +32,9 @@ const MicroKernel<T>& micro_kernel();
 // The one of this CPU's kernels that suits a product of M rows (see KernelTable).
 template <typename T>
 const MicroKernel<T>& micro_kernel(index_t M);
+// This CPU's few-rows kernel.
+template <typename T>
+const MicroKernel<T>& micro_kernel_few_rows();
 // This CPU's few-columns kernel; and the one that suits a product of N columns, the general or it.
 template <typename T>
 const MicroKernel<T>& micro_kernel_few_cols();
