@@ -3,14 +3,16 @@
 //     stride phases, zero-padded; see FlatLayout) in which row k of the im2col matrix, for NR
 //     consecutive output columns, is NR consecutive elements: the micro-kernel reads it where it
 //     lies (no packing), and computes Wq - OW junk columns per output row that are dropped.
-//     Pointwise layers (1x1, stride 1, no padding) read x itself;
+//     Pointwise layers (1x1, stride 1, no padding) read x itself. Small images, where the junk
+//     would be 30% or more, pack B from the layout without it instead (see compact_forward).
+//     Tiles that straddle output rows are staged per unit and copied to y once (stage_tiling).
 //     The weight is read as it lies too (row i of A at w + off[p] + i*lda, see InPlaceA);
 //   * dgrad at stride 1: the forward convolution of dy with the flipped, transposed weight (no
 //     col2im, and that weight is w read at other offsets: never built); at larger strides dgrad is
 //     GEMM (cols = W^T dy) + col2im (im2col with +=);
 //   * wgrad: dW^T = cols dy^T on the same flat layout (the micro-kernel reads cols' rows in place),
-//     for weights under 1 MiB and finite x; otherwise GEMM dW += dY cols^T with cols^T packed
-//     from x, the batch folded into the reduction;
+//     for weights under 4 MiB (1 MiB pointwise) and finite x; otherwise GEMM dW += dY cols^T with
+//     cols^T packed from x, the batch folded into the reduction;
 //   * depthwise (one input channel per group): direct loops over rows, no GEMM.
 //
 // Workspace (the only memory besides inputs and outputs; see Buffer / workspace_peak_bytes):
@@ -20,9 +22,10 @@
 //               (C_in/groups*KH*KW x C_out rounded up to MR rows / packed dy chunks); packed wgrad
 //               with S > 1 reduction slices S copies of dw (S <= 8, chosen by the shape);
 //   per thread: one packed B block, KC x NC (256 x 512 fp32 / 256 x 256 fp64 = 512 KiB), plus
-//               for packed wgrad one packed dy chunk (C_out/groups x KC) and for strided dgrad one
-//               cols chunk of C_in/groups*KH*KW x nbc with nbc*rows <= 64 Ki elements (at least NR
-//               columns).
+//               for a staged forward one unit's C (at most 256 KiB, kStageBytes, or one MR-row
+//               panel), for packed wgrad one packed dy chunk (C_out/groups x KC) and for strided
+//               dgrad one cols chunk of C_in/groups*KH*KW x nbc with nbc*rows <= 64 Ki elements (at
+//               least NR columns).
 // None of it grows with the batch size past the chunk bound: no im2col matrix is ever built.
 #include "conv.h"
 
@@ -788,8 +791,9 @@ struct FlatC {
 
 // The flat copies of one chunk of images hold at most this many bytes (at least one image).
 constexpr index_t kFlatChunkBytes = index_t(4) << 20;
-// wgrad takes the flat path for weights smaller than this (see conv2d_backward_weight).
-constexpr index_t kFlatWgradMaxBytes = index_t(1) << 20;
+// wgrad takes the flat path for weights smaller than this, pointwise ones smaller than 1 MiB
+// (see conv2d_backward_weight).
+constexpr index_t kFlatWgradMaxBytes = index_t(4) << 20;
 
 // How gemm_forward reads its weight, unpacked: row i, depth p of group grp's A (C_out/groups x Kg)
 // is w[grp*group + off[p] + i*lda].
@@ -1171,10 +1175,13 @@ void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, i
 template <typename T>
 void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
   if (is_depthwise(s)) return depthwise_backward_weight(s, dy, x, dw, nthreads);
-  // the flat path keeps all of dW^T live while it walks the images: it wins while that fits in L2
-  // with room to spare (measured: 2x on ResNet-20's layers, 0.4x on ResNet-50's 3x3x512 one)
+  // the flat path keeps all of dW^T live while it walks the images: it wins while that is a few
+  // MiB at most (measured, flat vs packed time: 0.5x on ResNet-20's layers, 0.75-0.87x on VGG's
+  // conv3_1 (1.2 MB), 0.71-1.1x on a 3x3x256 (2.4 MB), 4.5x on ResNet-50's 3x3x512 (9.4 MB)); a
+  // pointwise layer's packed operand is a plain transpose, which wins from 1 MiB (1.1-1.4x there)
   const index_t weight_bytes = s.C_out * (s.C_in / s.groups) * s.KH * s.KW * index_t(sizeof(T));
-  if (weight_bytes < kFlatWgradMaxBytes && flat_backward_weight(s, dy, x, dw, nthreads)) return;
+  const index_t flat_max = is_pointwise(s) ? index_t(1) << 20 : kFlatWgradMaxBytes;
+  if (weight_bytes < flat_max && flat_backward_weight(s, dy, x, dw, nthreads)) return;
   gemm_backward_weight(s, dy, x, dw, nthreads);
 }
 

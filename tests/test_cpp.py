@@ -57,8 +57,9 @@ FAST_PATHS = [
     # (C_in/groups a multiple of its MR), ragged and whole column panels, groups
     Conv("wgrad_tap_major", 2, 16, 9, 7, 5, 3, 3, padding=1),
     Conv("wgrad_tap_major_groups", 3, 32, 6, 5, 16, 3, 2, padding=(1, 0), stride=(1, 2), groups=2),
-    # a weight of 1 MiB or more: wgrad takes the packed im2col path instead of the flat one
-    Conv("wgrad_packed_large_weight", 2, 256, 5, 6, 128, 3, 3, padding=1),
+    # a weight of 4 MiB or more (1 MiB pointwise): wgrad takes the packed im2col path, not the flat one
+    Conv("wgrad_packed_large_weight", 2, 512, 5, 6, 256, 3, 3, padding=1),
+    Conv("wgrad_packed_pointwise", 2, 1024, 3, 2, 256, 1, 1),
     # small images: B packed without junk columns (forward with 70 output channels, stride-1 dgrad
     # with 64; AVX-512), tiles straddling images; groups and stride phases
     Conv("compact_small_images", 3, 64, 6, 6, 70, 3, 3, padding=1),
@@ -218,7 +219,8 @@ def test_workspace_bounded_independent_of_batch(rng):
                 _cpp.workspace_reset_peak()
                 run()
                 peaks[name, N] = _cpp.workspace_peak_bytes()
-    assert peaks["fwd", 32] == peaks["fwd", 64] <= (4 << 20) + 2 * 4 * 256 * 512
+    # the flat chunk, one packed B block and one staged unit of C (1 thread)
+    assert peaks["fwd", 32] == peaks["fwd", 64] <= (4 << 20) + 4 * 256 * 512 + (256 << 10)
     assert peaks["dgrad", 32] == peaks["dgrad", 64]
     assert peaks["wgrad", 64] <= peaks["wgrad", 32] + 8 * dw_bytes
     for (name, N), peak in peaks.items():
