@@ -754,18 +754,8 @@ struct FlatC {
     for (int jj = 0; jj < n;) {
       const index_t oh = q / Wq, ow = q - oh * Wq;
       const int len = static_cast<int>(min_i(n - jj, min_i(Wq - ow, cols - q)));  // to the row's end
-      if (oh < OH && ow < OW) {
-        const int used = static_cast<int>(min_i(len, OW - ow));
-        T* dst = y + img * image + i * P + oh * OW + ow;
-        const T* src = t + jj;
-        for (int ii = 0; ii < m; ++ii, dst += P, src += ldt) {
-          if (accumulate) {
-            for (int l = 0; l < used; ++l) dst[l] += src[l];
-          } else {
-            for (int l = 0; l < used; ++l) dst[l] = src[l];
-          }
-        }
-      }
+      if (oh < OH && ow < OW)
+        copy_rows(y + img * image + i * P + oh * OW + ow, P, t + jj, ldt, m, min_i(len, OW - ow), accumulate);
       jj += len;
       q += len;
       if (q == cols) {

@@ -155,6 +155,19 @@ struct PlainC {
   void scatter(index_t, index_t, int, int, const T*, int, bool) const {}  // tiles never straddle
 };
 
+// m rows of len elements: dst (row stride ldd) = src (row stride lds), or += with accumulate. How
+// C maps copy a staged or local tile into C, one run of contiguous columns at a time.
+template <typename T>
+inline void copy_rows(T* dst, index_t ldd, const T* src, index_t lds, int m, index_t len, bool accumulate) {
+  for (int i = 0; i < m; ++i, dst += ldd, src += lds) {
+    if (accumulate) {
+      for (index_t l = 0; l < len; ++l) dst[l] += src[l];
+    } else {
+      for (index_t l = 0; l < len; ++l) dst[l] = src[l];
+    }
+  }
+}
+
 // Columns run over several images: column j is pixel j % seg of image j / seg, and row i of image
 // s starts at c + s*seg_stride + i*ldc. A tile that straddles two images is computed into a local
 // tile and scattered, one run of columns within an image at a time.
@@ -181,16 +194,7 @@ struct SegmentedC {
     }
   }
   void scatter(index_t i, index_t j, int m, int n, const T* t, int ldt, bool accumulate) const {
-    runs(i, j, n, [&](T* dst, index_t jj, index_t len) {
-      const T* src = t + jj;
-      for (int ii = 0; ii < m; ++ii, dst += ldc, src += ldt) {
-        if (accumulate) {
-          for (index_t l = 0; l < len; ++l) dst[l] += src[l];
-        } else {
-          for (index_t l = 0; l < len; ++l) dst[l] = src[l];
-        }
-      }
-    });
+    runs(i, j, n, [&](T* dst, index_t jj, index_t len) { copy_rows(dst, ldc, t + jj, ldt, m, len, accumulate); });
   }
   // rows [i0, i1) of columns [j0, j0+nb) += bias (per row)
   void add_bias(index_t i0, index_t i1, index_t j0, index_t nb, const T* bias) const {
