@@ -188,9 +188,11 @@ void max_pool2d_forward(const py::array& x, py::array& y, py::array& indices, co
   });
 }
 
-void max_pool2d_backward(const py::array& dy, const py::array& indices, py::array& dx, const py::object& p,
+// Returns whether every index lay in the plane (the adapter raises the front's error otherwise).
+bool max_pool2d_backward(const py::array& dy, const py::array& indices, py::array& dx, const py::object& p,
                          int nthreads) {
   const auto s = pool_shape(p);
+  bool inside = true;
   by_dtype("max_pool2d_backward", dy, [&](auto tag) {
     using T = decltype(tag);
     const char* op = "max_pool2d_backward";
@@ -199,8 +201,9 @@ void max_pool2d_backward(const py::array& dy, const py::array& indices, py::arra
     T* dxp = out<T>(op, "dx", dx, s.N * s.C * s.H * s.W);
     const int nt = threads(nthreads);
     py::gil_scoped_release release;
-    fastconv::max_pool2d_backward(s, dyp, ip, dxp, nt);
+    inside = fastconv::max_pool2d_backward(s, dyp, ip, dxp, nt);
   });
+  return inside;
 }
 
 // The four average-pool kernels share one shape: (src, dst) with sizes from the params.

@@ -179,11 +179,20 @@ void max_plane_avx512(const PoolShape& s, const InteriorCols& ic, const double* 
 #pragma GCC pop_options
 
 // One dx plane of a max-pool backward, zeroed and then scattered into (cache-hot) in output order.
+// Returns whether every index lay in the plane; one that does not is skipped (the caller raises).
 template <typename T>
-void max_backward_plane(const PoolShape& s, const T* dy, const std::int64_t* indices, T* dx) {
+bool max_backward_plane(const PoolShape& s, const T* dy, const std::int64_t* indices, T* dx) {
   fill_zero(dx, s.H * s.W);
-  for (index_t o = 0; o < s.OH * s.OW; ++o)
-    if (indices[o] >= 0) dx[indices[o]] += dy[o];  // -1: a window with no image pixel (PyTorch forbids them)
+  const auto size = static_cast<std::uint64_t>(s.H * s.W);
+  bool inside = true;
+  for (index_t o = 0; o < s.OH * s.OW; ++o) {
+    const auto i = static_cast<std::uint64_t>(indices[o]);  // a negative index is huge unsigned
+    if (i < size)
+      dx[i] += dy[o];
+    else
+      inside = false;
+  }
+  return inside;
 }
 
 #pragma GCC push_options
@@ -240,22 +249,13 @@ bool max_backward_plane_w2s2_avx512(const PoolShape& s, const float* dy, const s
 
 #pragma GCC pop_options
 
-// The vector backward where it applies (fp32, AVX-512, windows 2 columns wide at stride 2 without
-// padding, not overlapping vertically, offsets within int32); false: the caller takes the general path.
-bool max_backward_vector(const PoolShape& s, const float* dy, const std::int64_t* indices, float* dx, int nthreads) {
-  if (!(s.KW == 2 && s.stride_w == 2 && s.dil_w == 1 && s.pad_w == 0 && s.stride_h >= (s.KH - 1) * s.dil_h + 1 &&
-        s.H * s.W < (index_t(1) << 31) && std::strcmp(gemm_isa(), "avx512") == 0))
-    return false;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-  for (index_t u = 0; u < s.N * s.C; ++u) {
-    const float* dyp = dy + u * s.OH * s.OW;
-    const std::int64_t* ip = indices + u * s.OH * s.OW;
-    float* dxp = dx + u * s.H * s.W;
-    if (!max_backward_plane_w2s2_avx512(s, dyp, ip, dxp)) max_backward_plane(s, dyp, ip, dxp);
-  }
-  return true;
+// Whether the vector backward applies: fp32, AVX-512, windows 2 columns wide at stride 2 without
+// padding, not overlapping vertically, offsets within int32.
+bool vector_backward_applies(const PoolShape& s, const float*) {
+  return s.KW == 2 && s.stride_w == 2 && s.dil_w == 1 && s.pad_w == 0 && s.stride_h >= (s.KH - 1) * s.dil_h + 1 &&
+         s.H * s.W < (index_t(1) << 31) && std::strcmp(gemm_isa(), "avx512") == 0;
 }
-bool max_backward_vector(const PoolShape&, const double*, const std::int64_t*, double*, int) { return false; }
+bool vector_backward_applies(const PoolShape&, const double*) { return false; }
 
 // The portable kernel: the scalar scan of every window.
 template <typename T>
@@ -281,11 +281,19 @@ void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indi
 }
 
 template <typename T>
-void max_pool2d_backward(const PoolShape& s, const T* dy, const std::int64_t* indices, T* dx, int nthreads) {
-  if (max_backward_vector(s, dy, indices, dx, nthreads)) return;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-  for (index_t u = 0; u < s.N * s.C; ++u)
-    max_backward_plane(s, dy + u * s.OH * s.OW, indices + u * s.OH * s.OW, dx + u * s.H * s.W);
+bool max_pool2d_backward(const PoolShape& s, const T* dy, const std::int64_t* indices, T* dx, int nthreads) {
+  const bool vector = vector_backward_applies(s, dy);
+  bool inside = true;
+#pragma omp parallel for schedule(static) num_threads(nthreads) reduction(&& : inside)
+  for (index_t u = 0; u < s.N * s.C; ++u) {
+    const T* dyp = dy + u * s.OH * s.OW;
+    const std::int64_t* ip = indices + u * s.OH * s.OW;
+    T* dxp = dx + u * s.H * s.W;
+    if constexpr (std::is_same_v<T, float>)
+      if (vector && max_backward_plane_w2s2_avx512(s, dyp, ip, dxp)) continue;
+    inside = max_backward_plane(s, dyp, ip, dxp) && inside;
+  }
+  return inside;
 }
 
 template <typename T>
@@ -385,7 +393,7 @@ void adaptive_avg_pool2d_backward(const PoolShape& s, const T* dy, T* dx, int nt
 
 #define FASTCONV_INSTANTIATE(T)                                                                          \
   template void max_pool2d_forward<T>(const PoolShape&, const T*, T*, std::int64_t*, int);              \
-  template void max_pool2d_backward<T>(const PoolShape&, const T*, const std::int64_t*, T*, int);       \
+  template bool max_pool2d_backward<T>(const PoolShape&, const T*, const std::int64_t*, T*, int);       \
   template void avg_pool2d_forward<T>(const PoolShape&, const T*, T*, int);                             \
   template void avg_pool2d_backward<T>(const PoolShape&, const T*, T*, int);                            \
   template void adaptive_avg_pool2d_forward<T>(const PoolShape&, const T*, T*, int);                    \

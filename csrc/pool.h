@@ -17,9 +17,10 @@ struct PoolShape {
 // the first in-image tap starts the window, then a tap wins when value > max or value is NaN.
 template <typename T>
 void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indices, int nthreads);
-// dx = zeros; dx[n, c].flat[indices] += dy, in output order.
+// dx = zeros; dx[n, c].flat[indices] += dy, in output order. Returns whether every index lay in
+// [0, H*W); those that did not were skipped, and the caller must raise.
 template <typename T>
-void max_pool2d_backward(const PoolShape& s, const T* dy, const std::int64_t* indices, T* dx, int nthreads);
+bool max_pool2d_backward(const PoolShape& s, const T* dy, const std::int64_t* indices, T* dx, int nthreads);
 
 template <typename T>
 void avg_pool2d_forward(const PoolShape& s, const T* x, T* y, int nthreads);

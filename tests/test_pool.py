@@ -647,6 +647,17 @@ def test_bad_input_raises_clear_error(op, args, kwargs, error, text, backend):
     check_bad_input(op, args, kwargs, error, text, backend)
 
 
+@pytest.mark.parametrize("bad", [-1, 16 * 18, 2**40])
+def test_bad_index_in_a_vector_plane_is_caught(backend, bad):
+    """Each backend checks the indices as its backward scatters them. fp32 2x2 windows at stride 2
+    take C++'s vector planes, which check them by another route than the scalar scatter."""
+    x = np.arange(2 * 3 * 16 * 18, dtype=np.float32).reshape(2, 3, 16, 18)
+    idx = fastconv.max_pool2d(x, 2, return_indices=True, backend="reference").indices
+    idx[1, 2, 7, 8] = bad
+    with pytest.raises(ValueError, match=rf"expected indices in \[0, H\*W\) = \[0, 288\), got values .* to {max(bad, 287)}$"):
+        fastconv.max_pool2d_backward(np.ones(idx.shape, np.float32), x, 2, indices=idx, backend=backend)
+
+
 def test_one_bad_index_among_many_is_caught(backend):
     idx = IDX.copy()
     idx[1, 2, 2, 1] = 30

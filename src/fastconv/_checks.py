@@ -101,6 +101,14 @@ def check_float(op: str, name: str, value, *, low: float | None = None, high: fl
     return value
 
 
+def indices_out_of_range(op: str, indices, size: int) -> ValueError:
+    """The error for max-pool indices outside one plane's [0, H*W). Each backend's backward finds
+    them as it scatters and raises this (a separate pass over the indices in the front cost a
+    fifth of the op); the indices it skipped never reached memory outside dx."""
+    return ValueError(f"{op}: expected indices in [0, H*W) = [0, {size}), got values from "
+                      f"{int(indices.min())} to {int(indices.max())}")
+
+
 def zeros(like, shape, dtype=None):
     """A zero array on the device of ``like``: the result of an op on an empty batch."""
     return array_module(like).zeros(shape, dtype=dtype or like.dtype)

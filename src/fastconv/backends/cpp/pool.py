@@ -3,6 +3,7 @@
 import numpy as np
 
 from ... import _cpp
+from ..._checks import indices_out_of_range
 from .._common import empty
 from ._util import contiguous, nthreads
 
@@ -16,7 +17,8 @@ def max_pool2d_forward(x, p):
 
 def max_pool2d_backward(dy, indices, p):
     dx = empty(p.x_shape, dy.dtype)  # (N, C, H, W)
-    _cpp.max_pool2d_backward(contiguous(dy), contiguous(indices), dx, p, nthreads())
+    if not _cpp.max_pool2d_backward(contiguous(dy), contiguous(indices), dx, p, nthreads()):
+        raise indices_out_of_range("max_pool2d_backward", indices, p.H * p.W)
     return dx
 
 

@@ -8,7 +8,7 @@ output pixel is the product of one window per axis, described by per-axis arrays
 """
 
 from cython.parallel cimport prange, threadid
-from libc.stdint cimport INT32_MAX, int32_t, int64_t
+from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint64_t
 from libc.string cimport memset
 
 import numpy as np
@@ -89,12 +89,19 @@ def max_pool2d_forward(const real[:, ::1] x, real[:, ::1] y, int64_t[:, ::1] ind
 
 def max_pool2d_backward(const real[:, ::1] dy, const int64_t[:, ::1] indices, real[:, ::1] dx, int nthreads):
     """dx (planes, H*W): zeros, then dy (planes, OH*OW) added at each index in output order, so
-    windows that chose the same pixel add up as in the reference."""
-    cdef Py_ssize_t u, o
+    windows that chose the same pixel add up as in the reference. Returns how many indices lay
+    outside [0, H*W): those are skipped (the caller raises)."""
+    cdef Py_ssize_t u, o, outside = 0
+    cdef uint64_t i, size = dx.shape[1]
     for u in prange(dx.shape[0], nogil=True, num_threads=nthreads, schedule="static"):
         memset(&dx[u, 0], 0, dx.shape[1] * sizeof(real))
         for o in range(dy.shape[1]):
-            dx[u, indices[u, o]] += dy[u, o]
+            i = <uint64_t>indices[u, o]  # a negative index is huge unsigned
+            if i < size:
+                dx[u, i] += dy[u, o]
+            else:
+                outside += 1
+    return outside
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ window tables the kernels read are computed here, from the params, with NumPy.""
 
 import numpy as np
 
+from ..._checks import indices_out_of_range
 from .._common import empty
 from . import _pool
 from ._util import contiguous, nthreads
@@ -70,7 +71,8 @@ def max_pool2d_forward(x, p):
 
 def max_pool2d_backward(dy, indices, p):
     dx = empty(p.x_shape, dy.dtype)  # (N, C, H, W)
-    _pool.max_pool2d_backward(_planes(dy), _planes(indices), _planes(dx), nthreads())
+    if _pool.max_pool2d_backward(_planes(dy), _planes(indices), _planes(dx), nthreads()):
+        raise indices_out_of_range("max_pool2d_backward", indices, p.H * p.W)
     return dx
 
 

@@ -12,6 +12,7 @@ input pixel, the shares of the windows covering it in the order the reference ad
 import numpy as np
 from numba import prange
 
+from ..._checks import indices_out_of_range
 from .._common import empty
 from ._jit import contiguous, inline_jit, jit, parallel_jit, run
 from ._loops import axpy, fill, inside
@@ -107,15 +108,22 @@ def _max_forward(x, y, indices, geometry):
 
 @parallel_jit
 def _max_backward(dy, indices, dx):
-    """dx[n, c].flat[indices[n, c, oh, ow]] += dy[n, c, oh, ow], outputs in raster order."""
+    """dx[n, c].flat[indices[n, c, oh, ow]] += dy[n, c, oh, ow], outputs in raster order. Returns
+    how many indices lay outside [0, H*W): those are skipped (the caller raises)."""
     N, C, H, W = dx.shape
     size, outputs = H * W, dy.size // (N * C)
     flat_dx, flat_dy, flat_indices = dx.reshape(-1), dy.reshape(-1), indices.reshape(-1)
+    outside = 0
     for plane_ in prange(N * C):
         plane = np.int64(plane_)  # signed: an unsigned prange index turns arithmetic float
         fill(flat_dx, plane * size, size, 0)
         for o in range(plane * outputs, (plane + 1) * outputs):
-            flat_dx[_u(plane * size + flat_indices[_u(o)])] += flat_dy[_u(o)]
+            i = _u(flat_indices[_u(o)])  # a negative index is huge unsigned
+            if i < size:
+                flat_dx[_u(plane * size) + i] += flat_dy[_u(o)]
+            else:
+                outside += 1
+    return outside
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,7 +268,8 @@ def max_pool2d_forward(x, p):
 
 def max_pool2d_backward(dy, indices, p):
     dx = empty(p.x_shape, dy.dtype)  # (N, C, H, W)
-    run(_max_backward, contiguous(dy), contiguous(indices), dx)
+    if run(_max_backward, contiguous(dy), contiguous(indices), dx):
+        raise indices_out_of_range("max_pool2d_backward", indices, p.H * p.W)
     return dx
 
 

@@ -11,6 +11,7 @@ reciprocal), so on small-integer inputs every backend can match the reference bi
 
 import numpy as np
 
+from ..._checks import indices_out_of_range
 from .._common import empty
 
 
@@ -75,6 +76,9 @@ def max_pool2d_backward(dy, indices, p):
     """dx[n, c].flat[indices[n, c, oh, ow]] += dy[n, c, oh, ow]; overlapping windows that chose
     the same pixel add up (np.add.at accumulates duplicate indices, fancy ``+=`` would not)."""
     plane = p.H * p.W
+    # one reduction instead of min() and max(): read as unsigned, a negative index is huge too
+    if indices.size and bool(indices.view(np.uint64).max() >= plane):
+        raise indices_out_of_range("max_pool2d_backward", indices, plane)
     rows = np.arange(p.N * p.C, dtype=np.int64)[:, None] * plane  # (N*C, 1)
     flat = (rows + indices.reshape(p.N * p.C, -1)).ravel()  # (N*C*OH*OW,)
     dx = np.zeros(p.N * p.C * plane, dtype=dy.dtype)  # (N*C*H*W,)
