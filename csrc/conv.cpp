@@ -734,7 +734,8 @@ struct CompactFlatB {
 };
 
 // C of the forward GEMM: row co, column j -> y[image j / cols][co][oh][ow] with
-// q = j % cols = oh*Wq + ow; columns with oh >= OH or ow >= OW are junk and dropped.
+// q = j % cols = oh*Wq + ow; columns with oh >= OH or ow >= OW are junk and dropped. The compact
+// forward's columns (P pixels per image, no junk) are the case OH = 1, OW = Wq = cols = P.
 template <typename T>
 struct FlatC {
   T* y;  // the group's first output channel in the first image
@@ -747,15 +748,16 @@ struct FlatC {
     const bool contiguous = Wq == OW ? q + n <= P : oh < OH && ow + n <= OW;
     return contiguous ? y + img * image + i * P + oh * OW + ow : nullptr;
   }
-  // Columns [j, j+n) of C rows [i, i+m), held at t (ld ldt), into y: each run of columns along one
-  // layout row is copied row by row of C, contiguous in y; junk columns and rows are left out.
-  void scatter(index_t i, index_t j, int m, int n, const T* t, int ldt, bool accumulate) const {
+  // Calls run(row pointer in y of C row i at column j + jj, jj, len) for each run of columns
+  // [j, j+n) along one layout row, cut at the row's last output column: contiguous in y. Junk
+  // columns and rows are left out.
+  template <class Run>
+  void runs(index_t i, index_t j, index_t n, Run run) const {
     index_t img = j / cols, q = j - img * cols;
-    for (int jj = 0; jj < n;) {
+    for (index_t jj = 0; jj < n;) {
       const index_t oh = q / Wq, ow = q - oh * Wq;
-      const int len = static_cast<int>(min_i(n - jj, min_i(Wq - ow, cols - q)));  // to the row's end
-      if (oh < OH && ow < OW)
-        copy_rows(y + img * image + i * P + oh * OW + ow, P, t + jj, ldt, m, min_i(len, OW - ow), accumulate);
+      const index_t len = min_i(n - jj, min_i(Wq - ow, cols - q));  // to the layout row's end
+      if (oh < OH && ow < OW) run(y + img * image + i * P + oh * OW + ow, jj, min_i(len, OW - ow));
       jj += len;
       q += len;
       if (q == cols) {
@@ -764,18 +766,25 @@ struct FlatC {
       }
     }
   }
+  // Columns [j, j+n) of C rows [i, i+m), held at t (ld ldt), into y.
+  void scatter(index_t i, index_t j, int m, int n, const T* t, int ldt, bool accumulate) const {
+    runs(i, j, n, [&](T* dst, index_t jj, index_t len) {
+      const T* src = t + jj;
+      for (int r = 0; r < m; ++r, dst += P, src += ldt) {
+        if (accumulate) {
+          for (index_t l = 0; l < len; ++l) dst[l] += src[l];
+        } else {
+          for (index_t l = 0; l < len; ++l) dst[l] = src[l];
+        }
+      }
+    });
+  }
   // rows [i0, i1) of columns [j0, j0+nb) += bias (per row): while they are still in cache
   void add_bias(index_t i0, index_t i1, index_t j0, index_t nb, const T* bias) const {
-    for (index_t j = j0; j < j0 + nb;) {
-      const index_t img = j / cols, q = j - img * cols, oh = q / Wq, ow = q - oh * Wq;
-      const index_t len = min_i(min_i(Wq - ow, cols - q), j0 + nb - j);  // the rest of this row of the layout
-      if (oh < OH && ow < OW)
-        for (index_t i = i0; i < i1; ++i) {
-          T* row = y + img * image + i * P + oh * OW;
-          for (index_t c = ow; c < min_i(OW, ow + len); ++c) row[c] += bias[i];
-        }
-      j += len;
-    }
+    runs(i0, j0, nb, [&](T* dst, index_t, index_t len) {
+      for (index_t i = i0; i < i1; ++i, dst += P)
+        for (index_t l = 0; l < len; ++l) dst[l] += bias[i];
+    });
   }
 };
 
@@ -880,7 +889,7 @@ void gemm_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const T*
           if (b) cmap.add_bias(i0, i1, j0, nb, b + grp * Cog);
         };
         if (compact)
-          product(CompactFlatB<T>{xg, &f, f.off.data(), P, s.OW}, SegmentedC<T>{yg, P, P, s.C_out * P});
+          product(CompactFlatB<T>{xg, &f, f.off.data(), P, s.OW}, FlatC<T>{yg, s.C_out * P, P, 1, P, P, P});
         else
           product(FlatB<T>{xg, &f, f.off.data()}, FlatC<T>{yg, s.C_out * P, P, s.OH, s.OW, f.Wq, f.cols});
       }

@@ -155,56 +155,6 @@ struct PlainC {
   void scatter(index_t, index_t, int, int, const T*, int, bool) const {}  // tiles never straddle
 };
 
-// m rows of len elements: dst (row stride ldd) = src (row stride lds), or += with accumulate. How
-// C maps copy a staged or local tile into C, one run of contiguous columns at a time.
-template <typename T>
-inline void copy_rows(T* dst, index_t ldd, const T* src, index_t lds, int m, index_t len, bool accumulate) {
-  for (int i = 0; i < m; ++i, dst += ldd, src += lds) {
-    if (accumulate) {
-      for (index_t l = 0; l < len; ++l) dst[l] += src[l];
-    } else {
-      for (index_t l = 0; l < len; ++l) dst[l] = src[l];
-    }
-  }
-}
-
-// Columns run over several images: column j is pixel j % seg of image j / seg, and row i of image
-// s starts at c + s*seg_stride + i*ldc. A tile that straddles two images is computed into a local
-// tile and scattered, one run of columns within an image at a time.
-template <typename T>
-struct SegmentedC {
-  T* c;
-  index_t ldc, seg, seg_stride;
-  T* tile(index_t i, index_t j, index_t n, index_t& ld) const {
-    const index_t s = j / seg, q = j - s * seg;
-    ld = ldc;
-    return q + n <= seg ? c + s * seg_stride + i * ldc + q : nullptr;
-  }
-  // Calls run(row pointer of C row i at column j + jj, jj, len) for each run of columns [j, j+n)
-  // within one image.
-  template <class Run>
-  void runs(index_t i, index_t j, index_t n, Run run) const {
-    index_t s = j / seg, q = j - s * seg;
-    for (index_t jj = 0; jj < n;) {
-      const index_t len = min_i(n - jj, seg - q);
-      run(c + s * seg_stride + i * ldc + q, jj, len);
-      jj += len;
-      q = 0;
-      ++s;
-    }
-  }
-  void scatter(index_t i, index_t j, int m, int n, const T* t, int ldt, bool accumulate) const {
-    runs(i, j, n, [&](T* dst, index_t jj, index_t len) { copy_rows(dst, ldc, t + jj, ldt, m, len, accumulate); });
-  }
-  // rows [i0, i1) of columns [j0, j0+nb) += bias (per row)
-  void add_bias(index_t i0, index_t i1, index_t j0, index_t nb, const T* bias) const {
-    runs(i0, j0, nb, [&](T* dst, index_t, index_t len) {
-      for (index_t i = i0; i < i1; ++i, dst += ldc)
-        for (index_t l = 0; l < len; ++l) dst[l] += bias[i];
-    });
-  }
-};
-
 // ---------------------------------------------------------------------------------------------
 // A operands: where gemm_unit finds each MR-row micro-panel of A for one depth block
 // ---------------------------------------------------------------------------------------------
