@@ -64,6 +64,11 @@ FAST_PATHS = [
     # with 64; AVX-512), tiles straddling images; groups and stride phases
     Conv("compact_small_images", 3, 64, 6, 6, 70, 3, 3, padding=1),
     Conv("compact_groups_strided", 2, 16, 9, 7, 128, 3, 3, stride=2, padding=1, groups=2),
+    # depthwise forward's vector kernel (AVX-512, stride and dilation 1, 3x3 and 5x5; stride-1 dgrad
+    # runs it too): a ragged last row block and column tile, rows narrower than a vector under a
+    # row block taller than the plane, a channel multiplier reusing the padded plane
+    Conv("dw_forward_ragged", 2, 5, 19, 37, 5, 3, 3, padding=1, groups=5),
+    Conv("dw_forward_5x5_narrow_multiplier", 2, 3, 3, 9, 6, 5, 5, padding=(2, 1), groups=3),
     # depthwise wgrad's vector kernel (AVX-512, stride_w 1, 3x3 and 5x5): rows of several vectors
     # with a ragged last one, rows narrower than a vector, padding wider than the kernel's reach,
     # a channel multiplier; and 3x4, which it leaves to the portable loops
