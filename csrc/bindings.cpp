@@ -275,6 +275,8 @@ PYBIND11_MODULE(_cpp, m) {
   m.def("gemm_isa", &fastconv::gemm_isa, "the micro-kernel set in use: 'avx512', 'avx2' or 'generic'");
   m.def("set_gemm_isa", &fastconv::set_gemm_isa, py::arg("name"),
         "use another micro-kernel set ('auto' = the best this CPU has); ValueError if unavailable");
+  m.def("kernel_gflops", &fastconv::kernel_gflops, py::arg("seconds"), py::call_guard<py::gil_scoped_release>(),
+        "GFLOP/s of the fp32 micro-kernel in use on one core now, its panels in L1 (median of 1 ms slices)");
   m.def("workspace_peak_bytes", &fastconv::workspace_peak_bytes,
         "most bytes of kernel workspace held at once since workspace_reset_peak()");
   m.def("workspace_reset_peak", &fastconv::workspace_reset_peak);

@@ -3,8 +3,11 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <stdexcept>
+#include <vector>
 
 namespace fastconv {
 namespace {
@@ -181,6 +184,27 @@ void gemm(index_t M, index_t N, index_t K, const T* a, index_t rsa, index_t csa,
       gemm_unit(uk, PrepackedA<T>{ap.data(), M}, K, p0, p1, pack_b, j0, min_i(t.nb, N - j0), cmap, bbuf.data(), false);
     }
   }
+}
+
+double kernel_gflops(double seconds) {
+  using clock = std::chrono::steady_clock;
+  const MicroKernel<float>& uk = micro_kernel<float>();
+  const index_t kc = 128, calls = 256;  // A panel + B panel: 7 + 16 KiB at 14 x 32, in L1
+  Buffer<float> a(uk.mr * kc), b(kc * uk.nr), c(uk.mr * uk.nr);
+  std::fill(a.data(), a.data() + a.size(), 1.0f / 1024);
+  std::fill(b.data(), b.data() + b.size(), 1.0f / 1024);
+  fill_zero(c.data(), c.size());
+  std::vector<double> rates;  // GFLOP/s of slices of `calls` micro-kernel calls (about a millisecond)
+  const clock::time_point stop = clock::now() + std::chrono::duration_cast<clock::duration>(
+                                                      std::chrono::duration<double>(seconds));
+  do {
+    const clock::time_point t0 = clock::now();
+    for (index_t i = 0; i < calls; ++i) uk.fn(kc, a.data(), b.data(), c.data(), uk.nr, true, uk.mr, uk.nr);
+    const double s = std::chrono::duration<double>(clock::now() - t0).count();
+    rates.push_back(2.0 * calls * uk.mr * uk.nr * kc / s / 1e9);
+  } while (clock::now() < stop);
+  std::nth_element(rates.begin(), rates.begin() + rates.size() / 2, rates.end());
+  return rates[rates.size() / 2];
 }
 
 template void gemm<float>(index_t, index_t, index_t, const float*, index_t, index_t, const float*, index_t,

@@ -326,3 +326,23 @@ def test_benchmark_suite_smoke(tmp_path):
     except ImportError:
         torch_cases = 0
     assert f"{8 + torch_cases} passed" in out.stdout
+
+
+def test_noise_warnings_name_a_busy_machine_and_a_speed_change():
+    def doc(load, before, after):
+        return dict(settings=dict(load_before=load, cpu_gflops_before=before, cpu_gflops_after=after),
+                    machine=dict(cpu=dict(usable_cores=2)))
+
+    assert report.noise_warnings(doc(0.1, 100.0, 90.0)) == []
+    assert report.noise_warnings(doc(None, None, None)) == []  # no load average, no C++ backend
+    busy = report.noise_warnings(doc(1.5, 100.0, 100.0))
+    assert len(busy) == 1 and "load average 1.50" in busy[0]
+    drift = report.noise_warnings(doc(0.1, 150.0, 80.0))
+    assert len(drift) == 1 and "150.0 GFLOP/s before, 80.0 after" in drift[0]
+
+
+def test_cpu_speed_is_the_micro_kernel_rate_now():
+    from fastconv.bench.machine import cpu_speed
+
+    pytest.importorskip("fastconv._cpp")
+    assert 0.01 < cpu_speed(0.02) < 1e5  # GFLOP/s of one core: positive and physically sane

@@ -90,6 +90,18 @@ def gpu_info(torch=None) -> list[dict]:
     return gpus
 
 
+def cpu_speed(seconds: float = 0.25) -> float | None:
+    """GFLOP/s of the C++ backend's fp32 GEMM micro-kernel on one core now, its panels in L1: the
+    ceiling of every CPU product at this moment. On a shared VM it moves up to 2x from minute to
+    minute (another tenant on the same physical core), so a report records it before and after its
+    run. None without the C++ backend."""
+    try:
+        from .. import _cpp
+    except ImportError:
+        return None
+    return round(_cpp.kernel_gflops(seconds), 1)
+
+
 def machine_info(torch=None) -> dict:
     """Everything a report records about the machine; ``torch`` adds its threads and GPUs."""
     threads = dict(fastconv=_threads.get_num_threads(), source=_threads.thread_source(),

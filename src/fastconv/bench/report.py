@@ -208,13 +208,34 @@ def _settings_line(doc: dict) -> str:
 BUSY_LOAD = 0.5
 
 
-def noise_warning(doc: dict) -> str | None:
-    load = doc["settings"].get("load_before")
-    if load is None or load < BUSY_LOAD:
-        return None
-    return (f"the machine was busy: 1-minute load average {load:.2f} before the run "
-            f"({doc['machine']['cpu']['usable_cores']} usable cores); other processes competed for "
-            f"the cores, so multi-threaded timings (PyTorch's especially) are noisy: rerun on a quiet machine")
+#: The CPU's speed (cpu_gflops) at the end of a run differing from its start by more than this
+#: fraction means rates changed during the run.
+SPEED_DRIFT = 0.2
+
+
+def noise_warnings(doc: dict) -> list[str]:
+    s, found = doc["settings"], []
+    load = s.get("load_before")
+    if load is not None and load >= BUSY_LOAD:
+        found.append(f"the machine was busy: 1-minute load average {load:.2f} before the run "
+                     f"({doc['machine']['cpu']['usable_cores']} usable cores); other processes competed for "
+                     f"the cores, so multi-threaded timings (PyTorch's especially) are noisy: rerun on a quiet "
+                     f"machine")
+    before, after = s.get("cpu_gflops_before"), s.get("cpu_gflops_after")
+    if before and after and abs(after - before) > SPEED_DRIFT * max(before, after):
+        found.append(f"the CPU's speed changed during the run (the GEMM micro-kernel on one core: {before} "
+                     f"GFLOP/s before, {after} after): rates and ratios measured at different times are not "
+                     f"comparable; compare contenders within a case")
+    return found
+
+
+def _speed(s: dict) -> str:
+    """The CPU speed line of a report (runs written before it was recorded have none)."""
+    if s.get("cpu_gflops_before") is None:
+        return "not measured (no C++ backend)"
+    return (f"the fp32 GEMM micro-kernel ran at {s['cpu_gflops_before']} GFLOP/s on one core before the run, "
+            f"{s['cpu_gflops_after']} after (it moves up to 2x with other tenants of a shared machine: compare "
+            f"rates only between runs at a similar speed)")
 
 
 def format_summary(doc: dict, summary: dict) -> str:
@@ -224,8 +245,8 @@ def format_summary(doc: dict, summary: dict) -> str:
              "(conv, dense) or GB/s (max pooling); vs: speedup (>1 = faster) vs the reference / vs "
              "PyTorch's faster layout (nchw or cl = channels_last), measured in this run", "",
              format_text(*results_table(summary)), "", format_text(*geomean_table(summary))]
-    if noise_warning(doc):
-        parts += ["", f"warning: {noise_warning(doc)}"]
+    for w in noise_warnings(doc):
+        parts += ["", f"warning: {w}"]
     if summary["failures"]:
         parts += ["", "FAILED (not timed):"] + [f"  {f}" for f in summary["failures"]]
     if summary["not_run"]:
@@ -240,8 +261,8 @@ def format_markdown(doc: dict, summary: dict, chart: str | None, chart_note: str
     s, m = doc["settings"], doc["machine"]
     t = m["threads"]
     lines = ["# fastconv bench", "", f"{s['started_at']}: {_settings_line(doc)}.", ""]
-    if noise_warning(doc):
-        lines += [f"**Warning**: {noise_warning(doc)}.", ""]
+    for w in noise_warnings(doc):
+        lines += [f"**Warning**: {w}.", ""]
     if chart:
         lines += [f"![speedup vs PyTorch per shape and backend]({chart})", ""]
     elif chart_note:
@@ -269,6 +290,7 @@ def format_markdown(doc: dict, summary: dict, chart: str | None, chart_note: str
               f"- GPU: {gpus}",
               f"- platform: {m['platform']}; 1-minute load average {s['load_before']} before the run, "
               f"{s['load_after']} after",
+              f"- CPU speed: {_speed(s)}",
               "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
               "## Method", "",
               "- Every contender's result is compared with the reference's on the same inputs before it "

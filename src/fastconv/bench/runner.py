@@ -192,7 +192,7 @@ def _load_average() -> float | None:
 
 def run(config: Config, progress_stream=None, show_progress: bool = True) -> dict:
     """Run the suite; the raw results (plain JSON-able dicts) with the settings they were taken under."""
-    from .machine import machine_info
+    from .machine import cpu_speed, machine_info
 
     torch = import_torch() if config.torch else None
     contenders = fastconv_contenders(config.backends)
@@ -204,7 +204,7 @@ def run(config: Config, progress_stream=None, show_progress: bool = True) -> dic
     rng = np.random.default_rng(config.seed)
     results = []
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    load_before = _load_average()
+    load_before, speed_before = _load_average(), cpu_speed()
     started = time.perf_counter()
     torch_threads = torch.get_num_threads() if torch is not None else None
     try:
@@ -235,7 +235,7 @@ def run(config: Config, progress_stream=None, show_progress: bool = True) -> dic
                                   max_repeats=config.policy.max_repeats, repeat=config.policy.repeat,
                                   warmup=config.policy.warmup, rule=config.policy.describe()),
                       seconds=time.perf_counter() - started, load_before=load_before,
-                      load_after=_load_average()),
+                      load_after=_load_average(), cpu_gflops_before=speed_before, cpu_gflops_after=cpu_speed()),
         machine=machine,
         shapes=[s.to_json() for s in config.shapes],
         results=results,
