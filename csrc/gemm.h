@@ -43,7 +43,7 @@ const MicroKernel<T>& micro_kernel_few_cols(index_t N);
 // "avx512", "avx2" or "generic": the kernels in use.
 const char* gemm_isa();
 // The rate, in GFLOP/s, at which the fp32 micro-kernel in use runs on this core now, its panels in
-// L1: the median of 1 ms slices over `seconds`. The ceiling of every product; on a shared VM it
+// L1: the median of 1 ms slices over `seconds`. How fast this core runs now: on a shared VM it
 // moves 2x from minute to minute, so the benchmark records it before and after a run.
 double kernel_gflops(double seconds);
 // Use another kernel set ("auto" = the best this CPU has). Throws std::invalid_argument for a set

@@ -91,10 +91,10 @@ def gpu_info(torch=None) -> list[dict]:
 
 
 def cpu_speed(seconds: float = 0.25) -> float | None:
-    """GFLOP/s of the C++ backend's fp32 GEMM micro-kernel on one core now, its panels in L1: the
-    ceiling of every CPU product at this moment. On a shared VM it moves up to 2x from minute to
-    minute (another tenant on the same physical core), so a report records it before and after its
-    run. None without the C++ backend."""
+    """GFLOP/s of the C++ backend's fp32 GEMM micro-kernel on one core now, its panels in L1: how
+    fast this core runs at the moment. On a shared VM it moves up to 2x from minute to minute
+    (another tenant on the same physical core), so a report records it before and after its run.
+    None without the C++ backend."""
     try:
         from .. import _cpp
     except ImportError:
