@@ -474,6 +474,7 @@ void dw_forward_dense_avx512(const ConvShape& s, const PaddedPlane& pp, const T*
   using A = Avx512<T>;
   using V = typename A::V;
   constexpr int L = A::L, R = KH * KW > 9 ? 4 : 8;  // R accumulators + KH*KW weights in 32 registers
+  static_assert(R <= kDwRows && L <= kDwTile, "the padded plane covers tiles of kDwRows x kDwTile only");
   V wv[KH * KW];
   for (int k = 0; k < KH * KW; ++k) wv[k] = A::broadcast(w[k]);
   const V b = A::broadcast(bias);
