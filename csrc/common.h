@@ -7,6 +7,11 @@
 #include <cstring>
 #include <new>
 
+// Feature-based clones of a hot loop, one per instruction set, picked at load time: an "arch="
+// clone is picked by CPU model name, so a Cascade Lake would miss a skylake-avx512 clone and fall
+// back to SSE2. GCC clones only non-template functions: each is an overload per element type.
+#define FASTCONV_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
 namespace fastconv {
 
 using index_t = std::int64_t;

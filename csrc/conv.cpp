@@ -7,6 +7,8 @@
 //     would be 30% or more, pack B from the layout without it instead (see compact_forward).
 //     Tiles that straddle output rows are staged per unit and copied to y once (stage_tiling).
 //     The weight is read as it lies too (row i of A at w + off[p] + i*lda, see InPlaceA);
+//   * forward and stride-1 dgrad of 3x3 layers (stride 1, dilation 1, one group, 64+ channels each
+//     way, enough tiles): Winograd F(2x2, 3x3), 2.25x fewer multiplies (winograd.cpp);
 //   * dgrad at stride 1: the forward convolution of dy with the flipped, transposed weight (no
 //     col2im, and that weight is w read at other offsets: never built); at larger strides dgrad is
 //     GEMM (cols = W^T dy) + col2im (im2col with +=);
@@ -21,6 +23,7 @@
 //               (within the same bound) and dW^T; strided dgrad and packed wgrad: the packed weight
 //               (C_in/groups*KH*KW x C_out rounded up to MR rows / packed dy chunks); packed wgrad
 //               with S > 1 reduction slices S copies of dw (S <= 8, chosen by the shape);
+//   Winograd:   see winograd.cpp (the transformed weight, a chunk of padded planes, per-thread blocks);
 //   per thread: one packed B block, KC x NC (256 x 512 fp32 / 256 x 256 fp64 = 512 KiB), plus
 //               for a staged forward one unit's C (at most 256 KiB, kStageBytes, or one MR-row
 //               panel), for packed wgrad one packed dy chunk (C_out/groups x KC) and for strided
@@ -37,6 +40,7 @@
 #include <vector>
 
 #include "gemm.h"
+#include "winograd.h"
 
 namespace fastconv {
 namespace {
@@ -176,6 +180,14 @@ struct Im2colTransposedB {
 // ---------------------------------------------------------------------------------------------
 
 bool is_depthwise(const ConvShape& s) { return s.C_in == s.groups; }
+
+// At stride 1, dgrad is the forward convolution of dy (C_out channels, OH x OW) with the flipped,
+// transposed weight, dilation d and padding d*(K-1) - pad (negative when the padding exceeds the
+// kernel's reach): this is that forward's shape.
+ConvShape dgrad_shape(const ConvShape& s) {
+  return ConvShape{s.N, s.C_out, s.OH, s.OW, s.C_in, s.KH, s.KW, s.H, s.W, 1, 1,
+                   s.dil_h * (s.KH - 1) - s.pad_t, s.dil_w * (s.KW - 1) - s.pad_l, s.dil_h, s.dil_w, s.groups};
+}
 
 // For each kernel column kw: the offset off = kw*dil - pad of its input column iw = ow*sw + off,
 // and the output columns [lo, hi) where 0 <= iw < W. Computed once per plane (divisions).
@@ -393,10 +405,6 @@ __attribute__((always_inline)) inline void dw_wgrad_plane_impl(const ConvShape& 
       dw[kh * s.KW + kw] += sum;
     }
 }
-
-// Feature-based clones: an "arch=" clone is picked by CPU model name, so a Cascade Lake would miss a
-// skylake-avx512 clone and fall back to SSE2.
-#define FASTCONV_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 FASTCONV_CLONES void dw_forward_plane(const ConvShape& s, const PaddedPlane& pp, const PlaneWindow& win,
                                       const float* x, float* xp, const float* w, float b, float* y) {
@@ -650,8 +658,7 @@ void depthwise_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx
     Buffer<T> wf(s.C_out * KK);
     for (index_t c = 0; c < s.C_out; ++c)
       for (index_t k = 0; k < KK; ++k) wf.data()[c * KK + KK - 1 - k] = w[c * KK + k];
-    const ConvShape t{s.N, s.C_out, s.OH, s.OW, s.C_in, s.KH, s.KW, s.H, s.W, 1, 1,
-                      s.dil_h * (s.KH - 1) - s.pad_t, s.dil_w * (s.KW - 1) - s.pad_l, s.dil_h, s.dil_w, s.groups};
+    const ConvShape t = dgrad_shape(s);
     return depthwise_forward(t, dy, wf.data(), static_cast<const T*>(nullptr), dx, nthreads);
   }
 #pragma omp parallel for schedule(static) num_threads(nthreads)
@@ -1065,8 +1072,8 @@ void dgrad_as_forward(const ConvShape& s, const T* dy, const T* w, T* dx, int nt
   std::vector<index_t> off(static_cast<std::size_t>(Cog * KK));
   for (index_t co = 0; co < Cog; ++co)
     for (index_t k = 0; k < KK; ++k) off[co * KK + k] = co * Cig * KK + KK - 1 - k;
-  const ConvShape t{s.N, s.C_out, s.OH, s.OW, s.C_in, s.KH, s.KW, s.H, s.W, 1, 1,
-                    s.dil_h * (s.KH - 1) - s.pad_t, s.dil_w * (s.KW - 1) - s.pad_l, s.dil_h, s.dil_w, s.groups};
+  const ConvShape t = dgrad_shape(s);
+  if (winograd_applies(t)) return winograd_forward(t, dy, w, KK, off.data(), static_cast<const T*>(nullptr), dx, nthreads);
   gemm_forward(t, dy, WeightA<T>{w, Cog * Cig * KK, KK, off.data()}, static_cast<const T*>(nullptr), dx, nthreads);
 }
 
@@ -1308,12 +1315,19 @@ bool flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
 
 }  // namespace
 
+bool conv2d_uses_winograd(const ConvShape& s, bool dgrad) {
+  if (is_depthwise(s)) return false;
+  if (!dgrad) return winograd_applies(s);
+  return s.stride_h == 1 && s.stride_w == 1 && winograd_applies(dgrad_shape(s));
+}
+
 template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads) {
   if (is_depthwise(s)) return depthwise_forward(s, x, w, b, y, nthreads);
   const index_t Kg = s.C_in / s.groups * s.KH * s.KW;
   std::vector<index_t> off(static_cast<std::size_t>(Kg));  // the weight's rows as they lie
   for (index_t p = 0; p < Kg; ++p) off[p] = p;
+  if (winograd_applies(s)) return winograd_forward(s, x, w, Kg, off.data(), b, y, nthreads);
   gemm_forward(s, x, WeightA<T>{w, s.C_out / s.groups * Kg, Kg, off.data()}, b, y, nthreads);
 }
 

@@ -13,6 +13,10 @@ struct ConvShape {
   index_t stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, groups;
 };
 
+// Whether the forward (dgrad false) or backward-input (dgrad true) of s runs as Winograd F(2x2, 3x3)
+// (see winograd.h) rather than as a direct GEMM: for tests and benchmarks.
+bool conv2d_uses_winograd(const ConvShape& s, bool dgrad);
+
 // y (N, C_out, OH, OW) = conv(x, w) + b; b may be null.
 template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads);

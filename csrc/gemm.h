@@ -74,6 +74,13 @@ inline const T* packed_a_panel(const MicroKernel<T>& uk, const T* ap, index_t M,
   return ap + pc * round_up(M, uk.mr) + panel * uk.mr * kcb;
 }
 
+// Where element (i, p) of an M x K A lies in its packed form (the layout of packed_a_panel).
+template <typename T>
+inline index_t packed_a_index(const MicroKernel<T>& uk, index_t M, index_t K, index_t i, index_t p) {
+  const index_t kc = depth_block(uk, K), pc = p / kc * kc, kcb = min_i(kc, K - pc);
+  return pc * round_up(M, uk.mr) + (i / uk.mr) * uk.mr * kcb + (p - pc) * uk.mr + i % uk.mr;
+}
+
 // Number of independent packing jobs (one per depth block and row panel) of an M x K A.
 template <typename T>
 inline index_t pack_a_jobs(const MicroKernel<T>& uk, index_t M, index_t K) {
@@ -141,6 +148,26 @@ struct StridedB {
     }
   }
 };
+
+// A B packed beforehand, N columns and depth K: [depth block][NR-column panel][p][NR], the layout of
+// a packed A with rows and columns swapped (see packed_b_index); the last panel's columns past N
+// must hold finite values (their C columns are computed and dropped). gemm_unit packs nothing.
+template <typename T>
+struct PrepackedB {
+  static constexpr bool kPrepacked = true;
+  const T* bp;
+  index_t N;
+  const T* panel(const MicroKernel<T>& uk, index_t pc, index_t kcb, index_t j) const {
+    return bp + pc * round_up(N, uk.nr) + j * kcb;
+  }
+};
+
+// Where element (p, j) of a K x N B lies in its packed form (PrepackedB).
+template <typename T>
+inline index_t packed_b_index(const MicroKernel<T>& uk, index_t K, index_t N, index_t p, index_t j) {
+  const index_t kc = depth_block(uk, K), pc = p / kc * kc, kcb = min_i(kc, K - pc);
+  return pc * round_up(N, uk.nr) + (j / uk.nr) * uk.nr * kcb + (p - pc) * uk.nr + j % uk.nr;
+}
 
 // ---------------------------------------------------------------------------------------------
 // C addressing
@@ -235,7 +262,8 @@ inline index_t packed_b_size(const MicroKernel<T>& uk) {
   return uk.kc * round_up(uk.nc, uk.nr);
 }
 
-// A B source is a functor packing one KC x NC block of B (see StridedB). A source may instead
+// A B source is a functor packing one KC x NC block of B (see StridedB), or B packed beforehand
+// (PrepackedB: kPrepacked = true, bbuf unused). A source may instead
 // leave B where it lies (kInPlace = true): it then packs only the NR-panels it cannot serve in
 // place, and for the others in_place(j) returns where the panel starting at column j begins, its
 // row p being at that pointer + off[p] (NR contiguous elements), p counted over the full depth.
@@ -243,6 +271,10 @@ template <class PackB, class = void>
 struct reads_in_place : std::false_type {};
 template <class PackB>
 struct reads_in_place<PackB, std::void_t<decltype(PackB::kInPlace)>> : std::bool_constant<PackB::kInPlace> {};
+template <class PackB, class = void>
+struct prepacked : std::false_type {};
+template <class PackB>
+struct prepacked<PackB, std::void_t<decltype(PackB::kPrepacked)>> : std::bool_constant<PackB::kPrepacked> {};
 
 // C[rows of panels [p0, p1), columns [j0, j0+nb)] (+)= A * B over the full depth K, where `A` is an
 // A operand of A.M rows (PrepackedA, InPlaceA), `pack_b` fills the packed B block and `bbuf` holds
@@ -260,7 +292,7 @@ void gemm_unit(const MicroKernel<T>& uk, const AOp& A, index_t K, index_t p0, in
     for (index_t pc = 0; pc < K; pc += kc) {
       const index_t kcb = min_i(kc, K - pc);
       const bool acc = accumulate || pc > 0;
-      pack_b(uk, pc, kcb, j0 + jc, ncb, bbuf);
+      if constexpr (!prepacked<PackB>::value) pack_b(uk, pc, kcb, j0 + jc, ncb, bbuf);
       for (index_t panel = p0; panel < p1; ++panel) {
         const index_t i = panel * MR;
         const int m = static_cast<int>(min_i(MR, row_end - i));
@@ -276,7 +308,12 @@ void gemm_unit(const MicroKernel<T>& uk, const AOp& A, index_t K, index_t p0, in
                              : uk.fn_offsets(kcb, a.a, b, off, c, ld, add, m, n);
               }
             }
-            const T* b = bbuf + jr * kcb;
+            const T* b;
+            if constexpr (prepacked<PackB>::value) {
+              b = pack_b.panel(uk, pc, kcb, j);
+            } else {
+              b = bbuf + jr * kcb;
+            }
             a.off ? uk.fn_a_offsets(kcb, a.a, a.lda, a.off, b, c, ld, add, m, n) : uk.fn(kcb, a.a, b, c, ld, add, m, n);
           };
           index_t ld;

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import fastconv
+from fastconv._params import conv_params
 from fastconv._threads import num_threads
 from fastconv.problems import CONV_PROBLEMS, Conv
 from support import assert_close, assert_equal, randn, small_ints
@@ -24,6 +25,10 @@ NAMES = ("y", "dx", "dw", "db")
 def _all_passes(c, x, w, b, dy, backend):
     y = fastconv.conv2d(x, w, b, **c.kwargs, backend=backend)
     return (y, *fastconv.conv2d_backward(dy, x, w, **c.kwargs, backend=backend))
+
+
+def _params(c):
+    return conv_params("conv2d", c.x_shape, c.w_shape, c.stride, c.padding, c.dilation, c.groups)
 
 
 def _inputs(rng, c, make, dtype):
@@ -80,6 +85,21 @@ FAST_PATHS = [
     Conv("dw_wgrad_3x4", 2, 3, 8, 20, 3, 3, 4, padding=1, groups=3),
 ]
 
+# Winograd F(2x2, 3x3) (csrc/winograd.cpp), forward and stride-1 dgrad: GEMM columns along padded
+# tile rows (wide images) with a clipped last tile row and column; offset tables (narrow images)
+# into padded output planes (odd sizes) or straight into y (even); a padding that leaves dgrad's
+# zero or negative; asymmetric padding; more input channels than a depth block (dgrad: more
+# output channels than one row panel of the general kernel); ragged row panels
+WINOGRAD = [
+    Conv("winograd_rows_clipped", 2, 64, 9, 35, 64, 3, 3, padding=1),
+    Conv("winograd_tables_cropped", 5, 65, 7, 7, 72, 3, 3, padding=1),
+    Conv("winograd_tables_direct", 4, 64, 8, 10, 64, 3, 3, padding=1),
+    Conv("winograd_pad_3", 1, 64, 20, 34, 66, 3, 3, padding=3),
+    Conv("winograd_asymmetric_pad", 1, 64, 12, 40, 96, 3, 3, padding=(0, 2)),
+    Conv("winograd_two_depth_blocks", 1, 300, 19, 13, 64, 3, 3, padding=1),
+]
+FAST_PATHS += WINOGRAD
+
 
 @pytest.fixture(params=["avx512", "avx2", "generic"])
 def isa(request):
@@ -97,6 +117,26 @@ def test_every_kernel_set_exact_on_small_integers(c, isa, rng):
     x, w, b, dy = _inputs(rng, c, small_ints, np.float32)
     for name, got, want in zip(NAMES, _all_passes(c, x, w, b, dy, "cpp"), _all_passes(c, x, w, b, dy, "reference")):
         assert_equal(got, want, f"{c.name} {name} with {isa} kernels")
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in WINOGRAD])
+def test_winograd_problems_take_winograd(c):
+    """The WINOGRAD problems reach it, forward and dgrad; stride 2, dilation, groups, few channels
+    and few tiles do not."""
+    p = _params(c)
+    assert _cpp.conv2d_uses_winograd(p, False) and _cpp.conv2d_uses_winograd(p, True), c.name
+
+
+@pytest.mark.parametrize("c", [
+    Conv("strided", 2, 64, 20, 20, 64, 3, 3, stride=2, padding=1),
+    Conv("dilated", 2, 64, 20, 20, 64, 3, 3, padding=2, dilation=2),
+    Conv("grouped", 2, 128, 20, 20, 128, 3, 3, padding=1, groups=2),
+    Conv("few_channels", 2, 32, 20, 20, 64, 3, 3, padding=1),
+    Conv("few_tiles", 1, 512, 7, 7, 512, 3, 3, padding=1),
+    Conv("five_by_five", 2, 64, 20, 20, 64, 5, 5, padding=2),
+], ids=lambda c: c.name)
+def test_winograd_leaves_other_layers_to_gemm(c):
+    assert not _cpp.conv2d_uses_winograd(_params(c), False), c.name
 
 
 def test_wgrad_non_finite_x_as_the_reference(rng):
@@ -230,6 +270,26 @@ def test_workspace_bounded_independent_of_batch(rng):
     assert peaks["wgrad", 64] <= peaks["wgrad", 32] + 8 * dw_bytes
     for (name, N), peak in peaks.items():
         assert 0 < peak < N * cols_per_image, f"{name} N={N}: {peak} bytes of workspace"
+
+
+def test_winograd_workspace_bounded_independent_of_batch(rng):
+    """Winograd's workspace: the transformed weight (16 x C_in x C_out), one chunk of padded input
+    planes (at most 4 MiB) and, per thread, one block's V and M (512 KiB, or 2 column panels of
+    tiles): the same for a batch of 32 and of 64, forward and dgrad."""
+    peaks = {}
+    for N in (32, 64):
+        c = Conv("ws_winograd", N, 64, 20, 36, 64, 3, 3, padding=1)
+        assert _cpp.conv2d_uses_winograd(_params(c), False) and _cpp.conv2d_uses_winograd(_params(c), True)
+        x, w, b, dy = _inputs(rng, c, randn, np.float32)
+        for name, run in (("fwd", lambda: fastconv.conv2d(x, w, b, padding=1, backend="cpp")),
+                          ("dgrad", lambda: fastconv.conv2d_backward(dy, x, w, padding=1, needs=(True, False, False),
+                                                                     backend="cpp"))):
+            with num_threads(1):
+                _cpp.workspace_reset_peak()
+                run()
+                peaks[name, N] = _cpp.workspace_peak_bytes()
+    for name in ("fwd", "dgrad"):  # 4 MiB + 0.25 MiB + 0.75 MiB (96 tiles: 2 panels of the 8x48 kernel)
+        assert peaks[name, 32] == peaks[name, 64] <= 5 << 20, peaks
 
 
 def test_binding_rejects_what_it_cannot_index(rng):

@@ -1,0 +1,34 @@
+// Winograd F(2x2, 3x3) convolution (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+// Networks", 2015): each 2x2 block of output pixels ("tile") of each output channel is
+//
+//   Y = A^T [ sum over ci of (G g G^T) (.) (B^T d B) ] A
+//
+// with g the 3x3 filter of (co, ci), d the 4x4 input window of the tile in channel ci and (.) the
+// element-wise product. The sum is 16 independent GEMMs, one per element xi of the 4x4 transformed
+// domain: M[xi] (C_out x tiles) = U[xi] (C_out x C_in) * V[xi] (C_in x tiles). That is 16 products
+// per 4 outputs against 36 for the direct convolution: 2.25x fewer flops, paid for by the input,
+// output and weight transforms (additions only; all memory-bound). Every entry of B, G and A is
+// 0, +-1 or +-1/2, so small-integer data stays exact (quarters at most in U).
+//
+// It serves stride-1, dilation-1, ungrouped 3x3 layers, forward and (through dgrad_as_forward) the
+// stride-1 backward-input, with any padding, including the negative padding of a dgrad whose
+// forward padding exceeds 2.
+#pragma once
+
+#include "conv.h"
+
+namespace fastconv {
+
+// Whether `s` (a forward, or dgrad's forward of dy) is a layer F(2x2, 3x3) serves and pays on: a
+// 3x3 kernel at stride 1 and dilation 1, one group, and enough tiles over the batch to amortise
+// the weight's transform.
+bool winograd_applies(const ConvShape& s);
+
+// y (N, C_out, OH, OW) = conv(x, w) + b (b may be null) for a layer winograd_applies accepts. The
+// weight is read through offsets, as gemm_forward reads it: tap (ci, kh, kw) of output channel co
+// is w[off[(ci*3 + kh)*3 + kw] + co*lda], so dgrad's flipped, transposed weight is never built.
+template <typename T>
+void winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, const index_t* off, const T* b, T* y,
+                      int nthreads);
+
+}  // namespace fastconv
