@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <type_traits>
 
 // Feature-based clones of a hot loop, one per instruction set, picked at load time: an "arch="
 // clone is picked by CPU model name, so a Cascade Lake would miss a skylake-avx512 clone and fall
@@ -61,6 +62,21 @@ class Buffer {
   T* ptr_ = nullptr;
   index_t size_ = 0, bytes_ = 0;
 };
+
+// True when none of x[0, n) is NaN or infinite: no element has all exponent bits set. Integer
+// tests, so the compiler vectorises the loop (a floating-point sum would be one serial chain).
+template <typename T>
+inline bool all_finite(const T* x, index_t n) {
+  using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  constexpr Bits exponent = sizeof(T) == 4 ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
+  Bits bad = 0;
+  for (index_t i = 0; i < n; ++i) {
+    Bits b;
+    std::memcpy(&b, x + i, sizeof(T));
+    bad |= Bits((b & exponent) == exponent);
+  }
+  return bad == 0;
+}
 
 template <typename T>
 inline void fill_zero(T* p, index_t n) { std::memset(p, 0, static_cast<std::size_t>(n) * sizeof(T)); }

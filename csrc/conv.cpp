@@ -1073,7 +1073,8 @@ void dgrad_as_forward(const ConvShape& s, const T* dy, const T* w, T* dx, int nt
   for (index_t co = 0; co < Cog; ++co)
     for (index_t k = 0; k < KK; ++k) off[co * KK + k] = co * Cig * KK + KK - 1 - k;
   const ConvShape t = dgrad_shape(s);
-  if (winograd_applies(t)) return winograd_forward(t, dy, w, KK, off.data(), static_cast<const T*>(nullptr), dx, nthreads);
+  if (winograd_applies(t) && winograd_forward(t, dy, w, KK, off.data(), static_cast<const T*>(nullptr), dx, nthreads))
+    return;
   gemm_forward(t, dy, WeightA<T>{w, Cog * Cig * KK, KK, off.data()}, static_cast<const T*>(nullptr), dx, nthreads);
 }
 
@@ -1173,21 +1174,6 @@ void gemm_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
       }
     }
   }
-}
-
-// True when none of x[0, n) is NaN or infinite: no element has all exponent bits set. Integer
-// tests, so the compiler vectorises the loop (a floating-point sum would be one serial chain).
-template <typename T>
-bool all_finite(const T* x, index_t n) {
-  using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
-  constexpr Bits exponent = sizeof(T) == 4 ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
-  Bits bad = 0;
-  for (index_t i = 0; i < n; ++i) {
-    Bits b;
-    std::memcpy(&b, x + i, sizeof(T));
-    bad |= Bits((b & exponent) == exponent);
-  }
-  return bad == 0;
 }
 
 // wgrad on the flat layout: dW_g^T (Kg x Cog) = sum over images of cols_g (Kg x columns) times
@@ -1327,7 +1313,7 @@ void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y
   const index_t Kg = s.C_in / s.groups * s.KH * s.KW;
   std::vector<index_t> off(static_cast<std::size_t>(Kg));  // the weight's rows as they lie
   for (index_t p = 0; p < Kg; ++p) off[p] = p;
-  if (winograd_applies(s)) return winograd_forward(s, x, w, Kg, off.data(), b, y, nthreads);
+  if (winograd_applies(s) && winograd_forward(s, x, w, Kg, off.data(), b, y, nthreads)) return;
   gemm_forward(s, x, WeightA<T>{w, s.C_out / s.groups * Kg, Kg, off.data()}, b, y, nthreads);
 }
 

@@ -97,8 +97,9 @@ FASTCONV_CLONES void weight_lanes(const double* g, double* u, index_t usize) { w
 // U[xi] = (G g G^T)[xi] for the output channels of row panel `panel` of the packed A operands (MR
 // channels, zeros past C_out) and every input channel: packed A element (co, ci) of element xi's
 // product at u + xi*usize + packed_a_index(co, ci), each depth step's MR channels contiguous.
+// Returns whether every filter tap it read was finite.
 template <typename T>
-void transform_weight(const MicroKernel<T>& uk, const ConvShape& s, const T* w, index_t lda, const index_t* off,
+bool transform_weight(const MicroKernel<T>& uk, const ConvShape& s, const T* w, index_t lda, const index_t* off,
                       T* u, index_t usize, index_t panel) {
   constexpr int kSteps = 8;                // depth steps transformed together, then stored as runs
   constexpr int ldt = kSteps * kMaxMR + kMaxMR;  // a step's kMaxMR lanes spill MR..kMaxMR into the next
@@ -107,6 +108,7 @@ void transform_weight(const MicroKernel<T>& uk, const ConvShape& s, const T* w, 
   const int lanes = static_cast<int>(min_i(MR, s.C_out - co0));
   alignas(64) T g[9 * kMaxMR] = {};  // one input channel's filters of the panel; lanes past C_out stay 0
   alignas(64) T t[16 * ldt];         // kSteps depth steps of the 16 operands: element xi at t + xi*ldt
+  bool finite = true;
   for (index_t pc = 0; pc < s.C_in; pc += kc) {
     const index_t kcb = min_i(kc, s.C_in - pc);
     T* dst = u + pc * rows + co0 * kcb;  // depth step pc of the panel; steps MR apart
@@ -115,12 +117,14 @@ void transform_weight(const MicroKernel<T>& uk, const ConvShape& s, const T* w, 
       for (int k = 0; k < steps; ++k) {  // in order: each step overwrites the spill of the one before
         for (int i = 0; i < lanes; ++i)
           for (int tap = 0; tap < 9; ++tap) g[tap * kMaxMR + i] = w[off[(c + k) * 9 + tap] + (co0 + i) * lda];
+        finite = finite && all_finite(g, 9 * kMaxMR);
         weight_lanes(g, t + k * MR, ldt);
       }
       for (int xi = 0; xi < 16; ++xi)
         std::memcpy(dst + xi * usize + (c - pc) * MR, t + xi * ldt, static_cast<std::size_t>(steps * MR) * sizeof(T));
     }
   }
+  return finite;
 }
 
 // Channel plane xc (H x W) into its padded planes dst: input pixel (ih, iw) at padded (ih + pad_t,
@@ -259,7 +263,7 @@ bool winograd_applies(const ConvShape& s) {
 }
 
 template <typename T>
-void winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, const index_t* off, const T* b, T* y,
+bool winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, const index_t* off, const T* b, T* y,
                       int nthreads) {
   const MicroKernel<T>& uk = winograd_kernel<T>(s.C_out);
   const TileGrid g = tile_grid(s);
@@ -283,19 +287,27 @@ void winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, c
   Buffer<T> xp(chunk * s.C_in * pl.in + 2 * uk.nr);
   Buffer<T> yp(direct ? 0 : chunk * s.C_out * pl.out);  // shared: its padded output planes
   fill_zero(xp.data() + chunk * s.C_in * pl.in, 2 * uk.nr);
+  bool w_finite = true, x_finite = true;
 #pragma omp parallel num_threads(nthreads)
   {
-    // nowait: the padding loop below ends in a barrier before any block reads U
-#pragma omp for schedule(static) nowait
-    for (index_t panel = 0; panel < rows / uk.mr; ++panel) transform_weight(uk, s, w, lda, off, u.data(), usize, panel);
+    // nowait: the padding loop below ends in a barrier before any block reads U or the flag
+#pragma omp for schedule(static) nowait reduction(&& : w_finite)
+    for (index_t panel = 0; panel < rows / uk.mr; ++panel)
+      w_finite = transform_weight(uk, s, w, lda, off, u.data(), usize, panel) && w_finite;
     Buffer<T> v(16 * vsize), m(16 * msize);  // per thread: one block's V (packed) and M
     Buffer<std::int32_t> win(rows_mode ? 0 : nt), out(rows_mode ? 0 : nt);  // the tables of a block
     Buffer<T> edge(rows_mode ? 4 * (g.TW + 1) : 0);  // the two output rows of a clipped run
     for (index_t n0 = 0; n0 < s.N; n0 += chunk) {
       const index_t imgs = min_i(chunk, s.N - n0);
-#pragma omp for schedule(static)
-      for (index_t job = 0; job < imgs * s.C_in; ++job)
-        pad_plane(s, pl, x + (n0 * s.C_in + job) * s.H * s.W, xp.data() + job * pl.in);
+#pragma omp for schedule(static) reduction(&& : x_finite)
+      for (index_t job = 0; job < imgs * s.C_in; ++job) {
+        const T* xc = x + (n0 * s.C_in + job) * s.H * s.W;
+        x_finite = all_finite(xc, s.H * s.W) && x_finite;
+        pad_plane(s, pl, xc, xp.data() + job * pl.in);
+      }
+      // every thread reads the flags between this loop's barrier and the next write to them (the
+      // next chunk's reduction, two barriers on), so all of them leave together
+      if (!(w_finite && x_finite)) break;
       T* yc = direct ? y + n0 * s.C_out * P : yp.data();  // planes of OH x OW, or of the padded output
       const index_t ow = direct ? s.OW : pl.OWp, oplane = direct ? P : pl.out;
       // blocks: nt columns of one image (rows mode), or of the chunk's tiles
@@ -365,11 +377,12 @@ void winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, c
       }
     }
   }
+  return w_finite && x_finite;
 }
 
-template void winograd_forward<float>(const ConvShape&, const float*, const float*, index_t, const index_t*,
+template bool winograd_forward<float>(const ConvShape&, const float*, const float*, index_t, const index_t*,
                                       const float*, float*, int);
-template void winograd_forward<double>(const ConvShape&, const double*, const double*, index_t, const index_t*,
+template bool winograd_forward<double>(const ConvShape&, const double*, const double*, index_t, const index_t*,
                                        const double*, double*, int);
 
 }  // namespace fastconv

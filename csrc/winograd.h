@@ -27,8 +27,11 @@ bool winograd_applies(const ConvShape& s);
 // y (N, C_out, OH, OW) = conv(x, w) + b (b may be null) for a layer winograd_applies accepts. The
 // weight is read through offsets, as gemm_forward reads it: tap (ci, kh, kw) of output channel co
 // is w[off[(ci*3 + kh)*3 + kw] + co*lda], so dgrad's flipped, transposed weight is never built.
+// Returns false, y unfinished, when x or w holds an Inf or NaN: the transforms mix a window's
+// pixels and a filter's taps before multiplying, so one would reach outputs (as NaN) whose direct
+// sum never sees it; the caller then runs the direct path, which keeps PyTorch's results.
 template <typename T>
-void winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, const index_t* off, const T* b, T* y,
+bool winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, const index_t* off, const T* b, T* y,
                       int nthreads);
 
 }  // namespace fastconv

@@ -272,6 +272,24 @@ def test_workspace_bounded_independent_of_batch(rng):
         assert 0 < peak < N * cols_per_image, f"{name} N={N}: {peak} bytes of workspace"
 
 
+@pytest.mark.parametrize("where", ["x", "w"])
+def test_winograd_non_finite_as_the_reference(where, rng):
+    """Winograd mixes a window's pixels (and a filter's taps) before multiplying, so an Inf or NaN
+    would turn outputs NaN that the direct sum leaves finite; such inputs take the direct path.
+    Non-finite x and dy: forward and dgrad. Non-finite w: the forward only, since the direct
+    stride-1 dgrad itself multiplies dy's zero padding by the taps (0 * Inf = NaN at the borders,
+    where the reference's col2im never multiplies)."""
+    c = WINOGRAD[2]
+    x, w, b, dy = _inputs(rng, c, small_ints, np.float32)
+    for a in ((x, dy) if where == "x" else (w,)):
+        a.flat[7], a.flat[-40], a.flat[a.size // 2] = np.inf, np.nan, -np.inf
+    with np.errstate(invalid="ignore"):  # the reference's matmul meets inf * 0
+        passes = zip(NAMES[:2], _all_passes(c, x, w, b, dy, "cpp"), _all_passes(c, x, w, b, dy, "reference"))
+        for name, got, want in list(passes)[:2 if where == "x" else 1]:
+            assert np.isfinite(want).any() and not np.isfinite(want).all(), name
+            assert_equal(got, want, f"{name} with Inf and NaN in {where}")
+
+
 def test_winograd_workspace_bounded_independent_of_batch(rng):
     """Winograd's workspace: the transformed weight (16 x C_in x C_out), one chunk of padded input
     planes (at most 4 MiB) and, per thread, one block's V and M (512 KiB, or 2 column panels of
