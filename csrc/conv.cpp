@@ -8,7 +8,8 @@
 //     Tiles that straddle output rows are staged per unit and copied to y once (stage_tiling).
 //     The weight is read as it lies too (row i of A at w + off[p] + i*lda, see InPlaceA);
 //   * forward and stride-1 dgrad of 3x3 layers (stride 1, dilation 1, one group, 64+ channels each
-//     way, enough tiles): Winograd F(2x2, 3x3), 2.25x fewer multiplies (winograd.cpp);
+//     way, enough tiles; wgrad at 128+ channels), finite data: Winograd F(2x2, 3x3), 2.25x fewer
+//     multiplies (winograd.cpp);
 //   * dgrad at stride 1: the forward convolution of dy with the flipped, transposed weight (no
 //     col2im, and that weight is w read at other offsets: never built); at larger strides dgrad is
 //     GEMM (cols = W^T dy) + col2im (im2col with +=);
@@ -36,6 +37,7 @@
 #include <omp.h>
 
 #include <cstring>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -1301,10 +1303,12 @@ bool flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
 
 }  // namespace
 
-bool conv2d_uses_winograd(const ConvShape& s, bool dgrad) {
+bool conv2d_uses_winograd(const ConvShape& s, const std::string& pass) {
   if (is_depthwise(s)) return false;
-  if (!dgrad) return winograd_applies(s);
-  return s.stride_h == 1 && s.stride_w == 1 && winograd_applies(dgrad_shape(s));
+  if (pass == "fwd") return winograd_applies(s);
+  if (pass == "dgrad") return s.stride_h == 1 && s.stride_w == 1 && winograd_applies(dgrad_shape(s));
+  if (pass == "wgrad") return winograd_wgrad_applies(s);
+  throw std::invalid_argument("conv2d_uses_winograd: pass must be 'fwd', 'dgrad' or 'wgrad', got '" + pass + "'");
 }
 
 template <typename T>
@@ -1327,6 +1331,7 @@ void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, i
 template <typename T>
 void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
   if (is_depthwise(s)) return depthwise_backward_weight(s, dy, x, dw, nthreads);
+  if (winograd_wgrad_applies(s) && winograd_backward_weight(s, dy, x, dw, nthreads)) return;
   // the flat path keeps all of dW^T live while it walks the images: it wins while that is a few
   // MiB at most (measured, flat vs packed time: 0.5x on ResNet-20's layers, 0.75-0.87x on VGG's
   // conv3_1 (1.2 MB), 0.71-1.1x on a 3x3x256 (2.4 MB), 4.5x on ResNet-50's 3x3x512 (9.4 MB)); a

@@ -3,6 +3,8 @@
 // Inputs are C-contiguous and already validated by the Python front; outputs are fully written.
 #pragma once
 
+#include <string>
+
 #include "common.h"
 
 namespace fastconv {
@@ -13,9 +15,9 @@ struct ConvShape {
   index_t stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, groups;
 };
 
-// Whether the forward (dgrad false) or backward-input (dgrad true) of s runs as Winograd F(2x2, 3x3)
-// (see winograd.h) rather than as a direct GEMM: for tests and benchmarks.
-bool conv2d_uses_winograd(const ConvShape& s, bool dgrad);
+// Whether pass "fwd", "dgrad" or "wgrad" of s runs as Winograd F(2x2, 3x3) (see winograd.h) rather
+// than as a direct GEMM, given finite data: for tests and benchmarks.
+bool conv2d_uses_winograd(const ConvShape& s, const std::string& pass);
 
 // y (N, C_out, OH, OW) = conv(x, w) + b; b may be null.
 template <typename T>

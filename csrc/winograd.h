@@ -34,4 +34,15 @@ template <typename T>
 bool winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, const index_t* off, const T* b, T* y,
                       int nthreads);
 
+// Whether wgrad runs as Winograd: a layer winograd_applies accepts, with more channels (see there).
+bool winograd_wgrad_applies(const ConvShape& s);
+
+// dw (C_out, C_in, 3, 3) from dy and x for a layer winograd_wgrad_applies accepts: dW = G^T [sum over
+// tiles of (A dy A^T) (.) (B^T d B)] G, the transpose of the forward's algorithm (every tile's 2x2
+// of dy against its 4x4 window of x): 16 GEMMs over the tiles, summed in an order fixed by the shape
+// (bit-identical for any thread count). Returns false, dw unfinished, when x or dy holds an Inf or
+// NaN (see winograd_forward); the caller then runs the direct path.
+template <typename T>
+bool winograd_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads);
+
 }  // namespace fastconv

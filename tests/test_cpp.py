@@ -98,7 +98,13 @@ WINOGRAD = [
     Conv("winograd_asymmetric_pad", 1, 64, 12, 40, 96, 3, 3, padding=(0, 2)),
     Conv("winograd_two_depth_blocks", 1, 300, 19, 13, 64, 3, 3, padding=1),
 ]
-FAST_PATHS += WINOGRAD
+# Winograd wgrad (128+ channels each way): along rows, two blocks per image; through tables, over
+# three chunks of images; dy's clipped tiles (odd OH, OW) and rows mode's junk tiles add nothing
+WINOGRAD_WGRAD = [
+    Conv("winograd_wgrad_rows", 2, 128, 9, 35, 130, 3, 3, padding=1),
+    Conv("winograd_wgrad_tables_chunks", 10, 129, 7, 7, 128, 3, 3, padding=1),
+]
+FAST_PATHS += WINOGRAD + WINOGRAD_WGRAD
 
 
 @pytest.fixture(params=["avx512", "avx2", "generic"])
@@ -124,7 +130,12 @@ def test_winograd_problems_take_winograd(c):
     """The WINOGRAD problems reach it, forward and dgrad; stride 2, dilation, groups, few channels
     and few tiles do not."""
     p = _params(c)
-    assert _cpp.conv2d_uses_winograd(p, False) and _cpp.conv2d_uses_winograd(p, True), c.name
+    assert _cpp.conv2d_uses_winograd(p, "fwd") and _cpp.conv2d_uses_winograd(p, "dgrad"), c.name
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in WINOGRAD_WGRAD])
+def test_winograd_wgrad_problems_take_winograd(c):
+    assert _cpp.conv2d_uses_winograd(_params(c), "wgrad"), c.name
 
 
 @pytest.mark.parametrize("c", [
@@ -136,7 +147,7 @@ def test_winograd_problems_take_winograd(c):
     Conv("five_by_five", 2, 64, 20, 20, 64, 5, 5, padding=2),
 ], ids=lambda c: c.name)
 def test_winograd_leaves_other_layers_to_gemm(c):
-    assert not _cpp.conv2d_uses_winograd(_params(c), False), c.name
+    assert not any(_cpp.conv2d_uses_winograd(_params(c), pass_) for pass_ in ("fwd", "dgrad", "wgrad")), c.name
 
 
 def test_wgrad_non_finite_x_as_the_reference(rng):
@@ -272,22 +283,22 @@ def test_workspace_bounded_independent_of_batch(rng):
         assert 0 < peak < N * cols_per_image, f"{name} N={N}: {peak} bytes of workspace"
 
 
-@pytest.mark.parametrize("where", ["x", "w"])
-def test_winograd_non_finite_as_the_reference(where, rng):
+@pytest.mark.parametrize("where, passes, c", [("x", ("y", "dx"), WINOGRAD[2]), ("w", ("y",), WINOGRAD[2]),
+                                             ("x", ("dw",), WINOGRAD_WGRAD[1])], ids=["x", "w", "x_wgrad"])
+def test_winograd_non_finite_as_the_reference(where, passes, c, rng):
     """Winograd mixes a window's pixels (and a filter's taps) before multiplying, so an Inf or NaN
     would turn outputs NaN that the direct sum leaves finite; such inputs take the direct path.
-    Non-finite x and dy: forward and dgrad. Non-finite w: the forward only, since the direct
-    stride-1 dgrad itself multiplies dy's zero padding by the taps (0 * Inf = NaN at the borders,
-    where the reference's col2im never multiplies)."""
-    c = WINOGRAD[2]
+    Non-finite x and dy: every pass. Non-finite w: the forward only, since the direct stride-1
+    dgrad itself multiplies dy's zero padding by the taps (0 * Inf = NaN at the borders, where the
+    reference's col2im never multiplies)."""
     x, w, b, dy = _inputs(rng, c, small_ints, np.float32)
     for a in ((x, dy) if where == "x" else (w,)):
         a.flat[7], a.flat[-40], a.flat[a.size // 2] = np.inf, np.nan, -np.inf
     with np.errstate(invalid="ignore"):  # the reference's matmul meets inf * 0
-        passes = zip(NAMES[:2], _all_passes(c, x, w, b, dy, "cpp"), _all_passes(c, x, w, b, dy, "reference"))
-        for name, got, want in list(passes)[:2 if where == "x" else 1]:
-            assert np.isfinite(want).any() and not np.isfinite(want).all(), name
-            assert_equal(got, want, f"{name} with Inf and NaN in {where}")
+        for name, got, want in zip(NAMES, _all_passes(c, x, w, b, dy, "cpp"), _all_passes(c, x, w, b, dy, "reference")):
+            if name in passes:
+                assert np.isfinite(want).any() and not np.isfinite(want).all(), name
+                assert_equal(got, want, f"{name} with Inf and NaN in {where}")
 
 
 def test_winograd_workspace_bounded_independent_of_batch(rng):
@@ -297,7 +308,7 @@ def test_winograd_workspace_bounded_independent_of_batch(rng):
     peaks = {}
     for N in (32, 64):
         c = Conv("ws_winograd", N, 64, 20, 36, 64, 3, 3, padding=1)
-        assert _cpp.conv2d_uses_winograd(_params(c), False) and _cpp.conv2d_uses_winograd(_params(c), True)
+        assert _cpp.conv2d_uses_winograd(_params(c), "fwd") and _cpp.conv2d_uses_winograd(_params(c), "dgrad")
         x, w, b, dy = _inputs(rng, c, randn, np.float32)
         for name, run in (("fwd", lambda: fastconv.conv2d(x, w, b, padding=1, backend="cpp")),
                           ("dgrad", lambda: fastconv.conv2d_backward(dy, x, w, padding=1, needs=(True, False, False),
