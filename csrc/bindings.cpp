@@ -240,9 +240,12 @@ PYBIND11_MODULE(_cpp, m) {
         py::arg("nthreads"));
   m.def(
       "conv2d_uses_winograd",
-      [](const py::object& p, const std::string& pass) { return fastconv::conv2d_uses_winograd(conv_shape(p), pass); },
-      py::arg("p"), py::arg("pass_"),
-      "whether pass 'fwd', 'dgrad' or 'wgrad' of ConvParams p runs as Winograd F(2x2, 3x3) (given finite data)");
+      [](const py::object& p, const std::string& pass, const py::dtype& dtype) {
+        return fastconv::conv2d_uses_winograd(conv_shape(p), pass, dtype.itemsize());
+      },
+      py::arg("p"), py::arg("pass_"), py::arg("dtype"),
+      "whether pass 'fwd', 'dgrad' or 'wgrad' of ConvParams p in dtype runs as Winograd F(2x2, 3x3) (given finite "
+      "data)");
   m.def("conv2d_backward_bias", &conv2d_backward_bias, py::arg("dy"), py::arg("db"), py::arg("nthreads"));
 
   m.def("linear_forward", &linear_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("nthreads"));

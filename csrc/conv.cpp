@@ -1075,7 +1075,7 @@ void dgrad_as_forward(const ConvShape& s, const T* dy, const T* w, T* dx, int nt
   for (index_t co = 0; co < Cog; ++co)
     for (index_t k = 0; k < KK; ++k) off[co * KK + k] = co * Cig * KK + KK - 1 - k;
   const ConvShape t = dgrad_shape(s);
-  if (winograd_applies(t) && winograd_forward(t, dy, w, KK, off.data(), static_cast<const T*>(nullptr), dx, nthreads))
+  if (winograd_applies(t, sizeof(T)) && winograd_forward(t, dy, w, KK, off.data(), static_cast<const T*>(nullptr), dx, nthreads))
     return;
   gemm_forward(t, dy, WeightA<T>{w, Cog * Cig * KK, KK, off.data()}, static_cast<const T*>(nullptr), dx, nthreads);
 }
@@ -1303,11 +1303,11 @@ bool flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
 
 }  // namespace
 
-bool conv2d_uses_winograd(const ConvShape& s, const std::string& pass) {
+bool conv2d_uses_winograd(const ConvShape& s, const std::string& pass, index_t elem_bytes) {
   if (is_depthwise(s)) return false;
-  if (pass == "fwd") return winograd_applies(s);
-  if (pass == "dgrad") return s.stride_h == 1 && s.stride_w == 1 && winograd_applies(dgrad_shape(s));
-  if (pass == "wgrad") return winograd_wgrad_applies(s);
+  if (pass == "fwd") return winograd_applies(s, elem_bytes);
+  if (pass == "dgrad") return s.stride_h == 1 && s.stride_w == 1 && winograd_applies(dgrad_shape(s), elem_bytes);
+  if (pass == "wgrad") return winograd_wgrad_applies(s, elem_bytes);
   throw std::invalid_argument("conv2d_uses_winograd: pass must be 'fwd', 'dgrad' or 'wgrad', got '" + pass + "'");
 }
 
@@ -1317,7 +1317,7 @@ void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y
   const index_t Kg = s.C_in / s.groups * s.KH * s.KW;
   std::vector<index_t> off(static_cast<std::size_t>(Kg));  // the weight's rows as they lie
   for (index_t p = 0; p < Kg; ++p) off[p] = p;
-  if (winograd_applies(s) && winograd_forward(s, x, w, Kg, off.data(), b, y, nthreads)) return;
+  if (winograd_applies(s, sizeof(T)) && winograd_forward(s, x, w, Kg, off.data(), b, y, nthreads)) return;
   gemm_forward(s, x, WeightA<T>{w, s.C_out / s.groups * Kg, Kg, off.data()}, b, y, nthreads);
 }
 
@@ -1331,7 +1331,7 @@ void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, i
 template <typename T>
 void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
   if (is_depthwise(s)) return depthwise_backward_weight(s, dy, x, dw, nthreads);
-  if (winograd_wgrad_applies(s) && winograd_backward_weight(s, dy, x, dw, nthreads)) return;
+  if (winograd_wgrad_applies(s, sizeof(T)) && winograd_backward_weight(s, dy, x, dw, nthreads)) return;
   // the flat path keeps all of dW^T live while it walks the images: it wins while that is a few
   // MiB at most (measured, flat vs packed time: 0.5x on ResNet-20's layers, 0.75-0.87x on VGG's
   // conv3_1 (1.2 MB), 0.71-1.1x on a 3x3x256 (2.4 MB), 4.5x on ResNet-50's 3x3x512 (9.4 MB)); a

@@ -15,9 +15,9 @@ struct ConvShape {
   index_t stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, groups;
 };
 
-// Whether pass "fwd", "dgrad" or "wgrad" of s runs as Winograd F(2x2, 3x3) (see winograd.h) rather
-// than as a direct GEMM, given finite data: for tests and benchmarks.
-bool conv2d_uses_winograd(const ConvShape& s, const std::string& pass);
+// Whether pass "fwd", "dgrad" or "wgrad" of s, in elements of elem_bytes (4 or 8), runs as Winograd
+// F(2x2, 3x3) (see winograd.h) rather than as a direct GEMM, given finite data: for tests.
+bool conv2d_uses_winograd(const ConvShape& s, const std::string& pass, index_t elem_bytes);
 
 // y (N, C_out, OH, OW) = conv(x, w) + b; b may be null.
 template <typename T>

@@ -309,7 +309,7 @@ bool along_rows(const TileGrid& g) { return g.TW >= 16; }
 
 }  // namespace
 
-bool winograd_applies(const ConvShape& s) {
+bool winograd_applies(const ConvShape& s, index_t elem_bytes) {
   if (!(s.KH == 3 && s.KW == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
         s.groups == 1))
     return false;
@@ -318,18 +318,19 @@ bool winograd_applies(const ConvShape& s) {
   // Enough tiles to amortise the weight's transform, and channels enough that the GEMMs outweigh
   // the input and output transforms (measured against the direct GEMM path, forward and dgrad,
   // time: 0.87-0.91x at 64 channels on 8x8 images, 0.58-0.78x at 64-256 channels on 56x56 and
-  // 224x224, but 1.01-1.18x at 16 and 32 channels). The offset tables are int32: one image's
-  // padded planes must fit.
-  return g.total >= 64 && s.C_in >= 64 && s.C_out >= 64 &&
+  // 224x224, but 1.01-1.18x at 16 and 32 channels). In fp64 only along rows: through the tables
+  // ResNet-50's 3x3x512 at 7x7 took 1.13-1.18x the time (fp32: 0.65x with AVX2, 0.87x AVX-512),
+  // along rows 0.58-0.74x. The offset tables are int32: one image's padded planes must fit.
+  return g.total >= 64 && s.C_in >= 64 && s.C_out >= 64 && (elem_bytes == 4 || along_rows(g)) &&
          max_i(s.C_in * pl.in, s.C_out * pl.out) < (index_t(1) << 31);
 }
 
-bool winograd_wgrad_applies(const ConvShape& s) {
+bool winograd_wgrad_applies(const ConvShape& s, index_t elem_bytes) {
   // Both of its GEMM operands are packed as it goes, D panel by panel through offsets and V^T by a
   // transposing copy, a cost against 2*min(C_in, C_out) flops per packed element: measured against
   // the direct path, time 0.72x at 512 channels (7x7, batch 16) and 0.91x at 128 -> 256 (56x56), but
-  // 1.2-1.26x at 64 channels.
-  return winograd_applies(s) && s.C_in >= 128 && s.C_out >= 128;
+  // 1.2-1.26x at 64 channels; in fp64 (half the flops per packed byte) 0.97-1.2x at 128-512.
+  return elem_bytes == 4 && winograd_applies(s, elem_bytes) && s.C_in >= 128 && s.C_out >= 128;
 }
 
 template <typename T>

@@ -19,10 +19,10 @@
 
 namespace fastconv {
 
-// Whether `s` (a forward, or dgrad's forward of dy) is a layer F(2x2, 3x3) serves and pays on: a
-// 3x3 kernel at stride 1 and dilation 1, one group, and enough tiles over the batch to amortise
-// the weight's transform.
-bool winograd_applies(const ConvShape& s);
+// Whether `s` (a forward, or dgrad's forward of dy) is a layer F(2x2, 3x3) serves and pays on, in
+// elements of elem_bytes (4: float, 8: double): a 3x3 kernel at stride 1 and dilation 1, one
+// group, channels and tiles enough (see winograd.cpp).
+bool winograd_applies(const ConvShape& s, index_t elem_bytes);
 
 // y (N, C_out, OH, OW) = conv(x, w) + b (b may be null) for a layer winograd_applies accepts. The
 // weight is read through offsets, as gemm_forward reads it: tap (ci, kh, kw) of output channel co
@@ -35,7 +35,7 @@ bool winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, c
                       int nthreads);
 
 // Whether wgrad runs as Winograd: a layer winograd_applies accepts, with more channels (see there).
-bool winograd_wgrad_applies(const ConvShape& s);
+bool winograd_wgrad_applies(const ConvShape& s, index_t elem_bytes);
 
 // dw (C_out, C_in, 3, 3) from dy and x for a layer winograd_wgrad_applies accepts: dW = G^T [sum over
 // tiles of (A dy A^T) (.) (B^T d B)] G, the transpose of the forward's algorithm (every tile's 2x2

@@ -20,6 +20,7 @@ if fastconv.backend_status()["cpp"] is not None:
 from fastconv import _cpp  # noqa: E402
 
 NAMES = ("y", "dx", "dw", "db")
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 def _all_passes(c, x, w, b, dy, backend):
@@ -130,12 +131,20 @@ def test_winograd_problems_take_winograd(c):
     """The WINOGRAD problems reach it, forward and dgrad; stride 2, dilation, groups, few channels
     and few tiles do not."""
     p = _params(c)
-    assert _cpp.conv2d_uses_winograd(p, "fwd") and _cpp.conv2d_uses_winograd(p, "dgrad"), c.name
+    assert _cpp.conv2d_uses_winograd(p, "fwd", F32) and _cpp.conv2d_uses_winograd(p, "dgrad", F32), c.name
 
 
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in WINOGRAD_WGRAD])
 def test_winograd_wgrad_problems_take_winograd(c):
-    assert _cpp.conv2d_uses_winograd(_params(c), "wgrad"), c.name
+    assert _cpp.conv2d_uses_winograd(_params(c), "wgrad", F32), c.name
+
+
+def test_winograd_in_fp64_only_along_rows_and_not_for_wgrad():
+    """fp64 takes Winograd for wide images' forward and dgrad only (measured slower elsewhere)."""
+    rows, tables = _params(WINOGRAD[0]), _params(WINOGRAD[1])
+    assert _cpp.conv2d_uses_winograd(rows, "fwd", F64) and _cpp.conv2d_uses_winograd(rows, "dgrad", F64)
+    assert not _cpp.conv2d_uses_winograd(tables, "fwd", F64) and _cpp.conv2d_uses_winograd(tables, "fwd", F32)
+    assert not any(_cpp.conv2d_uses_winograd(_params(c), "wgrad", F64) for c in WINOGRAD_WGRAD)
 
 
 @pytest.mark.parametrize("c", [
@@ -147,7 +156,7 @@ def test_winograd_wgrad_problems_take_winograd(c):
     Conv("five_by_five", 2, 64, 20, 20, 64, 5, 5, padding=2),
 ], ids=lambda c: c.name)
 def test_winograd_leaves_other_layers_to_gemm(c):
-    assert not any(_cpp.conv2d_uses_winograd(_params(c), pass_) for pass_ in ("fwd", "dgrad", "wgrad")), c.name
+    assert not any(_cpp.conv2d_uses_winograd(_params(c), pass_, F32) for pass_ in ("fwd", "dgrad", "wgrad")), c.name
 
 
 def test_wgrad_non_finite_x_as_the_reference(rng):
@@ -311,7 +320,7 @@ def test_winograd_workspace_bounded_independent_of_batch(rng):
     wgrad's sums, 16 x C_in x C_out: 1 MiB here), one chunk of padded planes (at most 4 MiB) and
     one block's transforms (forward: 1.5 MiB, 2 column panels of the 8x48 kernel; wgrad: 2 MiB)."""
     c = Conv("ws_winograd", 1, 128, 20, 36, 128, 3, 3, padding=1)
-    assert all(_cpp.conv2d_uses_winograd(_params(c), pass_) for pass_ in ("fwd", "dgrad", "wgrad"))
+    assert all(_cpp.conv2d_uses_winograd(_params(c), pass_, F32) for pass_ in ("fwd", "dgrad", "wgrad"))
     peaks = _workspace_peaks(rng, c)
     for name in ("fwd", "dgrad", "wgrad"):
         assert peaks[name, 32] == peaks[name, 64] <= 8 << 20, peaks
