@@ -112,14 +112,14 @@ bool transform_weight(const MicroKernel<T>& uk, const ConvShape& s, const T* w, 
   constexpr int kSteps = 8;                // depth steps transformed together, then stored as runs
   constexpr int ldt = kSteps * kMaxMR + kMaxMR;  // a step's kMaxMR lanes spill MR..kMaxMR into the next
   const int MR = uk.mr;
-  const index_t kc = depth_block(uk, s.C_in), rows = round_up(s.C_out, MR), co0 = panel * MR;
+  const index_t kc = depth_block(uk, s.C_in), co0 = panel * MR;
   const int lanes = static_cast<int>(min_i(MR, s.C_out - co0));
   alignas(64) T g[9 * kMaxMR] = {};  // one input channel's filters of the panel; lanes past C_out stay 0
   alignas(64) T t[16 * ldt];         // kSteps depth steps of the 16 operands: element xi at t + xi*ldt
   bool finite = true;
   for (index_t pc = 0; pc < s.C_in; pc += kc) {
     const index_t kcb = min_i(kc, s.C_in - pc);
-    T* dst = u + pc * rows + co0 * kcb;  // depth step pc of the panel; steps MR apart
+    T* dst = u + packed_a_index(uk, s.C_out, s.C_in, co0, pc);  // depth step pc of the panel; steps MR apart
     for (index_t c = pc; c < pc + kcb; c += kSteps) {
       const int steps = static_cast<int>(min_i(kSteps, pc + kcb - c));
       for (int k = 0; k < steps; ++k) {  // in order: each step overwrites the spill of the one before
@@ -137,9 +137,10 @@ bool transform_weight(const MicroKernel<T>& uk, const ConvShape& s, const T* w, 
 
 // Plane src (H x W) into padded planes split by row parity, rows of Wp: source pixel (r, c) at
 // padded (r + pad_t, c + pad_l), padded row R at dst + (R % 2)*odd + (R / 2)*Wp, R < rows; zeros
-// elsewhere, and a negative padding (dgrad's) crops instead.
+// elsewhere, and a negative padding (dgrad's) crops instead. Returns whether every pixel of src is
+// finite (Winograd takes only finite data, see winograd_forward).
 template <typename T>
-void pad_plane(const T* src, index_t H, index_t W, index_t pad_t, index_t pad_l, index_t rows, index_t Wp,
+bool pad_plane(const T* src, index_t H, index_t W, index_t pad_t, index_t pad_l, index_t rows, index_t Wp,
                index_t odd, T* dst) {
   const index_t c0 = min_i(Wp, max_i(0, pad_l)), c1 = max_i(c0, min_i(Wp, pad_l + W));
   for (index_t r = 0; r < rows; ++r) {
@@ -153,6 +154,7 @@ void pad_plane(const T* src, index_t H, index_t W, index_t pad_t, index_t pad_l,
     std::memcpy(d + c0, src + ih * W + c0 - pad_l, static_cast<std::size_t>(c1 - c0) * sizeof(T));
     fill_zero(d + c1, Wp - c1);
   }
+  return all_finite(src, H * W);
 }
 
 // Where the windows of a panel's tiles lie and where their outputs go: consecutive tiles of a
@@ -307,6 +309,34 @@ const MicroKernel<T>& winograd_kernel(index_t C_out) {
 // and 8x8 1.42x along rows (11% and 20% junk).
 bool along_rows(const TileGrid& g) { return g.TW >= 16; }
 
+// The GEMM columns of a chunk of images, cut into blocks of nt: along the padded tile rows (TW + 1
+// per tile row, blocks within one image), or the chunk's tiles (blocks across images).
+struct Columns {
+  TileGrid g;
+  bool rows;
+  index_t per_image, nt;  // columns per image; per block
+  Columns(const TileGrid& grid, index_t block)
+      : g(grid), rows(along_rows(grid)), per_image(rows ? g.TH * (g.TW + 1) : g.TH * g.TW), nt(block) {}
+  index_t blocks(index_t imgs) const {
+    return rows ? imgs * ceil_div(per_image, nt) : ceil_div(imgs * per_image, nt);
+  }
+  // Block blk: its image (rows; 0 for tiles, counted over the chunk), first column and width.
+  struct Block {
+    index_t img, q0, count;
+  };
+  Block block(index_t blk, index_t imgs) const {
+    if (!rows) return Block{0, blk * nt, min_i(nt, imgs * per_image - blk * nt)};
+    const index_t per = ceil_div(per_image, nt), q0 = blk % per * nt;
+    return Block{blk / per, q0, min_i(nt, per_image - q0)};
+  }
+  // Where tile t of the chunk (tiles numbered over images) lies in planes `image` elements apart per
+  // image whose tile rows start `row` elements apart: the offset tables of a block.
+  std::int32_t tile_offset(index_t t, index_t image, index_t row) const {
+    const index_t i = t / per_image, th = t % per_image / g.TW, tw = t % g.TW;
+    return static_cast<std::int32_t>(i * image + th * row + 2 * tw);
+  }
+};
+
 }  // namespace
 
 bool winograd_applies(const ConvShape& s, index_t elem_bytes) {
@@ -339,17 +369,16 @@ bool winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, c
   const MicroKernel<T>& uk = winograd_kernel<T>(s.C_out);
   const TileGrid g = tile_grid(s);
   const Planes pl = planes(g);
-  const bool rows_mode = along_rows(g);
-  // GEMM columns per image: tile starts along the padded rows, or tiles
-  const index_t per_image = rows_mode ? g.TH * (g.TW + 1) : g.TH * g.TW;
-  const index_t nt = block_tiles(uk, s), chunk = chunk_images<T>(s, pl), per_block_image = ceil_div(per_image, nt);
+  const index_t nt = block_tiles(uk, s), chunk = chunk_images<T>(s, pl);
+  const Columns cols(g, nt);
+  const bool rows_mode = cols.rows;
   // The 16 operands of each kind lie one cache line more than their size apart: a size that is a
   // multiple of 4 KiB (most are) would put element p of all 16 in one set of L1, whose 8 ways the
   // transforms, writing or reading all 16 at once, would thrash (the weight's transform ran 6x
   // slower so at 512 channels).
   const index_t line = 64 / index_t(sizeof(T)), rows = round_up(s.C_out, uk.mr);
   const index_t usize = packed_a_size(uk, s.C_out, s.C_in) + line, vsize = s.C_in * nt + line;
-  const index_t msize = s.C_out * nt + line, kc = depth_block(uk, s.C_in);  // nt: a multiple of NR
+  const index_t msize = s.C_out * nt + line;  // nt: a multiple of NR
   const index_t P = s.OH * s.OW;
   // the tables' outputs go straight into y when every tile lies whole in the image
   const bool direct = rows_mode || (2 * g.TH == s.OH && 2 * g.TW == s.OW);
@@ -371,43 +400,35 @@ bool winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, c
     for (index_t n0 = 0; n0 < s.N; n0 += chunk) {
       const index_t imgs = min_i(chunk, s.N - n0);
 #pragma omp for schedule(static) reduction(&& : x_finite)
-      for (index_t job = 0; job < imgs * s.C_in; ++job) {
-        const T* xc = x + (n0 * s.C_in + job) * s.H * s.W;
-        x_finite = all_finite(xc, s.H * s.W) && x_finite;
-        pad_plane(xc, s.H, s.W, s.pad_t, s.pad_l, 2 * g.TH + 2, pl.Wp, pl.odd, xp.data() + job * pl.in);
-      }
+      for (index_t job = 0; job < imgs * s.C_in; ++job)
+        x_finite = pad_plane(x + (n0 * s.C_in + job) * s.H * s.W, s.H, s.W, s.pad_t, s.pad_l, 2 * g.TH + 2, pl.Wp,
+                             pl.odd, xp.data() + job * pl.in) &&
+                   x_finite;
       // every thread reads the flags between this loop's barrier and the next write to them (the
       // next chunk's reduction, two barriers on), so all of them leave together
       if (!(w_finite && x_finite)) break;
       T* yc = direct ? y + n0 * s.C_out * P : yp.data();  // planes of OH x OW, or of the padded output
       const index_t ow = direct ? s.OW : pl.OWp, oplane = direct ? P : pl.out;
-      // blocks: nt columns of one image (rows mode), or of the chunk's tiles
-      const index_t blocks = rows_mode ? imgs * per_block_image : ceil_div(imgs * per_image, nt);
 #pragma omp for schedule(dynamic, 1)
-      for (index_t blk = 0; blk < blocks; ++blk) {
-        const index_t img = rows_mode ? blk / per_block_image : 0;
-        const index_t q0 = rows_mode ? blk % per_block_image * nt : blk * nt;
-        const index_t count = min_i(nt, (rows_mode ? per_image : imgs * per_image) - q0);
-        const index_t cols = round_up(count, uk.nr);
+      for (index_t blk = 0; blk < cols.blocks(imgs); ++blk) {
+        const auto [img, q0, count] = cols.block(blk, imgs);
+        const index_t width = round_up(count, uk.nr);
         if (!rows_mode)
-          for (index_t c = 0; c < cols; ++c) {
+          for (index_t c = 0; c < width; ++c) {
             // the last panel's columns past the block repeat its last tile: finite, and dropped
-            const index_t t = q0 + min_i(c, count - 1), i = t / per_image, th = t % per_image / g.TW, tw = t % g.TW;
-            win.data()[c] = static_cast<std::int32_t>(i * s.C_in * pl.in + th * pl.Wp + 2 * tw);
-            out.data()[c] = static_cast<std::int32_t>(i * s.C_out * oplane + 2 * th * ow + 2 * tw);
+            const index_t t = q0 + min_i(c, count - 1);
+            win.data()[c] = cols.tile_offset(t, s.C_in * pl.in, pl.Wp);
+            out.data()[c] = cols.tile_offset(t, s.C_out * oplane, 2 * ow);
           }
         const T* xb = xp.data() + img * s.C_in * pl.in + (rows_mode ? 2 * q0 : 0);
-        for (index_t pc = 0; pc < s.C_in; pc += kc) {
-          const index_t kcb = min_i(kc, s.C_in - pc);
-          for (index_t ci = pc; ci < pc + kcb; ++ci)
-            for (index_t c = 0; c < cols; c += uk.nr) {  // column panel c / NR of depth row ci
-              T* vp = v.data() + pc * nt + c * kcb + (ci - pc) * uk.nr;
-              if (rows_mode)
-                input_panel(xb + ci * pl.in + 2 * c, Strided{}, pl.Wp, pl.odd, uk.nr, vp, vsize);
-              else
-                input_panel(xb + ci * pl.in, Table{win.data() + c}, pl.Wp, pl.odd, uk.nr, vp, vsize);
-            }
-        }
+        for (index_t ci = 0; ci < s.C_in; ++ci)
+          for (index_t c = 0; c < width; c += uk.nr) {  // column panel c / NR of depth row ci
+            T* vp = v.data() + packed_b_index(uk, s.C_in, nt, ci, c);
+            if (rows_mode)
+              input_panel(xb + ci * pl.in + 2 * c, Strided{}, pl.Wp, pl.odd, uk.nr, vp, vsize);
+            else
+              input_panel(xb + ci * pl.in, Table{win.data() + c}, pl.Wp, pl.odd, uk.nr, vp, vsize);
+          }
         for (index_t xi = 0; xi < 16; ++xi)
           gemm_unit(uk, PrepackedA<T>{u.data() + xi * usize, s.C_out}, s.C_in, 0, rows / uk.mr,
                     PrepackedB<T>{v.data() + xi * vsize, nt}, 0, count, PlainC<T>{m.data() + xi * msize, nt},
@@ -425,15 +446,15 @@ bool winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, c
           for (index_t q = q0; q < q0 + count;) {
             const index_t th = q / (g.TW + 1), tw = q % (g.TW + 1);
             const index_t len = min_i(q0 + count - q, g.TW + 1 - tw), tiles = min_i(len, g.TW - tw);
-            const index_t width = min_i(2 * tiles, s.OW - 2 * tw);  // output columns of the run
+            const index_t run = min_i(2 * tiles, s.OW - 2 * tw);  // output columns of the run
             const bool rows2 = 2 * th + 1 < s.OH;
             T* dst = yo + 2 * th * s.OW + 2 * tw;
-            if (tiles > 0 && rows2 && width == 2 * tiles) {
+            if (tiles > 0 && rows2 && run == 2 * tiles) {
               output_panel(mc + q - q0, msize, Strided{}, s.OW, tiles, bias, dst);
             } else if (tiles > 0) {
               output_panel(mc + q - q0, msize, Strided{}, 2 * tiles, tiles, bias, edge.data());
-              std::memcpy(dst, edge.data(), static_cast<std::size_t>(width) * sizeof(T));
-              if (rows2) std::memcpy(dst + s.OW, edge.data() + 2 * tiles, static_cast<std::size_t>(width) * sizeof(T));
+              std::memcpy(dst, edge.data(), static_cast<std::size_t>(run) * sizeof(T));
+              if (rows2) std::memcpy(dst + s.OW, edge.data() + 2 * tiles, static_cast<std::size_t>(run) * sizeof(T));
             }
             q += len;
           }
@@ -461,15 +482,14 @@ bool winograd_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw
   const MicroKernel<T>& uk = micro_kernel<T>(s.C_out);
   const TileGrid g = tile_grid(s);
   const Planes pl = planes(g);
-  const bool rows_mode = along_rows(g);
-  const index_t per_image = rows_mode ? g.TH * (g.TW + 1) : g.TH * g.TW;  // tiles, as the forward's columns
   // dy padded to planes of 2*TH rows of Wp, split by row parity like x's: tile (th, tw)'s 2x2 at
   // th*Wp + 2*tw and `dodd` on; the junk tiles of rows mode read zeros
   const index_t dodd = g.TH * pl.Wp, dplane = 2 * dodd;
   const index_t image = (s.C_in * pl.in + s.C_out * dplane) * index_t(sizeof(T));
   const index_t chunk = max_i(1, min_i(s.N, kChunkBytes / image));
   const index_t nt = min_i(512, max_i(128, kWgradBlockBytes / (16 * (s.C_in + s.C_out) * index_t(sizeof(T)))));
-  const index_t per_block_image = ceil_div(per_image, nt);
+  const Columns cols(g, nt);  // tiles, as the forward's columns
+  const bool rows_mode = cols.rows;
   const index_t line = 64 / index_t(sizeof(T));  // the 16 operands of a kind a line more apart (see the forward)
   const index_t xsize = s.C_in * nt + line, dsize = s.C_out * nt + line, ssize = s.C_out * s.C_in + line;
   // shared: a chunk's padded x and dy planes (rows mode reads 2 elements past x's last plane), the
@@ -489,31 +509,23 @@ bool winograd_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw
 #pragma omp for schedule(static) reduction(&& : finite)
       for (index_t job = 0; job < imgs * (s.C_in + s.C_out); ++job) {
         const index_t img = job / (s.C_in + s.C_out), c = job % (s.C_in + s.C_out);
-        if (c < s.C_in) {
-          const T* xc = x + ((n0 + img) * s.C_in + c) * s.H * s.W;
-          finite = all_finite(xc, s.H * s.W) && finite;
-          pad_plane(xc, s.H, s.W, s.pad_t, s.pad_l, 2 * g.TH + 2, pl.Wp, pl.odd, xp.data() + (img * s.C_in + c) * pl.in);
-        } else {
-          const T* dyc = dy + ((n0 + img) * s.C_out + c - s.C_in) * s.OH * s.OW;
-          finite = all_finite(dyc, s.OH * s.OW) && finite;
-          pad_plane(dyc, s.OH, s.OW, index_t(0), index_t(0), 2 * g.TH, pl.Wp, dodd,
-                    dp.data() + (img * s.C_out + c - s.C_in) * dplane);
-        }
+        const bool ok = c < s.C_in ? pad_plane(x + ((n0 + img) * s.C_in + c) * s.H * s.W, s.H, s.W, s.pad_t, s.pad_l,
+                                               2 * g.TH + 2, pl.Wp, pl.odd, xp.data() + (img * s.C_in + c) * pl.in)
+                                   : pad_plane(dy + ((n0 + img) * s.C_out + c - s.C_in) * s.OH * s.OW, s.OH, s.OW,
+                                               index_t(0), index_t(0), 2 * g.TH, pl.Wp, dodd,
+                                               dp.data() + (img * s.C_out + c - s.C_in) * dplane);
+        finite = ok && finite;
       }
       // every thread reads the flag between this loop's barrier and the next write to it (the next
       // chunk's reduction, several barriers on), so all of them leave together
       if (!finite) break;
-      const index_t blocks = rows_mode ? imgs * per_block_image : ceil_div(imgs * per_image, nt);
-      for (index_t blk = 0; blk < blocks; ++blk) {  // every thread, in step: S adds the blocks in order
-        const index_t img = rows_mode ? blk / per_block_image : 0;
-        const index_t q0 = rows_mode ? blk % per_block_image * nt : blk * nt;
-        const index_t count = min_i(nt, (rows_mode ? per_image : imgs * per_image) - q0);
+      for (index_t blk = 0; blk < cols.blocks(imgs); ++blk) {  // every thread, in step: S adds the blocks in order
+        const auto [img, q0, count] = cols.block(blk, imgs);
         if (!rows_mode) {
 #pragma omp single
           for (index_t c = 0; c < count; ++c) {
-            const index_t t = q0 + c, i = t / per_image, th = t % per_image / g.TW, tw = t % g.TW;
-            win.data()[c] = static_cast<std::int32_t>(i * s.C_in * pl.in + th * pl.Wp + 2 * tw);
-            dwin.data()[c] = static_cast<std::int32_t>(i * s.C_out * dplane + th * pl.Wp + 2 * tw);
+            win.data()[c] = cols.tile_offset(q0 + c, s.C_in * pl.in, pl.Wp);
+            dwin.data()[c] = cols.tile_offset(q0 + c, s.C_out * dplane, pl.Wp);
           }
         }
         const index_t shift = rows_mode ? 2 * q0 : 0;
