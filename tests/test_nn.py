@@ -48,25 +48,38 @@ def test_layer_stack_gradients_match_finite_differences(rng):
         dropout.rng = np.random.default_rng(1234)  # the same mask on every evaluation
         return float(criterion(model(x), target))
 
-    loss_at(x)
+    here = loss_at(x)
     model.zero_grad()
     dx = model.backward(criterion.backward())  # (4, 2, 7, 6)
     grads = model.grads()
     assert set(grads) == {name for name, _ in model.named_parameters()} and len(grads) == 23
-    eps = 1e-6
+
+    def slopes(flat, i, step):
+        """The central difference at flat[i], and whether the two one-sided ones agree: ELU(0.7),
+        ReLU and max pooling have kinks, and a step that straddles one (their slopes then disagree;
+        on smooth ground they differ by about step * curvature) has no derivative to compare with."""
+        saved = flat[i]
+        flat[i] = saved + step
+        up = loss_at(x)
+        flat[i] = saved - step
+        down = loss_at(x)
+        flat[i] = saved
+        right, left = (up - here) / step, (here - down) / step
+        return (up - down) / (2 * step), abs(right - left) <= 1e-3 * max(abs(right), abs(left), 1e-3)
 
     def check(array, analytic, label):
         flat = array.reshape(-1)  # a view: perturbing it perturbs the model's array
         picks = rng.choice(flat.size, size=min(flat.size, 6), replace=False)
+        checked = 0
         for i in picks:
-            saved = flat[i]
-            flat[i] = saved + eps
-            up = loss_at(x)
-            flat[i] = saved - eps
-            down = loss_at(x)
-            flat[i] = saved
-            numeric = (up - down) / (2 * eps)
-            assert analytic.reshape(-1)[i] == pytest.approx(numeric, rel=1e-5, abs=1e-8), (label, i)
+            # a kink within 1e-6 of the point (about 1 run in 160) is rarely within 1e-8 of it
+            for step in (1e-6, 1e-8):
+                numeric, smooth = slopes(flat, i, step)
+                if smooth:
+                    assert analytic.reshape(-1)[i] == pytest.approx(numeric, rel=1e-5, abs=1e-8), (label, i, step)
+                    checked += 1
+                    break
+        assert 2 * checked >= len(picks), f"{label}: {len(picks) - checked} of {len(picks)} picks at a kink"
 
     check(x, dx, "x")
     for name, param in model.named_parameters():
