@@ -23,6 +23,7 @@
 namespace fastconv {
 
 constexpr int kMaxMR = 16;
+constexpr int kMaxDotRows = 8;  // every dot kernel's RA and RB are at most this
 constexpr int kMaxNR = 48;
 constexpr index_t kMaxKC = 256;  // every kernel set's kc is at most this (sizes stack arrays of runs)
 
@@ -40,6 +41,9 @@ template <typename T>
 const MicroKernel<T>& micro_kernel_few_cols();
 template <typename T>
 const MicroKernel<T>& micro_kernel_few_cols(index_t N);
+// This CPU's dot kernel (see DotKernel).
+template <typename T>
+const DotKernel<T>& dot_kernel();
 // "avx512", "avx2" or "generic": the kernels in use.
 const char* gemm_isa();
 // The rate, in GFLOP/s, at which the fp32 micro-kernel in use runs on this core now, its panels in

@@ -40,12 +40,29 @@ struct MicroKernel {
   BothOffsetFn fn_both_offsets;
 };
 
+// Dot products of rows along their length: for a tile of RA rows of A and RB rows of B,
+// sums[i*RB + j] = the sum over images n < images and q < len of a[i][n*a_image + q] *
+// b[j][n*b_image + q], len a multiple of lanes (each dot product is summed in `lanes` partial sums,
+// added up at the end in one fixed order). A product whose reduction is long and whose two sides
+// are short, as wgrad's dW = dy cols^T for a few channels, runs so with both operands read in place
+// along the reduction (RA*RB FMAs per RA + RB vector loads) instead of broadcasting one of them.
+template <typename T>
+struct DotKernel {
+  using Fn = void (*)(index_t len, index_t images, const T* const* a, index_t a_image, const T* const* b,
+                      index_t b_image, T* sums);
+  int ra, rb;  // rows of A and of B per tile
+  int lanes;   // elements per vector
+  Fn fn;
+};
+
 // The kernels of one instruction set: the general shape, one of fewer rows (MR) for products with
-// few rows, e.g. a layer of 16 or 32 output channels, which 14-row panels pad by 43% / 24%, and
-// one of fewer columns (NR) for few columns (wgrad's dW^T of 16 output channels).
+// few rows, e.g. a layer of 16 or 32 output channels, which 14-row panels pad by 43% / 24%, one
+// of fewer columns (NR) for few columns (wgrad's dW^T of 16 output channels), and the dot kernel.
 struct KernelTable {
   MicroKernel<float> f32, f32_few_rows, f32_few_cols;
   MicroKernel<double> f64, f64_few_rows, f64_few_cols;
+  DotKernel<float> f32_dot;
+  DotKernel<double> f64_dot;
 };
 
 // Each returns false (and leaves the table alone) when that translation unit was built without

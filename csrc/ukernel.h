@@ -155,3 +155,46 @@ MicroKernel<typename V::T> kernel_set(index_t kc, index_t nc) {
                                     &ukernel<V, MR, NV>, &ukernel_offsets<V, MR, NV>, &ukernel_rows<V, MR, NV>,
                                     &ukernel_a_offsets<V, MR, NV>, &ukernel_both_offsets<V, MR, NV>};
 }
+
+// The dot kernel (see DotKernel): RA x RB accumulators of lane partial sums, RA + RB vector loads
+// per step.
+template <class V, int RA, int RB>
+void dot_ukernel(index_t len, index_t images, const typename V::T* const* a, index_t a_image,
+                 const typename V::T* const* b, index_t b_image, typename V::T* sums) {
+  using T = typename V::T;
+  using R = typename V::R;
+  constexpr int L = V::L;
+  R acc[RA][RB];
+#pragma GCC unroll 8
+  for (int i = 0; i < RA; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < RB; ++j) acc[i][j] = V::zero();
+  for (index_t n = 0; n < images; ++n) {
+    const T* ap[RA];
+    const T* bp[RB];
+#pragma GCC unroll 8
+    for (int i = 0; i < RA; ++i) ap[i] = a[i] + n * a_image;
+#pragma GCC unroll 8
+    for (int j = 0; j < RB; ++j) bp[j] = b[j] + n * b_image;
+    for (index_t q = 0; q < len; q += L) {
+      R av[RA];
+#pragma GCC unroll 8
+      for (int i = 0; i < RA; ++i) av[i] = V::load(ap[i] + q);
+#pragma GCC unroll 8
+      for (int j = 0; j < RB; ++j) {
+        const R bv = V::load(bp[j] + q);
+#pragma GCC unroll 8
+        for (int i = 0; i < RA; ++i) acc[i][j] = V::fma(av[i], bv, acc[i][j]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < RA; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < RB; ++j) sums[i * RB + j] = V::sum(acc[i][j]);
+}
+
+template <class V, int RA, int RB>
+DotKernel<typename V::T> dot_kernel_set() {
+  return DotKernel<typename V::T>{RA, RB, V::L, &dot_ukernel<V, RA, RB>};
+}

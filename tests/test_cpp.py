@@ -105,7 +105,17 @@ WINOGRAD_WGRAD = [
     Conv("winograd_wgrad_rows", 2, 128, 9, 35, 130, 3, 3, padding=1),
     Conv("winograd_wgrad_tables_chunks", 10, 129, 7, 7, 128, 3, 3, padding=1),
 ]
-FAST_PATHS += WINOGRAD + WINOGRAD_WGRAD
+# wgrad as dot products along the pixels (up to 32 output channels per group, 64..1024 taps x
+# channels): tiles ragged both ways (7 channels against 4 rows, 117 taps x channels against 6),
+# stride phases, groups, one image in many runs of output-channel tiles, and slices over two rounds
+DOT_WGRAD = [
+    Conv("dot_wgrad_ragged", 3, 13, 9, 11, 7, 3, 3, padding=(0, 2)),
+    Conv("dot_wgrad_strided", 3, 8, 15, 13, 12, 3, 3, stride=2, padding=1),
+    Conv("dot_wgrad_groups", 4, 16, 7, 10, 10, 3, 3, padding=1, groups=2),
+    Conv("dot_wgrad_runs", 1, 12, 10, 9, 30, 3, 3, padding=1),
+    Conv("dot_wgrad_rounds", 10, 16, 64, 64, 8, 3, 3, padding=1),
+]
+FAST_PATHS += WINOGRAD + WINOGRAD_WGRAD + DOT_WGRAD
 
 
 @pytest.fixture(params=["avx512", "avx2", "generic"])
@@ -139,6 +149,20 @@ def test_winograd_wgrad_problems_take_winograd(c):
     assert _cpp.conv2d_uses_winograd(_params(c), "wgrad", F32), c.name
 
 
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in DOT_WGRAD])
+def test_dot_wgrad_problems_take_it(c):
+    assert _cpp.conv2d_wgrad_uses_dot(_params(c)), c.name
+
+
+@pytest.mark.parametrize("c", [
+    Conv("many_output_channels", 2, 16, 9, 9, 33, 3, 3, padding=1),
+    Conv("few_taps", 2, 2, 9, 9, 8, 5, 5),  # 50 taps x channels: the copies do not pay
+    Conv("pointwise", 2, 128, 9, 9, 8, 1, 1),
+], ids=lambda c: c.name)
+def test_dot_wgrad_leaves_other_layers(c):
+    assert not _cpp.conv2d_wgrad_uses_dot(_params(c)), c.name
+
+
 def test_winograd_in_fp64_only_along_rows_and_not_for_wgrad():
     """fp64 takes Winograd for wide images' forward and dgrad only (measured slower elsewhere)."""
     rows, tables = _params(WINOGRAD[0]), _params(WINOGRAD[1])
@@ -159,11 +183,13 @@ def test_winograd_leaves_other_layers_to_gemm(c):
     assert not any(_cpp.conv2d_uses_winograd(_params(c), pass_, F32) for pass_ in ("fwd", "dgrad", "wgrad")), c.name
 
 
-def test_wgrad_non_finite_x_as_the_reference(rng):
-    """wgrad's flat path pairs its junk columns (dy = 0) with real pixels, so an Inf or NaN in x
-    would leak into taps that never see it; such an x takes the packed path: the reference's
-    result, NaN for NaN. Tap kw=0 never reads the last column at a valid pixel."""
-    c = Conv("non_finite", 2, 3, 9, 11, 4, 3, 3, padding=1)
+@pytest.mark.parametrize("c", [Conv("flat", 2, 3, 9, 11, 4, 3, 3, padding=1),
+                               Conv("dot", 2, 8, 9, 11, 4, 3, 3, padding=1)], ids=lambda c: c.name)
+def test_wgrad_non_finite_x_as_the_reference(c, rng):
+    """wgrad's flat and dot paths pair their junk columns (dy = 0) with real pixels, so an Inf or
+    NaN in x would leak into taps that never see it; such an x takes the packed path: the
+    reference's result, NaN for NaN. Tap kw=0 never reads the last column at a valid pixel."""
+    assert _cpp.conv2d_wgrad_uses_dot(_params(c)) == (c.name == "dot")
     x, w, b, dy = _inputs(rng, c, small_ints, np.float32)
     x[0, 1, 4, -1], x[1, 2, 0, 5] = np.inf, np.nan
     with np.errstate(invalid="ignore"):  # the reference's matmul meets inf * 0
