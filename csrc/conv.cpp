@@ -656,18 +656,41 @@ void depthwise_forward(const ConvShape& s, const T* x, const T* w, const T* b, T
   }
 }
 
+// Whether all n values at p are finite, in blocks over the threads.
+template <typename T>
+bool all_finite_parallel(const T* p, index_t n, int nthreads) {
+  constexpr index_t kBlock = index_t(1) << 16;
+  bool finite = true;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (n > kBlock) reduction(&& : finite)
+  for (index_t b = 0; b < ceil_div(n, kBlock); ++b) finite = finite && all_finite(p + b * kBlock, min_i(kBlock, n - b * kBlock));
+  return finite;
+}
+
+// The stride-1 dgrad paths that run as a forward of dy (GEMM or depthwise) multiply dy's zero
+// padding by every tap, so an Inf or NaN in w would turn border pixels NaN where the sum over
+// real outputs (the reference's, PyTorch's) leaves them finite. Runs such a path (`run`) unless w
+// is not all finite, and returns whether its dx stands, checking the smaller of w and dx: w
+// before, or dx after (all finite: no tap met the padding as Inf or NaN), then w.
+template <typename T, class Run>
+bool dgrad_as_forward_stands(const ConvShape& s, const T* w, const T* dx, int nthreads, Run run) {
+  const index_t w_size = s.C_out * (s.C_in / s.groups) * s.KH * s.KW, dx_size = s.N * s.C_in * s.H * s.W;
+  if (w_size <= dx_size && !all_finite_parallel(w, w_size, nthreads)) return false;
+  run();
+  return w_size <= dx_size || all_finite_parallel(dx, dx_size, nthreads) || all_finite_parallel(w, w_size, nthreads);
+}
+
 template <typename T>
 void depthwise_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads) {
   const index_t mult = s.C_out / s.groups, KK = s.KH * s.KW;
-  if (mult == 1 && s.stride_h == 1 && s.stride_w == 1) {
-    // at stride 1 a depthwise dgrad is a depthwise forward of dy with the flipped kernel and
-    // padding d*(K-1) - pad (see dgrad_as_forward): register tiles instead of scattered adds
-    Buffer<T> wf(s.C_out * KK);
-    for (index_t c = 0; c < s.C_out; ++c)
-      for (index_t k = 0; k < KK; ++k) wf.data()[c * KK + KK - 1 - k] = w[c * KK + k];
-    const ConvShape t = dgrad_shape(s);
-    return depthwise_forward(t, dy, wf.data(), static_cast<const T*>(nullptr), dx, nthreads);
-  }
+  // at stride 1 a depthwise dgrad is a depthwise forward of dy with the flipped kernel and
+  // padding d*(K-1) - pad (see dgrad_as_forward): register tiles instead of scattered adds
+  if (mult == 1 && s.stride_h == 1 && s.stride_w == 1 && dgrad_as_forward_stands(s, w, dx, nthreads, [&] {
+        Buffer<T> wf(s.C_out * KK);
+        for (index_t c = 0; c < s.C_out; ++c)
+          for (index_t k = 0; k < KK; ++k) wf.data()[c * KK + KK - 1 - k] = w[c * KK + k];
+        depthwise_forward(dgrad_shape(s), dy, wf.data(), static_cast<const T*>(nullptr), dx, nthreads);
+      }))
+    return;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (index_t u = 0; u < s.N * s.C_in; ++u) {
     const index_t n = u / s.C_in, c = u % s.C_in;
@@ -1435,7 +1458,9 @@ void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y
 template <typename T>
 void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads) {
   if (is_depthwise(s)) return depthwise_backward_input(s, dy, w, dx, nthreads);
-  if (s.stride_h == 1 && s.stride_w == 1) return dgrad_as_forward(s, dy, w, dx, nthreads);
+  if (s.stride_h == 1 && s.stride_w == 1 &&
+      dgrad_as_forward_stands(s, w, dx, nthreads, [&] { dgrad_as_forward(s, dy, w, dx, nthreads); }))
+    return;
   dgrad_col2im(s, dy, w, dx, nthreads);
 }
 

@@ -323,14 +323,12 @@ def test_workspace_bounded_independent_of_batch(rng):
         assert 0 < peak < N * cols_per_image, f"{name} N={N}: {peak} bytes of workspace"
 
 
-@pytest.mark.parametrize("where, passes, c", [("x", ("y", "dx"), WINOGRAD[2]), ("w", ("y",), WINOGRAD[2]),
+@pytest.mark.parametrize("where, passes, c", [("x", ("y", "dx"), WINOGRAD[2]), ("w", ("y", "dx"), WINOGRAD[2]),
                                              ("x", ("dw",), WINOGRAD_WGRAD[1])], ids=["x", "w", "x_wgrad"])
 def test_winograd_non_finite_as_the_reference(where, passes, c, rng):
     """Winograd mixes a window's pixels (and a filter's taps) before multiplying, so an Inf or NaN
-    would turn outputs NaN that the direct sum leaves finite; such inputs take the direct path.
-    Non-finite x and dy: every pass. Non-finite w: the forward only, since the direct stride-1
-    dgrad itself multiplies dy's zero padding by the taps (0 * Inf = NaN at the borders, where the
-    reference's col2im never multiplies)."""
+    would turn outputs NaN that the direct sum leaves finite; such inputs take the direct path
+    (and a non-finite w, for dgrad, col2im: see the next test)."""
     x, w, b, dy = _inputs(rng, c, small_ints, np.float32)
     for a in ((x, dy) if where == "x" else (w,)):
         a.flat[7], a.flat[-40], a.flat[a.size // 2] = np.inf, np.nan, -np.inf
@@ -339,6 +337,24 @@ def test_winograd_non_finite_as_the_reference(where, passes, c, rng):
             if name in passes:
                 assert np.isfinite(want).any() and not np.isfinite(want).all(), name
                 assert_equal(got, want, f"{name} with Inf and NaN in {where}")
+
+
+@pytest.mark.parametrize("c", [
+    Conv("gemm_w_smaller", 3, 4, 9, 7, 5, 5, 5, padding=2),
+    Conv("gemm_dx_smaller", 1, 64, 3, 3, 64, 3, 3, padding=1),  # dx checked after, then w
+    Conv("depthwise", 2, 3, 6, 7, 3, 3, 3, padding=1, groups=3),
+], ids=lambda c: c.name)
+def test_stride1_dgrad_non_finite_w_as_the_reference(c, rng):
+    """Stride-1 dgrad runs as a forward of dy, which multiplies dy's zero padding by every tap:
+    0 * Inf = NaN at border pixels that the sum over real outputs (the reference's, PyTorch's)
+    leaves finite. A non-finite w takes col2im (GEMM) or the scattering loops (depthwise)."""
+    x, w, b, dy = _inputs(rng, c, small_ints, np.float32)
+    w[0, 0, 0, 0], w[-1, -1, -1, -1] = np.inf, np.nan
+    with np.errstate(invalid="ignore"):  # the reference's matmul meets inf * 0
+        got, want = (fastconv.conv2d_backward(dy, x, w, **c.kwargs, needs=(True, False, False), backend=name)[0]
+                     for name in ("cpp", "reference"))
+    assert np.isfinite(want).any() and not np.isfinite(want).all()
+    assert_equal(got, want, "dx with Inf and NaN in w")
 
 
 def test_winograd_workspace_bounded_independent_of_batch(rng):
