@@ -662,7 +662,8 @@ bool all_finite_parallel(const T* p, index_t n, int nthreads) {
   constexpr index_t kBlock = index_t(1) << 16;
   bool finite = true;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (n > kBlock) reduction(&& : finite)
-  for (index_t b = 0; b < ceil_div(n, kBlock); ++b) finite = finite && all_finite(p + b * kBlock, min_i(kBlock, n - b * kBlock));
+  for (index_t b = 0; b < ceil_div(n, kBlock); ++b)
+    finite = finite && all_finite(p + b * kBlock, min_i(kBlock, n - b * kBlock));
   return finite;
 }
 
