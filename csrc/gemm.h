@@ -23,7 +23,6 @@
 namespace fastconv {
 
 constexpr int kMaxMR = 16;
-constexpr int kMaxDotRows = 8;  // every dot kernel's RA and RB are at most this
 constexpr int kMaxNR = 48;
 constexpr index_t kMaxKC = 256;  // every kernel set's kc is at most this (sizes stack arrays of runs)
 

@@ -46,6 +46,7 @@ struct MicroKernel {
 // added up at the end in one fixed order). A product whose reduction is long and whose two sides
 // are short, as wgrad's dW = dy cols^T for a few channels, runs so with both operands read in place
 // along the reduction (RA*RB FMAs per RA + RB vector loads) instead of broadcasting one of them.
+constexpr int kMaxDotRows = 8;  // every dot kernel's RA and RB are at most this (callers size arrays by it)
 template <typename T>
 struct DotKernel {
   using Fn = void (*)(index_t len, index_t images, const T* const* a, index_t a_image, const T* const* b,

@@ -196,5 +196,6 @@ void dot_ukernel(index_t len, index_t images, const typename V::T* const* a, ind
 
 template <class V, int RA, int RB>
 DotKernel<typename V::T> dot_kernel_set() {
+  static_assert(RA <= kMaxDotRows && RB <= kMaxDotRows, "callers hold RA row pointers and RA*RB sums on the stack");
   return DotKernel<typename V::T>{RA, RB, V::L, &dot_ukernel<V, RA, RB>};
 }

@@ -193,7 +193,7 @@ def test_wgrad_non_finite_x_as_the_reference(c, rng):
     x, w, b, dy = _inputs(rng, c, small_ints, np.float32)
     x[0, 1, 4, -1], x[1, 2, 0, 5] = np.inf, np.nan
     with np.errstate(invalid="ignore"):  # the reference's matmul meets inf * 0
-        got, want = (fastconv.conv2d_backward(dy, x, w, padding=1, needs=(False, True, False), backend=name)[1]
+        got, want = (fastconv.conv2d_backward(dy, x, w, **c.kwargs, needs=(False, True, False), backend=name)[1]
                      for name in ("cpp", "reference"))
     assert np.isfinite(want[:, 1, :, 0]).all()
     assert_equal(got, want, "dw with Inf and NaN in x")
