@@ -1032,9 +1032,11 @@ void gemm_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const T*
   const bool crowded = l1_crowded<T>(wa.lda, wa.off, Kg);
   // Read in place, the weight costs the micro-kernel a chain of address adds per row of A, so the
   // few-rows kernel beats the general one whatever the rows: 8x48 against 14x32 (AVX-512 fp32,
-  // single thread) 0.86-0.92x the time with 64 output channels, 0.92-0.96x with 128 to 256. A
-  // packed weight (crowded) takes the kernel that suits its rows: 8x48 was 1.06-1.16x there.
-  const MicroKernel<T>& uk = crowded ? micro_kernel<T>(Cog) : micro_kernel_few_rows<T>();
+  // single thread) 0.86-0.92x the time with 64 output channels, 0.92-0.96x with 128 to 256. Unless
+  // its wider panels pad the pixels much more: a 7x7 image's 49 take 96 columns against 64, and
+  // resnet50_3x3_512_7_b1's dgrad ran in 0.77-0.82x the time on the general kernel. A packed
+  // weight (crowded) takes the kernel that suits its rows: 8x48 was 1.06-1.16x there.
+  const MicroKernel<T>& uk = crowded ? micro_kernel<T>(Cog) : micro_kernel_few_rows<T>(s.N * P);
   const FlatLayout f = flat_layout(s, uk.nr);
   const index_t chunk =
       f.identity ? s.N : max_i(1, min_i(s.N, kFlatChunkBytes / (f.image * index_t(sizeof(T)))));

@@ -124,6 +124,10 @@ const MicroKernel<T>& micro_kernel_few_rows() {
   return kernels<T>().few_rows;
 }
 template <typename T>
+const MicroKernel<T>& micro_kernel_few_rows(index_t N) {
+  return pick(kernels<T>().few_rows, kernels<T>().general, N, &MicroKernel<T>::nr);
+}
+template <typename T>
 const MicroKernel<T>& micro_kernel_few_cols() {
   return kernels<T>().few_cols;
 }
@@ -142,6 +146,7 @@ const DotKernel<T>& dot_kernel() {
   template const MicroKernel<T>& micro_kernel<T>();                 \
   template const MicroKernel<T>& micro_kernel<T>(index_t);          \
   template const MicroKernel<T>& micro_kernel_few_rows<T>();        \
+  template const MicroKernel<T>& micro_kernel_few_rows<T>(index_t); \
   template const MicroKernel<T>& micro_kernel_few_cols<T>();        \
   template const MicroKernel<T>& micro_kernel_few_cols<T>(index_t);
 FASTCONV_KERNEL_CHOICE(float)

@@ -32,9 +32,12 @@ const MicroKernel<T>& micro_kernel();
 // The one of this CPU's kernels that suits a product of M rows (see KernelTable).
 template <typename T>
 const MicroKernel<T>& micro_kernel(index_t M);
-// This CPU's few-rows kernel.
+// This CPU's few-rows kernel; and the one that suits a product of N columns, it or the general one
+// (whose panels are narrower: see pick in gemm.cpp).
 template <typename T>
 const MicroKernel<T>& micro_kernel_few_rows();
+template <typename T>
+const MicroKernel<T>& micro_kernel_few_rows(index_t N);
 // This CPU's few-columns kernel; and the one that suits a product of N columns, the general or it.
 template <typename T>
 const MicroKernel<T>& micro_kernel_few_cols();
@@ -216,9 +219,10 @@ struct PrepackedA {
 // this kind in any order of its depth (the forward: rows of Kg, off[p] = p; dgrad: the flipped,
 // transposed weight, see dgrad_as_forward), so nothing is packed (for small images packing a large
 // weight cost as much as the product: 41% of resnet50_3x3_512_7_b1's forward). A panel is packed
-// into the caller's scratch (MR x kcb) instead when it is the ragged last one, whose missing rows
-// would read past A, or when A's layout makes a panel's cache lines pile into a few of L1's sets
-// (see l1_crowded): read in place it would then come from L2 at every step.
+// into the caller's scratch (MR x kcb, by the kernel set's pack_a) instead when it is the ragged
+// last one, whose missing rows would read past A, or when A's layout makes a panel's cache lines
+// pile into a few of L1's sets (see l1_crowded): read in place it would then come from L2 at every
+// step.
 template <typename T>
 struct InPlaceA {
   const T* a;
@@ -229,16 +233,7 @@ struct InPlaceA {
   APanel<T> panel(const MicroKernel<T>& uk, index_t pc, index_t panel, index_t kcb, T* scratch) const {
     const index_t i0 = panel * uk.mr;
     if (i0 + uk.mr <= M && !crowded) return {a + i0 * lda, lda, off + pc};
-    const int MR = uk.mr, rows = static_cast<int>(min_i(MR, M - i0));
-    const index_t* o = off + pc;
-    // row by row: each row's depth steps are read in order (one step of every row was a walk
-    // across MR lines per element: three quarters of resnet50_3x3_512_7_b1's forward)
-    for (int r = 0; r < rows; ++r) {
-      const T* src = a + (i0 + r) * lda;
-      for (index_t p = 0; p < kcb; ++p) scratch[p * MR + r] = src[o[p]];
-    }
-    for (int r = rows; r < MR; ++r)
-      for (index_t p = 0; p < kcb; ++p) scratch[p * MR + r] = T(0);
+    uk.pack_a(kcb, a + i0 * lda, lda, off + pc, static_cast<int>(min_i(uk.mr, M - i0)), scratch);
     return {scratch, 0, nullptr};
   }
 };

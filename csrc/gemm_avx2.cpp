@@ -20,6 +20,9 @@ struct F32x8 {
   static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
   static void store(T* p, R v) { _mm256_storeu_ps(p, v); }
+  static void store_first(T* p, R v, int n) {  // lanes [0, n), n <= L
+    _mm256_maskstore_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), v);
+  }
   static T sum(R v) {  // lanes ((0+4) + (2+6)) + ((1+5) + (3+7))
     const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
@@ -37,6 +40,9 @@ struct F64x4 {
   static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm256_add_pd(a, b); }
   static void store(T* p, R v) { _mm256_storeu_pd(p, v); }
+  static void store_first(T* p, R v, int n) {
+    _mm256_maskstore_pd(p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3)), v);
+  }
   static T sum(R v) {  // lanes (0+2) + (1+3)
     const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));

@@ -20,6 +20,7 @@ struct F32x16 {
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
   static void store(T* p, R v) { _mm512_storeu_ps(p, v); }
+  static void store_first(T* p, R v, int n) { _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), v); }  // n <= L
   static T sum(R v) { return _mm512_reduce_add_ps(v); }
 };
 
@@ -33,6 +34,7 @@ struct F64x8 {
   static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm512_add_pd(a, b); }
   static void store(T* p, R v) { _mm512_storeu_pd(p, v); }
+  static void store_first(T* p, R v, int n) { _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), v); }
   static T sum(R v) { return _mm512_reduce_add_pd(v); }
 };
 

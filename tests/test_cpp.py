@@ -59,6 +59,9 @@ FAST_PATHS = [
     # and a 3x3 whose 29 output channels leave a ragged panel in both passes
     Conv("weight_rows_2k_apart_pointwise", 2, 512, 3, 5, 29, 1, 1),
     Conv("weight_rows_2k_apart_3x3", 1, 512, 4, 3, 29, 3, 3, padding=1),
+    # few pixels (49): the weight read in place by the general kernel, whose panels pad them less
+    # than the few-rows kernel's; 30 output channels leave a ragged row panel, packed
+    Conv("weight_in_place_few_pixels", 1, 20, 7, 7, 30, 3, 3, padding=1),
     # flat wgrad of few output channels: dW^T rows in tap-major order under the few-columns kernel
     # (C_in/groups a multiple of its MR), ragged and whole column panels, groups
     Conv("wgrad_tap_major", 2, 16, 9, 7, 5, 3, 3, padding=1),
@@ -130,10 +133,10 @@ def isa(request):
 
 
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in CONV_PROBLEMS + FAST_PATHS])
-def test_every_kernel_set_exact_on_small_integers(c, isa, rng):
-    x, w, b, dy = _inputs(rng, c, small_ints, np.float32)
+def test_every_kernel_set_exact_on_small_integers(c, isa, dtype, rng):
+    x, w, b, dy = _inputs(rng, c, small_ints, dtype)
     for name, got, want in zip(NAMES, _all_passes(c, x, w, b, dy, "cpp"), _all_passes(c, x, w, b, dy, "reference")):
-        assert_equal(got, want, f"{c.name} {name} with {isa} kernels")
+        assert_equal(got, want, f"{c.name} {name} with {isa} kernels, {np.dtype(dtype).name}")
 
 
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in WINOGRAD])
