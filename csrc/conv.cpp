@@ -1241,73 +1241,82 @@ bool flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
   Buffer<T> dwt(G * kpanels * MR * ldt);             // shared: dW^T, rows and columns rounded up
   Buffer<T> zeros(uk.kc);                            // the A row of taps past Kg in a ragged panel
   fill_zero(zeros.data(), uk.kc);
-  std::vector<index_t> along(static_cast<std::size_t>(uk.kc));  // tap-major A: element p of a row at +p
-  for (index_t p = 0; p < uk.kc; ++p) along[p] = p;
+  // element p of a row at +p: tap-major A's rows, and dy's channels (pack_b)
+  std::vector<index_t> along(static_cast<std::size_t>(max_i(uk.kc, kMaxKC)));
+  for (index_t p = 0; p < index_t(along.size()); ++p) along[p] = p;
   // runs of tp tap panels: about four units per thread
   const index_t runs = min_i(kpanels, max_i(1, ceil_div(4 * index_t(nthreads), G * cpanels)));
   const index_t tp = ceil_div(kpanels, runs), units = G * cpanels * ceil_div(kpanels, tp);
   bool finite = true;
 #pragma omp parallel num_threads(nthreads)
-  for (index_t n0 = 0; n0 < s.N; n0 += chunk) {
-    const index_t imgs = min_i(chunk, s.N - n0);
-    if (f.identity) {
+  {
+    Buffer<T> block(kMaxKC * NR);  // per thread: a block of dy^T's pixels, before they are spread into rows
+    for (index_t n0 = 0; n0 < s.N; n0 += chunk) {
+      const index_t imgs = min_i(chunk, s.N - n0);
+      if (f.identity) {
 #pragma omp for schedule(static) reduction(&& : finite)
-      for (index_t img = 0; img < imgs; ++img) finite = finite && all_finite(x + (n0 + img) * f.image, f.image);
-    } else {
+        for (index_t img = 0; img < imgs; ++img) finite = finite && all_finite(x + (n0 + img) * f.image, f.image);
+      } else {
 #pragma omp for schedule(static) reduction(&& : finite)
-      for (index_t job = 0; job < imgs * s.C_in; ++job) {
-        const index_t img = job / s.C_in, c = job % s.C_in;
-        finite = finite && all_finite(x + ((n0 + img) * s.C_in + c) * HW, HW);
-        flat_fill_job(s, f, x + (n0 + img) * s.C_in * HW, xq.data() + img * f.image, c);
+        for (index_t job = 0; job < imgs * s.C_in; ++job) {
+          const index_t img = job / s.C_in, c = job % s.C_in;
+          finite = finite && all_finite(x + ((n0 + img) * s.C_in + c) * HW, HW);
+          flat_fill_job(s, f, x + (n0 + img) * s.C_in * HW, xq.data() + img * f.image, c);
+        }
       }
-    }
-    // every thread reads the flag between this loop's barrier and the next write to it (the next
-    // chunk's reduction, two barriers on), so all of them leave together
-    if (!finite) break;
+      // every thread reads the flag between this loop's barrier and the next write to it (the next
+      // chunk's reduction, two barriers on), so all of them leave together
+      if (!finite) break;
 #pragma omp for schedule(static)
-    for (index_t job = 0; job < imgs * G * cpanels; ++job) {  // dy^T panels: column q = oh*Wq + ow
-      const index_t img = job / (G * cpanels), gp = job % (G * cpanels), c0 = (gp % cpanels) * NR;
-      const index_t chans = min_i(NR, Cog - c0);
-      const T* src = dy + ((n0 + img) * s.C_out + (gp / cpanels) * Cog + c0) * P;
-      T* dst = dyq.data() + img * dy_image + gp * NR * f.rows;
-      fill_zero(dst, NR * f.rows);
-      // 16 columns of all channels at a time: the writes stay within 16*NR elements (a plain walk
-      // along each channel wrote one element per cache line: 19% of resnet50_conv1's wgrad)
-      constexpr index_t kCols = 16;
-      for (index_t oh = 0; oh < s.OH; ++oh)
-        for (index_t ow0 = 0; ow0 < s.OW; ow0 += kCols) {
-          const index_t ow1 = min_i(s.OW, ow0 + kCols);
-          for (index_t r = 0; r < chans; ++r) {
-            const T* sr = src + r * P + oh * s.OW;
-            T* dr = dst + oh * f.Wq * NR + r;
-            for (index_t ow = ow0; ow < ow1; ++ow) dr[ow * NR] = sr[ow];
+      for (index_t job = 0; job < imgs * G * cpanels; ++job) {  // dy^T panels: column q = oh*Wq + ow
+        const index_t img = job / (G * cpanels), gp = job % (G * cpanels), c0 = (gp % cpanels) * NR;
+        const index_t chans = min_i(NR, Cog - c0);
+        const T* src = dy + ((n0 + img) * s.C_out + (gp / cpanels) * Cog + c0) * P;
+        T* dst = dyq.data() + img * dy_image + gp * NR * f.rows;
+        // blocks of up to kMaxKC pixels transposed by the kernel set's pack_b (a plain walk along
+        // each channel wrote one element per cache line: 19% of resnet50_conv1's wgrad; element by
+        // element in blocks of 16 columns, 6% of ResNet-20's 3x3x64 wgrad), then spread into output
+        // rows Wq apart, whose junk columns are zeroed
+        for (index_t p0 = 0; p0 < P; p0 += kMaxKC) {
+          const index_t kcb = min_i(kMaxKC, P - p0);
+          T* packed = f.Wq == s.OW ? dst + p0 * NR : block.data();
+          uk.pack_b(kcb, src + p0, P, along.data(), static_cast<int>(chans), packed);
+          if (f.Wq == s.OW) continue;
+          for (index_t p = p0; p < p0 + kcb;) {
+            const index_t oh = p / s.OW, ow = p % s.OW, len = min_i(s.OW - ow, p0 + kcb - p);
+            std::memcpy(dst + (oh * f.Wq + ow) * NR, packed + (p - p0) * NR,
+                        static_cast<std::size_t>(len * NR) * sizeof(T));
+            p += len;
           }
         }
-    }
-    const T* base = f.identity ? x + n0 * f.image : xq.data();
+        for (index_t oh = 0; oh < s.OH && f.Wq != s.OW; ++oh)
+          fill_zero(dst + (oh * f.Wq + s.OW) * NR, (f.Wq - s.OW) * NR);
+      }
+      const T* base = f.identity ? x + n0 * f.image : xq.data();
 #pragma omp for schedule(dynamic, 1)
-    for (index_t u = 0; u < units; ++u) {
-      const index_t grp = u / (cpanels * ceil_div(kpanels, tp)), rest = u % (cpanels * ceil_div(kpanels, tp));
-      const index_t cp = rest % cpanels, k_first = (rest / cpanels) * tp, k_end = min_i(kpanels, k_first + tp);
-      const int n = static_cast<int>(min_i(NR, Cog - cp * NR));
-      for (index_t img = 0; img < imgs; ++img) {
-        const T* xi = base + img * f.image + grp * Cig * f.chan;
-        const T* bi = dyq.data() + img * dy_image + (grp * cpanels + cp) * NR * f.rows;
-        for (index_t pc = 0; pc < f.rows; pc += uk.kc) {
-          const index_t kcb = min_i(uk.kc, f.rows - pc);
-          const bool acc = n0 > 0 || img > 0 || pc > 0;
-          for (index_t panel = k_first; panel < k_end; ++panel) {
-            const index_t k0 = panel * MR;
-            const int m = static_cast<int>(min_i(MR, Kg - k0));
-            T* c = dwt.data() + (grp * kpanels * MR + k0) * ldt + cp * NR;
-            if (tap_major) {  // rows k0.. = channels k0 % Cig.. of tap k0 / Cig: f.off[tap] + ci*chan
-              const T* a = xi + f.off[k0 / Cig] + (k0 % Cig) * f.chan + pc;
-              uk.fn_a_offsets(kcb, a, f.chan, along.data(), bi + pc * NR, c, ldt, acc, m, n);
-              continue;
+      for (index_t u = 0; u < units; ++u) {
+        const index_t grp = u / (cpanels * ceil_div(kpanels, tp)), rest = u % (cpanels * ceil_div(kpanels, tp));
+        const index_t cp = rest % cpanels, k_first = (rest / cpanels) * tp, k_end = min_i(kpanels, k_first + tp);
+        const int n = static_cast<int>(min_i(NR, Cog - cp * NR));
+        for (index_t img = 0; img < imgs; ++img) {
+          const T* xi = base + img * f.image + grp * Cig * f.chan;
+          const T* bi = dyq.data() + img * dy_image + (grp * cpanels + cp) * NR * f.rows;
+          for (index_t pc = 0; pc < f.rows; pc += uk.kc) {
+            const index_t kcb = min_i(uk.kc, f.rows - pc);
+            const bool acc = n0 > 0 || img > 0 || pc > 0;
+            for (index_t panel = k_first; panel < k_end; ++panel) {
+              const index_t k0 = panel * MR;
+              const int m = static_cast<int>(min_i(MR, Kg - k0));
+              T* c = dwt.data() + (grp * kpanels * MR + k0) * ldt + cp * NR;
+              if (tap_major) {  // rows k0.. = channels k0 % Cig.. of tap k0 / Cig: f.off[tap] + ci*chan
+                const T* a = xi + f.off[k0 / Cig] + (k0 % Cig) * f.chan + pc;
+                uk.fn_a_offsets(kcb, a, f.chan, along.data(), bi + pc * NR, c, ldt, acc, m, n);
+                continue;
+              }
+              const T* rows[kMaxMR];
+              for (int i = 0; i < MR; ++i) rows[i] = i < m ? xi + f.off[k0 + i] + pc : zeros.data();
+              uk.fn_rows(kcb, rows, bi + pc * NR, c, ldt, acc, m, n);
             }
-            const T* rows[kMaxMR];
-            for (int i = 0; i < MR; ++i) rows[i] = i < m ? xi + f.off[k0 + i] + pc : zeros.data();
-            uk.fn_rows(kcb, rows, bi + pc * NR, c, ldt, acc, m, n);
           }
         }
       }

@@ -103,21 +103,9 @@ void pack_a_job(const MicroKernel<T>& uk, const T* a, index_t rs, index_t cs, in
   const index_t kcb = min_i(kc, K - pc);
   T* d = dst + pc * round_up(M, MR) + panel * MR * kcb;
   const index_t i0 = panel * MR;
-  const int rows = static_cast<int>(min_i(MR, M - i0));
-  if (cs == 1) {  // rows are contiguous in memory: read along them, write with stride MR
-    for (int r = 0; r < rows; ++r) {
-      const T* src = a + (i0 + r) * rs + pc;
-      for (index_t p = 0; p < kcb; ++p) d[p * MR + r] = src[p];
-    }
-    for (int r = rows; r < MR; ++r)
-      for (index_t p = 0; p < kcb; ++p) d[p * MR + r] = T(0);
-  } else {  // columns are contiguous (a transposed A): read MR neighbours per depth step
-    for (index_t p = 0; p < kcb; ++p) {
-      const T* src = a + i0 * rs + (pc + p) * cs;
-      for (int r = 0; r < rows; ++r) d[p * MR + r] = src[r * rs];
-      for (int r = rows; r < MR; ++r) d[p * MR + r] = T(0);
-    }
-  }
+  index_t off[kMaxKC];  // depth step p at p*cs
+  for (index_t p = 0; p < kcb; ++p) off[p] = p * cs;
+  uk.pack_a(kcb, a + i0 * rs + pc * cs, rs, off, static_cast<int>(min_i(MR, M - i0)), d);
 }
 
 // The whole of A, packed by the calling thread alone.
@@ -143,13 +131,10 @@ struct StridedB {
           for (int r = 0; r < cols; ++r) d[p * NR + r] = src[r];
           for (int r = cols; r < NR; ++r) d[p * NR + r] = T(0);
         }
-      } else {  // a transposed B (e.g. linear's weight): read each column along its depth
-        for (int r = 0; r < cols; ++r) {
-          const T* src = b + (j0 + jr + r) * cs + pc * rs;
-          for (index_t p = 0; p < kcb; ++p) d[p * NR + r] = src[p * rs];
-        }
-        for (int r = cols; r < NR; ++r)
-          for (index_t p = 0; p < kcb; ++p) d[p * NR + r] = T(0);
+      } else {  // a transposed B (e.g. linear's weight): B's columns are the panel's rows
+        index_t off[kMaxKC];  // depth step p at p*rs
+        for (index_t p = 0; p < kcb; ++p) off[p] = p * rs;
+        uk.pack_b(kcb, b + (j0 + jr) * cs + pc * rs, cs, off, cols, d);
       }
     }
   }

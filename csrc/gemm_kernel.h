@@ -30,9 +30,9 @@ struct MicroKernel {
                              bool accumulate, int m, int n);
   using BothOffsetFn = void (*)(index_t kc, const T* a, index_t lda, const index_t* aoff, const T* b,
                                 const index_t* boff, T* c, index_t ldc, bool accumulate, int m, int n);
-  // packs the A panel [kc][MR] of a matrix read where it lies: element (i, p) = a[off[p] + i*lda] for
-  // the first `rows` rows, zero for the rest
-  using PackAFn = void (*)(index_t kc, const T* a, index_t lda, const index_t* off, int rows, T* dst);
+  // packs a panel [kc][W] (W = MR: of A; NR: of B, its rows being B's columns) of a matrix read where
+  // it lies: element (i, p) = a[off[p] + i*lda] for the first `rows` rows, zero for the rest
+  using PackFn = void (*)(index_t kc, const T* a, index_t lda, const index_t* off, int rows, T* dst);
   int mr;       // rows of C per micro-tile (broadcast operand)
   int nr;       // columns of C per micro-tile (vector operand)
   index_t kc;   // depth of a packed block: an A micro-panel MR*kc stays in L1
@@ -42,7 +42,7 @@ struct MicroKernel {
   RowsFn fn_rows;
   AOffsetFn fn_a_offsets;
   BothOffsetFn fn_both_offsets;
-  PackAFn pack_a;
+  PackFn pack_a, pack_b;
 };
 
 // Dot products of rows along their length: for a tile of RA rows of A and RB rows of B,

@@ -170,28 +170,29 @@ inline __attribute__((always_inline)) void transpose(typename V::R (&v)[V::L]) {
   }
 }
 
-// The A panel of a matrix read where it lies (MicroKernel::PackAFn). Where L depth steps lie one
-// element apart (a weight's taps and channels in order: the forward's A), the MR rows x L steps
-// are read as vectors along the rows and transposed in registers, MR/L blocks of them. Elsewhere
+// A panel of W rows of a matrix read where it lies (MicroKernel::PackFn). Where L depth steps lie
+// one element apart (a weight's taps and channels in order: the forward's A; linear's x and w),
+// the W rows x L steps are read as vectors along the rows and transposed in registers, W/L blocks
+// of them. Elsewhere
 // (and with one-lane vectors) element by element, in the order the elements lie: step by step
 // where a step's rows are consecutive, else row by row. The element-by-element copy was 43% of
 // resnet50_3x3_512_7_b1's forward, whose weight rows are 18 KiB apart (see l1_crowded) and whose
 // 49 pixels use each packed element only twice; transposed, the forward ran in 0.72x the time.
-template <class V, int MR>
-void pack_a_panel(index_t kc, const typename V::T* a, index_t lda, const index_t* off, int rows,
-                  typename V::T* dst) {
+template <class V, int W>
+void pack_panel(index_t kc, const typename V::T* a, index_t lda, const index_t* off, int rows,
+                typename V::T* dst) {
   using T = typename V::T;
   using R = typename V::R;
-  constexpr int L = V::L, G = (MR + L - 1) / L;  // G blocks of L rows (the last one may be short)
+  constexpr int L = V::L, G = (W + L - 1) / L;  // G blocks of L rows (the last one may be short)
   const auto scalar = [&](index_t p0, index_t p1) {
     if (lda == 1) {  // a step's rows are consecutive elements: step by step (a pointwise dgrad's A)
       for (index_t p = p0; p < p1; ++p)
 #pragma GCC unroll 16
-        for (int r = 0; r < MR; ++r) dst[p * MR + r] = r < rows ? a[off[p] + r] : T(0);
+        for (int r = 0; r < W; ++r) dst[p * W + r] = r < rows ? a[off[p] + r] : T(0);
       return;
     }
-    for (int r = 0; r < MR; ++r)
-      for (index_t p = p0; p < p1; ++p) dst[p * MR + r] = r < rows ? a[off[p] + r * lda] : T(0);
+    for (int r = 0; r < W; ++r)
+      for (index_t p = p0; p < p1; ++p) dst[p * W + r] = r < rows ? a[off[p] + r * lda] : T(0);
   };
   if constexpr (L == 1) {
     scalar(0, kc);
@@ -210,9 +211,9 @@ void pack_a_panel(index_t kc, const typename V::T* a, index_t lda, const index_t
 #pragma GCC unroll 16
         for (int j = 0; j < L; ++j) v[j] = g * L + j < rows ? V::load(a + off[p] + (g * L + j) * lda) : V::zero();
         transpose<V>(v);
-        constexpr int last = MR - (G - 1) * L;  // rows in the last block
+        constexpr int last = W - (G - 1) * L;  // rows in the last block
 #pragma GCC unroll 16
-        for (int j = 0; j < L; ++j) V::store_first(dst + (p + j) * MR + g * L, v[j], g + 1 < G ? L : last);
+        for (int j = 0; j < L; ++j) V::store_first(dst + (p + j) * W + g * L, v[j], g + 1 < G ? L : last);
       }
     }
     scalar(p, kc);
@@ -225,7 +226,7 @@ MicroKernel<typename V::T> kernel_set(index_t kc, index_t nc) {
   return MicroKernel<typename V::T>{MR, NV * V::L, kc, nc,
                                     &ukernel<V, MR, NV>, &ukernel_offsets<V, MR, NV>, &ukernel_rows<V, MR, NV>,
                                     &ukernel_a_offsets<V, MR, NV>, &ukernel_both_offsets<V, MR, NV>,
-                                    &pack_a_panel<V, MR>};
+                                    &pack_panel<V, MR>, &pack_panel<V, NV * V::L>};
 }
 
 // The dot kernel (see DotKernel): RA x RB accumulators of lane partial sums, RA + RB vector loads

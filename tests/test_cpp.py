@@ -209,9 +209,10 @@ def test_fast_paths_close_on_random_data(c, dtype, rng):
         assert_close(got, want, f"{c.name} {name}")
 
 
-def test_linear_every_kernel_set(isa, rng):
-    x, w, b = small_ints(rng, (37, 29), np.float32), small_ints(rng, (19, 29), np.float32), small_ints(rng, (19,), np.float32)
-    dy = small_ints(rng, (37, 19), np.float32)
+def test_linear_every_kernel_set(isa, dtype, rng):
+    """Shapes that leave ragged panels and depth blocks (the packs' vector blocks and their tails)."""
+    x, w, b = small_ints(rng, (37, 29), dtype), small_ints(rng, (19, 29), dtype), small_ints(rng, (19,), dtype)
+    dy = small_ints(rng, (37, 19), dtype)
     assert_equal(fastconv.linear(x, w, b, backend="cpp"), fastconv.linear(x, w, b, backend="reference"))
     got = fastconv.linear_backward(dy, x, w, backend="cpp")
     for g, r in zip(got, fastconv.linear_backward(dy, x, w, backend="reference")):
