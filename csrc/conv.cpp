@@ -1209,13 +1209,14 @@ void gemm_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
   }
 }
 
-// wgrad on the flat layout: dW_g^T (Kg x Cog) = sum over images of cols_g (Kg x columns) times
-// dy_g^T (columns x Cog). The micro-kernel reads row k of cols in place from the image's flat copy
-// (at off[k], as the forward does) as its A rows; dy^T is packed per image into NR-channel panels
-// whose junk columns are zero. Units (group, channel panel, run of tap panels) each own a block of
-// dW^T and reduce it over the images in order: one fixed order on any thread count.
-// A junk column pairs dy = 0 with a real pixel, which adds 0 unless that pixel is Inf or NaN: x
-// with a non-finite value is left to the packed path (returns false), so results stay exact.
+// wgrad on the flat layout: dW_g^T (Kg x Cog) = sum over images of cols_g (Kg x P pixels) times
+// dy_g^T (P x Cog). The micro-kernel reads row k of cols in place from the image's flat copy (at
+// off[k], as the forward does) as its A rows, pixel p at column pix[p] = oh*Wq + ow of the layout:
+// the junk columns are skipped, not multiplied by zeros (they were 20% of the depth on 8x8 images,
+// and left the product 0.8-0.9x its time there). dy^T is packed per image into NR-channel panels.
+// Units (group, channel panel, run of tap panels) each own a block of dW^T and reduce it over the
+// images in order: one fixed order on any thread count. x with a non-finite value is left to the
+// packed path (returns false), as the dot path does.
 // Few output channels (16 against 32-wide panels) take the few-columns kernel, with the rows of
 // dW^T in tap-major order (tap, ci): a panel is then MR channels of one tap, rows one channel
 // apart in the flat copy (one stride: InPlaceA's form, no row pointers), when MR divides C_in/groups.
@@ -1233,90 +1234,72 @@ bool flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
   // ldt: dW^T rows one cache line longer than the panels, so that the MR rows of a tile (often a
   // power of two apart otherwise) do not all fall into the same few L1 sets
   const index_t cpanels = ceil_div(Cog, NR), kpanels = ceil_div(Kg, MR), ldt = cpanels * NR + 64 / index_t(sizeof(T));
-  const index_t dy_image = G * cpanels * NR * f.rows;  // dy^T of one image: [group][panel][column][NR]
+  const index_t dy_image = G * cpanels * NR * P;  // dy^T of one image: [group][panel][pixel][NR]
   const index_t per_image = (f.identity ? 0 : f.image) + dy_image;
   const index_t chunk = max_i(1, min_i(s.N, kFlatChunkBytes / (per_image * index_t(sizeof(T)))));
   Buffer<T> xq(f.identity ? 0 : chunk * f.image);  // shared: flat copies of one chunk of images
   Buffer<T> dyq(chunk * dy_image);                   // shared: their packed dy^T
   Buffer<T> dwt(G * kpanels * MR * ldt);             // shared: dW^T, rows and columns rounded up
-  Buffer<T> zeros(uk.kc);                            // the A row of taps past Kg in a ragged panel
-  fill_zero(zeros.data(), uk.kc);
-  // element p of a row at +p: tap-major A's rows, and dy's channels (pack_b)
-  std::vector<index_t> along(static_cast<std::size_t>(max_i(uk.kc, kMaxKC)));
-  for (index_t p = 0; p < index_t(along.size()); ++p) along[p] = p;
+  std::vector<index_t> pix(static_cast<std::size_t>(P)), along(static_cast<std::size_t>(kMaxKC));
+  for (index_t p = 0; p < P; ++p) pix[p] = p / s.OW * f.Wq + p % s.OW;  // pixel p's column in the layout
+  for (index_t p = 0; p < kMaxKC; ++p) along[p] = p;                    // dy's pixels, for pack_b
   // runs of tp tap panels: about four units per thread
   const index_t runs = min_i(kpanels, max_i(1, ceil_div(4 * index_t(nthreads), G * cpanels)));
   const index_t tp = ceil_div(kpanels, runs), units = G * cpanels * ceil_div(kpanels, tp);
   bool finite = true;
 #pragma omp parallel num_threads(nthreads)
-  {
-    Buffer<T> block(kMaxKC * NR);  // per thread: a block of dy^T's pixels, before they are spread into rows
-    for (index_t n0 = 0; n0 < s.N; n0 += chunk) {
-      const index_t imgs = min_i(chunk, s.N - n0);
-      if (f.identity) {
+  for (index_t n0 = 0; n0 < s.N; n0 += chunk) {
+    const index_t imgs = min_i(chunk, s.N - n0);
+    if (f.identity) {
 #pragma omp for schedule(static) reduction(&& : finite)
-        for (index_t img = 0; img < imgs; ++img) finite = finite && all_finite(x + (n0 + img) * f.image, f.image);
-      } else {
+      for (index_t img = 0; img < imgs; ++img) finite = finite && all_finite(x + (n0 + img) * f.image, f.image);
+    } else {
 #pragma omp for schedule(static) reduction(&& : finite)
-        for (index_t job = 0; job < imgs * s.C_in; ++job) {
-          const index_t img = job / s.C_in, c = job % s.C_in;
-          finite = finite && all_finite(x + ((n0 + img) * s.C_in + c) * HW, HW);
-          flat_fill_job(s, f, x + (n0 + img) * s.C_in * HW, xq.data() + img * f.image, c);
-        }
+      for (index_t job = 0; job < imgs * s.C_in; ++job) {
+        const index_t img = job / s.C_in, c = job % s.C_in;
+        finite = finite && all_finite(x + ((n0 + img) * s.C_in + c) * HW, HW);
+        flat_fill_job(s, f, x + (n0 + img) * s.C_in * HW, xq.data() + img * f.image, c);
       }
-      // every thread reads the flag between this loop's barrier and the next write to it (the next
-      // chunk's reduction, two barriers on), so all of them leave together
-      if (!finite) break;
+    }
+    // every thread reads the flag between this loop's barrier and the next write to it (the next
+    // chunk's reduction, two barriers on), so all of them leave together
+    if (!finite) break;
 #pragma omp for schedule(static)
-      for (index_t job = 0; job < imgs * G * cpanels; ++job) {  // dy^T panels: column q = oh*Wq + ow
-        const index_t img = job / (G * cpanels), gp = job % (G * cpanels), c0 = (gp % cpanels) * NR;
-        const index_t chans = min_i(NR, Cog - c0);
-        const T* src = dy + ((n0 + img) * s.C_out + (gp / cpanels) * Cog + c0) * P;
-        T* dst = dyq.data() + img * dy_image + gp * NR * f.rows;
-        // blocks of up to kMaxKC pixels transposed by the kernel set's pack_b (a plain walk along
-        // each channel wrote one element per cache line: 19% of resnet50_conv1's wgrad; element by
-        // element in blocks of 16 columns, 6% of ResNet-20's 3x3x64 wgrad), then spread into output
-        // rows Wq apart, whose junk columns are zeroed
-        for (index_t p0 = 0; p0 < P; p0 += kMaxKC) {
-          const index_t kcb = min_i(kMaxKC, P - p0);
-          T* packed = f.Wq == s.OW ? dst + p0 * NR : block.data();
-          uk.pack_b(kcb, src + p0, P, along.data(), static_cast<int>(chans), packed);
-          if (f.Wq == s.OW) continue;
-          for (index_t p = p0; p < p0 + kcb;) {
-            const index_t oh = p / s.OW, ow = p % s.OW, len = min_i(s.OW - ow, p0 + kcb - p);
-            std::memcpy(dst + (oh * f.Wq + ow) * NR, packed + (p - p0) * NR,
-                        static_cast<std::size_t>(len * NR) * sizeof(T));
-            p += len;
-          }
-        }
-        for (index_t oh = 0; oh < s.OH && f.Wq != s.OW; ++oh)
-          fill_zero(dst + (oh * f.Wq + s.OW) * NR, (f.Wq - s.OW) * NR);
-      }
-      const T* base = f.identity ? x + n0 * f.image : xq.data();
+    for (index_t job = 0; job < imgs * G * cpanels; ++job) {  // dy^T panels: [pixel][NR]
+      const index_t img = job / (G * cpanels), gp = job % (G * cpanels), c0 = (gp % cpanels) * NR;
+      const index_t chans = min_i(NR, Cog - c0);
+      const T* src = dy + ((n0 + img) * s.C_out + (gp / cpanels) * Cog + c0) * P;
+      T* dst = dyq.data() + img * dy_image + gp * NR * P;
+      // blocks of kMaxKC pixels transposed by the kernel set's pack_b (a plain walk along each
+      // channel wrote one element per cache line: 19% of resnet50_conv1's wgrad)
+      for (index_t p0 = 0; p0 < P; p0 += kMaxKC)
+        uk.pack_b(min_i(kMaxKC, P - p0), src + p0, P, along.data(), static_cast<int>(chans), dst + p0 * NR);
+    }
+    const T* base = f.identity ? x + n0 * f.image : xq.data();
 #pragma omp for schedule(dynamic, 1)
-      for (index_t u = 0; u < units; ++u) {
-        const index_t grp = u / (cpanels * ceil_div(kpanels, tp)), rest = u % (cpanels * ceil_div(kpanels, tp));
-        const index_t cp = rest % cpanels, k_first = (rest / cpanels) * tp, k_end = min_i(kpanels, k_first + tp);
-        const int n = static_cast<int>(min_i(NR, Cog - cp * NR));
-        for (index_t img = 0; img < imgs; ++img) {
-          const T* xi = base + img * f.image + grp * Cig * f.chan;
-          const T* bi = dyq.data() + img * dy_image + (grp * cpanels + cp) * NR * f.rows;
-          for (index_t pc = 0; pc < f.rows; pc += uk.kc) {
-            const index_t kcb = min_i(uk.kc, f.rows - pc);
-            const bool acc = n0 > 0 || img > 0 || pc > 0;
-            for (index_t panel = k_first; panel < k_end; ++panel) {
-              const index_t k0 = panel * MR;
-              const int m = static_cast<int>(min_i(MR, Kg - k0));
-              T* c = dwt.data() + (grp * kpanels * MR + k0) * ldt + cp * NR;
-              if (tap_major) {  // rows k0.. = channels k0 % Cig.. of tap k0 / Cig: f.off[tap] + ci*chan
-                const T* a = xi + f.off[k0 / Cig] + (k0 % Cig) * f.chan + pc;
-                uk.fn_a_offsets(kcb, a, f.chan, along.data(), bi + pc * NR, c, ldt, acc, m, n);
-                continue;
-              }
-              const T* rows[kMaxMR];
-              for (int i = 0; i < MR; ++i) rows[i] = i < m ? xi + f.off[k0 + i] + pc : zeros.data();
-              uk.fn_rows(kcb, rows, bi + pc * NR, c, ldt, acc, m, n);
+    for (index_t u = 0; u < units; ++u) {
+      const index_t grp = u / (cpanels * ceil_div(kpanels, tp)), rest = u % (cpanels * ceil_div(kpanels, tp));
+      const index_t cp = rest % cpanels, k_first = (rest / cpanels) * tp, k_end = min_i(kpanels, k_first + tp);
+      const int n = static_cast<int>(min_i(NR, Cog - cp * NR));
+      for (index_t img = 0; img < imgs; ++img) {
+        const T* xi = base + img * f.image + grp * Cig * f.chan;
+        const T* bi = dyq.data() + img * dy_image + (grp * cpanels + cp) * NR * P;
+        for (index_t pc = 0; pc < P; pc += uk.kc) {
+          const index_t kcb = min_i(uk.kc, P - pc);
+          const bool acc = n0 > 0 || img > 0 || pc > 0;
+          for (index_t panel = k_first; panel < k_end; ++panel) {
+            const index_t k0 = panel * MR;
+            const int m = static_cast<int>(min_i(MR, Kg - k0));
+            T* c = dwt.data() + (grp * kpanels * MR + k0) * ldt + cp * NR;
+            if (tap_major) {  // rows k0.. = channels k0 % Cig.. of tap k0 / Cig: f.off[tap] + ci*chan
+              const T* a = xi + f.off[k0 / Cig] + (k0 % Cig) * f.chan;
+              uk.fn_a_offsets(kcb, a, f.chan, pix.data() + pc, bi + pc * NR, c, ldt, acc, m, n);
+              continue;
             }
+            // rows past Kg in a ragged panel repeat row k0: computed, then dropped
+            const T* rows[kMaxMR];
+            for (int i = 0; i < MR; ++i) rows[i] = xi + f.off[i < m ? k0 + i : k0];
+            uk.fn_rows(kcb, rows, pix.data() + pc, bi + pc * NR, c, ldt, acc, m, n);
           }
         }
       }

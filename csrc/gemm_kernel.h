@@ -22,9 +22,9 @@ struct MicroKernel {
   // the same with B row p at b + off[p] instead of packed (NR contiguous elements from there)
   using OffsetFn = void (*)(index_t kc, const T* a, const T* b, const index_t* off, T* c, index_t ldc,
                             bool accumulate, int m, int n);
-  // the same with row i of A read in place at rows[i] (MR pointers; kc elements each) and B packed
-  using RowsFn = void (*)(index_t kc, const T* const* rows, const T* b, T* c, index_t ldc, bool accumulate, int m,
-                          int n);
+  // the same with A(i, p) at rows[i][off[p]] (MR row pointers, one table of steps) and B packed
+  using RowsFn = void (*)(index_t kc, const T* const* rows, const index_t* off, const T* b, T* c, index_t ldc,
+                          bool accumulate, int m, int n);
   // the same with A(i, p) at a + aoff[p] + i*lda (a matrix as it lies), B packed / row p at b + boff[p]
   using AOffsetFn = void (*)(index_t kc, const T* a, index_t lda, const index_t* aoff, const T* b, T* c, index_t ldc,
                              bool accumulate, int m, int n);

@@ -18,9 +18,10 @@
 // for every thread count and blocking of the non-reduced dimensions.
 
 // The operands' sources. A: packed [kc][MR] (one scalar of each row per step), MR rows read in
-// place (element p of each; wgrad reads image rows so), or element (i, p) at a + off[p] + i*lda (a
-// weight as it lies, in any order of its depth: the forward and dgrad read it so, unpacked). B: packed [kc][NR], or rows read in place at b + off[p] (the
-// forward reads an image so: a row of NR pixels is contiguous there).
+// place at the steps of one table (element off[p] of each; wgrad reads image rows so, pixel by
+// pixel), or element (i, p) at a + off[p] + i*lda (a weight as it lies, in any order of its depth:
+// the forward and dgrad read it so, unpacked). B: packed [kc][NR], or rows read in place at
+// b + off[p] (the forward reads an image so: a row of NR pixels is contiguous there).
 template <typename T, int MR>
 struct PackedA {
   const T* a;
@@ -29,7 +30,8 @@ struct PackedA {
 template <typename T, int MR>
 struct RowsA {
   const T* rows[MR];
-  T at(int i, index_t p) const { return rows[i][p]; }
+  const index_t* off;
+  T at(int i, index_t p) const { return rows[i][off[p]]; }
 };
 template <typename T, int MR>
 struct OffsetA {
@@ -121,13 +123,14 @@ void ukernel_offsets(index_t kc, const typename V::T* a, const typename V::T* b,
   ukernel_body<V, MR, NV>(kc, PackedA<T, MR>{a}, OffsetB<T>{b, off}, c, ldc, accumulate, m, n);
 }
 
-// A row i at rows[i] (MR of them), B packed.
+// A(i, p) at rows[i][off[p]] (MR rows), B packed.
 template <class V, int MR, int NV>
-void ukernel_rows(index_t kc, const typename V::T* const* rows, const typename V::T* b, typename V::T* c,
-                  index_t ldc, bool accumulate, int m, int n) {
+void ukernel_rows(index_t kc, const typename V::T* const* rows, const index_t* off, const typename V::T* b,
+                  typename V::T* c, index_t ldc, bool accumulate, int m, int n) {
   using T = typename V::T;
   RowsA<T, MR> A;
   for (int i = 0; i < MR; ++i) A.rows[i] = rows[i];
+  A.off = off;
   ukernel_body<V, MR, NV>(kc, A, PackedB<T, NV * V::L>{b}, c, ldc, accumulate, m, n);
 }
 
