@@ -16,8 +16,8 @@
 //   * wgrad: with up to 32 output channels and 64 to 1024 taps x input channels per group (not
 //     pointwise), finite x, dot products along the pixels of dy and the rows of cols, both read
 //     in place from flat copies (the dot kernel, see dot_backward_weight); else dW^T =
-//     cols dy^T on the same flat layout (the micro-kernel reads cols' rows in place), for weights
-//     under 4 MiB (1 MiB pointwise) and finite x; otherwise GEMM dW += dY cols^T with cols^T packed
+//     cols dy^T on the same flat layout (the micro-kernel reads cols' rows in place, pixel by
+//     pixel), for weights under 4 MiB (1 MiB pointwise); otherwise GEMM dW += dY cols^T with cols^T packed
 //     from x, the batch folded into the reduction;
 //   * depthwise (one input channel per group): direct loops over rows, no GEMM.
 //
@@ -1215,13 +1215,13 @@ void gemm_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
 // the junk columns are skipped, not multiplied by zeros (they were 20% of the depth on 8x8 images,
 // and left the product 0.8-0.9x its time there). dy^T is packed per image into NR-channel panels.
 // Units (group, channel panel, run of tap panels) each own a block of dW^T and reduce it over the
-// images in order: one fixed order on any thread count. x with a non-finite value is left to the
-// packed path (returns false), as the dot path does.
+// images in order: one fixed order on any thread count. Reading only the pixels each tap meets,
+// it needs no finite x (the dot path does, and leaves such an x to this one).
 // Few output channels (16 against 32-wide panels) take the few-columns kernel, with the rows of
 // dW^T in tap-major order (tap, ci): a panel is then MR channels of one tap, rows one channel
 // apart in the flat copy (one stride: InPlaceA's form, no row pointers), when MR divides C_in/groups.
 template <typename T>
-bool flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+void flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
   const index_t G = s.groups, Cig = s.C_in / G, Cog = s.C_out / G, Kg = Cig * s.KH * s.KW, KK = s.KH * s.KW;
   // tap-major with the few-columns kernel when that is the kernel for Cog columns and its MR
   // divides C_in/groups (so no panel straddles two taps)
@@ -1246,24 +1246,16 @@ bool flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
   // runs of tp tap panels: about four units per thread
   const index_t runs = min_i(kpanels, max_i(1, ceil_div(4 * index_t(nthreads), G * cpanels)));
   const index_t tp = ceil_div(kpanels, runs), units = G * cpanels * ceil_div(kpanels, tp);
-  bool finite = true;
 #pragma omp parallel num_threads(nthreads)
   for (index_t n0 = 0; n0 < s.N; n0 += chunk) {
     const index_t imgs = min_i(chunk, s.N - n0);
-    if (f.identity) {
-#pragma omp for schedule(static) reduction(&& : finite)
-      for (index_t img = 0; img < imgs; ++img) finite = finite && all_finite(x + (n0 + img) * f.image, f.image);
-    } else {
-#pragma omp for schedule(static) reduction(&& : finite)
+    if (!f.identity) {
+#pragma omp for schedule(static)
       for (index_t job = 0; job < imgs * s.C_in; ++job) {
-        const index_t img = job / s.C_in, c = job % s.C_in;
-        finite = finite && all_finite(x + ((n0 + img) * s.C_in + c) * HW, HW);
-        flat_fill_job(s, f, x + (n0 + img) * s.C_in * HW, xq.data() + img * f.image, c);
+        const index_t img = job / s.C_in;
+        flat_fill_job(s, f, x + (n0 + img) * s.C_in * HW, xq.data() + img * f.image, job % s.C_in);
       }
     }
-    // every thread reads the flag between this loop's barrier and the next write to it (the next
-    // chunk's reduction, two barriers on), so all of them leave together
-    if (!finite) break;
 #pragma omp for schedule(static)
     for (index_t job = 0; job < imgs * G * cpanels; ++job) {  // dy^T panels: [pixel][NR]
       const index_t img = job / (G * cpanels), gp = job % (G * cpanels), c0 = (gp % cpanels) * NR;
@@ -1305,7 +1297,6 @@ bool flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
       }
     }
   }
-  if (!finite) return false;
   // dw (C_out, Kg) = the transpose of each group's dW^T, in 16 x 64 blocks that stay in cache (a
   // plain column walk of dW^T misses on every element)
   constexpr index_t kRows = 16, kCols = 64;
@@ -1321,7 +1312,6 @@ bool flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
           dst[k] = src[(tap_major ? (k % KK) * Cig + k / KK : k) * ldt + co];
       }
   }
-  return true;
 }
 
 // wgrad as dot products along the pixels, for layers with few output channels:
@@ -1339,8 +1329,8 @@ bool flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
 // output-channel tiles): a unit copies its slice and computes each of its tiles in one kernel call
 // over the slice's images; then the round's slices are added to dW in order. One fixed order on
 // any thread count, and a workspace of kDotSlots dW whatever the batch.
-// Junk columns pair dy = 0 with real pixels: x with a non-finite value returns false, as for the
-// flat path.
+// Junk columns pair dy = 0 with real pixels: x with a non-finite value returns false (the flat
+// path takes it).
 constexpr index_t kDotSliceBytes = index_t(512) << 10;
 constexpr index_t kDotSlots = 8;
 
@@ -1470,7 +1460,7 @@ void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, 
   // pointwise layer's packed operand is a plain transpose, which wins from 1 MiB (1.1-1.4x there)
   const index_t weight_bytes = s.C_out * (s.C_in / s.groups) * s.KH * s.KW * index_t(sizeof(T));
   const index_t flat_max = is_pointwise(s) ? index_t(1) << 20 : kFlatWgradMaxBytes;
-  if (weight_bytes < flat_max && flat_backward_weight(s, dy, x, dw, nthreads)) return;
+  if (weight_bytes < flat_max) return flat_backward_weight(s, dy, x, dw, nthreads);
   gemm_backward_weight(s, dy, x, dw, nthreads);
 }
 

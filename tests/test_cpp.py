@@ -189,9 +189,10 @@ def test_winograd_leaves_other_layers_to_gemm(c):
 @pytest.mark.parametrize("c", [Conv("flat", 2, 3, 9, 11, 4, 3, 3, padding=1),
                                Conv("dot", 2, 8, 9, 11, 4, 3, 3, padding=1)], ids=lambda c: c.name)
 def test_wgrad_non_finite_x_as_the_reference(c, rng):
-    """wgrad's flat and dot paths pair their junk columns (dy = 0) with real pixels, so an Inf or
-    NaN in x would leak into taps that never see it; such an x takes the packed path: the
-    reference's result, NaN for NaN. Tap kw=0 never reads the last column at a valid pixel."""
+    """The dot path pairs its junk columns (dy = 0) with real pixels, so an Inf or NaN in x would
+    leak into taps that never see it: such an x takes the flat path, which reads only the pixels
+    each tap meets. Both give the reference's result, NaN for NaN. Tap kw=0 never reads the last
+    column at a valid pixel."""
     assert _cpp.conv2d_wgrad_uses_dot(_params(c)) == (c.name == "dot")
     x, w, b, dy = _inputs(rng, c, small_ints, np.float32)
     x[0, 1, 4, -1], x[1, 2, 0, 5] = np.inf, np.nan
