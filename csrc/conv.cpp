@@ -13,12 +13,12 @@
 //   * dgrad at stride 1: the forward convolution of dy with the flipped, transposed weight (no
 //     col2im, and that weight is w read at other offsets: never built); at larger strides dgrad is
 //     GEMM (cols = W^T dy) + col2im (im2col with +=);
-//   * wgrad: with up to 32 output channels and 64 to 1024 taps x input channels per group (not
-//     pointwise), finite x, dot products along the pixels of dy and the rows of cols, both read
-//     in place from flat copies (the dot kernel, see dot_backward_weight); else dW^T =
+//   * wgrad: fp32 with AVX-512, up to 16 output channels and 64 to 1024 taps x input channels per
+//     group (not pointwise), finite x: dot products along the pixels of dy and the rows of cols,
+//     both read in place from flat copies (the dot kernel, see dot_backward_weight); else dW^T =
 //     cols dy^T on the same flat layout (the micro-kernel reads cols' rows in place, pixel by
-//     pixel), for weights under 4 MiB (1 MiB pointwise); otherwise GEMM dW += dY cols^T with cols^T packed
-//     from x, the batch folded into the reduction;
+//     pixel), for weights under 4 MiB (1 MiB pointwise); otherwise GEMM dW += dY cols^T with
+//     cols^T packed from x, the batch folded into the reduction;
 //   * depthwise (one input channel per group): direct loops over rows, no GEMM.
 //
 // Workspace (the only memory besides inputs and outputs; see Buffer / workspace_peak_bytes):
@@ -1319,11 +1319,11 @@ void flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
 // xq an image's flat copy (the forward's layout) and dyq its dy on the same columns, zero at the
 // junk ones. The dot kernel reads both along q where they lie (RA*RB FMAs per RA + RB vector
 // loads), where the GEMM paths broadcast one operand and pack dy^T: with 16 output channels their
-// few-columns kernel waits on loads. Measured, time against the flat path (fp32, 1 / 2 threads):
-// ResNet-20's 3x3x16 at 32x32 0.65x / 0.58x, 3x3x32 at 16x16 0.92x / 0.84x, LeNet's conv2 (16
-// channels, 5x5x6) 0.70x / 0.68x; fp64, 2 threads: 0.81x, 0.77x, 1.03x. Where it does not apply it
-// lost: 64 output channels (ResNet-20's 3x3x64 at 8x8) 1.05-1.22x, ResNet-50's conv1 1.38x, and
-// LeNet's conv1 (25 taps x channels) does not pay for its copies: 1.03x.
+// few-columns kernel waits on loads. Measured, time against the flat path (which skips the junk
+// columns; fp32, AVX-512, 2 / 1 threads): ResNet-20's 3x3x16 at 32x32 0.74x / 0.82x, LeNet's conv2
+// (16 channels, 5x5x6) 1.0x. Where it does not apply it lost: 3x3x32 at 16x16 1.15-1.25x, fp64
+// 1.14-1.5x, the AVX2 kernels 1.25-1.6x (none are built), 64 output channels 1.05-1.22x,
+// ResNet-50's conv1 1.38x, and LeNet's conv1 (25 taps x channels) 1.03x: its copies do not pay.
 // The batch is cut into slices of images whose copies take at most kDotSliceBytes (an L2's
 // share), fixed by the shape. Rounds of up to kDotSlots slices run as units (slice, group, run of
 // output-channel tiles): a unit copies its slice and computes each of its tiles in one kernel call
@@ -1334,14 +1334,15 @@ void flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
 constexpr index_t kDotSliceBytes = index_t(512) << 10;
 constexpr index_t kDotSlots = 8;
 
-bool dot_wgrad_applies(const ConvShape& s) {
+bool dot_wgrad_applies(const ConvShape& s, index_t elem_bytes) {
   const index_t Kg = s.C_in / s.groups * s.KH * s.KW;
-  return !is_pointwise(s) && s.C_out / s.groups <= 32 && Kg >= 64 && Kg <= 1024;
+  return elem_bytes == 4 && dot_kernel().fn && !is_pointwise(s) && s.C_out / s.groups <= 16 && Kg >= 64 &&
+         Kg <= 1024;
 }
 
-template <typename T>
-bool dot_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
-  const DotKernel<T>& dk = dot_kernel<T>();
+bool dot_backward_weight(const ConvShape& s, const float* dy, const float* x, float* dw, int nthreads) {
+  using T = float;
+  const DotKernel<T>& dk = dot_kernel();
   const int RA = dk.ra, RB = dk.rb;
   const index_t G = s.groups, Cig = s.C_in / G, Cog = s.C_out / G, Kg = Cig * s.KH * s.KW;
   const index_t P = s.OH * s.OW, HW = s.H * s.W;
@@ -1427,7 +1428,7 @@ bool conv2d_uses_winograd(const ConvShape& s, const std::string& pass, index_t e
 }
 
 bool conv2d_wgrad_uses_dot(const ConvShape& s) {
-  return !is_depthwise(s) && !winograd_wgrad_applies(s, 4) && dot_wgrad_applies(s);
+  return !is_depthwise(s) && !winograd_wgrad_applies(s, 4) && dot_wgrad_applies(s, 4);
 }
 
 template <typename T>
@@ -1453,7 +1454,9 @@ template <typename T>
 void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
   if (is_depthwise(s)) return depthwise_backward_weight(s, dy, x, dw, nthreads);
   if (winograd_wgrad_applies(s, sizeof(T)) && winograd_backward_weight(s, dy, x, dw, nthreads)) return;
-  if (dot_wgrad_applies(s) && dot_backward_weight(s, dy, x, dw, nthreads)) return;
+  if constexpr (std::is_same_v<T, float>) {  // the dot kernel is fp32 only
+    if (dot_wgrad_applies(s, sizeof(T)) && dot_backward_weight(s, dy, x, dw, nthreads)) return;
+  }
   // the flat path keeps all of dW^T live while it walks the images: it wins while that is a few
   // MiB at most (measured, flat vs packed time: 0.5x on ResNet-20's layers, 0.75-0.87x on VGG's
   // conv3_1 (1.2 MB), 0.71-1.1x on a 3x3x256 (2.4 MB), 4.5x on ResNet-50's 3x3x512 (9.4 MB)); a

@@ -26,7 +26,6 @@ struct Scalar {
   static R fma(R a, R b, R c) { return a * b + c; }
   static R add(R a, R b) { return a + b; }
   static void store(T* p, R v) { *p = v; }
-  static T sum(R v) { return v; }
 };
 
 struct KernelSet {
@@ -34,12 +33,12 @@ struct KernelSet {
   KernelTable k;
 };
 
-KernelSet generic_set() {  // few rows: 2x8, few columns: 8x2, dot: 4x4
+KernelSet generic_set() {  // few rows: 2x8, few columns: 8x2, no dot kernel
   return KernelSet{"generic",
                    KernelTable{kernel_set<Scalar<float>, 4, 4>(256, 256), kernel_set<Scalar<float>, 2, 8>(256, 256),
                                kernel_set<Scalar<float>, 8, 2>(256, 256), kernel_set<Scalar<double>, 4, 4>(256, 256),
                                kernel_set<Scalar<double>, 2, 8>(256, 256), kernel_set<Scalar<double>, 8, 2>(256, 256),
-                               dot_kernel_set<Scalar<float>, 4, 4>(), dot_kernel_set<Scalar<double>, 4, 4>()}};
+                               DotKernel<float>{}}};
 }
 
 // The kernel sets this build has and this CPU runs, best first.
@@ -93,8 +92,6 @@ struct Kernels {
 };
 Kernels<float> kernels_of(const KernelTable& k, float) { return {k.f32, k.f32_few_rows, k.f32_few_cols}; }
 Kernels<double> kernels_of(const KernelTable& k, double) { return {k.f64, k.f64_few_rows, k.f64_few_cols}; }
-const DotKernel<float>& dot_of(const KernelTable& k, float) { return k.f32_dot; }
-const DotKernel<double>& dot_of(const KernelTable& k, double) { return k.f64_dot; }
 template <typename T>
 Kernels<T> kernels() {
   return kernels_of(current().load()->k, T());
@@ -136,13 +133,9 @@ const MicroKernel<T>& micro_kernel_few_cols(index_t N) {
   return pick(kernels<T>().general, kernels<T>().few_cols, N, &MicroKernel<T>::nr);
 }
 
-template <typename T>
-const DotKernel<T>& dot_kernel() {
-  return dot_of(current().load()->k, T());
-}
+const DotKernel<float>& dot_kernel() { return current().load()->k.f32_dot; }
 
 #define FASTCONV_KERNEL_CHOICE(T)                                   \
-  template const DotKernel<T>& dot_kernel<T>();                     \
   template const MicroKernel<T>& micro_kernel<T>();                 \
   template const MicroKernel<T>& micro_kernel<T>(index_t);          \
   template const MicroKernel<T>& micro_kernel_few_rows<T>();        \

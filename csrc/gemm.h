@@ -43,9 +43,8 @@ template <typename T>
 const MicroKernel<T>& micro_kernel_few_cols();
 template <typename T>
 const MicroKernel<T>& micro_kernel_few_cols(index_t N);
-// This CPU's dot kernel (see DotKernel).
-template <typename T>
-const DotKernel<T>& dot_kernel();
+// This CPU's dot kernel (see DotKernel): fp32, and fn is null where the kernel set has none.
+const DotKernel<float>& dot_kernel();
 // "avx512", "avx2" or "generic": the kernels in use.
 const char* gemm_isa();
 // The rate, in GFLOP/s, at which the fp32 micro-kernel in use runs on this core now, its panels in

@@ -108,14 +108,15 @@ WINOGRAD_WGRAD = [
     Conv("winograd_wgrad_rows", 2, 128, 9, 35, 130, 3, 3, padding=1),
     Conv("winograd_wgrad_tables_chunks", 10, 129, 7, 7, 128, 3, 3, padding=1),
 ]
-# wgrad as dot products along the pixels (up to 32 output channels per group, 64..1024 taps x
-# channels): tiles ragged both ways (7 channels against 4 rows, 117 taps x channels against 6),
-# stride phases, groups, one image in many runs of output-channel tiles, and slices over two rounds
+# wgrad as dot products along the pixels (fp32 with AVX-512, up to 16 output channels per group,
+# 64..1024 taps x channels): tiles ragged both ways (7 channels against 4 rows, 117 taps x channels
+# against 6), stride phases, groups, one image in many runs of output-channel tiles, and slices over
+# two rounds; under the other kernel sets they take the flat path
 DOT_WGRAD = [
     Conv("dot_wgrad_ragged", 3, 13, 9, 11, 7, 3, 3, padding=(0, 2)),
     Conv("dot_wgrad_strided", 3, 8, 15, 13, 12, 3, 3, stride=2, padding=1),
     Conv("dot_wgrad_groups", 4, 16, 7, 10, 10, 3, 3, padding=1, groups=2),
-    Conv("dot_wgrad_runs", 1, 12, 10, 9, 30, 3, 3, padding=1),
+    Conv("dot_wgrad_runs", 1, 12, 10, 9, 16, 3, 3, padding=1),
     Conv("dot_wgrad_rounds", 10, 16, 64, 64, 8, 3, 3, padding=1),
 ]
 FAST_PATHS += WINOGRAD + WINOGRAD_WGRAD + DOT_WGRAD
@@ -152,13 +153,29 @@ def test_winograd_wgrad_problems_take_winograd(c):
     assert _cpp.conv2d_uses_winograd(_params(c), "wgrad", F32), c.name
 
 
+def _dot_kernel_or_skip():
+    if _cpp.gemm_isa() != "avx512":
+        pytest.skip(f"the dot kernel is AVX-512 only; this CPU runs {_cpp.gemm_isa()}")
+
+
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in DOT_WGRAD])
 def test_dot_wgrad_problems_take_it(c):
+    _dot_kernel_or_skip()
     assert _cpp.conv2d_wgrad_uses_dot(_params(c)), c.name
 
 
+def test_dot_wgrad_only_with_the_avx512_kernels():
+    _dot_kernel_or_skip()
+    try:
+        for isa in ("avx2", "generic"):
+            _cpp.set_gemm_isa(isa)
+            assert not _cpp.conv2d_wgrad_uses_dot(_params(DOT_WGRAD[0])), isa
+    finally:
+        _cpp.set_gemm_isa("auto")
+
+
 @pytest.mark.parametrize("c", [
-    Conv("many_output_channels", 2, 16, 9, 9, 33, 3, 3, padding=1),
+    Conv("many_output_channels", 2, 16, 9, 9, 17, 3, 3, padding=1),
     Conv("few_taps", 2, 2, 9, 9, 8, 5, 5),  # 50 taps x channels: the copies do not pay
     Conv("pointwise", 2, 128, 9, 9, 8, 1, 1),
 ], ids=lambda c: c.name)
@@ -193,6 +210,8 @@ def test_wgrad_non_finite_x_as_the_reference(c, rng):
     leak into taps that never see it: such an x takes the flat path, which reads only the pixels
     each tap meets. Both give the reference's result, NaN for NaN. Tap kw=0 never reads the last
     column at a valid pixel."""
+    if c.name == "dot":
+        _dot_kernel_or_skip()
     assert _cpp.conv2d_wgrad_uses_dot(_params(c)) == (c.name == "dot")
     x, w, b, dy = _inputs(rng, c, small_ints, np.float32)
     x[0, 1, 4, -1], x[1, 2, 0, 5] = np.inf, np.nan
