@@ -1322,8 +1322,9 @@ void flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
 // few-columns kernel waits on loads. Measured, time against the flat path (which skips the junk
 // columns; fp32, AVX-512, 2 / 1 threads): ResNet-20's 3x3x16 at 32x32 0.74x / 0.82x, LeNet's conv2
 // (16 channels, 5x5x6) 1.0x. Where it does not apply it lost: 3x3x32 at 16x16 1.15-1.25x, fp64
-// 1.14-1.5x, the AVX2 kernels 1.25-1.6x (none are built), 64 output channels 1.05-1.22x,
-// ResNet-50's conv1 1.38x, and LeNet's conv1 (25 taps x channels) 1.03x: its copies do not pay.
+// 1.14-1.5x, the AVX2 kernels 1.25-1.6x (none are built); and already against the flat path with
+// junk columns, 64 output channels 1.05-1.22x, ResNet-50's conv1 1.38x, and LeNet's conv1 (25 taps
+// x channels) 1.03x: its copies do not pay.
 // The batch is cut into slices of images whose copies take at most kDotSliceBytes (an L2's
 // share), fixed by the shape. Rounds of up to kDotSlots slices run as units (slice, group, run of
 // output-channel tiles): a unit copies its slice and computes each of its tiles in one kernel call
