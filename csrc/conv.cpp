@@ -1234,15 +1234,19 @@ void flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
   // ldt: dW^T rows one cache line longer than the panels, so that the MR rows of a tile (often a
   // power of two apart otherwise) do not all fall into the same few L1 sets
   const index_t cpanels = ceil_div(Cog, NR), kpanels = ceil_div(Kg, MR), ldt = cpanels * NR + 64 / index_t(sizeof(T));
-  const index_t dy_image = G * cpanels * NR * P;  // dy^T of one image: [group][panel][pixel][NR]
-  const index_t per_image = (f.identity ? 0 : f.image) + dy_image;
+  const index_t per_image = (f.identity ? 0 : f.image) + G * cpanels * NR * P;
   const index_t chunk = max_i(1, min_i(s.N, kFlatChunkBytes / (per_image * index_t(sizeof(T)))));
+  const index_t dy_panel = chunk * P * NR;         // dy^T of a panel: [image][pixel][NR], the chunk's depth
   Buffer<T> xq(f.identity ? 0 : chunk * f.image);  // shared: flat copies of one chunk of images
-  Buffer<T> dyq(chunk * dy_image);                   // shared: their packed dy^T
+  Buffer<T> dyq(G * cpanels * dy_panel);             // shared: their packed dy^T, [group][panel]
   Buffer<T> dwt(G * kpanels * MR * ldt);             // shared: dW^T, rows and columns rounded up
-  std::vector<index_t> pix(static_cast<std::size_t>(P)), along(static_cast<std::size_t>(kMaxKC));
-  for (index_t p = 0; p < P; ++p) pix[p] = p / s.OW * f.Wq + p % s.OW;  // pixel p's column in the layout
-  for (index_t p = 0; p < kMaxKC; ++p) along[p] = p;                    // dy's pixels, for pack_b
+  // depth step q of a chunk (pixel q % P of image q / P): its column in the images' flat copies, so
+  // that one kernel call runs over the pixels of several small images
+  std::vector<index_t> pix(static_cast<std::size_t>(chunk * P)), along(static_cast<std::size_t>(kMaxKC));
+  for (index_t img = 0, q = 0; img < chunk; ++img)
+    for (index_t oh = 0; oh < s.OH; ++oh)
+      for (index_t ow = 0; ow < s.OW; ++ow) pix[q++] = img * f.image + oh * f.Wq + ow;
+  for (index_t p = 0; p < kMaxKC; ++p) along[p] = p;  // dy's pixels, for pack_b
   // runs of tp tap panels: about four units per thread
   const index_t runs = min_i(kpanels, max_i(1, ceil_div(4 * index_t(nthreads), G * cpanels)));
   const index_t tp = ceil_div(kpanels, runs), units = G * cpanels * ceil_div(kpanels, tp);
@@ -1257,11 +1261,11 @@ void flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
       }
     }
 #pragma omp for schedule(static)
-    for (index_t job = 0; job < imgs * G * cpanels; ++job) {  // dy^T panels: [pixel][NR]
+    for (index_t job = 0; job < imgs * G * cpanels; ++job) {  // dy^T panels
       const index_t img = job / (G * cpanels), gp = job % (G * cpanels), c0 = (gp % cpanels) * NR;
       const index_t chans = min_i(NR, Cog - c0);
       const T* src = dy + ((n0 + img) * s.C_out + (gp / cpanels) * Cog + c0) * P;
-      T* dst = dyq.data() + img * dy_image + gp * NR * P;
+      T* dst = dyq.data() + gp * dy_panel + img * P * NR;
       // blocks of kMaxKC pixels transposed by the kernel set's pack_b (a plain walk along each
       // channel wrote one element per cache line: 19% of resnet50_conv1's wgrad)
       for (index_t p0 = 0; p0 < P; p0 += kMaxKC)
@@ -1273,26 +1277,24 @@ void flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
       const index_t grp = u / (cpanels * ceil_div(kpanels, tp)), rest = u % (cpanels * ceil_div(kpanels, tp));
       const index_t cp = rest % cpanels, k_first = (rest / cpanels) * tp, k_end = min_i(kpanels, k_first + tp);
       const int n = static_cast<int>(min_i(NR, Cog - cp * NR));
-      for (index_t img = 0; img < imgs; ++img) {
-        const T* xi = base + img * f.image + grp * Cig * f.chan;
-        const T* bi = dyq.data() + img * dy_image + (grp * cpanels + cp) * NR * P;
-        for (index_t pc = 0; pc < P; pc += uk.kc) {
-          const index_t kcb = min_i(uk.kc, P - pc);
-          const bool acc = n0 > 0 || img > 0 || pc > 0;
-          for (index_t panel = k_first; panel < k_end; ++panel) {
-            const index_t k0 = panel * MR;
-            const int m = static_cast<int>(min_i(MR, Kg - k0));
-            T* c = dwt.data() + (grp * kpanels * MR + k0) * ldt + cp * NR;
-            if (tap_major) {  // rows k0.. = channels k0 % Cig.. of tap k0 / Cig: f.off[tap] + ci*chan
-              const T* a = xi + f.off[k0 / Cig] + (k0 % Cig) * f.chan;
-              uk.fn_a_offsets(kcb, a, f.chan, pix.data() + pc, bi + pc * NR, c, ldt, acc, m, n);
-              continue;
-            }
-            // rows past Kg in a ragged panel repeat row k0: computed, then dropped
-            const T* rows[kMaxMR];
-            for (int i = 0; i < MR; ++i) rows[i] = xi + f.off[i < m ? k0 + i : k0];
-            uk.fn_rows(kcb, rows, pix.data() + pc, bi + pc * NR, c, ldt, acc, m, n);
+      const T* xg = base + grp * Cig * f.chan;
+      const T* bg = dyq.data() + (grp * cpanels + cp) * dy_panel;
+      for (index_t pc = 0; pc < imgs * P; pc += uk.kc) {  // the chunk's pixels, image after image
+        const index_t kcb = min_i(uk.kc, imgs * P - pc);
+        const bool acc = n0 > 0 || pc > 0;
+        for (index_t panel = k_first; panel < k_end; ++panel) {
+          const index_t k0 = panel * MR;
+          const int m = static_cast<int>(min_i(MR, Kg - k0));
+          T* c = dwt.data() + (grp * kpanels * MR + k0) * ldt + cp * NR;
+          if (tap_major) {  // rows k0.. = channels k0 % Cig.. of tap k0 / Cig: f.off[tap] + ci*chan
+            const T* a = xg + f.off[k0 / Cig] + (k0 % Cig) * f.chan;
+            uk.fn_a_offsets(kcb, a, f.chan, pix.data() + pc, bg + pc * NR, c, ldt, acc, m, n);
+            continue;
           }
+          // rows past Kg in a ragged panel repeat row k0: computed, then dropped
+          const T* rows[kMaxMR];
+          for (int i = 0; i < MR; ++i) rows[i] = xg + f.off[i < m ? k0 + i : k0];
+          uk.fn_rows(kcb, rows, pix.data() + pc, bg + pc * NR, c, ldt, acc, m, n);
         }
       }
     }
