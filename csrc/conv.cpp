@@ -1340,10 +1340,10 @@ void flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
 constexpr index_t kDotSliceBytes = index_t(512) << 10;
 constexpr index_t kDotSlots = 8;
 
-bool dot_wgrad_applies(const ConvShape& s, index_t elem_bytes) {
+// For an fp32 wgrad (the only one with a dot kernel; the caller checks the type).
+bool dot_wgrad_applies(const ConvShape& s) {
   const index_t Kg = s.C_in / s.groups * s.KH * s.KW;
-  return elem_bytes == 4 && dot_kernel().fn && !is_pointwise(s) && s.C_out / s.groups <= 16 && Kg >= 64 &&
-         Kg <= 1024;
+  return dot_kernel().fn && !is_pointwise(s) && s.C_out / s.groups <= 16 && Kg >= 64 && Kg <= 1024;
 }
 
 bool dot_backward_weight(const ConvShape& s, const float* dy, const float* x, float* dw, int nthreads) {
@@ -1434,7 +1434,7 @@ bool conv2d_uses_winograd(const ConvShape& s, const std::string& pass, index_t e
 }
 
 bool conv2d_wgrad_uses_dot(const ConvShape& s) {
-  return !is_depthwise(s) && !winograd_wgrad_applies(s, 4) && dot_wgrad_applies(s, 4);
+  return !is_depthwise(s) && !winograd_wgrad_applies(s, 4) && dot_wgrad_applies(s);
 }
 
 template <typename T>
@@ -1461,7 +1461,7 @@ void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, 
   if (is_depthwise(s)) return depthwise_backward_weight(s, dy, x, dw, nthreads);
   if (winograd_wgrad_applies(s, sizeof(T)) && winograd_backward_weight(s, dy, x, dw, nthreads)) return;
   if constexpr (std::is_same_v<T, float>) {  // the dot kernel is fp32 only
-    if (dot_wgrad_applies(s, sizeof(T)) && dot_backward_weight(s, dy, x, dw, nthreads)) return;
+    if (dot_wgrad_applies(s) && dot_backward_weight(s, dy, x, dw, nthreads)) return;
   }
   // the flat path keeps all of dW^T live while it walks the images: it wins while that is a few
   // MiB at most (measured, flat vs packed time: 0.5x on ResNet-20's layers, 0.75-0.87x on VGG's
