@@ -216,11 +216,22 @@ def test_wgrad_non_finite_x_as_the_reference(c, rng):
     assert_equal(got, want, "dw with Inf and NaN in x")
 
 
+def _reduction_scale(c, y_shape):
+    """TOLERANCE scaled for each pass's reduction length (terms summed into one element): the table
+    holds up to 4096 terms, and rounding errors on random-sign data grow as the square root of the
+    length. dot_wgrad_rounds sums 40960 products into each dw element, with errors of 1e-4 on
+    elements near 0 beside others of several hundred, on both sides (cpp and reference, fp32)."""
+    P = y_shape[2] * y_shape[3]
+    terms = dict(y=c.C_in // c.groups * c.KH * c.KW, dx=c.C_out // c.groups * c.KH * c.KW, dw=c.N * P, db=c.N * P)
+    return {name: max(1.0, (t / 4096) ** 0.5) for name, t in terms.items()}
+
+
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in FAST_PATHS])
 def test_fast_paths_close_on_random_data(c, dtype, rng):
     x, w, b, dy = _inputs(rng, c, randn, dtype)
+    scale = _reduction_scale(c, dy.shape)
     for name, got, want in zip(NAMES, _all_passes(c, x, w, b, dy, "cpp"), _all_passes(c, x, w, b, dy, "reference")):
-        assert_close(got, want, f"{c.name} {name}")
+        assert_close(got, want, f"{c.name} {name}", scale=scale[name])
 
 
 def test_linear_every_kernel_set(isa, dtype, rng):
