@@ -42,6 +42,15 @@ const T* in_opt(const char* op, const char* name, const py::object& a, index_t s
   return a.is_none() ? nullptr : in<T>(op, name, a.cast<py::array>(), size);
 }
 
+// None -> nullptr; anything but an array is rejected (a conversion would write into a copy)
+template <typename T>
+T* out_opt(const char* op, const char* name, const py::object& a, index_t size) {
+  if (a.is_none()) return nullptr;
+  if (!py::isinstance<py::array>(a)) throw py::type_error(std::string(op) + ": " + name + " must be an array or None");
+  py::array arr = py::reinterpret_borrow<py::array>(a);
+  return out<T>(op, name, arr, size);
+}
+
 inline int threads(int n) {
   if (n < 1) throw py::value_error("nthreads must be >= 1, got " + std::to_string(n));
   return n;

@@ -174,14 +174,16 @@ const std::int64_t* indices_in(const char* op, const py::array& a, index_t size)
   return in<std::int64_t>(op, "indices", a, size);
 }
 
-void max_pool2d_forward(const py::array& x, py::array& y, py::array& indices, const py::object& p, int nthreads) {
+// indices None: y alone (the kernel skips their stores)
+void max_pool2d_forward(const py::array& x, py::array& y, const py::object& indices, const py::object& p,
+                        int nthreads) {
   const auto s = pool_shape(p);
   by_dtype("max_pool2d_forward", x, [&](auto tag) {
     using T = decltype(tag);
     const char* op = "max_pool2d_forward";
     const T* xp = in<T>(op, "x", x, s.N * s.C * s.H * s.W);
     T* yp = out<T>(op, "y", y, s.N * s.C * s.OH * s.OW);
-    std::int64_t* ip = out<std::int64_t>(op, "indices", indices, s.N * s.C * s.OH * s.OW);
+    std::int64_t* ip = out_opt<std::int64_t>(op, "indices", indices, s.N * s.C * s.OH * s.OW);
     const int nt = threads(nthreads);
     py::gil_scoped_release release;
     fastconv::max_pool2d_forward(s, xp, yp, ip, nt);

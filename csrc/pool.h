@@ -13,8 +13,9 @@ struct PoolShape {
   index_t divisor_override;
 };
 
-// y and indices (flat h*W + w within the plane, int64) of max pooling, PyTorch's CPU scan order:
-// the first in-image tap starts the window, then a tap wins when value > max or value is NaN.
+// y and indices (flat h*W + w within the plane, int64; null: not wanted) of max pooling, PyTorch's
+// CPU scan order: the first in-image tap starts the window, then a tap wins when value > max or
+// value is NaN.
 template <typename T>
 void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indices, int nthreads);
 // dx = zeros; dx[n, c].flat[indices] += dy, in output order. Returns whether every index lay in

@@ -414,6 +414,13 @@ def test_binding_rejects_what_it_cannot_index(rng):
         _cpp.conv2d_forward(x, w, None, y, p, 1)
     with pytest.raises(ValueError, match="nthreads"):
         _cpp.conv2d_forward(x, w, None, np.empty(p.y_shape, np.float32), p, 0)
+    # max pooling's optional indices: None or a writable int64 array, never a list it would copy
+    q = fastconv._params.pool_params("t", (1, 2, 6, 6), 2, 2, 0, 1, False)
+    xq, yq = randn(rng, q.x_shape, np.float32), np.empty(q.y_shape, np.float32)
+    with pytest.raises(TypeError, match="indices must be an array or None"):
+        _cpp.max_pool2d_forward(xq, yq, np.zeros(q.y_shape).tolist(), q, 1)
+    with pytest.raises(TypeError, match="indices has dtype"):
+        _cpp.max_pool2d_forward(xq, yq, np.empty(q.y_shape, np.int32), q, 1)
 
 
 # Max pooling's vector path (csrc/pool.cpp, AVX-512) covers the interior output columns of rows at
@@ -440,7 +447,8 @@ WIDE_POOLS = [
 @pytest.mark.parametrize("case", WIDE_POOLS, ids=lambda c: "x".join(map(str, c[0])) + f"_k{c[1]}_s{c[2]}")
 def test_max_pool_vector_path_matches_reference(case, pool_isa, dtype, rng):
     """y and indices bit-identical to the reference, with ties, NaN and -inf planted (PyTorch's scan
-    rule: the first in-image tap starts a window, then value > max or NaN wins)."""
+    rule: the first in-image tap starts a window, then value > max or NaN wins); y alone (the
+    kernel then stores no indices) the same y."""
     shape, kernel, stride, padding, dilation, ceil_mode = case
     try:
         _cpp.set_gemm_isa(pool_isa)  # max pooling vectorises only under the "avx512" kernel set
@@ -457,6 +465,7 @@ def test_max_pool_vector_path_matches_reference(case, pool_isa, dtype, rng):
         want = fastconv.max_pool2d(x, *args, return_indices=True, backend="reference")
         assert_equal(got.y, want.y, "y")
         assert_equal(got.indices, want.indices, "indices")
+        assert_equal(fastconv.max_pool2d(x, *args, backend="cpp"), want.y, "y without indices")
     finally:
         _cpp.set_gemm_isa("auto")
 

@@ -449,7 +449,7 @@ def test_adaptive_matches_torch(shape, output_size, dtype, rng):
 
 def _run_max(q, x, dy, backend, indices=None):
     y, idx = fastconv.max_pool2d(x, *_args(q), return_indices=True, backend=backend)
-    return dict(y=y, indices=idx,
+    return dict(y=y, indices=idx, y_alone=fastconv.max_pool2d(x, *_args(q), backend=backend),
                 dx=fastconv.max_pool2d_backward(dy, x, *_args(q), backend=backend),
                 dx_given_indices=fastconv.max_pool2d_backward(dy, x, *_args(q), indices=idx if indices is None
                                                               else indices, backend=backend))

@@ -2,7 +2,8 @@
 
 Every op validates here, once, builds a :class:`~fastconv._params.PoolParams` (or
 :class:`~fastconv._params.AdaptivePoolParams`), and dispatches to the backend's ``pool`` module:
-``max_pool2d_forward(x, p) -> (y, indices)``, ``max_pool2d_backward(dy, indices, p)``,
+``max_pool2d_forward(x, p, with_indices=True) -> (y, indices)`` (indices None when not asked
+for: a backend may then skip them), ``max_pool2d_backward(dy, indices, p)``,
 ``avg_pool2d_forward(x, p)``, ``avg_pool2d_backward(dy, p)``, ``adaptive_avg_pool2d_forward(x, p)``,
 ``adaptive_avg_pool2d_backward(dy, p)``. Semantics are ``torch.nn.functional``'s.
 """
@@ -78,7 +79,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     if x.size == 0:  # an empty batch (or no channels): empty results, no kernel call
         y, indices = zeros(x, p.y_shape), zeros(x, p.y_shape, dtype=np.int64)
     else:
-        y, indices = lookup(op, "pool", "max_pool2d_forward", backend, x)(x, p)
+        y, indices = lookup(op, "pool", "max_pool2d_forward", backend, x)(x, p, with_indices=return_indices)
     return MaxPool2dResult(y, indices) if return_indices else y
 
 

@@ -8,9 +8,10 @@ from .._common import empty
 from ._util import contiguous, nthreads
 
 
-def max_pool2d_forward(x, p):
+def max_pool2d_forward(x, p, with_indices=True):
     y = empty(p.y_shape, x.dtype)  # (N, C, OH, OW)
-    indices = np.empty(p.y_shape, dtype=np.int64)  # (N, C, OH, OW); every entry written
+    # (N, C, OH, OW); every entry written. Without them the kernel writes y alone.
+    indices = np.empty(p.y_shape, dtype=np.int64) if with_indices else None
     _cpp.max_pool2d_forward(contiguous(x), y, indices, p, nthreads())
     return y, indices
 

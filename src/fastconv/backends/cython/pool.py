@@ -58,7 +58,7 @@ def _adaptive_windows(out, size):
     return _table(lo, hi, hi - lo)
 
 
-def max_pool2d_forward(x, p):
+def max_pool2d_forward(x, p, with_indices=True):
     y = empty(p.y_shape, x.dtype)  # (N, C, OH, OW)
     indices = np.empty(p.y_shape, dtype=np.int64)  # (N, C, OH, OW); every entry written
     rows = _max_windows(p.OH, p.H, p.KH, p.stride_h, p.pad_h, p.dil_h)
@@ -66,7 +66,7 @@ def max_pool2d_forward(x, p):
     taps = _max_taps(p.OW, p.W, p.KW, p.stride_w, p.pad_w, p.dil_w)
     _pool.max_pool2d_forward(_planes(x), _planes(y), _planes(indices), p.W, p.OH, p.OW, p.KW, p.stride_w, p.dil_h,
                              p.dil_w, rows, cols, taps, nthreads())
-    return y, indices
+    return y, indices if with_indices else None
 
 
 def max_pool2d_backward(dy, indices, p):

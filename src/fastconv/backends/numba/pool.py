@@ -259,11 +259,11 @@ def _adaptive_backward(dy, dx):
 # the backend's functions
 # --------------------------------------------------------------------------------------------
 
-def max_pool2d_forward(x, p):
+def max_pool2d_forward(x, p, with_indices=True):
     y = empty(p.y_shape, x.dtype)  # (N, C, OH, OW)
     indices = np.empty(p.y_shape, dtype=np.int64)  # (N, C, OH, OW); every entry written
     run(_max_forward, contiguous(x), y, indices, _geometry(p))
-    return y, indices
+    return y, indices if with_indices else None
 
 
 def max_pool2d_backward(dy, indices, p):

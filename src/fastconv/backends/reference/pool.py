@@ -51,7 +51,7 @@ def _tap_rows_cols(p, kh, kw):
 # max pooling
 # --------------------------------------------------------------------------------------------
 
-def max_pool2d_forward(x, p):
+def max_pool2d_forward(x, p, with_indices=True):
     """PyTorch's CPU scan: per window, start from -inf with the first in-image position's index,
     then take a tap when ``value > max or isnan(value)``. So ties keep the first position, a NaN
     wins and the last NaN's index is kept, and an all -inf window reports its first position."""
@@ -69,7 +69,7 @@ def max_pool2d_forward(x, p):
             np.copyto(y, v, where=take)
             np.copyto(indices, ih[:, None] * p.W + iw[None, :], where=take)
             seen |= inside
-    return y, indices
+    return y, indices if with_indices else None
 
 
 def max_pool2d_backward(dy, indices, p):
