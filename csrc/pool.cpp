@@ -3,6 +3,7 @@
 // give bit-identical results.
 #include "pool.h"
 
+#include <cstdint>
 #include <cstring>
 
 #include <cmath>
@@ -66,6 +67,22 @@ inline void max_window(const PoolShape& s, const T* xp, index_t oh, index_t ow, 
   }
   *y = best;
   if (index) *index = where;
+}
+
+// Fetches, while output row oh is computed, the stride_h input rows that output row oh + 2 is the
+// first to read: the hardware prefetcher alone left the kernels waiting on those loads. At a
+// plane's end they are the next plane's first rows (planes are contiguous), the reason to compute
+// the address as an integer: past the last plane it is only prefetched, never read. Measured
+// (AVX-512, 2 threads, time): 0.62-0.73x on a 2x2 stride-2 pooling of 64 x 224 x 224 and 0.80-0.93x
+// on 3x3 stride 2 of 64 x 112 x 112, batch 16, against none; clipped at the plane's end, 0.77-0.82x
+// and 0.90-0.92x.
+template <typename T>
+inline void prefetch_rows_ahead(const PoolShape& s, const T* xp, index_t oh) {
+  constexpr index_t kAhead = 2;  // output rows; 1 and 3 measured the same
+  const index_t row = (oh + kAhead) * s.stride_h - s.pad_h + (s.KH - 1) * s.dil_h;
+  const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(xp) + std::uintptr_t(row * s.W) * sizeof(T);
+  for (std::uintptr_t a = first; a < first + std::uintptr_t(s.stride_h * s.W) * sizeof(T); a += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(a));
 }
 
 // Output columns [lo, hi) whose windows lie inside the image horizontally (every kw tap reads a
@@ -143,6 +160,7 @@ __attribute__((always_inline)) inline void max_plane_impl(const PoolShape& s, co
   for (index_t oh = 0; oh < s.OH; ++oh) {
     T* yr = y + oh * s.OW;
     std::int64_t* ir = indices ? indices + oh * s.OW : nullptr;
+    prefetch_rows_ahead(s, xp, oh);
     index_t kh0 = 0, kh1 = s.KH;  // the taps whose row is in the image
     while (kh0 < s.KH && oh * s.stride_h - s.pad_h + kh0 * s.dil_h < 0) ++kh0;
     while (kh1 > kh0 && oh * s.stride_h - s.pad_h + (kh1 - 1) * s.dil_h >= s.H) --kh1;
@@ -264,9 +282,11 @@ bool vector_backward_applies(const PoolShape&, const double*) { return false; }
 // The portable kernel: the scalar scan of every window.
 template <typename T>
 void max_plane_scalar(const PoolShape& s, const T* xp, T* y, std::int64_t* indices) {
-  for (index_t oh = 0; oh < s.OH; ++oh)
+  for (index_t oh = 0; oh < s.OH; ++oh) {
+    prefetch_rows_ahead(s, xp, oh);
     for (index_t ow = 0; ow < s.OW; ++ow)
       max_window(s, xp, oh, ow, y + oh * s.OW + ow, indices ? indices + oh * s.OW + ow : nullptr);
+  }
 }
 
 }  // namespace
