@@ -81,4 +81,14 @@ inline bool all_finite(const T* x, index_t n) {
 template <typename T>
 inline void fill_zero(T* p, index_t n) { std::memset(p, 0, static_cast<std::size_t>(n) * sizeof(T)); }
 
+// Prefetches, for reading, the cache lines of the `bytes` bytes that start `offset` bytes from p.
+// The address is an integer sum: a span that runs past an array (the rows after a plane's last
+// one, which are the next plane's first rows, but for the last plane) is only prefetched, which
+// never faults, and never read.
+inline void prefetch_span(const void* p, index_t offset, index_t bytes) {
+  const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(p) + static_cast<std::uintptr_t>(offset);
+  for (std::uintptr_t a = first; a < first + static_cast<std::uintptr_t>(bytes); a += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(a));
+}
+
 }  // namespace fastconv

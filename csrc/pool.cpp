@@ -71,18 +71,15 @@ inline void max_window(const PoolShape& s, const T* xp, index_t oh, index_t ow, 
 
 // Fetches, while output row oh is computed, the stride_h input rows that output row oh + 2 is the
 // first to read: the hardware prefetcher alone left the kernels waiting on those loads. At a
-// plane's end they are the next plane's first rows (planes are contiguous), the reason to compute
-// the address as an integer: past the last plane it is only prefetched, never read. Measured
-// (AVX-512, 2 threads, time): 0.62-0.73x on a 2x2 stride-2 pooling of 64 x 224 x 224 and 0.80-0.93x
-// on 3x3 stride 2 of 64 x 112 x 112, batch 16, against none; clipped at the plane's end, 0.77-0.82x
-// and 0.90-0.92x.
+// plane's end they are the next plane's first rows (planes are contiguous). Measured (AVX-512, 2
+// threads, time): 0.62-0.73x on a 2x2 stride-2 pooling of 64 x 224 x 224 and 0.80-0.93x on 3x3
+// stride 2 of 64 x 112 x 112, batch 16, against none; stopped at the plane's end, 0.77-0.82x and
+// 0.90-0.92x.
 template <typename T>
 inline void prefetch_rows_ahead(const PoolShape& s, const T* xp, index_t oh) {
   constexpr index_t kAhead = 2;  // output rows; 1 and 3 measured the same
   const index_t row = (oh + kAhead) * s.stride_h - s.pad_h + (s.KH - 1) * s.dil_h;
-  const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(xp) + std::uintptr_t(row * s.W) * sizeof(T);
-  for (std::uintptr_t a = first; a < first + std::uintptr_t(s.stride_h * s.W) * sizeof(T); a += 64)
-    __builtin_prefetch(reinterpret_cast<const void*>(a));
+  prefetch_span(xp, row * s.W * index_t(sizeof(T)), s.stride_h * s.W * index_t(sizeof(T)));
 }
 
 // Output columns [lo, hi) whose windows lie inside the image horizontally (every kw tap reads a
