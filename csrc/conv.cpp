@@ -246,8 +246,9 @@ __attribute__((always_inline)) inline void copy_window(const ConvShape& s, const
   for (index_t r = win.r0; r < win.r1; ++r) {
     const T* src = x + (r - s.pad_t) * s.W + (win.c0 - s.pad_l);
     // 8 rows ahead (into the next plane at the end; planes are contiguous at a multiplier of 1):
-    // 0.93-0.95x the forward's time, 0.96x the dgrad's on MobileNetV2's 3x3 at 144 x 56 x 56, batch
-    // 16 (2 threads); 4 and 16 rows 0.94-0.95x, 28 and 56 0.99-1.01x
+    // 0.93-0.96x the forward's time, 0.96x the dgrad's on MobileNetV2's 3x3 at 144 x 56 x 56, batch
+    // 16 (2 threads; a control of the same code without it: 0.98-1.01x); 4 and 16 rows 0.94-0.95x,
+    // 28 and 56 0.99-1.01x
     prefetch_span(src, 8 * s.W * index_t(sizeof(T)), s.W * index_t(sizeof(T)));
     T* dst = xp + r * pp.Wp + win.c0;
     index_t j = 0;
