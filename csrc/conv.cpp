@@ -573,6 +573,14 @@ void dw_wgrad_channel_avx512(const ConvShape& s, const T* dy, const T* x, const 
         inside[kh] = in ? M(~0u) : M(0);
       }
       const T* dyr = dyp + oh * s.OW;
+      // the dy row and the x rows that row oh + 8 is the first to read, ahead (past the plane: the
+      // next channel's, harmless): 0.89-0.93x the time on MobileNetV2's 3x3 at 144 x 56 x 56, batch
+      // 16 (2 threads; a control of the same code without it 1.00-1.01x; 2, 4 and 16 rows
+      // 0.91-0.95x)
+      constexpr index_t kAhead = 8;
+      prefetch_span(dyr, kAhead * s.OW * index_t(sizeof(T)), s.OW * index_t(sizeof(T)));
+      prefetch_span(xp, ((oh + kAhead) * s.stride_h - s.pad_t + (KH - 1) * s.dil_h) * s.W * index_t(sizeof(T)),
+                    s.stride_h * s.W * index_t(sizeof(T)));
       // the row's sums in a copy that lives only in registers: acc[] itself, live across the loops
       // over images and rows, was stored back to memory after every FMA (0.7x the time without)
       typename A::V a[KH * KW];
