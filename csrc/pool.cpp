@@ -69,6 +69,9 @@ inline void max_window(const PoolShape& s, const T* xp, index_t oh, index_t ow, 
   if (index) *index = where;
 }
 
+// indices + k, or null when no indices are wanted
+inline std::int64_t* index_at(std::int64_t* indices, index_t k) { return indices ? indices + k : nullptr; }
+
 // Fetches, while output row oh is computed, the stride_h input rows that output row oh + 2 is the
 // first to read: the hardware prefetcher alone left the kernels waiting on those loads. At a
 // plane's end they are the next plane's first rows (planes are contiguous). Measured (AVX-512, 2
@@ -156,15 +159,15 @@ __attribute__((always_inline)) inline void max_plane_impl(const PoolShape& s, co
   const bool vectors = ic.hi - ic.lo >= L && s.H * s.W < (index_t(1) << 31);  // offsets fit I (int32 for fp32)
   for (index_t oh = 0; oh < s.OH; ++oh) {
     T* yr = y + oh * s.OW;
-    std::int64_t* ir = indices ? indices + oh * s.OW : nullptr;
+    std::int64_t* ir = index_at(indices, oh * s.OW);
     prefetch_rows_ahead(s, xp, oh);
     index_t kh0 = 0, kh1 = s.KH;  // the taps whose row is in the image
     while (kh0 < s.KH && oh * s.stride_h - s.pad_h + kh0 * s.dil_h < 0) ++kh0;
     while (kh1 > kh0 && oh * s.stride_h - s.pad_h + (kh1 - 1) * s.dil_h >= s.H) --kh1;
     const index_t lo = vectors && kh0 < kh1 ? ic.lo : s.OW, hi = vectors && kh0 < kh1 ? ic.hi : s.OW;
-    for (index_t ow = 0; ow < lo; ++ow) max_window(s, xp, oh, ow, yr + ow, ir ? ir + ow : nullptr);
+    for (index_t ow = 0; ow < lo; ++ow) max_window(s, xp, oh, ow, yr + ow, index_at(ir, ow));
     for (index_t ow0 = lo; ow0 < hi; ow0 += L) max_cols_vec<T, SW, L>(s, xp, oh, kh0, kh1, min_i(ow0, hi - L), yr, ir);
-    for (index_t ow = hi; ow < s.OW; ++ow) max_window(s, xp, oh, ow, yr + ow, ir ? ir + ow : nullptr);
+    for (index_t ow = hi; ow < s.OW; ++ow) max_window(s, xp, oh, ow, yr + ow, index_at(ir, ow));
   }
 }
 
@@ -282,7 +285,7 @@ void max_plane_scalar(const PoolShape& s, const T* xp, T* y, std::int64_t* indic
   for (index_t oh = 0; oh < s.OH; ++oh) {
     prefetch_rows_ahead(s, xp, oh);
     for (index_t ow = 0; ow < s.OW; ++ow)
-      max_window(s, xp, oh, ow, y + oh * s.OW + ow, indices ? indices + oh * s.OW + ow : nullptr);
+      max_window(s, xp, oh, ow, y + oh * s.OW + ow, index_at(indices, oh * s.OW + ow));
   }
 }
 
@@ -294,7 +297,7 @@ void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indi
   const bool avx512 = std::strcmp(gemm_isa(), "avx512") == 0;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (index_t u = 0; u < s.N * s.C; ++u) {
-    std::int64_t* ip = indices ? indices + u * s.OH * s.OW : nullptr;
+    std::int64_t* ip = index_at(indices, u * s.OH * s.OW);
     if (avx512) {
       max_plane_avx512(s, ic, x + u * s.H * s.W, y + u * s.OH * s.OW, ip);
     } else {

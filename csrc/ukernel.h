@@ -174,11 +174,11 @@ inline __attribute__((always_inline)) void transpose(typename V::R (&v)[V::L]) {
 }
 
 // A panel of W rows of a matrix read where it lies (MicroKernel::PackFn). Where L depth steps lie
-// one element apart (a weight's taps and channels in order: the forward's A; linear's x and w;
-// wgrad's dy, Winograd wgrad's V), the W rows x L steps are read as vectors along the rows and
-// transposed in registers, W/L blocks of them. Elsewhere (and with one-lane vectors) element by
-// element, in the order the elements lie: step by step where a step's rows are consecutive, else
-// row by row. The element-by-element copy was 43% of resnet50_3x3_512_7_b1's forward, whose weight
+// one element apart (a weight's taps and channels in order: the forward's A and the filters of
+// the Winograd weight transform; linear's x and w; wgrad's dy, Winograd wgrad's V), the W rows x L
+// steps are read as vectors along the rows and transposed in registers, W/L blocks of them.
+// Elsewhere (and with one-lane vectors) element by element, in the order the elements lie: step by
+// step where a step's rows are consecutive, else row by row. The element-by-element copy was 43% of resnet50_3x3_512_7_b1's forward, whose weight
 // rows are 18 KiB apart (see l1_crowded) and whose 49 pixels use each packed element only twice;
 // transposed, the forward ran in 0.72x the time.
 template <class V, int W>
