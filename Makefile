@@ -4,15 +4,28 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: bench test bench-smoke clean
+# The GPU emulator's tests run in a second process, with the emulator built under AddressSanitizer
+# and UBSan: the ASan runtime must be loaded before Python starts, and a report must fail the
+# kernel launch that made it instead of ending the process (fastconv/backends/cupy/_emu.py).
+CXX    ?= g++
+SANITIZED := LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0:halt_on_error=0 \
+             FASTCONV_EMU_SANITIZE=1
+
+.PHONY: bench test test-emu bench-smoke clean
 
 # the main job: every available backend verified, then timed side by side with PyTorch
 bench: $(VENV)/.installed
 	$(BIN)/fastconv bench
 
-# the test suite (PyTorch serves as an external oracle)
+# the test suite (PyTorch serves as an external oracle): everything but the GPU emulator, then the
+# emulator's backend matrix and its own tests under the sanitizers; FASTCONV_REQUIRE_NVRTC turns a
+# missing NVRTC (the sm_80/sm_90 compile check of every kernel) into a failure instead of a skip
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest
+	FASTCONV_REQUIRE_NVRTC=1 $(BIN)/python -m pytest --emu=without
+	$(MAKE) test-emu
+
+test-emu: $(VENV)/.installed
+	$(SANITIZED) $(BIN)/python -m pytest --emu=only
 
 # the benchmark suite once, timing nothing: every case still verifies its result against the reference
 bench-smoke: $(VENV)/.installed

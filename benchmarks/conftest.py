@@ -30,7 +30,8 @@ def pytest_addoption(parser):
     group.addoption("--shapes", metavar="FILE", help="shapes JSON file (default: the shipped suite)")
     group.addoption("--quick", action="store_true", help="only the cheapest shape of each kind")
     group.addoption("--match", metavar="TEXT", help="only shapes whose name contains TEXT")
-    group.addoption("--backends", help="comma-separated fastconv backends (default: all registered)")
+    group.addoption("--backends", help="comma-separated fastconv backends (default: all registered but "
+                                       "the emulator)")
     group.addoption("--passes", help="forward, backward-input, backward-weight, backward (default: all)")
     group.addoption("--dtype", default=None, choices=("float32", "float64"), help="default: the suite's")
     group.addoption("--threads", type=int, default=None, help="threads for fastconv and PyTorch alike")
@@ -60,9 +61,10 @@ def _cases(config):
 
 
 def _contenders(config):
-    """Every fastconv backend (unavailable ones skip with their reason), then the PyTorch peers."""
+    """Every fastconv backend (unavailable ones skip with their reason; the emulator only when
+    named), then the PyTorch peers."""
     option = config.getoption("--backends")
-    names = option.split(",") if option else list(REGISTRY)
+    names = option.split(",") if option else [n for n, spec in REGISTRY.items() if not spec.emulated]
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise pytest.UsageError(f"--backends: unknown {', '.join(unknown)}; known: {', '.join(REGISTRY)}")

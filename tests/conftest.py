@@ -1,5 +1,15 @@
-"""Fixtures shared by the whole suite: the backend matrix and fresh random generators."""
+"""Fixtures shared by the whole suite: the backend matrix and fresh random generators.
 
+The matrix holds every registered CPU backend (the GPU backend ``cupy`` takes CuPy arrays: its
+suite is ``test_gpu.py``), and the GPU emulator twice: ``cupy-emu`` with the
+launch sizes the adapters choose, and ``cupy-emu-small`` with every launch capped at one warp per
+block and two blocks per grid, so that partial blocks, grid-stride loops and tails run on the
+tests' small inputs. ``--emu`` splits the run: ``without`` leaves out every emulator test (the
+emulator's own tests are marked ``emu``), ``only`` keeps just those. ``make test`` runs the first
+plainly and the second with the emulator built under AddressSanitizer and UBSan.
+"""
+
+import contextlib
 import secrets
 
 import numpy as np
@@ -12,22 +22,64 @@ from fastconv.backends import _common
 # every kernel output buffer starts as NaN, so a kernel that skips part of it cannot pass
 _common.POISON = True
 
+EMULATOR = "cupy-emu"
 
-def _backend_params(include_reference: bool):
+
+def pytest_addoption(parser):
+    parser.addoption("--emu", choices=("with", "without", "only"), default="with",
+                     help="the GPU emulator's tests: with the rest (default), without them, or only them")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "emu: a test of the GPU emulator itself (selected by --emu)")
+
+
+def _is_emulator_test(item) -> bool:
+    params = getattr(item, "callspec", None)
+    backend = params.params.get("backend") if params else None
+    return item.get_closest_marker("emu") is not None or (isinstance(backend, tuple) and backend[0] == EMULATOR)
+
+
+def pytest_collection_modifyitems(config, items):
+    mode = config.getoption("--emu")
+    if mode == "with":
+        return
+    keep, drop = [], []
+    for item in items:
+        (keep if _is_emulator_test(item) == (mode == "only") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def _backend_params():
     status = backend_status()
     params = []
-    for name in REGISTRY:
-        if name == "reference" and not include_reference:
-            continue
-        marks = [] if status[name] is None else [pytest.mark.skip(reason=status[name])]
-        params.append(pytest.param(name, id=name, marks=marks))
+    for name, spec in REGISTRY.items():
+        if spec.device == "gpu":  # takes CuPy arrays: its suite is test_gpu.py (this matrix passes NumPy)
+            reason = "the backend matrix passes NumPy arrays; the GPU backend's suite is tests/test_gpu.py"
+        else:
+            reason = status[name]
+        marks = [] if reason is None else [pytest.mark.skip(reason=reason)]
+        params.append(pytest.param((name, False), id=name, marks=marks))
+        if name == EMULATOR:
+            params.append(pytest.param((name, True), id=f"{name}-small", marks=marks))
     return params
 
 
-@pytest.fixture(params=_backend_params(include_reference=True))
+@pytest.fixture(params=_backend_params())
 def backend(request):
-    """Every registered backend (unavailable ones skip with the reason they failed to load)."""
-    return request.param
+    """Every registered backend (unavailable ones skip with the reason they failed to load); the
+    emulator a second time with small launches."""
+    name, small = request.param
+    if small:
+        from fastconv.backends.cupy import launch_limits
+
+        limits = launch_limits(threads=32, blocks=2)
+    else:
+        limits = contextlib.nullcontext()
+    with limits:
+        yield name
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv._dispatch import implementers
+from fastconv._dispatch import FAMILIES, REGISTRY, implementers
 from fastconv.verify import TOLERANCE  # the project's one tolerance table, shared with `fastconv check`
 
 DTYPES = (np.float32, np.float64)
@@ -32,6 +32,29 @@ def assert_close(actual, expected, what: str = "", scale: float = 1.0):
         i = np.unravel_index(np.argmax(bad), bad.shape)
         raise AssertionError(f"{what}: {bad.sum()} of {bad.size} elements differ; first at {i}: "
                              f"{actual[i]!r} vs expected {expected[i]!r}")
+
+
+def assert_close_half(actual, expected, what: str = "", scale: float = 1.0):
+    """A float16 result against the reference's float32 result on the same (upcast) inputs, within
+    the float16 tolerance."""
+    actual = np.asarray(actual)
+    assert actual.dtype == np.float16, f"{what}: dtype {actual.dtype} is not float16"
+    expected = np.asarray(expected, dtype=np.float32)
+    atol, rtol = (t * scale for t in TOLERANCE[np.dtype(np.float16)])
+    got = actual.astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(got - expected) <= atol + rtol * np.abs(expected))
+    bad &= ~((got == expected) | (np.isnan(got) & np.isnan(expected)))
+    assert got.shape == expected.shape, f"{what}: shape {got.shape} != {expected.shape}"
+    if bad.any():
+        i = np.unravel_index(np.argmax(bad), bad.shape)
+        raise AssertionError(f"{what}: {bad.sum()} of {bad.size} float16 elements differ; first at {i}: "
+                             f"{got[i]!r} vs expected {expected[i]!r}")
+
+
+def half_backends(family: str) -> list[str]:
+    """The available backends that take float16 arrays for ``family``'s ops."""
+    return [name for name in fastconv.available_backends() if takes_float16(name, family)]
 
 
 def assert_equal(actual, expected, what: str = ""):
@@ -110,10 +133,19 @@ def bad_input_cases(cases):
     return [pytest.param(*c[1:], id=c[0]) for c in cases]
 
 
+def takes_float16(backend: str, family: str) -> bool:
+    """Whether ``backend`` takes float16 arrays for ``family``'s ops (declared in the registry)."""
+    return "float16" in REGISTRY[backend].dtypes(family)
+
+
 def check_bad_input(op, args, kwargs, error, text, backend):
     """``op(*args, **kwargs)`` raises ``error`` whose message starts with the op's name and contains
-    ``text``, and leaves every array argument unchanged."""
+    ``text``, and leaves every array argument unchanged. A float16 case is no error on a backend
+    that takes float16 for the op's family (its float16 results are tested on their own)."""
     arrays = [a for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray)]
+    family = op.__module__.rsplit(".", 1)[-1]
+    if family in FAMILIES and takes_float16(backend, family) and any(a.dtype == np.float16 for a in arrays):
+        pytest.skip(f"{backend} takes float16 {family} arrays")
     before = snapshot(*arrays)
     with pytest.raises(error) as info:
         op(*args, **kwargs, backend=backend)

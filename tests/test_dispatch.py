@@ -22,9 +22,37 @@ def test_auto_choice_follows_auto_order():
 
 
 def test_auto_order_lists_every_cpu_backend_and_ends_with_reference():
-    cpu = {n for n, spec in _dispatch.REGISTRY.items() if spec.device == "cpu"}
+    cpu = {n for n, spec in _dispatch.REGISTRY.items() if spec.device == "cpu" and not spec.emulated}
     assert set(_dispatch.AUTO_ORDER) == cpu
     assert _dispatch.AUTO_ORDER[-1] == "reference"
+
+
+def test_auto_never_picks_the_emulator(monkeypatch):
+    assert _dispatch.REGISTRY["cupy-emu"].emulated and "cupy-emu" not in _dispatch.AUTO_ORDER
+    # even when it is the only backend implementing the op
+    monkeypatch.setattr(_dispatch, "AUTO_ORDER", ("reference",))
+    monkeypatch.setattr(_dispatch, "_function", lambda name, family, func: None if name == "reference" else len)
+    with pytest.raises(NotImplementedError, match="backend 'reference' does not implement"):
+        _dispatch.select("relu", "activation", "relu_forward", "auto", np.ones(1))
+
+
+def test_dtypes_are_declared_per_backend_and_family():
+    assert _dispatch.REGISTRY["cpp"].dtypes("conv") == ("float32", "float64")
+    for gpu in ("cupy", "cupy-emu"):
+        spec = _dispatch.REGISTRY[gpu]
+        assert {f for f in _dispatch.FAMILIES if "float16" in spec.dtypes(f)} == {"conv", "linear", "pool", "activation"}
+    assert _dispatch.ACCEPTED_DTYPES == ("float16", "float32", "float64")
+
+
+def test_float16_on_a_backend_that_does_not_take_it_is_a_type_error():
+    x = np.ones(4, np.float16)
+    with pytest.raises(TypeError, match=r"relu: backend 'reference' takes activation arrays of dtype float32 or "
+                                        r"float64, got float16; float16 activation ops run on: cupy, cupy-emu"):
+        fastconv.relu(x, backend="reference")
+    with pytest.raises(TypeError, match="mse_loss: backend 'cupy-emu' takes loss arrays of dtype float32 or float64"):
+        fastconv.mse_loss(x, x, backend="cupy-emu")
+    with pytest.raises(TypeError, match="expected x of dtype float16, float32 or float64, got int32"):
+        fastconv.relu(np.ones(4, np.int32))
 
 
 def test_named_backend_and_context():

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-#: dtypes every backend accepts. Anything else (integers, bool, float16, complex) is a TypeError.
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+def _float_dtypes() -> tuple[np.dtype, ...]:
+    """The float dtypes some backend takes (``_dispatch.ACCEPTED_DTYPES``, from the registry, the one
+    place where each backend's dtypes are declared). Anything else (integers, bool, complex) is a
+    TypeError here; a float dtype the chosen backend does not take is one at dispatch."""
+    from ._dispatch import ACCEPTED_DTYPES  # not at import: _dispatch imports this module
+
+    return tuple(np.dtype(d) for d in ACCEPTED_DTYPES)
 
 
 def is_cupy(a) -> bool:
@@ -43,8 +49,9 @@ def check_array(op: str, name: str, a, *, dims: str | None = None, ndim: int | N
         raise ValueError(f"{op}: expected {name} with {what}, got shape {tuple(a.shape)}")
     if min_ndim is not None and a.ndim < min_ndim:
         raise ValueError(f"{op}: expected {name} with at least {min_ndim} dims, got shape {tuple(a.shape)}")
-    if float_only and a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: expected {name} of dtype float32 or float64, got {a.dtype}")
+    if float_only and a.dtype not in _float_dtypes():
+        names = [d.name for d in _float_dtypes()]
+        raise TypeError(f"{op}: expected {name} of dtype {', '.join(names[:-1])} or {names[-1]}, got {a.dtype}")
     return a
 
 
@@ -55,7 +62,7 @@ def check_same_kind(op: str, **arrays) -> None:
     if len(set(dtypes.values())) > 1:
         listed = ", ".join(f"{k} {d}" for k, d in dtypes.items())
         raise TypeError(f"{op}: expected arrays of one dtype, got {listed}")
-    devices = {k: ("cupy" if is_cupy(v) else "numpy") for k, v in given.items()}
+    devices = {k: (f"cupy (GPU {v.device.id})" if is_cupy(v) else "numpy") for k, v in given.items()}
     if len(set(devices.values())) > 1:
         listed = ", ".join(f"{k} on {d}" for k, d in devices.items())
         raise TypeError(f"{op}: expected arrays on one device, got {listed}")

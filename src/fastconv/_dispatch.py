@@ -3,7 +3,14 @@
 A backend is a package ``fastconv.backends.<name>`` with one module per op family
 (``conv``, ``pool``, ``linear``, ``activation``, ``loss``, ``norm``, ``dropout``); every backend uses
 the same function names and signatures in those modules. Backends are imported lazily, on first
-use, so ``import fastconv`` compiles nothing and imports neither CuPy nor Numba.
+use, so ``import fastconv`` compiles nothing and imports neither CuPy nor Numba. The GPU backend
+``cupy`` and its emulator ``cupy-emu`` share one package (the adapters run the same code on CuPy
+arrays and, through the emulator, on NumPy arrays); each has its own probe module, whose import
+fails, with the reason, where that backend cannot run.
+
+Which dtypes each backend takes, per op family, is declared here (:attr:`BackendSpec.half`) and
+checked here, when a call is dispatched: every backend takes float32 and float64; the GPU backends
+take float16 (stored as float16, computed in float32) for conv, linear, pooling and activations.
 
 Choosing: ``backend=`` on the call wins, then the innermost ``use_backend(...)`` context, then
 ``"auto"``. ``"auto"`` sends CuPy arrays to ``cupy`` and NumPy arrays to the first available CPU
@@ -25,13 +32,30 @@ class BackendUnavailableError(RuntimeError):
     """A known backend could not be loaded here; the message carries the original reason."""
 
 
+#: The op families: one module each in every backend package.
+FAMILIES = ("conv", "pool", "linear", "activation", "loss", "norm", "dropout")
+
+#: The dtypes every backend takes, and those of the op families a backend lists in ``half``.
+FLOAT_DTYPES: tuple[str, ...] = ("float32", "float64")
+HALF_DTYPES: tuple[str, ...] = ("float16", "float32", "float64")
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     name: str
-    package: str
-    device: str  # "cpu" or "gpu"
+    package: str  # where the family modules live
+    device: str  # "cpu" or "gpu": the arrays it takes are NumPy's or CuPy's
     summary: str
+    probe: str | None = None  # the module whose import checks it can run here (default: package)
+    half: tuple[str, ...] = ()  # the op families for which it also takes float16
+    emulated: bool = False  # runs GPU code on the CPU to verify it: benchmarks leave it out unless named
 
+    def dtypes(self, family: str) -> tuple[str, ...]:
+        """The float dtypes this backend takes for ``family``'s ops."""
+        return HALF_DTYPES if family in self.half else FLOAT_DTYPES
+
+
+_GPU_HALF = ("conv", "linear", "pool", "activation")
 
 #: Every backend fastconv knows, in one visible place. Adding a backend means adding a line here.
 REGISTRY: dict[str, BackendSpec] = {
@@ -43,10 +67,21 @@ REGISTRY: dict[str, BackendSpec] = {
         BackendSpec("cython", "fastconv.backends.cython", "cpu",
                     "Cython (typed memoryviews, prange): im2col + SciPy's BLAS"),
         BackendSpec("numba", "fastconv.backends.numba", "cpu", "Numba (@njit, parallel, cached): kernels in Python"),
+        BackendSpec("cupy", "fastconv.backends.cupy", "gpu",
+                    "CUDA kernels (fastconv/cuda/*.cu) through CuPy (NVRTC) on NVIDIA GPUs, cuBLAS for GEMM",
+                    probe="fastconv.backends.cupy._gpu", half=_GPU_HALF),
+        BackendSpec("cupy-emu", "fastconv.backends.cupy", "cpu",
+                    "the cupy backend's CUDA kernels on the CPU emulator: verification, never chosen by auto",
+                    probe="fastconv.backends.cupy._emu", half=_GPU_HALF, emulated=True),
     )
 }
 
-#: The order in which ``"auto"`` tries CPU backends: fastest first, the reference last.
+#: The float dtypes some backend takes: what validation lets through to dispatch.
+ACCEPTED_DTYPES: tuple[str, ...] = tuple(
+    d for d in HALF_DTYPES if any(d in spec.dtypes(f) for spec in REGISTRY.values() for f in FAMILIES))
+
+#: The order in which ``"auto"`` tries CPU backends: fastest first, the reference last (the
+#: emulator is never among them).
 AUTO_ORDER: tuple[str, ...] = ("cpp", "cython", "numba", "reference")
 
 _loaded: dict[str, object] = {}
@@ -67,8 +102,11 @@ def _load(name: str):
     if name in _loaded:
         return _loaded[name]
     if name not in _failed:
+        spec = REGISTRY[name]
         try:
-            _loaded[name] = importlib.import_module(REGISTRY[name].package)
+            if spec.probe:
+                importlib.import_module(spec.probe)
+            _loaded[name] = importlib.import_module(spec.package)
             return _loaded[name]
         except Exception as exc:  # an extension that fails to load raises more than ImportError
             _failed[name] = exc
@@ -160,9 +198,21 @@ def select(op: str, family: str, func: str, backend, *arrays) -> tuple[str, obje
     for candidate in candidates:
         fn = _function(candidate, family, func)
         if fn is not None:
+            check_dtypes(op, candidate, family, arrays)
             return candidate, fn
     raise NotImplementedError(f"{op}: backend {candidates[0]!r} does not implement {family}.{func}; "
                               f"backends that do: {', '.join(implementers(family, func)) or 'none'}")
+
+
+def check_dtypes(op: str, name: str, family: str, arrays) -> None:
+    """Every float array is of a dtype backend ``name`` takes for ``family`` (TypeError if not)."""
+    taken = REGISTRY[name].dtypes(family)
+    for a in arrays:
+        if a is not None and a.dtype.kind == "f" and a.dtype.name not in taken:
+            others = [n for n, spec in REGISTRY.items() if a.dtype.name in spec.dtypes(family)]
+            where = f"; {a.dtype} {family} ops run on: {', '.join(others)}" if others else ""
+            raise TypeError(f"{op}: backend {name!r} takes {family} arrays of dtype {' or '.join(taken)}, "
+                            f"got {a.dtype}{where}")
 
 
 def lookup(op: str, family: str, func: str, backend, *arrays):

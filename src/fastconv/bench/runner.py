@@ -51,13 +51,14 @@ class Config:
 
 
 def resolve_backends(names: list[str] | None) -> tuple[tuple[str, ...], dict[str, str]]:
-    """``(backends to run, {unavailable: reason})``. Default: every available backend.
+    """``(backends to run, {unavailable: reason})``. Default: every available backend but the
+    emulator (``cupy-emu`` runs GPU code on the CPU to verify it; its times mean nothing).
 
     Naming an unknown backend, or one that cannot load here, is an error that says why.
     """
     status = backend_status()
     if names is None:
-        return (tuple(n for n, reason in status.items() if reason is None),
+        return (tuple(n for n, reason in status.items() if reason is None and not REGISTRY[n].emulated),
                 {n: reason for n, reason in status.items() if reason is not None})
     for name in names:
         if name not in REGISTRY:
