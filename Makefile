@@ -11,7 +11,7 @@ CXX    ?= g++
 SANITIZED := LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0:halt_on_error=0 \
              FASTCONV_EMU_SANITIZE=1
 
-.PHONY: bench test test-emu bench-smoke clean
+.PHONY: bench test test-emu bench-smoke gpu-check clean
 
 # the main job: every available backend verified, then timed side by side with PyTorch
 bench: $(VENV)/.installed
@@ -31,6 +31,15 @@ test-emu: $(VENV)/.installed
 bench-smoke: $(VENV)/.installed
 	$(BIN)/python -m pytest benchmarks --quick --benchmark-disable -p no:cacheprovider
 
+# On a machine with an NVIDIA GPU, CuPy and PyTorch already installed and no network (the lent H100s):
+# installs fastconv into that Python without build isolation, dependency resolution or the CPU
+# extensions, runs the GPU tests and the GPU benchmark, and writes $(GPU_OUT)/summary.md; about 8
+# minutes at most on an H100 (benchmarks/gpu_check.py)
+GPU_OUT ?= gpu-results
+gpu-check:
+	FASTCONV_CPU_EXTENSIONS=0 $(PYTHON) -m pip install -q --no-build-isolation --no-deps --no-index -e .
+	$(PYTHON) benchmarks/gpu_check.py --out $(GPU_OUT)
+
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: 2.13.0 is a local CPU wheel here, any other spec downloads a CUDA build
@@ -39,4 +48,4 @@ $(VENV)/.installed: pyproject.toml setup.py
 	touch $@
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info bench-results .pytest_cache .hypothesis .benchmarks
+	rm -rf $(VENV) build src/*.egg-info bench-results gpu-results .pytest_cache .hypothesis .benchmarks

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv
-from support import (bad_input_cases, check_bad_input, DTYPES, assert_close, assert_equal, assert_fresh_output, assert_gradient,
-                     assert_unchanged, backends_implementing, randn, require, small_ints, snapshot,
-                     without_warnings)
+from support import (bad_input_cases, check_bad_input, DTYPES, assert_close, assert_close_half, assert_equal,
+                     assert_fresh_output, assert_gradient, assert_unchanged, backends_implementing, randn, require,
+                     small_ints, snapshot, takes_float16, without_warnings)
 
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
 
@@ -246,6 +246,23 @@ def test_empty_input(a, shape, backend):
         assert out.shape == shape and out.dtype == np.float32
 
 
+def require_float16(backend):
+    if not takes_float16(backend, "activation"):
+        pytest.skip(f"{backend} does not take float16 activations")
+
+
+@pytest.mark.parametrize("a", PARAMS)
+def test_float16_matches_reference_on_upcast_inputs(a, backend, rng):
+    """float16 storage, float32 arithmetic: the reference on the same values in float32, rounded."""
+    require_float16(backend)
+    x, dy = sample(rng, (3, 41), np.float16), randn(rng, (3, 41), np.float16)
+    y, dx = forward(a, x, backend), backward(a, dy, x, backend)
+    assert_fresh_output(y, np.float16, x, dy)
+    assert_close_half(y, forward(a, x.astype(np.float32)), f"{a.id} forward float16 on {backend}")
+    assert_close_half(dx, backward(a, dy.astype(np.float32), x.astype(np.float32)),
+                      f"{a.id} backward float16 on {backend}")
+
+
 # --------------------------------------------------------------------------------------------
 # softmax and log_softmax
 # --------------------------------------------------------------------------------------------
@@ -273,6 +290,18 @@ LOG = [pytest.param(False, id="softmax"), pytest.param(True, id="log_softmax")]
 
 def softmax_op(log):
     return (fastconv.log_softmax, fastconv.log_softmax_backward) if log else (fastconv.softmax, fastconv.softmax_backward)
+
+
+@pytest.mark.parametrize("log", LOG)
+@pytest.mark.parametrize("shape, dim", SOFTMAX_PARAMS + [pytest.param((3, 700), 1, id="long_rows")])
+def test_softmax_float16(shape, dim, log, backend, rng):
+    require_float16(backend)
+    fwd, bwd = softmax_op(log)
+    x, dy = normal(rng, shape, np.float16, 4), randn(rng, shape, np.float16)
+    y = fwd(x, dim, backend=backend)
+    assert_close_half(y, fwd(x.astype(np.float32), dim, backend="reference"), f"forward float16 on {backend}")
+    want = bwd(dy.astype(np.float32), y.astype(np.float32), dim, backend="reference")
+    assert_close_half(bwd(dy, y, dim, backend=backend), want, f"backward float16 on {backend}")
 
 
 @pytest.mark.parametrize("log", LOG)

@@ -289,12 +289,12 @@ def test_summarize_speedups_and_geomeans():
     doc = dict(settings=dict(contenders=["reference", "fast", "torch/nchw", "torch/channels_last"]),
                results=results)
     s = report.summarize(doc)
-    assert s["backends"] == ["reference", "fast"] and s["torch_devices"] == ["cpu"]
+    assert s["backends"] == ["reference", "fast"] and s["torch_groups"] == ["torch"]
     assert s["passes"] == ["forward", "backward-input"]
     a_fwd = s["rows"][0]
     assert a_fwd["cells"]["fast"]["vs_ref"] == pytest.approx(10)
     assert a_fwd["cells"]["fast"]["vs_torch"] == pytest.approx(2)  # vs channels_last, the faster layout
-    assert a_fwd["torch"]["cpu"]["best_layout"] == "channels_last"
+    assert a_fwd["torch"]["torch"]["best_layout"] == "channels_last"
     assert a_fwd["cells"]["fast"]["rate"] == pytest.approx(200)
     g = s["geomean"]
     assert g["fast"]["forward"]["vs_ref"] == pytest.approx(math.sqrt(10 * 2))
@@ -310,6 +310,50 @@ def test_summarize_speedups_and_geomeans():
     assert "reference" in text.splitlines()[0] and "vs torch" in text.splitlines()[1]
     markdown = report.format_markdown_table(columns, rows)
     assert markdown.splitlines()[0].startswith("| shape | pass | unit | reference ms |")
+
+
+def test_summarize_gpu_rows_against_both_precisions_and_the_floor():
+    def gpu(contender, ms, family="torch", layout="nchw", mode=""):
+        r = _rec("a", "forward", contender, "ok", ms, family, layout, device="gpu")
+        r.update(mode=mode, floor_ms=0.5 if family == "fastconv" else None)
+        return r
+
+    results = [_rec("a", "forward", "reference", "ok", 100.0), gpu("cupy", 2.0, "fastconv"),
+               gpu("torch-cuda/nchw", 1.5), gpu("torch-cuda/channels_last", 1.0, layout="channels_last"),
+               gpu("torch-cuda-tf32/nchw", 0.5, mode="tf32")]
+    doc = dict(settings=dict(contenders=[r["contender"] for r in results]), results=results)
+    s = report.summarize(doc)
+    assert s["gpu_backends"] == ["cupy"] and s["torch_groups"] == ["torch-cuda", "torch-cuda-tf32"]
+    cell = s["rows"][0]["cells"]["cupy"]
+    assert cell["vs_torch"] == pytest.approx(0.5)  # the faster TF32-off layout, channels_last
+    assert cell["vs_torch_tf32"] == pytest.approx(0.25)
+    assert cell["of_floor"] == pytest.approx(0.25)
+    assert s["geomean"]["cupy vs torch-cuda-tf32"]["forward"]["vs_torch"] == pytest.approx(0.25)
+    columns, rows = report.results_table(s)
+    assert ("cupy", "% floor") in columns and rows[0][columns.index(("cupy", "% floor"))] == "25%"
+
+
+def test_gpu_floor_and_torch_peers_per_precision(tmp_path):
+    from fastconv.bench.runner import floor_ms
+
+    (shape,) = load_suite(write_shapes(tmp_path / "t.json", TINY[:1])).shapes
+    case = Case(shape, "forward", np.dtype(np.float32))
+    flops, _ = case.work()
+    nbytes = shape.min_bytes("forward", 4)
+    assert nbytes == 4 * (np.prod(shape.x_shape) + np.prod(shape.w_shape) + np.prod(shape.y_shape))
+    assert floor_ms(case, None) is None
+    assert floor_ms(case, dict(gflops=flops / 1e9, gbps=1e-9)) == pytest.approx(nbytes * 1e3)  # memory-bound
+    assert floor_ms(case, dict(gflops=flops / 1e9, gbps=1e9)) == pytest.approx(1e3)  # compute-bound: 1 s
+
+    class FakeTorch:  # what torch_contenders asks of PyTorch
+        class cuda:
+            @staticmethod
+            def is_available():
+                return True
+
+    names = [c.name for c in torch_contenders(FakeTorch, devices=("gpu",))]
+    assert names == ["torch-cuda/nchw", "torch-cuda/channels_last", "torch-cuda-tf32/nchw"]
+    assert [c.name for c in torch_contenders(FakeTorch, devices=("cpu",))] == ["torch/nchw", "torch/channels_last"]
 
 
 def test_benchmark_suite_smoke(tmp_path):

@@ -321,14 +321,14 @@ def test_cuda_tensors_without_gpu_backend_raise_a_clear_error():
     class CudaStandIn:  # this machine has no CUDA: only the device matters to the check
         device = torch.device("cuda", 0)
 
-    with pytest.raises(ft.GpuBackendMissing, match=r"fastconv::conv2d: got CUDA tensors, but fastconv has no GPU "
-                                                   r"backend yet \(backend 'cupy' is not in this build"):
+    with pytest.raises(ft.GpuBackendMissing, match=r"fastconv::conv2d: got CUDA tensors, but fastconv's GPU backend "
+                                                   r"cannot run here \(backend 'cupy' is not available: "):
         exchange.check_device("fastconv::conv2d", {"x": CudaStandIn(), "w": CudaStandIn()})
     assert isinstance(ft.GpuBackendMissing("m"), fastconv.BackendUnavailableError)
 
 
 @pytest.mark.skipif(not exchange.has_gpu_backend(),
-                    reason="fastconv has no GPU backend ('cupy') yet: CUDA tensors raise GpuBackendMissing")
+                    reason="fastconv's GPU backend ('cupy') cannot run here: CUDA tensors raise GpuBackendMissing")
 def test_cuda_tensors_run_on_gpu_backend(gen):
     if not torch.cuda.is_available():
         pytest.skip("fastconv has a GPU backend, but this machine has no CUDA device")

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--quick", action="store_true",
                        help="the cheapest shape of each kind and a short budget: seconds")
     bench.add_argument("--out", default="bench-results", metavar="DIR", help="default: bench-results")
+    bench.add_argument("--device", choices=("all", "cpu", "gpu"), default="all",
+                       help="the contenders of one device only: gpu times the cupy backend next to PyTorch "
+                            "CUDA (cuDNN), fp32 with TF32 off and with PyTorch's defaults (default: all)")
     bench.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     bench.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
     bench.add_argument("--seed", type=int, default=0, help="seed of the input values (default 0)")
@@ -74,7 +77,7 @@ def _run_bench(args) -> int:
                      passes=args.passes, threads=args.threads, dtype=args.dtype, repeat=args.repeat,
                      budget=args.budget, quick=args.quick, match=args.match, out=args.out,
                      torch=not args.no_torch, chart=not args.no_chart, seed=args.seed,
-                     command=shlex.join(["fastconv"] + sys.argv[1:]))
+                     command=shlex.join(["fastconv"] + sys.argv[1:]), device=args.device)
     except ValueError as exc:
         print(f"fastconv {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,10 @@ PyTorch (when installed), on the asymmetric problem lists, forward and every bac
 Each check case makes named inputs, runs the op through fastconv (``run``) and, for the reference's
 own row, through ``torch.nn.functional`` with autograd (``torch``); results are compared by name
 with :data:`TOLERANCE`, the one tolerance table of the project (the test suite uses it too).
+
+A GPU backend gets its inputs copied to the device and its results copied back. A backend that
+takes float16 (the GPU backends, for conv, pooling, linear and activations) is also checked in
+float16: its inputs are float16, and the reference runs on the same values in float32.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 
 import fastconv
 
-from ._dispatch import backend_status
+from ._dispatch import REGISTRY, backend_status
 from .problems import CONV_PROBLEMS, POOL_PROBLEMS
 
 #: (atol, rtol) per dtype: a result passes when ``|got - want| <= atol + rtol * |want|``. A float16
@@ -35,13 +39,15 @@ TOLERANCE = {
 
 def error_ratio(got, want) -> float:
     """max over elements of ``|got - want| / (atol + rtol*|want|)``: <= 1 passes (NaN matches NaN,
-    an infinity the same infinity)."""
+    an infinity the same infinity). A float16 ``got`` is compared with a float32 ``want`` (the
+    reference on the upcast inputs) with the float16 tolerance."""
     got, want = np.asarray(got), np.asarray(want)
-    if got.shape != want.shape or got.dtype != want.dtype:
+    half = got.dtype == np.float16 and want.dtype == np.float32
+    if got.shape != want.shape or (got.dtype != want.dtype and not half):
         return math.inf
     if want.size == 0:
         return 0.0
-    atol, rtol = TOLERANCE[want.dtype]
+    atol, rtol = TOLERANCE[got.dtype]
     both_nan = np.isnan(got) & np.isnan(want)
     with np.errstate(invalid="ignore"):
         ratio = np.abs(got.astype(np.float64) - want) / (atol + rtol * np.abs(want.astype(np.float64)))
@@ -52,6 +58,7 @@ def error_ratio(got, want) -> float:
 @dataclass(frozen=True)
 class Case:
     op: str
+    family: str  # the op family, which decides the dtypes a backend takes for it
     inputs: Callable  # (rng, dtype) -> dict of named arrays
     run: Callable  # (inputs, backend) -> dict of named results
     torch: Callable | None = None  # (inputs, torch module) -> dict of named results
@@ -95,7 +102,7 @@ def _conv_cases():
             y = F.conv2d(xin, w, b, c.stride, padding, c.dilation, c.groups)
             return dict(y=y.detach().numpy(), **_grads(torch, y, a["dy"], dict(dx=x, dw=w, db=b)))
 
-        yield Case(f"conv2d {c.name}", inputs, run, torch_run)
+        yield Case(f"conv2d {c.name}", "conv", inputs, run, torch_run)
 
 
 def _transpose_case():
@@ -116,7 +123,7 @@ def _transpose_case():
         y = torch.nn.functional.conv_transpose2d(x, w, b, **args)
         return dict(y=y.detach().numpy(), **_grads(torch, y, a["dy"], dict(dx=x, dw=w, db=b)))
 
-    yield Case("conv_transpose2d", inputs, run, torch_run)
+    yield Case("conv_transpose2d", "conv", inputs, run, torch_run)
 
 
 def _pool_cases():
@@ -138,7 +145,7 @@ def _pool_cases():
             y = torch.nn.functional.max_pool2d(x, q.kernel_size, q.stride, q.padding, q.dilation, q.ceil_mode)
             return dict(y=y.detach().numpy(), **_grads(torch, y, a["dy"], dict(dx=x)))
 
-        yield Case(f"max_pool2d {q.name}", inputs, run, torch_run)
+        yield Case(f"max_pool2d {q.name}", "pool", inputs, run, torch_run)
 
         if q.dilation == 1:
             def avg_inputs(rng, dtype, q=q):
@@ -157,7 +164,7 @@ def _pool_cases():
                 y = torch.nn.functional.avg_pool2d(x, q.kernel_size, q.stride, q.padding, q.ceil_mode, False)
                 return dict(y=y.detach().numpy(), **_grads(torch, y, a["dy"], dict(dx=x)))
 
-            yield Case(f"avg_pool2d {q.name}", avg_inputs, avg_run, avg_torch)
+            yield Case(f"avg_pool2d {q.name}", "pool", avg_inputs, avg_run, avg_torch)
 
     for out in (1, (3, 4), (7, 2)):
         def ad_inputs(rng, dtype, out=out):
@@ -174,7 +181,7 @@ def _pool_cases():
             y = torch.nn.functional.adaptive_avg_pool2d(x, out)
             return dict(y=y.detach().numpy(), **_grads(torch, y, a["dy"], dict(dx=x)))
 
-        yield Case(f"adaptive_avg_pool2d {out}", ad_inputs, ad_run, ad_torch)
+        yield Case(f"adaptive_avg_pool2d {out}", "pool", ad_inputs, ad_run, ad_torch)
 
 
 def _linear_case():
@@ -192,7 +199,7 @@ def _linear_case():
         y = torch.nn.functional.linear(x, w, b)
         return dict(y=y.detach().numpy(), **_grads(torch, y, a["dy"], dict(dx=x, dw=w, db=b)))
 
-    yield Case("linear", inputs, run, torch_run)
+    yield Case("linear", "linear", inputs, run, torch_run)
 
 
 #: activation name -> (extra keyword arguments, the torch.nn.functional call)
@@ -228,7 +235,7 @@ def _activation_cases():
             y = torch_fn(torch.nn.functional, x)
             return dict(y=y.detach().numpy(), **_grads(torch, y, a["dy"], dict(dx=x)))
 
-        yield Case(label, inputs, run, torch_run)
+        yield Case(label, "activation", inputs, run, torch_run)
 
 
 def _softmax_cases():
@@ -247,7 +254,7 @@ def _softmax_cases():
             y = getattr(torch.nn.functional, name)(x, dim=1)
             return dict(y=y.detach().numpy(), **_grads(torch, y, a["dy"], dict(dx=x)))
 
-        yield Case(name, inputs, run, torch_run)
+        yield Case(name, "activation", inputs, run, torch_run)
 
 
 def _loss_cases():
@@ -272,7 +279,7 @@ def _loss_cases():
         return dict(loss=loss.detach().numpy(), **_grads(torch, loss, np.ones((), a["logits"].dtype),
                                                          dict(dlogits=logits)))
 
-    yield Case("cross_entropy", ce_inputs, ce_run, ce_torch)
+    yield Case("cross_entropy", "loss", ce_inputs, ce_run, ce_torch)
 
     def mse_inputs(rng, dtype):
         return {k: rng.standard_normal((4, 7)).astype(dtype) for k in ("x", "target")}
@@ -287,7 +294,7 @@ def _loss_cases():
         loss = torch.nn.functional.mse_loss(x, torch.tensor(a["target"]))
         return dict(loss=loss.detach().numpy(), **_grads(torch, loss, np.ones((), a["x"].dtype), dict(dx=x)))
 
-    yield Case("mse_loss", mse_inputs, mse_run, mse_torch)
+    yield Case("mse_loss", "loss", mse_inputs, mse_run, mse_torch)
 
 
 def _batch_norm_cases():
@@ -314,7 +321,7 @@ def _batch_norm_cases():
             return dict(y=y.detach().numpy(), running_mean=rm.numpy(), running_var=rv.numpy(),
                         **_grads(torch, y, a["dy"], dict(dx=x, dweight=weight, dbias=bias)))
 
-        yield Case(f"batch_norm {'training' if training else 'inference'}", inputs, run, torch_run)
+        yield Case(f"batch_norm {'training' if training else 'inference'}", "norm", inputs, run, torch_run)
 
 
 def _dropout_case():
@@ -335,7 +342,7 @@ def _dropout_case():
         zero = np.zeros_like(a["x"])
         return dict(y_error=zero, dx_error=zero)
 
-    yield Case("dropout", inputs, run, expected)
+    yield Case("dropout", "dropout", inputs, run, expected)
 
 
 def all_cases() -> list[Case]:
@@ -361,6 +368,64 @@ class Row:
     seconds: float = 0.0
 
 
+@dataclass
+class CaseResult:
+    op: str
+    results: int = 0  # named results compared
+    worst: float = 0.0  # the largest error / tolerance
+    failures: list = None
+    skipped: str | None = None  # why the case did not run: not implemented, float16 not taken
+
+
+def _transfer(name: str):
+    """``(to the backend's device, back to NumPy)`` for a dict of named arrays."""
+    if REGISTRY[name].device != "gpu":
+        return (lambda a: a), (lambda r: r)
+    import cupy
+
+    return (lambda a: {k: cupy.asarray(v) if isinstance(v, np.ndarray) else v for k, v in a.items()},
+            lambda r: {k: None if v is None else cupy.asnumpy(v) for k, v in r.items()})
+
+
+def _cast_floats(a: dict, dtype) -> dict:
+    return {k: v.astype(dtype) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v for k, v in a.items()}
+
+
+def check_case(case: Case, name: str, dtype, rng, oracle: str = "reference", torch=None) -> CaseResult:
+    """Run ``case`` on backend ``name`` in ``dtype`` and compare every named result with the
+    oracle's ('reference', or 'torch' with the module given). In float16 the oracle runs on the
+    same input values in float32."""
+    dtype = np.dtype(dtype)
+    result = CaseResult(case.op, failures=[])
+    if dtype.name not in REGISTRY[name].dtypes(case.family):
+        result.skipped = f"{name} does not take {dtype} {case.family} ops"
+        return result
+    half = dtype == np.float16
+    a = case.inputs(rng, np.float32 if half else dtype)
+    if half:
+        a = _cast_floats(a, np.float16)
+    to_device, to_host = _transfer(name)
+    try:
+        got = to_host(case.run(to_device(a), name))
+        oracle_inputs = _cast_floats(a, np.float32) if half else a
+        with warnings.catch_warnings():  # torch's performance hints are not findings
+            warnings.simplefilter("ignore", UserWarning)
+            want = case.torch(oracle_inputs, torch) if oracle == "torch" else case.run(oracle_inputs, "reference")
+    except NotImplementedError:
+        result.skipped = f"{name} does not implement {case.op} (yet)"
+        return result
+    except Exception as exc:  # a crash is a failure to report, not a reason to stop checking
+        result.failures.append(f"{case.op}: {type(exc).__name__}: {exc}")
+        return result
+    for key, w in want.items():
+        result.results += 1
+        ratio = error_ratio(got[key], w)
+        result.worst = max(result.worst, ratio)
+        if not ratio <= 1.0:
+            result.failures.append(f"{case.op} {key}: error {ratio:.3g}x tolerance")
+    return result
+
+
 def check_backend(name: str, dtype, rng, oracle: str) -> Row:
     """Run every case on backend ``name`` and compare with the oracle ('reference' or 'torch')."""
     row = Row(name, oracle, np.dtype(dtype).name, failures=[], missing=[])
@@ -371,25 +436,14 @@ def check_backend(name: str, dtype, rng, oracle: str) -> Row:
         torch.set_num_threads(1)
     start = time.perf_counter()
     for case in all_cases():
-        a = case.inputs(rng, dtype)
-        try:
-            got = case.run(a, name)
-            with warnings.catch_warnings():  # torch's performance hints are not findings
-                warnings.simplefilter("ignore", UserWarning)
-                want = case.torch(a, torch) if oracle == "torch" else case.run(a, "reference")
-        except NotImplementedError:
+        r = check_case(case, name, dtype, rng, oracle, torch)
+        if r.skipped:
             row.missing.append(case.op)
             continue
-        except Exception as exc:  # a crash is a failure to report, not a reason to stop checking
-            row.failures.append(f"{case.op}: {type(exc).__name__}: {exc}")
-            continue
         row.cases += 1
-        for key, w in want.items():
-            row.results += 1
-            ratio = error_ratio(got[key], w)
-            row.worst = max(row.worst, ratio)
-            if not ratio <= 1.0:
-                row.failures.append(f"{case.op} {key}: error {ratio:.3g}x tolerance")
+        row.results += r.results
+        row.worst = max(row.worst, r.worst)
+        row.failures += r.failures
     row.seconds = time.perf_counter() - start
     return row
 
@@ -416,7 +470,8 @@ def run_check(names=None, out=sys.stdout, seed: int | None = None) -> int:
         if name == "reference" and not have_torch:
             skipped.append("reference vs torch: PyTorch is not installed (pip install torch==2.13.0)")
             continue
-        for dtype in (np.float32, np.float64):
+        dtypes = (np.float16, np.float32, np.float64) if REGISTRY[name].half else (np.float32, np.float64)
+        for dtype in dtypes:
             rows.append(check_backend(name, dtype, rng, "torch" if name == "reference" else "reference"))
 
     header = f"{'backend':<12}{'checked against':<18}{'dtype':<9}{'cases':>6}{'results':>9}" \
@@ -431,8 +486,9 @@ def run_check(names=None, out=sys.stdout, seed: int | None = None) -> int:
         for failure in r.failures:
             print(f"  {r.backend} {r.dtype}: {failure}", file=out)
     for r in rows:
-        if r.missing and r.dtype == "float32":
-            print(f"  {r.backend} does not implement (yet): {', '.join(r.missing)}", file=out)
+        if r.missing and r.dtype in ("float16", "float32"):
+            what = "does not take float16 for" if r.dtype == "float16" else "does not implement (yet)"
+            print(f"  {r.backend} {what}: {', '.join(r.missing)}", file=out)
     for s in skipped:
         print(f"skipped {s}", file=out)
     print("err/tol is max |got - want| / (atol + rtol*|want|) over all elements; <= 1 passes. "

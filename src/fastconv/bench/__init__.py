@@ -25,15 +25,20 @@ from .timing import QUICK, Policy
 __all__ = ["bench", "info", "load_suite", "machine_info", "run", "Config", "Policy"]
 
 
+#: ``--device``: whose contenders run (fastconv backends and PyTorch peers on that device)
+DEVICES = {"all": ("cpu", "gpu"), "cpu": ("cpu",), "gpu": ("gpu",)}
+
+
 def bench(shapes=None, backends=None, passes=None, threads=None, dtype=None, repeat=None, budget=None,
           quick=False, match=None, out="bench-results", torch=True, chart=True, seed=0, stdout=None,
-          stderr=None, progress=True, command="") -> int:
+          stderr=None, progress=True, command="", device="all") -> int:
     """Run the benchmark and write ``out``/{bench.json, report.md, speedup.png}.
 
     Returns 0, or 1 when a contender failed verification or crashed. Bad options raise ValueError.
     ``backends`` is a list of names (default: every available backend); ``passes`` a comma list
     (``forward``, ``backward-input``, ``backward-weight``, ``backward`` = both); ``quick`` keeps the
-    cheapest shape of each kind and a short timing budget.
+    cheapest shape of each kind and a short timing budget; ``device`` ('all', 'cpu' or 'gpu')
+    keeps the contenders of that device (a GPU run times the ``cupy`` backend next to PyTorch CUDA).
     """
     stdout = sys.stdout if stdout is None else stdout
     suite = load_suite(shapes)
@@ -56,12 +61,16 @@ def bench(shapes=None, backends=None, passes=None, threads=None, dtype=None, rep
         if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
             raise ValueError(f"bench: repeat must be a positive integer, got {repeat!r}")
         policy = replace(policy, repeat=repeat)
-    names, unavailable = resolve_backends(backends)
+    if device not in DEVICES:
+        raise ValueError(f"bench: device must be one of {', '.join(DEVICES)}, got {device!r}")
+    names, unavailable = resolve_backends(backends, DEVICES[device])
     if torch and import_torch() is None:
         unavailable = dict(unavailable, torch="PyTorch is not installed (pip install torch)")
         torch = False
+    if device == "gpu" and not names and not (torch and import_torch().cuda.is_available()):
+        raise ValueError(f"bench: --device gpu, but nothing here runs on a GPU ({unavailable.get('cupy', '')})")
     config = Config(chosen, parse_passes(passes), names, dtype, threads, policy, torch, seed,
-                    unavailable, command)
+                    unavailable, command, DEVICES[device])
     doc = run(config, progress_stream=stderr, show_progress=progress)
     written = write_reports(doc, out, chart=chart)
     print(format_summary(doc, written["summary"]), file=stdout)

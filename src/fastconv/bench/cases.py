@@ -122,13 +122,20 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Contender:
-    """One column of the report: a fastconv backend, or PyTorch in one layout on one device."""
+    """One column of the report: a fastconv backend, or PyTorch in one layout on one device (and,
+    on CUDA, in one precision mode: ``""`` fp32 with TF32 off, ``"tf32"`` PyTorch's defaults)."""
 
     name: str
     family: str  # "fastconv" or "torch"
     device: str  # "cpu" or "gpu"
     backend: str | None = None
     layout: str = "nchw"
+    mode: str = ""
+
+    @property
+    def group(self) -> str:
+        """The report's column group: the backend, or PyTorch's label on its device and mode."""
+        return self.name if self.family == "fastconv" else torch_label(self.device, self.mode)
 
     def applies(self, case: Case) -> bool:
         """channels_last exists only for images: dense layers have one layout."""
@@ -158,7 +165,17 @@ class Contender:
             return t
 
         t = {k: tensor(v) for k, v in arrays.items()}
-        return Prepared(torch_call(case, t, torch), lambda out: out.contiguous().cpu().numpy(),
+        call = torch_call(case, t, torch)
+        if on_gpu:  # the precision flags are global: set them for every call of this contender
+            cudnn_tf32, matmul_tf32 = CUDA_PRECISION[self.mode]
+
+            def fn():
+                torch.backends.cudnn.allow_tf32 = cudnn_tf32
+                torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+                return call()
+        else:
+            fn = call
+        return Prepared(fn, lambda out: out.contiguous().cpu().numpy(),
                         torch_cuda_timer(torch) if on_gpu else cpu_timer, torch.cuda.synchronize if on_gpu else None)
 
 
@@ -166,16 +183,27 @@ def fastconv_contenders(names) -> list[Contender]:
     return [Contender(n, "fastconv", REGISTRY[n].device, backend=n) for n in names]
 
 
-def torch_label(device: str) -> str:
-    """PyTorch's name on a device, as contender names start (torch/nchw, torch-cuda/nchw)."""
-    return "torch" if device == "cpu" else "torch-cuda"
+#: PyTorch's CUDA precision modes: (cudnn.allow_tf32, cuda.matmul.allow_tf32). "" is fp32 with
+#: TF32 off, as fastconv's GPU backend computes (CuPy's cuBLAS calls use no TF32 unless CUPY_TF32
+#: is set); "tf32" is PyTorch's defaults, under which cuDNN may round conv inputs to TF32.
+CUDA_PRECISION = {"": (False, False), "tf32": (True, False)}
 
 
-def torch_contenders(torch) -> list[Contender]:
-    """PyTorch on the CPU, NCHW and channels_last; and on CUDA (cuDNN) when it has a GPU."""
-    devices = ["cpu"] + (["gpu"] if torch.cuda.is_available() else [])
-    return [Contender(f"{torch_label(device)}/{layout}", "torch", device, layout=layout)
-            for device in devices for layout in ("nchw", "channels_last")]
+def torch_label(device: str, mode: str = "") -> str:
+    """PyTorch's name on a device and in a precision mode, as contender names start (torch/nchw,
+    torch-cuda/nchw, torch-cuda-tf32/nchw)."""
+    return "torch" if device == "cpu" else "torch-cuda" + (f"-{mode}" if mode else "")
+
+
+def torch_contenders(torch, devices=("cpu", "gpu")) -> list[Contender]:
+    """PyTorch on the CPU, NCHW and channels_last; and on CUDA (cuDNN) when it has a GPU: both
+    layouts with TF32 off (the peers fastconv's fp32 GPU kernels are held to), and NCHW once more
+    with PyTorch's defaults (TF32 allowed in cuDNN's convolutions)."""
+    chosen = [("cpu", layout, "") for layout in ("nchw", "channels_last")] if "cpu" in devices else []
+    if "gpu" in devices and torch.cuda.is_available():
+        chosen += [("gpu", layout, "") for layout in ("nchw", "channels_last")] + [("gpu", "nchw", "tf32")]
+    return [Contender(f"{torch_label(device, mode)}/{layout}", "torch", device, layout=layout, mode=mode)
+            for device, layout, mode in chosen]
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,40 @@ def gpu_info(torch=None) -> list[dict]:
     return gpus
 
 
+def gpu_ceilings(dtype: str = "float32") -> dict | None:
+    """What CuPy's current GPU sustains, measured now (CUDA events, the best of 5 after a warm-up):
+    ``gflops``, a large cuBLAS matrix product in ``dtype`` (TF32 off, CuPy's default), and ``gbps``,
+    a device-to-device copy of 1 GiB counting the bytes read and written. The benchmark's GPU rows
+    are held against the larger of FLOPs / gflops and bytes / gbps. None without CuPy or a GPU."""
+    try:
+        import cupy
+
+        n = 8192 if dtype != "float64" else 4096
+        a = cupy.ones((n, n), dtype=dtype)
+        b = cupy.ones((n, n), dtype=dtype)
+        src = cupy.ones(1 << 28, dtype=cupy.float32)  # 1 GiB
+        dst = cupy.empty_like(src)
+
+        def best_ms(fn):
+            fn()
+            times = []
+            for _ in range(5):
+                start, end = cupy.cuda.Event(), cupy.cuda.Event()
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(cupy.cuda.get_elapsed_time(start, end))
+            return min(times)
+
+        gemm_ms = best_ms(lambda: cupy.matmul(a, b))
+        copy_ms = best_ms(lambda: dst.__setitem__(Ellipsis, src))
+        return dict(gflops=round(2 * n ** 3 / (gemm_ms * 1e-3) / 1e9, 1), gemm=f"{n}x{n}x{n} {dtype}",
+                    gbps=round(2 * src.nbytes / (copy_ms * 1e-3) / 1e9, 1))
+    except Exception:  # no CuPy, no driver, no device: nothing to measure against
+        return None
+
+
 def cpu_speed(seconds: float = 0.25) -> float | None:
     """GFLOP/s of the C++ backend's fp32 GEMM micro-kernel on one core now, its panels in L1: how
     fast this core runs at the moment. On a shared VM it moves up to 2x from minute to minute

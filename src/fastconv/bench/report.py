@@ -2,8 +2,12 @@
 
 Speedups are ratios of medians measured in the same run (> 1: faster). ``vs ref`` divides the
 reference's time by the backend's; ``vs torch`` divides PyTorch's time in its faster layout on the
-backend's device (NCHW or channels_last, CPU or CUDA) by the backend's. Geometric means run over
-the cases where both sides were timed.
+backend's device (NCHW or channels_last, CPU or CUDA) by the backend's. On CUDA that peer computes
+in fp32 with TF32 off, as fastconv's GPU kernels do; ``vs tf32`` compares with PyTorch's defaults
+(TF32 allowed in cuDNN's convolutions) too. A GPU row's ``floor`` is the least time its work can
+take on that GPU (the larger of FLOPs over the measured GEMM rate and bytes over the measured copy
+bandwidth); ``% floor`` is that floor over the measured time. Geometric means run over the cases
+where both sides were timed.
 """
 
 from __future__ import annotations
@@ -38,10 +42,12 @@ def summarize(doc: dict) -> dict:
     contenders = {r["contender"]: r for r in doc["results"]}  # name -> any record (family, device)
     names = doc["settings"]["contenders"]
     backends = [n for n in names if contenders.get(n, {}).get("family") == "fastconv"]
-    torch_by_device = {}
+    torch_groups = {}  # PyTorch's label on a device and in a precision mode -> its contenders
     for n in names:
-        if contenders.get(n, {}).get("family") == "torch":
-            torch_by_device.setdefault(contenders[n]["device"], []).append(n)
+        rec = contenders.get(n, {})
+        if rec.get("family") == "torch":
+            torch_groups.setdefault(rec.get("group") or torch_label(rec["device"], rec.get("mode", "")), []).append(n)
+    gpu_backends = [b for b in backends if contenders[b]["device"] == "gpu"]
     grouped = {}
     for r in doc["results"]:
         grouped.setdefault((r["shape"], r["pass_name"]), {})[r["contender"]] = r
@@ -51,7 +57,7 @@ def summarize(doc: dict) -> dict:
         any_rec = next(iter(recs.values()))
         reference = recs.get("reference")
         ref_ms = reference["median_ms"] if reference and reference["status"] == "ok" else None
-        torch_best = {dev: _best_torch(recs, ns) for dev, ns in torch_by_device.items()}
+        torch_best = {label: _best_torch(recs, ns) for label, ns in torch_groups.items()}
         row = dict(shape=shape, pass_name=pass_name, kind=any_rec["kind"],
                    unit=RATE_UNIT[any_rec["work_unit"]], cells={}, torch={})
         for b in backends:
@@ -60,14 +66,19 @@ def summarize(doc: dict) -> dict:
                 continue
             cell = dict(status=r["status"], reason=r["reason"], exact=r["exact"])
             if r["status"] == "ok":
-                best = torch_best.get(r["device"])
-                cell.update(ms=r["median_ms"], spread_pct=r["spread_pct"], rate=r["rate"],
-                            vs_ref=ref_ms / r["median_ms"] if ref_ms else None,
-                            vs_torch=best["median_ms"] / r["median_ms"] if best else None)
+                ms = r["median_ms"]
+                best = torch_best.get(torch_label(r["device"]))
+                cell.update(ms=ms, spread_pct=r["spread_pct"], rate=r["rate"], vs_ref=ref_ms / ms if ref_ms else None,
+                            vs_torch=best["median_ms"] / ms if best else None)
+                if r["device"] == "gpu":
+                    tf32 = torch_best.get(torch_label("gpu", "tf32"))
+                    floor = r.get("floor_ms")
+                    cell.update(vs_torch_tf32=tf32["median_ms"] / ms if tf32 else None, floor_ms=floor,
+                                of_floor=floor / ms if floor else None)
             row["cells"][b] = cell
-        for dev, ns in torch_by_device.items():
-            best = torch_best[dev]
-            row["torch"][dev] = dict(
+        for label, ns in torch_groups.items():
+            best = torch_best[label]
+            row["torch"][label] = dict(
                 layouts={recs[n]["layout"]: (recs[n]["median_ms"] if recs[n]["status"] == "ok" else recs[n]["status"])
                          for n in ns if n in recs},
                 best_layout=best["layout"] if best else None, ms=best["median_ms"] if best else None,
@@ -84,8 +95,14 @@ def summarize(doc: dict) -> dict:
             geomean[b][p] = dict(vs_ref=_geomean(c.get("vs_ref") for c in cells),
                                  vs_torch=_geomean(c.get("vs_torch") for c in cells),
                                  n=sum(c["status"] == "ok" for c in cells))
-    for dev in torch_by_device:
-        geomean[torch_label(dev)] = {p: dict(vs_ref=_geomean(r["torch"][dev]["vs_ref"] for r in rows
+    for b in gpu_backends:  # a second line: the same GPU backend against PyTorch's TF32 defaults
+        geomean[f"{b} vs {torch_label('gpu', 'tf32')}"] = {
+            p: dict(vs_ref=geomean[b][p]["vs_ref"], n=geomean[b][p]["n"],
+                    vs_torch=_geomean(r["cells"][b].get("vs_torch_tf32") for r in rows
+                                      if b in r["cells"] and p in ("all", r["pass_name"])))
+            for p in passes + ["all"]}
+    for label in torch_groups:
+        geomean[label] = {p: dict(vs_ref=_geomean(r["torch"][label]["vs_ref"] for r in rows
                                                   if p in ("all", r["pass_name"])), vs_torch=1.0)
                           for p in passes + ["all"]}
     failures = [f"{r['contender']} on {r['shape']} {r['pass_name']}: {r['status']}: {r['reason']}"
@@ -98,8 +115,8 @@ def summarize(doc: dict) -> dict:
     not_run = [f"{', '.join(names)}: {reason} ({len(cases)} case{'s' * (len(cases) > 1)}: "
                f"{', '.join(list(cases)[:3])}{', ...' if len(cases) > 3 else ''})"
                for reason, (names, cases) in not_run.items()]
-    return dict(backends=backends, torch_devices=list(torch_by_device), passes=passes, rows=rows,
-                geomean=geomean, failures=failures, not_run=not_run)
+    return dict(backends=backends, gpu_backends=gpu_backends, torch_groups=list(torch_groups), passes=passes,
+                rows=rows, geomean=geomean, failures=failures, not_run=not_run)
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,10 +142,12 @@ def _rate(v) -> str:
 def results_table(summary: dict) -> tuple[list[tuple[str, str]], list[list[str]]]:
     """Columns ``(group, name)`` and rows of strings, shared by the text and Markdown tables."""
     columns = [("", "shape"), ("", "pass"), ("", "unit")]
+    gpu = set(summary.get("gpu_backends", ()))
     for b in summary["backends"]:
         columns += [(b, "ms"), (b, "±"), (b, "rate"), (b, "vs ref"), (b, "vs torch")]
-    for dev in summary["torch_devices"]:
-        g = torch_label(dev)
+        if b in gpu:
+            columns += [(b, "vs tf32"), (b, "floor ms"), (b, "% floor")]
+    for g in summary["torch_groups"]:
         columns += [(g, "nchw ms"), (g, "cl ms"), (g, "rate")]
     rows = []
     for r in summary["rows"]:
@@ -136,12 +155,15 @@ def results_table(summary: dict) -> tuple[list[tuple[str, str]], list[list[str]]
         for b in summary["backends"]:
             c = r["cells"].get(b)
             if c is None or c["status"] != "ok":
-                line += [c["status"] if c else "-", "", "", "", ""]
-            else:
-                line += [_ms(c["ms"]), f"{c['spread_pct']:.0f}%", _rate(c["rate"]), _x(c["vs_ref"]),
-                         _x(c["vs_torch"])]
-        for dev in summary["torch_devices"]:
-            t = r["torch"][dev]
+                line += [c["status"] if c else "-"] + [""] * (7 if b in gpu else 4)
+                continue
+            line += [_ms(c["ms"]), f"{c['spread_pct']:.0f}%", _rate(c["rate"]), _x(c["vs_ref"]), _x(c["vs_torch"])]
+            if b in gpu:
+                of_floor = c.get("of_floor")
+                line += [_x(c.get("vs_torch_tf32")), _ms(c.get("floor_ms")),
+                         "-" if of_floor is None else f"{100 * of_floor:.0f}%"]
+        for g in summary["torch_groups"]:
+            t = r["torch"][g]
             line += [_ms(t["layouts"].get("nchw")), _ms(t["layouts"].get("channels_last")), _rate(t["rate"])]
         rows.append(line)
     return columns, rows
@@ -303,8 +325,22 @@ def format_markdown(doc: dict, summary: dict, chart: str | None, chart_note: str
               "- Work per pass: `2*N*C_out*OH*OW*(C_in/groups)*KH*KW` FLOP for conv and dense (the same for "
               "every pass); for max pooling the bytes a pass must move (forward: x and y; backward: dy, "
               "int64 indices, dx).",
+              f"- GPU: {_gpu_method(s)}",
               f"- Command: `{s.get('command') or 'fastconv bench'}`", ""]
     return "\n".join(lines)
+
+
+def _gpu_method(s: dict) -> str:
+    ceilings = s.get("gpu_ceilings")
+    text = ("fastconv's `cupy` backend against PyTorch CUDA (cuDNN, `cudnn.benchmark` on) with TF32 off "
+            "on both sides (`vs torch`), and against PyTorch's defaults (`torch-cuda-tf32`: TF32 allowed in "
+            "cuDNN's convolutions; `vs tf32`)")
+    if not ceilings:
+        return text + "; no GPU ceilings were measured (no GPU contender ran)"
+    return (text + f"; the floor of a GPU row is the larger of its FLOPs over {ceilings['gflops']} GFLOP/s (a "
+            f"{ceilings['gemm']} cuBLAS GEMM, TF32 off) and its bytes (each operand read once, the result "
+            f"written once) over {ceilings['gbps']} GB/s (a 1 GiB device-to-device copy, read + write), both "
+            f"measured on this GPU at the start of the run")
 
 
 def write_reports(doc: dict, out_dir: str | Path, chart: bool = True) -> dict:

@@ -44,27 +44,34 @@ class Config:
     seed: int = 0
     unavailable: dict = field(default_factory=dict)  # backend -> why it cannot load here
     command: str = ""  # the command line, for the report
+    devices: tuple[str, ...] = ("cpu", "gpu")  # whose contenders run
 
     def cases(self) -> list[Case]:
         dtype = np.dtype(self.dtype)
         return [Case(s, p, dtype) for s in self.shapes for p in s.passes if p in self.passes]
 
 
-def resolve_backends(names: list[str] | None) -> tuple[tuple[str, ...], dict[str, str]]:
-    """``(backends to run, {unavailable: reason})``. Default: every available backend but the
-    emulator (``cupy-emu`` runs GPU code on the CPU to verify it; its times mean nothing).
+def resolve_backends(names: list[str] | None, devices=("cpu", "gpu")) -> tuple[tuple[str, ...], dict[str, str]]:
+    """``(backends to run, {unavailable: reason})``. Default: every available backend on
+    ``devices`` but the emulator (``cupy-emu`` runs GPU code on the CPU to verify it; its times
+    mean nothing).
 
-    Naming an unknown backend, or one that cannot load here, is an error that says why.
+    Naming an unknown backend, one that cannot load here, or one on another device is an error
+    that says why.
     """
     status = backend_status()
     if names is None:
-        return (tuple(n for n, reason in status.items() if reason is None and not REGISTRY[n].emulated),
-                {n: reason for n, reason in status.items() if reason is not None})
+        on = {n: reason for n, reason in status.items() if REGISTRY[n].device in devices}
+        return (tuple(n for n, reason in on.items() if reason is None and not REGISTRY[n].emulated),
+                {n: reason for n, reason in on.items() if reason is not None})
     for name in names:
         if name not in REGISTRY:
             raise ValueError(f"bench: unknown backend {name!r}; known backends: {', '.join(REGISTRY)}")
         if status[name] is not None:
             raise ValueError(f"bench: {status[name]}")
+        if REGISTRY[name].device not in devices:
+            raise ValueError(f"bench: backend {name!r} runs on the {REGISTRY[name].device.upper()}, "
+                             f"outside --device {','.join(devices)}")
     return tuple(dict.fromkeys(names)), {}
 
 
@@ -114,13 +121,24 @@ class Progress:
             self.stream.write("\n")
 
 
+def floor_ms(case: Case, ceilings: dict | None) -> float | None:
+    """The least time the case can take on the GPU measured by ``ceilings``: the larger of its FLOPs
+    over the GEMM rate and its bytes over the copy bandwidth (None without ceilings)."""
+    if not ceilings:
+        return None
+    amount, unit = case.work()
+    compute = amount / (ceilings["gflops"] * 1e9) if unit == "FLOP" else 0.0
+    memory = case.shape.min_bytes(case.pass_name, case.dtype.itemsize) / (ceilings["gbps"] * 1e9)
+    return max(compute, memory) * 1e3
+
+
 def _record(case: Case, contender: Contender, status: str, reason: str = "", verdict=None,
-            stats: Stats | None = None, times=()) -> dict:
+            stats: Stats | None = None, times=(), ceilings: dict | None = None) -> dict:
     amount, unit = case.work()
     rec = dict(shape=case.shape.name, kind=case.shape.kind, pass_name=case.pass_name,
                contender=contender.name, family=contender.family, backend=contender.backend,
-               device=contender.device, layout=contender.layout, status=status, reason=reason,
-               work=amount, work_unit=unit, error_ratio=None, exact=None)
+               device=contender.device, layout=contender.layout, mode=contender.mode, group=contender.group,
+               status=status, reason=reason, work=amount, work_unit=unit, error_ratio=None, exact=None)
     if verdict is not None:
         rec.update(error_ratio=verdict.error_ratio if np.isfinite(verdict.error_ratio) else None,
                    exact=verdict.exact)
@@ -128,6 +146,8 @@ def _record(case: Case, contender: Contender, status: str, reason: str = "", ver
         rec.update(median_ms=stats.median, q1_ms=stats.q1, q3_ms=stats.q3, min_ms=stats.min,
                    max_ms=stats.max, repeats=stats.repeats, spread_pct=stats.spread_pct,
                    rate=amount / (stats.median * 1e-3) / 1e9, times_ms=[t * 1e3 for t in times])
+        if contender.device == "gpu":
+            rec.update(floor_ms=floor_ms(case, ceilings))
     return rec
 
 
@@ -139,8 +159,10 @@ def _first_call(prepared):
     return host, time.perf_counter() - start
 
 
-def run_case(case: Case, contenders, policy: Policy, rng, torch=None, progress=None) -> list[dict]:
-    """All contenders on one case: the reference's result, then verify-then-time each contender."""
+def run_case(case: Case, contenders, policy: Policy, rng, torch=None, progress=None,
+             ceilings: dict | None = None) -> list[dict]:
+    """All contenders on one case: the reference's result, then verify-then-time each contender.
+    ``ceilings`` (the GPU's measured rates) give GPU records their roofline floor."""
     arrays = make_inputs(case, rng)
     oracle = Contender("reference", "fastconv", "cpu", backend="reference")
     try:
@@ -179,7 +201,7 @@ def run_case(case: Case, contenders, policy: Policy, rng, torch=None, progress=N
     for (slot, contender, verdict, _), times in zip(ready, measure([r[3] for r in ready], policy)):
         records[slot] = (_record(case, contender, "error", f"{type(times).__name__}: {times}")
                          if isinstance(times, Exception)
-                         else _record(case, contender, "ok", "", verdict, Stats.of(times), times))
+                         else _record(case, contender, "ok", "", verdict, Stats.of(times), times, ceilings))
     return records
 
 
@@ -195,10 +217,13 @@ def run(config: Config, progress_stream=None, show_progress: bool = True) -> dic
     """Run the suite; the raw results (plain JSON-able dicts) with the settings they were taken under."""
     from .machine import cpu_speed, machine_info
 
+    from .machine import gpu_ceilings
+
     torch = import_torch() if config.torch else None
     contenders = fastconv_contenders(config.backends)
     if torch is not None:
-        contenders += torch_contenders(torch)
+        contenders += torch_contenders(torch, config.devices)
+    ceilings = gpu_ceilings(config.dtype) if any(c.device == "gpu" for c in contenders) else None
     threads = _threads.get_num_threads() if config.threads is None else config.threads
     cases = config.cases()
     progress = Progress(len(cases), progress_stream) if show_progress else None
@@ -208,6 +233,8 @@ def run(config: Config, progress_stream=None, show_progress: bool = True) -> dic
     load_before, speed_before = _load_average(), cpu_speed()
     started = time.perf_counter()
     torch_threads = torch.get_num_threads() if torch is not None else None
+    # the GPU contenders set PyTorch's global precision flags for each call: put them back after
+    precision = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) if torch else None
     try:
         if torch is not None:
             torch.set_num_threads(threads)  # the same pool size for PyTorch as for fastconv
@@ -217,12 +244,13 @@ def run(config: Config, progress_stream=None, show_progress: bool = True) -> dic
             for case in cases:
                 if progress is not None:
                     progress.start_case(case.id)
-                results += run_case(case, contenders, config.policy, rng, torch, progress)
+                results += run_case(case, contenders, config.policy, rng, torch, progress, ceilings)
                 if progress is not None:
                     progress.finish_case()
     finally:
         if torch is not None:
             torch.set_num_threads(torch_threads)
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = precision
         if progress is not None:
             progress.close()
     return dict(
@@ -230,6 +258,7 @@ def run(config: Config, progress_stream=None, show_progress: bool = True) -> dic
         settings=dict(started_at=started_at, command=config.command, dtype=config.dtype, threads=threads,
                       passes=list(config.passes),
                       backends=list(config.backends), unavailable=dict(config.unavailable),
+                      devices=list(config.devices), gpu_ceilings=ceilings,
                       contenders=[c.name for c in contenders],
                       torch=None if torch is None else torch.__version__, seed=config.seed,
                       timing=dict(budget_s=config.policy.budget_s, min_repeats=config.policy.min_repeats,

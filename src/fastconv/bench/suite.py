@@ -112,6 +112,15 @@ class Shape:
             return float((x + y) * itemsize), "B"
         return float((y + x) * itemsize + y * INDEX_BYTES), "B"  # dy and dx, plus the indices
 
+    def min_bytes(self, pass_name: str, itemsize: int) -> float:
+        """The fewest bytes a pass must move through memory: each operand read once, the result
+        written once (conv and dense: the pass's two inputs of x, w, dy and its output; max
+        pooling: its work). With a machine's bandwidth this bounds how fast a pass can be."""
+        if self.kind == "maxpool":
+            return self.work(pass_name, itemsize)[0]
+        x, w, y = math.prod(self.x_shape), math.prod(self.w_shape), math.prod(self.y_shape)
+        return float((x + w + y) * itemsize)  # fprop reads x, w; dgrad dy, w; wgrad dy, x
+
     def describe(self) -> str:
         """A short spelling of the layer, e.g. ``N16 64->64 56x56 k3x3 s1 p1 d1 g1``."""
         if self.kind == "dense":

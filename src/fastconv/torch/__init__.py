@@ -10,8 +10,9 @@ Imported explicitly (``import fastconv.torch``); ``import fastconv`` never impor
 - drop-in modules :class:`Conv2d`, :class:`Linear`, :class:`MaxPool2d`, :class:`AvgPool2d`,
   :class:`AdaptiveAvgPool2d` (subclasses of the ``torch.nn`` ones, same ``state_dict``) (:mod:`.modules`);
 - :func:`patch` / :func:`unpatch` a model in place (:mod:`.patch`);
-- tensor exchange without copies for contiguous CPU tensors; CUDA tensors raise
-  :class:`GpuBackendMissing` until fastconv has its GPU backend (:mod:`.exchange`).
+- tensor exchange without copies for contiguous tensors: CPU tensors as NumPy arrays, CUDA
+  tensors as CuPy arrays over DLPack on PyTorch's current stream (the ``cupy`` backend; where it
+  cannot run, CUDA tensors raise :class:`GpuBackendMissing`) (:mod:`.exchange`).
 
 Which backend runs: ``backend="auto"`` (the default) or a name, per module / call / patch.
 Threads: fastconv's own pool (``fastconv.set_num_threads``); PyTorch's is left alone.

@@ -11,31 +11,46 @@ PyTorch, before fastconv sees the data. fastconv's compiled kernels want C-conti
 copying once here keeps the rule "a backend never makes a hidden copy" true. Results are always
 contiguous NCHW, also for a ``channels_last`` input.
 
-CUDA tensors would travel over DLPack to CuPy arrays (again zero-copy) and run on fastconv's GPU
-backend ``"cupy"``. That backend does not exist yet: a CUDA tensor raises :class:`GpuBackendMissing`
-saying so, instead of being copied to the host behind the user's back.
+CUDA tensors travel over DLPack to CuPy arrays (again zero-copy) and run on fastconv's GPU
+backend ``"cupy"``, on PyTorch's current stream of the tensors' device (CuPy is pointed at that
+stream for the call), so fastconv's kernels are ordered with PyTorch's own work without a
+synchronisation; results come back as tensors over DLPack. Where the GPU backend cannot run (no
+CuPy), a CUDA tensor raises :class:`GpuBackendMissing` with the reason, instead of being copied to
+the host behind the user's back. On CUDA, float16 tensors are taken too (fastconv's GPU kernels
+store float16 and compute in float32).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .._dispatch import REGISTRY, BackendUnavailableError
+import contextlib
 
-#: the dtypes fastconv's kernels take; anything else is a TypeError naming the op and the tensor
-FLOAT_DTYPES = (torch.float32, torch.float64)
+from .._dispatch import REGISTRY, BackendUnavailableError, backend_status
+
+#: the float dtypes fastconv's kernels take for the ops here (conv, linear, pooling), per device
+#: type: the CPU backends', and the GPU backend's (float16 too), as the registry declares them
+FLOAT_DTYPES = {
+    "cpu": (torch.float32, torch.float64),
+    "cuda": tuple(getattr(torch, d) for d in REGISTRY["cupy"].dtypes("conv")),
+}
 
 
 class GpuBackendMissing(BackendUnavailableError):
-    """A CUDA tensor reached fastconv, which has no GPU backend (``"cupy"``) in this build."""
+    """A CUDA tensor reached fastconv, whose GPU backend (``"cupy"``) cannot run here."""
 
 
 def has_gpu_backend() -> bool:
-    """True when fastconv knows a GPU backend that CUDA tensors can be routed to."""
-    return "cupy" in REGISTRY
+    """True when fastconv's GPU backend loads here (CuPy and a CUDA device), so CUDA tensors run."""
+    return backend_status()["cupy"] is None
 
 
-def check_dtype(op: str, name: str, t: torch.Tensor, allowed=FLOAT_DTYPES) -> None:
+def float_dtypes(t: torch.Tensor) -> tuple:
+    """The float dtypes fastconv takes for a tensor on ``t``'s device."""
+    return FLOAT_DTYPES["cuda" if t.device.type == "cuda" else "cpu"]
+
+
+def check_dtype(op: str, name: str, t: torch.Tensor, allowed) -> None:
     """Raise a TypeError naming ``op`` unless ``t`` has one of the ``allowed`` dtypes.
 
     Called by the real kernels *and* the fake ones, so torch.compile fails at trace time with the
@@ -56,9 +71,8 @@ def check_device(op: str, tensors: dict[str, torch.Tensor | None]) -> str:
     kind = kinds.pop() if kinds else "cpu"
     if kind == "cuda" and not has_gpu_backend():
         raise GpuBackendMissing(
-            f"{op}: got CUDA tensors, but fastconv has no GPU backend yet (backend 'cupy' is not in "
-            f"this build; known backends: {', '.join(REGISTRY)}). Move the model and inputs to the "
-            f"CPU, or use torch.nn for CUDA tensors.")
+            f"{op}: got CUDA tensors, but fastconv's GPU backend cannot run here ({backend_status()['cupy']}). "
+            f"Install CuPy (pip install 'fastconv[cuda]'), or move the model and inputs to the CPU.")
     if kind not in ("cpu", "cuda"):
         raise ValueError(f"{op}: fastconv runs on CPU tensors (and CUDA tensors through its GPU "
                          f"backend); got a tensor on {kind!r}")
@@ -75,8 +89,8 @@ def to_array(t: torch.Tensor | None, *, device: str = "cpu"):
     t = t.detach()  # the kernels run below autograd; detach() is a view, not a copy
     if not t.is_contiguous():
         t = t.contiguous()
-    if device == "cuda":  # pragma: no cover - needs a GPU backend this build does not have
-        import cupy  # only reached with a GPU backend registered
+    if device == "cuda":
+        import cupy  # reached only when has_gpu_backend() said CuPy works
 
         return cupy.from_dlpack(t)
     return t.numpy()
@@ -84,6 +98,21 @@ def to_array(t: torch.Tensor | None, *, device: str = "cpu"):
 
 def from_array(a) -> torch.Tensor:
     """A NumPy or CuPy array as a tensor sharing its memory (``torch.from_numpy`` / DLPack)."""
-    if type(a).__module__.split(".")[0] == "cupy":  # pragma: no cover - GPU backend only
+    if type(a).__module__.split(".")[0] == "cupy":
         return torch.from_dlpack(a)
     return torch.from_numpy(a)
+
+
+def on_stream(device: str, tensor: torch.Tensor):
+    """The context fastconv's kernels run in: for CUDA tensors, CuPy's current device and stream
+    set to the tensor's device and PyTorch's current stream there, so the kernels queue behind
+    PyTorch's work on that stream instead of racing it (and DLPack needs no synchronisation)."""
+    if device != "cuda":
+        return contextlib.nullcontext()
+    import cupy
+
+    index = tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()
+    stack = contextlib.ExitStack()
+    stack.enter_context(cupy.cuda.Device(index))
+    stack.enter_context(cupy.cuda.ExternalStream(torch.cuda.current_stream(index).cuda_stream, index))
+    return stack

@@ -16,6 +16,7 @@ import torch
 
 from .._dispatch import _check_name
 from . import ops
+from .exchange import float_dtypes
 
 
 class _Fastconv:
@@ -39,8 +40,9 @@ def unsupported_reason(module: torch.nn.Module) -> str | None:
     if getattr(module, "padding_mode", "zeros") != "zeros":
         return f"padding_mode={module.padding_mode!r} (fastconv pads with zeros only)"
     for name, p in module.named_parameters(recurse=False):
-        if p.dtype not in (torch.float32, torch.float64):
-            return f"parameter {name!r} has dtype {p.dtype} (fastconv runs float32 and float64)"
+        if p.dtype not in float_dtypes(p):
+            taken = " and ".join(str(d).removeprefix("torch.") for d in float_dtypes(p))
+            return f"parameter {name!r} has dtype {p.dtype} (fastconv runs {taken} on {p.device.type})"
         if p.device.type == "meta":
             return f"parameter {name!r} is on the meta device"
     return None

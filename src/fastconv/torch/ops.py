@@ -54,7 +54,7 @@ from .._params import (
     pool_output_size,
     pool_params,
 )
-from .exchange import check_device, check_dtype, from_array, to_array
+from .exchange import check_device, check_dtype, float_dtypes, from_array, on_stream, to_array
 
 NAMESPACE = "fastconv"
 
@@ -198,7 +198,7 @@ _TENSOR_NAMES = {("dense", False): ("x", "w", "b"), ("dense", True): ("dy", "x",
 def _check_tensors(op: str, names, tensors) -> None:
     for name, t in zip(names, tensors):
         if t is not None:
-            check_dtype(op, name, t, (torch.int64,) if name == "indices" else (torch.float32, torch.float64))
+            check_dtype(op, name, t, (torch.int64,) if name == "indices" else float_dtypes(t))
 
 
 def _split(spec: OpSpec, backward: bool):
@@ -220,10 +220,13 @@ def _make_kernel(spec: OpSpec, backward: bool):
 
     def kernel(*args):
         tensors, params = split(args)
-        backend = args[-1]
         device = check_device(op, dict(zip(names, tensors)))
+        with on_stream(device, tensors[0]):
+            return run(device, tensors, params, args)
+
+    def run(device, tensors, params, args):
         arrays = [to_array(t, device=device) for t in tensors]
-        kwargs = dict(spec.to_fastconv(*params), backend=backend)
+        kwargs = dict(spec.to_fastconv(*params), backend=args[-1])
         if not backward:
             if spec.kind == "max_pool":
                 y, indices = getattr(fc, spec.name)(*arrays, return_indices=True, **kwargs)

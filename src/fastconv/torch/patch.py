@@ -44,10 +44,12 @@ class PatchReport:
 
 def _skip_reason(module: torch.nn.Module) -> str | None:
     reason = unsupported_reason(module)
-    if reason is None and not has_gpu_backend():
+    if reason is None:
         for name, p in module.named_parameters(recurse=False):
-            if p.device.type != "cpu":
-                return f"parameter {name!r} is on {p.device}, and fastconv has no GPU backend yet"
+            if p.device.type == "cuda" and not has_gpu_backend():
+                return f"parameter {name!r} is on {p.device}, and fastconv's GPU backend cannot run here"
+            if p.device.type not in ("cpu", "cuda"):
+                return f"parameter {name!r} is on {p.device}: fastconv runs on the CPU and on CUDA GPUs"
     return reason
 
 
