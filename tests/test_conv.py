@@ -1,5 +1,8 @@
 """conv2d, conv1d, conv_transpose2d: the reference against direct loops, finite differences and
-PyTorch; every backend against the reference (exact on small integers, close on random data)."""
+PyTorch; every backend against the reference (exact on small integers, close on random data); the
+GPU backend's float16, batch chunks and run-to-run determinism."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -7,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv
+from fastconv._dispatch import REGISTRY
 from fastconv.problems import CONV_PROBLEMS, Conv
-from support import (DTYPES, assert_close, assert_equal, assert_fresh_output, assert_gradient,
-                     assert_unchanged, randn, small_ints, snapshot)
+from support import (DTYPES, assert_close, assert_close_half, assert_equal, assert_fresh_output, assert_gradient,
+                     assert_unchanged, randn, small_ints, snapshot, takes_float16)
 
 PROBLEMS = [pytest.param(c, id=c.name) for c in CONV_PROBLEMS]
 
@@ -343,3 +347,80 @@ def test_property_every_backend_matches_reference(c, seed):
     for name in fastconv.available_backends():
         for label, g, r in zip(NAMES, _run_all(c, x, w, b, dy, name), want):
             assert_close(g, r, f"{label} on {name}")
+
+
+# --------------------------------------------------------------------------------------------
+# the GPU backend (on its emulator): float16, batch chunks, bit-identical runs
+# --------------------------------------------------------------------------------------------
+
+#: Beyond CONV_PROBLEMS, for the GPU backend's paths: a depthwise kernel of more taps than its wgrad
+#: accumulates in one pass (FC_DW_TAPS = 16 in cuda/conv.cu), with a channel multiplier; a pointwise
+#: convolution with groups (a batched GEMM per image and group).
+GPU_PROBLEMS = [
+    Conv("depthwise_5x4_mult2", 2, 3, 9, 8, 6, 5, 4, stride=(2, 1), padding=(2, 1), dilation=(1, 2), groups=3),
+    Conv("pointwise_groups", 2, 6, 5, 4, 4, 1, 1, groups=2),
+]
+
+
+def _gpu_problems(*names):
+    """The CONV_PROBLEMS of these names, and GPU_PROBLEMS."""
+    return [p for p in PROBLEMS if p.values[0].name in names] + [pytest.param(c, id=c.name) for c in GPU_PROBLEMS]
+
+
+def require_gpu_backend(backend):
+    if REGISTRY[backend].package != "fastconv.backends.cupy":
+        pytest.skip(f"{backend} is not the GPU backend")
+
+
+@pytest.mark.parametrize("c", _gpu_problems("all_odd", "per_side_pad", "groups_3", "depthwise", "depthwise_mult2",
+                                            "pointwise_1x1", "pointwise_strided", "output_1x1"))
+def test_float16_matches_reference_on_upcast_inputs(c, backend, rng):
+    """float16 storage, float32 arithmetic, one rounding: the reference on the same values in
+    float32, within the float16 tolerance (so a float16 GEMM result finished by a kernel, e.g. the
+    bias added to it, fails: that rounds twice)."""
+    if not takes_float16(backend, "conv"):
+        pytest.skip(f"{backend} does not take float16 conv arrays")
+    x, w, b = (randn(rng, s, np.float16) for s in (c.x_shape, c.w_shape, (c.C_out,)))
+    x32, w32, b32 = (a.astype(np.float32) for a in (x, w, b))
+    y32 = fastconv.conv2d(x32, w32, b32, **c.kwargs, backend="reference")
+    dy = randn(rng, y32.shape, np.float16)
+    inputs = snapshot(x, w, b, dy)
+    got = (fastconv.conv2d(x, w, b, **c.kwargs, backend=backend), fastconv.conv2d(x, w, **c.kwargs, backend=backend),
+           *fastconv.conv2d_backward(dy, x, w, **c.kwargs, backend=backend))
+    want = (y32, fastconv.conv2d(x32, w32, **c.kwargs, backend="reference"),
+            *fastconv.conv2d_backward(dy.astype(np.float32), x32, w32, **c.kwargs, backend="reference"))
+    assert_unchanged((x, w, b, dy), inputs)
+    for name, g, r in zip(("forward", "forward without bias", *NAMES[1:]), got, want):
+        assert_fresh_output(g, np.float16, x, w, b, dy)
+        assert_close_half(g, r, f"{c.name} {name} float16 on {backend}")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["f16", "f32"])
+@pytest.mark.parametrize("images", [1, 2])
+@pytest.mark.parametrize("c", _gpu_problems("all_odd", "per_side_pad", "groups_3", "pointwise_1x1",
+                                            "pointwise_strided"))
+def test_batch_chunks_exact_on_small_integers(c, images, dtype, backend, rng, monkeypatch):
+    """The im2col + GEMM passes over a batch of 5 in chunks: the workspace bound set to `images`
+    images' worth of the forward (cols and the C_out x P result, in float32), so the chunks are
+    of at most that many images, and wgrad adds up several partial products."""
+    require_gpu_backend(backend)
+    from fastconv.backends.cupy import conv as gpu_conv
+
+    c = dataclasses.replace(c, N=5)
+    x, w, b = (small_ints(rng, s, dtype) for s in (c.x_shape, c.w_shape, (c.C_out,)))
+    y = fastconv.conv2d(x.astype(np.float32), w.astype(np.float32), **c.kwargs, backend="reference")
+    dy = small_ints(rng, y.shape, dtype)
+    OH, OW = y.shape[2:]
+    monkeypatch.setattr(gpu_conv, "WORKSPACE_BYTES", images * (c.C_in * c.KH * c.KW + c.C_out) * OH * OW * 4)
+    want = _run_all(c, *(a.astype(np.float32) for a in (x, w, b, dy)), "reference")
+    for name, g, r in zip(NAMES, _run_all(c, x, w, b, dy, backend), want):
+        assert_equal(g, r.astype(dtype), f"{c.name} {name} on {backend} in chunks of {images}")
+
+
+@pytest.mark.parametrize("c", _gpu_problems("all_odd", "groups_3", "depthwise", "pointwise_1x1"))
+def test_gpu_results_are_bit_identical_from_run_to_run(c, backend, rng):
+    require_gpu_backend(backend)
+    x, w, b = (randn(rng, s, np.float32) for s in (c.x_shape, c.w_shape, (c.C_out,)))
+    dy = randn(rng, fastconv.conv2d(x, w, **c.kwargs, backend="reference").shape, np.float32)
+    for name, first, second in zip(NAMES, _run_all(c, x, w, b, dy, backend), _run_all(c, x, w, b, dy, backend)):
+        assert first.tobytes() == second.tobytes(), f"{c.name} {name} on {backend} differs between two runs"

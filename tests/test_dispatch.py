@@ -125,7 +125,10 @@ def test_auto_picks_first_backend_that_implements_the_op(partial_backend):
 
 def test_cupy_arrays_without_gpu_backend_fail_loudly(monkeypatch):
     fake = type("ndarray", (), {"__module__": "cupy._core.core"})()
-    with pytest.raises(fastconv.BackendUnavailableError, match="no GPU backend"):
+    monkeypatch.setitem(_dispatch._failed, "cupy", ImportError("CuPy sees no CUDA device"))
+    monkeypatch.delitem(_dispatch._loaded, "cupy", raising=False)
+    with pytest.raises(fastconv.BackendUnavailableError,
+                       match="backend 'cupy' is not available: ImportError: CuPy sees no CUDA device"):
         _dispatch.select("conv2d", "conv", "conv2d_forward", "auto", fake)
     with pytest.raises(TypeError, match="runs on the CPU but got CuPy"):
         _dispatch.select("conv2d", "conv", "conv2d_forward", "reference", fake)

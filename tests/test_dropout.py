@@ -2,6 +2,8 @@
 mask, PyTorch's formula given the same mask (NaN/Inf included), finite differences; every
 backend against the reference formula on its own mask; bad input."""
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -203,6 +205,68 @@ def test_backend_accepts_non_contiguous_and_read_only_inputs(dropout_backend, rn
     dx = fastconv.dropout_backward(dy, mask=mask_odd, p=0.4, backend=dropout_backend)
     assert_fresh_output(dx, np.float32, dy, mask_odd)
     assert_close(dx, fastconv.dropout_backward(np.ascontiguousarray(dy), mask=mask, p=0.4))
+
+
+# --------------------------------------------------------------------------------------------
+# the GPU backend's mask: Philox4x32-10 of (seed, element index), whatever the launch
+# --------------------------------------------------------------------------------------------
+
+PHILOX_M, PHILOX_W, LOW32 = (0xD2511F53, 0xCD9E8D57), (0x9E3779B9, 0xBB67AE85), 0xFFFFFFFF
+
+
+def philox4x32_10(counter, key):
+    """Philox4x32-10 in NumPy: ``counter`` four arrays of 32-bit words, ``key`` two words."""
+    c0, c1, c2, c3 = (np.asarray(c, np.uint64) for c in counter)
+    k0, k1 = key
+    for r in range(10):
+        if r:
+            k0, k1 = (k0 + PHILOX_W[0]) & LOW32, (k1 + PHILOX_W[1]) & LOW32
+        p0, p1 = c0 * np.uint64(PHILOX_M[0]), c2 * np.uint64(PHILOX_M[1])  # 64-bit products, exact
+        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0), p1 & np.uint64(LOW32),
+                          (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1), p0 & np.uint64(LOW32))
+    return c0, c1, c2, c3
+
+
+@pytest.mark.parametrize("counter, key, want", [  # Random123's known-answer vectors
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((LOW32,) * 4, (LOW32,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+])
+def test_numpy_philox_matches_known_answers(counter, key, want):
+    assert tuple(int(v) for v in philox4x32_10(counter, key)) == want
+
+
+def gpu_mask(n, p, seed):
+    """The mask the GPU backend documents: element k keeps iff word k % 4 of Philox4x32-10 with
+    counter (lo32(k // 4), hi32(k // 4), 0, 0) and key (lo32(seed), hi32(seed)) is >= ceil(p * 2^32)."""
+    q = np.arange(-(-n // 4), dtype=np.uint64)
+    zero = np.zeros_like(q)
+    words = philox4x32_10((q & np.uint64(LOW32), q >> np.uint64(32), zero, zero), (seed & LOW32, seed >> 32))
+    draws = np.stack(words, axis=1).reshape(-1)[:n]  # element 4q + j is word j of group q
+    return draws >= np.uint64(math.ceil(math.ldexp(p, 32)))
+
+
+@pytest.mark.emu
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.5, 1.0])
+def test_gpu_mask_is_philox_of_seed_and_index_whatever_the_launch(p):
+    """The mask is a function of (seed, element index) alone: the same with any launch size, and
+    for any shape the leading part of a longer array's (0-d included)."""
+    if "cupy-emu" not in fastconv.available_backends():
+        pytest.skip("the GPU emulator is not available")
+    from fastconv.backends.cupy import launch_limits
+
+    seed, n = 0xDEADBEEF12345678, 1003
+    x = np.ones(n, np.float32)
+    mask = fastconv.dropout(x, p, seed=seed, backend="cupy-emu").mask
+    assert_equal(mask, gpu_mask(n, p, seed), "the documented Philox mapping")
+    with launch_limits(threads=32, blocks=2):
+        assert_equal(fastconv.dropout(x, p, seed=seed, backend="cupy-emu").mask, mask, "small launches")
+    prefix = fastconv.dropout(np.ones((17, 31), np.float64), p, seed=seed, backend="cupy-emu").mask
+    assert_equal(prefix.reshape(-1), mask[:17 * 31], "a shorter array of another shape and dtype")
+    scalar = fastconv.dropout(np.ones((), np.float32), p, seed=seed, backend="cupy-emu")
+    assert scalar.y.shape == () and scalar.mask.shape == ()
+    assert_equal(scalar.mask, mask[0], "a 0-d array")
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import fastconv
 from support import (bad_input_cases, check_bad_input, backends_implementing, require, DTYPES, assert_close, assert_equal, assert_fresh_output, assert_gradient,
-                     assert_unchanged, randn, small_ints, snapshot)
+                     assert_close_half, assert_unchanged, randn, small_ints, snapshot, takes_float16)
 
 # (name, x shape, out_features): leading dims of every rank, odd sizes, batch 1, one feature
 LINEAR_PROBLEMS = [
@@ -199,6 +199,33 @@ def test_backward_computes_only_what_is_needed(needs, linear_backend, rng):
             assert_equal(p, f)
         else:
             assert p is None
+
+
+def test_bias_grad_of_a_tall_dy(linear_backend, rng):
+    """Many rows: the GPU backend sums dy's columns in chunks of rows, then the chunks in order.
+    Sums of small integers are exact in any order; random data is close."""
+    x, w = randn(rng, (300, 4), np.float32), randn(rng, (7, 4), np.float32)
+    needs = (False, False, True)
+    for make, check in ((small_ints, assert_equal), (randn, assert_close)):
+        dy = make(rng, (300, 7), np.float32)
+        db = fastconv.linear_backward(dy, x, w, needs=needs, backend=linear_backend)[2]
+        check(db, fastconv.linear_backward(dy, x, w, needs=needs, backend="reference")[2], f"db on {linear_backend}")
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("x_shape, out_features", PROBLEMS)
+def test_float16_matches_reference_on_upcast_inputs(x_shape, out_features, with_bias, linear_backend, rng):
+    """float16 storage, float32 arithmetic: every pass against the reference on the same values in
+    float32 (with a bias the forward rounds twice, which the float16 tolerance allows for)."""
+    if not takes_float16(linear_backend, "linear"):
+        pytest.skip(f"{linear_backend} does not take float16 linear arrays")
+    x, w, b = _inputs(randn, rng, x_shape, out_features, np.float16)
+    b = b if with_bias else None
+    dy = randn(rng, (*x_shape[:-1], out_features), np.float16)
+    upcast = [None if a is None else a.astype(np.float32) for a in (x, w, b, dy)]
+    for name, g, r in zip(NAMES, _run_all(x, w, b, dy, linear_backend), _run_all(*upcast, "reference")):
+        assert_fresh_output(g, np.float16, x, w, b, dy)
+        assert_close_half(g, r, f"{name} float16 on {linear_backend}")
 
 
 # --------------------------------------------------------------------------------------------

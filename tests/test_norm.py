@@ -281,6 +281,23 @@ def test_backend_accepts_non_contiguous_and_read_only_inputs(training, norm_back
         assert_fresh_output(g, np.float32, *odd)
 
 
+@pytest.mark.parametrize("shape", [(3, 2, 500), (2, 3, 41, 27)], ids=["long_rows", "image"])
+def test_backend_on_long_channels(shape, norm_backend, rng):
+    """Channels of 1,500 and 2,214 values, far from 0: the GPU backend reduces each in several
+    segments and merges them in order (the statistics stay accurate with a large mean)."""
+    x = randn(rng, shape, np.float32) * np.float32(3) + np.float32(100)
+    dy = randn(rng, shape, np.float32)
+    weight, bias, rm, rv = _params(randn, rng, shape[1], np.float32)
+    for name, g, r in zip(NAMES, _run_all(x, weight, bias, rm, rv, dy, True, norm_backend),
+                          _run_all(x, weight, bias, rm, rv, dy, True, "reference")):
+        assert_close(g, r, f"{name} on {norm_backend}", scale=4)
+    axes = (0, *range(2, x.ndim))
+    mean, var = x.astype(np.float64).mean(axis=axes), x.astype(np.float64).var(axis=axes)
+    r = fastconv.batch_norm(x, training=True, eps=0.0, backend=norm_backend)
+    assert_close(r.mean, mean.astype(np.float32), "mean against float64")
+    assert_close(r.invstd, (1 / np.sqrt(var)).astype(np.float32), "invstd against float64")
+
+
 @pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True), (False,) * 3])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_backward_computes_only_what_is_needed(needs, training, norm_backend, rng):

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 import fastconv
 from fastconv.problems import POOL_PROBLEMS, Pool
-from support import (bad_input_cases, check_bad_input, DTYPES, assert_close, assert_equal, assert_fresh_output, assert_gradient,
-                     assert_unchanged, backends_implementing, randn, require, small_ints,
-                     snapshot)
+from support import (bad_input_cases, check_bad_input, DTYPES, assert_close, assert_close_half, assert_equal,
+                     assert_fresh_output, assert_gradient, assert_unchanged, backends_implementing, randn, require,
+                     small_ints, snapshot, takes_float16)
 
 FUNCS = ("max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
          "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward")
@@ -583,6 +583,91 @@ def test_no_channels(backend):
     x = np.zeros((2, 0, 5, 5), np.float64)
     assert fastconv.max_pool2d(x, 2, backend=backend).shape == (2, 0, 2, 2)
     assert fastconv.avg_pool2d_backward(np.zeros((2, 0, 2, 2)), x, 2, backend=backend).shape == x.shape
+
+
+@pytest.mark.parametrize("q", PROBLEMS)
+def test_max_pool_backward_follows_indices_anywhere_in_the_plane(q, backend, rng):
+    """Indices a caller made up need not lie in their windows: the backward still scatters dy
+    through them (GPU kernels that gather from the covering windows must notice and scatter)."""
+    x = small_ints(rng, q.x_shape, np.float32)
+    dy = small_ints(rng, (*q.x_shape[:2], *geometry(q).out), np.float32)
+    idx = rng.integers(0, q.H * q.W, size=dy.shape)
+    got = fastconv.max_pool2d_backward(dy, x, *_args(q), indices=idx, backend=backend)
+    assert_equal(got, direct_max_pool2d_backward(dy, idx, x.shape), q.name)
+    assert_fresh_output(got, np.float32, x, dy, idx)
+
+
+# --------------------------------------------------------------------------------------------
+# float16, on the backends that take it: against the reference on the float32-upcast inputs
+# --------------------------------------------------------------------------------------------
+
+def _require_float16(backend):
+    if not takes_float16(backend, "pool"):
+        pytest.skip(f"{backend} takes no float16 pooling arrays")
+
+
+def _f32(*arrays):
+    return [a.astype(np.float32) for a in arrays]
+
+
+@pytest.mark.parametrize("q", PROBLEMS)
+def test_float16_max_pool_matches_reference(q, backend, rng):
+    _require_float16(backend)
+    x = rng.choice(np.array([np.nan, np.inf, -np.inf], np.float16), size=q.x_shape)
+    x = np.where(rng.random(q.x_shape) < 0.1, x, randn(rng, q.x_shape, np.float16))  # float16 ties, NaN, +-inf
+    dy = randn(rng, (*q.x_shape[:2], *geometry(q).out), np.float16)
+    inputs = snapshot(x, dy)
+    x32, dy32 = _f32(x, dy)
+    y, idx = fastconv.max_pool2d(x, *_args(q), return_indices=True, backend=backend)
+    y32, idx32 = fastconv.max_pool2d(x32, *_args(q), return_indices=True, backend="reference")
+    assert_equal(y, y32.astype(np.float16), f"{q.name} y")  # a max is a selection: exact
+    assert_equal(idx, idx32, f"{q.name} indices")
+    assert_equal(fastconv.max_pool2d(x, *_args(q), backend=backend), y, f"{q.name} y without indices")
+    want = fastconv.max_pool2d_backward(dy32, x32, *_args(q), backend="reference")
+    for given in (None, idx):
+        dx = fastconv.max_pool2d_backward(dy, x, *_args(q), indices=given, backend=backend)
+        assert_close_half(dx, want, f"{q.name} dx (indices given: {given is not None})")
+        assert_fresh_output(dx, np.float16, x, dy, idx)
+    anywhere = rng.integers(0, q.H * q.W, size=dy.shape)  # made-up indices: the scatter
+    assert_close_half(fastconv.max_pool2d_backward(dy, x, *_args(q), indices=anywhere, backend=backend),
+                      fastconv.max_pool2d_backward(dy32, x32, *_args(q), indices=anywhere, backend="reference"),
+                      f"{q.name} dx through made-up indices")
+    assert_unchanged((x, dy), inputs)
+
+
+@pytest.mark.parametrize("count_include_pad, divisor_override", AVG_MODES)
+@pytest.mark.parametrize("q", AVG_PROBLEMS)
+def test_float16_avg_pool_matches_reference(q, count_include_pad, divisor_override, backend, rng):
+    _require_float16(backend)
+    args = _avg_args(q, count_include_pad, divisor_override)
+    x = randn(rng, q.x_shape, np.float16)
+    dy = randn(rng, (*q.x_shape[:2], *geometry(q).out), np.float16)
+    x32, dy32 = _f32(x, dy)
+    y = fastconv.avg_pool2d(x, *args, backend=backend)
+    assert_close_half(y, fastconv.avg_pool2d(x32, *args, backend="reference"), f"{q.name} y")
+    dx = fastconv.avg_pool2d_backward(dy, x, *args, backend=backend)
+    assert_close_half(dx, fastconv.avg_pool2d_backward(dy32, x32, *args, backend="reference"), f"{q.name} dx")
+    assert_fresh_output(y, np.float16, x)
+    assert_fresh_output(dx, np.float16, x, dy)
+
+
+@pytest.mark.parametrize("shape, output_size", [
+    *ADAPTIVE,
+    # 6,144 pixels in [0.5, 1.5) per window: a float16 sum stalls at 4,096 (its spacing there is 4)
+    pytest.param((1, 2, 96, 64), 1, id="global_6144_pixels"),
+])
+def test_float16_adaptive_matches_reference(shape, output_size, backend, rng):
+    _require_float16(backend)
+    x = rng.uniform(0.5, 1.5, size=shape).astype(np.float16)
+    (x32,) = _f32(x)
+    y = fastconv.adaptive_avg_pool2d(x, output_size, backend=backend)
+    assert_close_half(y, fastconv.adaptive_avg_pool2d(x32, output_size, backend="reference"), "y")
+    dy = randn(rng, y.shape, np.float16)
+    (dy32,) = _f32(dy)
+    dx = fastconv.adaptive_avg_pool2d_backward(dy, x, output_size, backend=backend)
+    assert_close_half(dx, fastconv.adaptive_avg_pool2d_backward(dy32, x32, output_size, backend="reference"), "dx")
+    assert_fresh_output(y, np.float16, x)
+    assert_fresh_output(dx, np.float16, x, dy)
 
 
 # --------------------------------------------------------------------------------------------

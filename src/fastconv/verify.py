@@ -28,10 +28,11 @@ from .problems import CONV_PROBLEMS, POOL_PROBLEMS
 
 #: (atol, rtol) per dtype: a result passes when ``|got - want| <= atol + rtol * |want|``. A float16
 #: result (the GPU backends: stored in float16, computed in float32) is compared, as float32, with
-#: the reference run on its inputs upcast to float32: rounding the result to float16 is off by at
-#: most 2^-11 relative.
+#: the reference run on its inputs upcast to float32. Rounding a result to float16 is off by at most
+#: 2^-11 relative; a bias added to a float16 product (linear, conv_transpose2d's bias added to the
+#: transposed convolution) rounds twice, up to 2^-10: the tolerance allows for that.
 TOLERANCE = {
-    np.dtype(np.float16): (1e-3, 1e-3),
+    np.dtype(np.float16): (2e-3, 2e-3),
     np.dtype(np.float32): (2e-4, 2e-4),
     np.dtype(np.float64): (1e-10, 1e-10),
 }

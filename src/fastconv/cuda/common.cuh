@@ -58,25 +58,14 @@ __device__ __forceinline__ __half to_storage<__half>(float v) {
     return __float2half_rn(v);
 }
 
+// +infinity and a quiet NaN of the accumulation types, by their bits (NVRTC has no <cmath> macros)
 template <typename A>
-__device__ __forceinline__ A inf_of();
-template <>
-__device__ __forceinline__ float inf_of<float>() {
-    return __int_as_float(0x7f800000);
-}
-template <>
-__device__ __forceinline__ double inf_of<double>() {
-    return __longlong_as_double(0x7ff0000000000000LL);
+__device__ __forceinline__ A inf_of() {
+    return sizeof(A) == 4 ? A(__int_as_float(0x7f800000)) : A(__longlong_as_double(0x7ff0000000000000LL));
 }
 template <typename A>
-__device__ __forceinline__ A nan_of();
-template <>
-__device__ __forceinline__ float nan_of<float>() {
-    return __int_as_float(0x7fc00000);
-}
-template <>
-__device__ __forceinline__ double nan_of<double>() {
-    return __longlong_as_double(0x7ff8000000000000LL);
+__device__ __forceinline__ A nan_of() {
+    return sizeof(A) == 4 ? A(__int_as_float(0x7fc00000)) : A(__longlong_as_double(0x7ff8000000000000LL));
 }
 
 // ---- grid-stride loops: any grid covers any n, so the launcher may cap the grid -----------------

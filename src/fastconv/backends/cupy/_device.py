@@ -195,8 +195,9 @@ class Device:
         return self.xp.zeros(shape, dtype=dtype)
 
     def contiguous(self, a):
-        """``a`` as a C-contiguous array (a copy only when it is not; inputs are never written)."""
-        return None if a is None else self.xp.ascontiguousarray(a)
+        """``a`` as a C-contiguous array of the same shape (a copy only when it is not; inputs are
+        never written). Not ``ascontiguousarray``, which turns a 0-d array into a 1-d one."""
+        return None if a is None else self.xp.asarray(a, order="C")
 
     def matmul(self, a, b):
         """``a @ b`` (batched over leading axes, broadcasting): cuBLAS on a GPU."""

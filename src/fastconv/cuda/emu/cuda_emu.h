@@ -134,54 +134,33 @@ inline void __trap(const char* file = __builtin_FILE(), int line = __builtin_LIN
 }
 
 // ---- atomics: one host thread runs every thread, so a plain read-modify-write is atomic ---------
-template <typename T>
-inline T atomicAdd(T* p, T v) {
-    T old = *p;
-    *p = old + v;
+namespace fc_emu {
+template <typename T, typename F>
+inline T read_modify_write(T* p, F f) {
+    const T old = *p;
+    *p = f(old);
     return old;
 }
+}  // namespace fc_emu
+
 template <typename T>
-inline T atomicSub(T* p, T v) {
-    T old = *p;
-    *p = old - v;
-    return old;
-}
+inline T atomicAdd(T* p, T v) { return ::fc_emu::read_modify_write(p, [v](T o) { return T(o + v); }); }
 template <typename T>
-inline T atomicMax(T* p, T v) {
-    T old = *p;
-    *p = old < v ? v : old;
-    return old;
-}
+inline T atomicSub(T* p, T v) { return ::fc_emu::read_modify_write(p, [v](T o) { return T(o - v); }); }
 template <typename T>
-inline T atomicMin(T* p, T v) {
-    T old = *p;
-    *p = v < old ? v : old;
-    return old;
-}
+inline T atomicMax(T* p, T v) { return ::fc_emu::read_modify_write(p, [v](T o) { return o < v ? v : o; }); }
 template <typename T>
-inline T atomicExch(T* p, T v) {
-    T old = *p;
-    *p = v;
-    return old;
-}
+inline T atomicMin(T* p, T v) { return ::fc_emu::read_modify_write(p, [v](T o) { return v < o ? v : o; }); }
+template <typename T>
+inline T atomicExch(T* p, T v) { return ::fc_emu::read_modify_write(p, [v](T) { return v; }); }
 template <typename T>
 inline T atomicCAS(T* p, T compare, T v) {
-    T old = *p;
-    if (old == compare) *p = v;
-    return old;
+    return ::fc_emu::read_modify_write(p, [=](T o) { return o == compare ? v : o; });
 }
 template <typename T>
-inline T atomicOr(T* p, T v) {
-    T old = *p;
-    *p = old | v;
-    return old;
-}
+inline T atomicOr(T* p, T v) { return ::fc_emu::read_modify_write(p, [v](T o) { return T(o | v); }); }
 template <typename T>
-inline T atomicAnd(T* p, T v) {
-    T old = *p;
-    *p = old & v;
-    return old;
-}
+inline T atomicAnd(T* p, T v) { return ::fc_emu::read_modify_write(p, [v](T o) { return T(o & v); }); }
 
 // ---- float16 storage: __half and its conversions (round to nearest even, as cvt.rn.f16.f32) ----
 struct __half {
