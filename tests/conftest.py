@@ -1,10 +1,11 @@
 """Fixtures shared by the whole suite: the backend matrix and fresh random generators.
 
 The matrix holds every registered CPU backend (the GPU backend ``cupy`` takes CuPy arrays: its
-suite is ``test_gpu.py``), and the GPU emulator twice: ``cupy-emu`` with the
-launch sizes the adapters choose, and ``cupy-emu-small`` with every launch capped at one warp per
-block and two blocks per grid, so that partial blocks, grid-stride loops and tails run on the
-tests' small inputs. ``--emu`` splits the run: ``without`` leaves out every emulator test (the
+suite is ``test_gpu.py``), and the GPU emulator twice: ``cupy-emu`` with the launch sizes the
+adapters choose, and ``cupy-emu-small`` with every launch capped at one warp per block and two
+blocks per grid, so that partial blocks, grid-stride loops and tails run on the tests' small
+inputs, and with threads and blocks scheduled from the last to the first, so that a barrier a
+kernel lacks shows (a thread reading another's write sees it in one order only). ``--emu`` splits the run: ``without`` leaves out every emulator test (the
 emulator's own tests are marked ``emu``), ``only`` keeps just those. ``make test`` runs the first
 plainly and the second with the emulator built under AddressSanitizer and UBSan.
 """
@@ -72,13 +73,12 @@ def backend(request):
     """Every registered backend (unavailable ones skip with the reason they failed to load); the
     emulator a second time with small launches."""
     name, small = request.param
-    if small:
-        from fastconv.backends.cupy import launch_limits
+    with contextlib.ExitStack() as stack:
+        if small:
+            from fastconv.backends.cupy import _emu, launch_limits
 
-        limits = launch_limits(threads=32, blocks=2)
-    else:
-        limits = contextlib.nullcontext()
-    with limits:
+            stack.enter_context(launch_limits(threads=32, blocks=2))
+            stack.enter_context(_emu.descending_schedule())
         yield name
 
 

@@ -3,6 +3,7 @@ conversions and launch geometry as on a GPU, and every kernel mistake reported a
 the kernel, the place and the threads, never a hang. The sanitizer cases run where the emulator is
 built with ASan/UBSan (``make test-emu``). The kernels are tests/cuda/emu_cases.cu."""
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.emu
 CASES = Module("emu_cases", (
     "warp_ops", "half_warp", *instances("sums", ("__half", "float", "double")), "reverse", "to_half", "from_half",
     "coordinates", "fill", "early_exit", "split_barrier", "warp_vs_barrier", "shfl_outside_mask",
-    "mask_without_caller", "traps", "write_past", "shared_overflow", "signed_overflow"),
+    "mask_without_caller", "traps", "write_past", "shared_overflow", "signed_overflow", "shift"),
     directory=Path(__file__).parent / "cuda")
 
 sanitized = pytest.mark.skipif(not _emu.SANITIZE, reason="the emulator is built without sanitizers here "
@@ -119,6 +120,22 @@ def test_grid_and_block_coordinates(dev):
             for bz in range(2) for by in range(2) for bx in range(3)
             for tz in range(3) for ty in range(2) for tx in range(4)]
     np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("descending", [False, True], ids=["ascending", "descending"])
+def test_a_missing_barrier_shows_in_one_schedule(dev, descending):
+    """Thread t reads what t - 1 wrote: correct with the barrier in either schedule; without it,
+    right only when t - 1 happened to run first (the race a GPU would have)."""
+    order = _emu.descending_schedule if descending else contextlib.nullcontext
+    want = np.arange(64, dtype=np.float32) + 99.0
+    for base, barrier in ((100.0, 1), (200.0, 0)):
+        y = np.empty(64, np.float32)
+        with order():
+            launch(dev, "shift", 1, 64, y, np.float32(base), np.int32(barrier))
+        if barrier or not descending:
+            np.testing.assert_array_equal(y, want + (base - 100.0))
+        else:  # it read the shared array before thread t - 1 wrote this launch's values
+            assert not np.array_equal(y, want + (base - 100.0))
 
 
 def test_launch_limits_cap_blocks_and_threads(dev):

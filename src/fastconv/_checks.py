@@ -6,9 +6,12 @@ the same message for the same mistake. Backends assume what is checked here.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
+@functools.cache
 def _float_dtypes() -> tuple[np.dtype, ...]:
     """The float dtypes some backend takes (``_dispatch.ACCEPTED_DTYPES``, from the registry, the one
     place where each backend's dtypes are declared). Anything else (integers, bool, complex) is a

@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib
 from dataclasses import dataclass
+
+import numpy as np
 
 from ._checks import is_cupy
 
@@ -202,11 +205,17 @@ def select(op: str, family: str, func: str, backend, *arrays) -> tuple[str, obje
                               f"backends that do: {', '.join(implementers(family, func)) or 'none'}")
 
 
+@functools.cache
+def _taken(name: str, family: str) -> frozenset:
+    """The float dtypes (as np.dtype objects: cheap to test) backend ``name`` takes for ``family``."""
+    return frozenset(np.dtype(d) for d in REGISTRY[name].dtypes(family))
+
+
 def check_dtypes(op: str, name: str, family: str, arrays) -> None:
     """Every float array is of a dtype backend ``name`` takes for ``family`` (TypeError if not)."""
     taken = REGISTRY[name].dtypes(family)
     for a in arrays:
-        if a is not None and a.dtype.kind == "f" and a.dtype.name not in taken:
+        if a is not None and a.dtype.kind == "f" and a.dtype not in _taken(name, family):
             others = [n for n, spec in REGISTRY.items() if a.dtype.name in spec.dtypes(family)]
             where = f"; {a.dtype} {family} ops run on: {', '.join(others)}" if others else ""
             raise TypeError(f"{op}: backend {name!r} takes {family} arrays of dtype {' or '.join(taken)}, "

@@ -128,3 +128,13 @@ __global__ void shared_overflow(float* y, int offset) {
 __global__ void signed_overflow(int* y, int a) {
     y[threadIdx.x] = a + int(threadIdx.x);
 }
+
+// thread t reads what thread t - 1 wrote to shared memory; without the barrier that is a race,
+// which the ascending schedule hides (t - 1 has finished when t runs) and the descending exposes
+__global__ void shift(float* y, float base, int barrier) {
+    __shared__ float s[1024];
+    const unsigned t = threadIdx.x;
+    s[t] = base + float(t);
+    if (barrier) __syncthreads();
+    y[t] = t ? s[t - 1] : base - 1.0f;
+}

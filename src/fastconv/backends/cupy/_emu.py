@@ -19,6 +19,8 @@ first (``make test`` does this)::
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import functools
 import hashlib
@@ -119,7 +121,7 @@ class _Library:
         lib.fc_emu_launch.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
                                       ctypes.c_size_t, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p),
                                       ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_size_t),
-                                      ctypes.c_char_p, ctypes.c_int]
+                                      ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         self.index = {lib.fc_emu_kernel_name(i).decode(): i for i in range(lib.fc_emu_kernel_count())}
         missing = set(module.kernels) - set(self.index)
         if missing:  # the table is generated from module.kernels: this would be a build bug
@@ -187,7 +189,7 @@ class Emulator(Device):
         status = lib.lib.fc_emu_launch(
             lib.index[kernel], (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), shared_mem, n,
             (ctypes.c_void_p * n)(*values), (ctypes.c_char_p * n)(*codes), (ctypes.c_size_t * n)(*sizes),
-            message, len(message))
+            int(_descending.get()), message, len(message))
         if status:
             raise EmulatorError(f"cupy-emu: {message.value.decode(errors='replace')}")
 
@@ -202,6 +204,21 @@ def _check_no_overlap(kernel, args) -> None:
         for j, b in arrays:
             if j != i and np.may_share_memory(a, b):
                 raise EmulatorError(f"cupy-emu: {kernel}: argument {i} (written) overlaps argument {j}")
+
+
+_descending: contextvars.ContextVar[bool] = contextvars.ContextVar("fastconv_emu_descending", default=False)
+
+
+@contextlib.contextmanager
+def descending_schedule():
+    """Run the enclosed launches' threads, released threads and blocks from the last to the first.
+    A kernel that reads what another thread wrote without a barrier in between (a race on a GPU)
+    sees the write in one schedule and not in the other: the tests run both."""
+    token = _descending.set(True)
+    try:
+        yield
+    finally:
+        _descending.reset(token)
 
 
 @functools.lru_cache(maxsize=None)

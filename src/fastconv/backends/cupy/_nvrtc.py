@@ -13,6 +13,11 @@ from ._device import CUDA_DIR, KernelError, Module
 #: (keyed by the source text and the options, not by included headers) miss when a header changes.
 NVRTC_OPTIONS = ("-std=c++17", f"-I{CUDA_DIR}")
 
+#: What CuPy's RawModule appends to them (cupy/cuda/compiler.py), the last of each option winning:
+#: so float32 subnormals flush to zero on the GPU (the emulator keeps them; a result that small
+#: is within every tolerance). The compile check passes them too, to compile what runs.
+CUPY_APPENDS = ("--device-as-default-execution-space", "-ftz=true")
+
 
 def nvrtc_options(module: Module) -> tuple[str, ...]:
     return (*NVRTC_OPTIONS, f"-DFC_FINGERPRINT={module.fingerprint()}")
@@ -32,7 +37,7 @@ def compile_check(modules, archs=("sm_80", "sm_90")) -> dict[tuple[str, str], in
                 for kernel in module.kernels:
                     nvrtc.addNameExpression(prog, kernel)
                 try:
-                    nvrtc.compileProgram(prog, [*nvrtc_options(module), f"--gpu-architecture={arch}"])
+                    nvrtc.compileProgram(prog, [*nvrtc_options(module), *CUPY_APPENDS, f"--gpu-architecture={arch}"])
                 except nvrtc.NVRTCError as exc:
                     raise KernelError(f"{module.source.name} does not compile for {arch}: {exc}\n"
                                       f"{nvrtc.getProgramLog(prog)}") from exc

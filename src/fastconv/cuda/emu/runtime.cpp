@@ -13,7 +13,11 @@
 // Scheduling: one fiber runs threads 0, 1, 2, ... to completion in turn; when a thread blocks
 // (a barrier, a warp collective) the fiber stays with it and the scheduler starts the next
 // threads on another fiber. A barrier-free block thus costs one fiber start, whatever its size.
-// Released threads resume in thread order. Blocks run in x, then y, then z order.
+// Released threads resume in thread order. Blocks run in x, then y, then z order. A launch may
+// ask for the descending order instead (threads, released threads and blocks from the last to
+// the first): a kernel that reads what another thread writes without a barrier in between gets
+// the value in one order and not in the other, so running both exposes the missing barrier (on a
+// GPU that is a race).
 //
 // One launch at a time per module (a mutex): the shared statics and this state are global.
 
@@ -138,6 +142,7 @@ const Entry* kernel;
 void** kernel_args;
 uint3 g_block_idx, g_block_dim, g_grid_dim;
 unsigned nthreads, next_unstarted, done_count;
+bool descending;  // the schedule: threads, released threads and blocks from the last to the first
 std::vector<ThreadState> threads;
 std::deque<ThreadState*> ready;
 unsigned barrier_waiting;
@@ -266,7 +271,8 @@ std::string lane_list(unsigned mask) {
 // ---- the scheduler ------------------------------------------------------------------------------
 ThreadState* claim_unstarted() {
     if (!error.empty() || next_unstarted == nthreads) return nullptr;
-    ThreadState* t = &threads[next_unstarted++];
+    const unsigned i = next_unstarted++;
+    ThreadState* t = &threads[descending ? nthreads - 1 - i : i];
     t->status = Status::running;
     return t;
 }
@@ -406,10 +412,12 @@ void syncthreads(const char* file, int line) {
         barrier_file = file;
         barrier_line = line;
     }
-    if (++barrier_waiting == nthreads) {  // the last one in releases the others, in thread order
+    if (++barrier_waiting == nthreads) {  // the last one in releases the others, in schedule order
         barrier_waiting = 0;
-        for (auto& other : threads)
-            if (&other != t) release(&other);
+        for (unsigned i = 0; i < nthreads; ++i) {
+            ThreadState* other = &threads[descending ? nthreads - 1 - i : i];
+            if (other != t) release(other);
+        }
         return;
     }
     wait_here(t, true, file, line);
@@ -458,7 +466,7 @@ uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int arg, int 
         wait_here(t, false, file, line);
         return t->result;
     }
-    // the last lane in computes every lane's result, then releases the others in lane order
+    // the last lane in computes every lane's result, then releases the others in schedule order
     w.active = false;
     uint64_t vote = 0;
     for (unsigned l = 0; l < 32; ++l)
@@ -489,7 +497,11 @@ uint64_t warp_collective(WarpOp op, unsigned mask, uint64_t value, int arg, int 
                 }
                 lt.result = w.value[src];
         }
-        if (&lt != t) release(&lt);
+    }
+    for (unsigned i = 0; i < 32; ++i) {
+        const unsigned l = descending ? 31 - i : i;
+        ThreadState* lt = &threads[warp * 32 + l];
+        if ((mask >> l & 1u) && lt != t) release(lt);
     }
     return t->result;
 }
@@ -560,9 +572,11 @@ int fc_emu_sanitized() { return FC_ASAN; }
 
 // Run kernel `index` over grid x block. args[i] points at argument i's value (for an array: at
 // its data pointer); codes[i] spells its type; bytes[i] is an array's size in bytes (0 for
-// scalars). Returns 0, or -1 with the error message in `message`.
+// scalars); order 0 schedules threads and blocks first to last, 1 last to first. Returns 0, or -1
+// with the error message in `message`.
 int fc_emu_launch(int index, const unsigned* grid, const unsigned* block, size_t shared_bytes, int nargs,
-                  void** args, const char* const* codes, const size_t* bytes, char* message, int message_size) {
+                  void** args, const char* const* codes, const size_t* bytes, int order, char* message,
+                  int message_size) {
     using namespace fc_emu;
     std::lock_guard<std::mutex> lock(launch_mutex);
     int n;
@@ -609,12 +623,13 @@ int fc_emu_launch(int index, const unsigned* grid, const unsigned* block, size_t
         threads.resize(nthreads);
         shared_dynamic_bytes = shared_bytes;
         shared_dynamic = shared_bytes ? static_cast<unsigned char*>(std::malloc(shared_bytes)) : nullptr;
-        for (unsigned z = 0; z < grid[2] && error.empty(); ++z)
-            for (unsigned y = 0; y < grid[1] && error.empty(); ++y)
-                for (unsigned x = 0; x < grid[0] && error.empty(); ++x) {
-                    g_block_idx = {x, y, z};
-                    run_block();
-                }
+        descending = order != 0;
+        const unsigned long long blocks = 1ull * grid[0] * grid[1] * grid[2];
+        for (unsigned long long b = 0; b < blocks && error.empty(); ++b) {
+            const unsigned long long k = descending ? blocks - 1 - b : b;  // x fastest, then y, then z
+            g_block_idx = {unsigned(k % grid[0]), unsigned(k / grid[0] % grid[1]), unsigned(k / grid[0] / grid[1])};
+            run_block();
+        }
         for (const Staged& s : staged)
             if (s.copy) {
                 if (s.written) std::memcpy(s.host, s.copy, s.bytes);
