@@ -265,35 +265,36 @@ def _loss_cases():
         logits = (rng.standard_normal((6, 5, 3)) * 3).astype(dtype)
         target = rng.integers(0, 5, size=(6, 3))
         target[0, 0] = -100  # ignored
-        return dict(logits=logits, target=target, weight=rng.uniform(0.5, 2, 5).astype(dtype))
+        # dloss is an input, so that it lives on the backend's device with the others
+        return dict(logits=logits, target=target, weight=rng.uniform(0.5, 2, 5).astype(dtype),
+                    dloss=np.ones((), dtype))
 
     def ce_run(a, backend):
         loss = fastconv.cross_entropy(a["logits"], a["target"], a["weight"], **kwargs, backend=backend)
-        d = fastconv.cross_entropy_backward(np.ones((), a["logits"].dtype), a["logits"], a["target"],
-                                            a["weight"], **kwargs, backend=backend)
+        d = fastconv.cross_entropy_backward(a["dloss"], a["logits"], a["target"], a["weight"], **kwargs,
+                                            backend=backend)
         return dict(loss=loss, dlogits=d)
 
     def ce_torch(a, torch):
         logits = _t(torch, a["logits"])
         loss = torch.nn.functional.cross_entropy(logits, torch.tensor(a["target"]), torch.tensor(a["weight"]),
                                                  **kwargs)
-        return dict(loss=loss.detach().numpy(), **_grads(torch, loss, np.ones((), a["logits"].dtype),
-                                                         dict(dlogits=logits)))
+        return dict(loss=loss.detach().numpy(), **_grads(torch, loss, a["dloss"], dict(dlogits=logits)))
 
     yield Case("cross_entropy", "loss", ce_inputs, ce_run, ce_torch)
 
     def mse_inputs(rng, dtype):
-        return {k: rng.standard_normal((4, 7)).astype(dtype) for k in ("x", "target")}
+        return dict({k: rng.standard_normal((4, 7)).astype(dtype) for k in ("x", "target")}, dloss=np.ones((), dtype))
 
     def mse_run(a, backend):
         loss = fastconv.mse_loss(a["x"], a["target"], backend=backend)
-        dx = fastconv.mse_loss_backward(np.ones((), a["x"].dtype), a["x"], a["target"], backend=backend)
+        dx = fastconv.mse_loss_backward(a["dloss"], a["x"], a["target"], backend=backend)
         return dict(loss=loss, dx=dx)
 
     def mse_torch(a, torch):
         x = _t(torch, a["x"])
         loss = torch.nn.functional.mse_loss(x, torch.tensor(a["target"]))
-        return dict(loss=loss.detach().numpy(), **_grads(torch, loss, np.ones((), a["x"].dtype), dict(dx=x)))
+        return dict(loss=loss.detach().numpy(), **_grads(torch, loss, a["dloss"], dict(dx=x)))
 
     yield Case("mse_loss", "loss", mse_inputs, mse_run, mse_torch)
 
