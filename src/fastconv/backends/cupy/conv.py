@@ -37,6 +37,7 @@ No floating-point atomics: every kernel reduces in a fixed order, so results are
 from run to run on one device.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -62,7 +63,10 @@ def _acc(dtype):
     return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
 
 
+@functools.lru_cache(maxsize=256)
 def _geometry(p):
+    """The kernels' geometry arguments of ``p``, made once per problem (a frozen, hashable params
+    object): per-call host time is what small layers on a GPU are made of."""
     return tuple(np.int32(getattr(p, f)) for f in _GEOMETRY)
 
 

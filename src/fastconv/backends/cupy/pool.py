@@ -4,6 +4,8 @@ in a fixed order without atomics. Max pooling's backward gathers through the ind
 covering each pixel; its kernel flags indices outside the plane (an error) or outside their own
 window (made up by a caller: dx is then scattered plane by plane instead)."""
 
+import functools
+
 import numpy as np
 
 from ..._checks import indices_out_of_range
@@ -26,6 +28,7 @@ def _launch(dev, kernel, dtype, items, args):
     KERNELS.launch(dev, f"{kernel}<{ctype(dtype)}>", grid_blocks(dev, items, threads), threads, args)
 
 
+@functools.lru_cache(maxsize=256)
 def _axes(p, dilation=True):
     """The kernels' geometry arguments: per axis (H, then W) size, out, kernel, stride, padding and,
     for max pooling, dilation."""
