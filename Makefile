@@ -11,7 +11,14 @@ CXX    ?= g++
 SANITIZED := LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0:halt_on_error=0 \
              FASTCONV_EMU_SANITIZE=1
 
-.PHONY: bench test test-emu bench-smoke gpu-check clean
+# The C++ backend, built a second time with AddressSanitizer and UBSan into build/asan (a copy of the
+# package with the sanitized extension in it, ahead on PYTHONPATH) and its tests run on that build:
+# a kernel that reads or writes out of bounds, or overflows an int, fails the run.
+SANITIZE_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SANITIZED_CPP := LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so):$$($(CXX) -print-file-name=libubsan.so)" \
+                 ASAN_OPTIONS=detect_leaks=0 PYTHONPATH=build/asan
+
+.PHONY: bench test test-emu test-cpp-asan bench-smoke gpu-check clean
 
 # the main job: every available backend verified, then timed side by side with PyTorch
 bench: $(VENV)/.installed
@@ -23,9 +30,17 @@ bench: $(VENV)/.installed
 test: $(VENV)/.installed
 	FASTCONV_REQUIRE_NVRTC=1 $(BIN)/python -m pytest --emu=without
 	$(MAKE) test-emu
+	$(MAKE) test-cpp-asan
 
 test-emu: $(VENV)/.installed
 	$(SANITIZED) $(BIN)/python -m pytest --emu=only
+
+test-cpp-asan: $(VENV)/.installed
+	rm -rf build/asan && mkdir -p build/asan && cp -r src/fastconv build/asan/ && rm -f build/asan/fastconv/_cpp*.so
+	$(BIN)/python -m pip install -q "setuptools>=68" wheel "pybind11>=2.12" "Cython>=3.0"  # setup.py's build needs
+	FASTCONV_CPU_EXTENSIONS=cpp CC="gcc $(SANITIZE_FLAGS)" CXX="g++ $(SANITIZE_FLAGS)" \
+	    $(BIN)/python setup.py -q build_ext --force --build-lib build/asan --build-temp build/asan-temp
+	$(SANITIZED_CPP) $(BIN)/python -m pytest tests -k cpp --emu=without -p no:cacheprovider
 
 # the benchmark suite once, timing nothing: every case still verifies its result against the reference
 bench-smoke: $(VENV)/.installed

@@ -76,13 +76,16 @@ def cython_extensions():
     )
 
 
-# FASTCONV_CPU_EXTENSIONS=0 installs without compiling the CPU backends' extensions (cpp, cython):
-# `make gpu-check` does so on a GPU machine, where only the GPU backend and the reference are timed
-# and every minute of the machine counts. The package still works: those backends report as
-# unavailable, with the reason.
+# FASTCONV_CPU_EXTENSIONS picks the CPU backends' extensions to compile: "cpp,cython" (the default),
+# one of them, or "0" for none. `make gpu-check` builds none on a GPU machine, where only the GPU
+# backend and the reference are timed and every minute of the machine counts (the package still
+# works: those backends report as unavailable, with the reason); `make test-cpp-asan` builds the C++
+# backend alone, with AddressSanitizer and UBSan, into build/asan.
 import os  # noqa: E402
 
-if os.environ.get("FASTCONV_CPU_EXTENSIONS", "1") == "0":
-    setup()
-else:
-    setup(ext_modules=[cpp, *cython_extensions()], cmdclass={"build_ext": BuildExt})
+chosen = os.environ.get("FASTCONV_CPU_EXTENSIONS", "cpp,cython")
+chosen = set() if chosen.strip() in ("0", "") else {name.strip() for name in chosen.split(",")}
+if chosen - {"cpp", "cython"}:
+    raise SystemExit(f"FASTCONV_CPU_EXTENSIONS: expected cpp, cython or 0, got {sorted(chosen - {'cpp', 'cython'})}")
+setup(ext_modules=([cpp] if "cpp" in chosen else []) + (cython_extensions() if "cython" in chosen else []),
+      cmdclass={"build_ext": BuildExt})

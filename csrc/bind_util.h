@@ -15,10 +15,17 @@ namespace bind {
 
 namespace py = pybind11;
 
+// Whether a's dtype is T's: equivalent, not the same object (a dtype that travelled through pickle,
+// as in a worker process, is an equal but distinct object).
+template <typename T>
+bool has_dtype(const py::array& a) {
+  return py::isinstance<py::array_t<T>>(a);
+}
+
 // The array's data, after checking dtype, layout and size.
 template <typename T>
 const T* in(const char* op, const char* name, const py::array& a, index_t size) {
-  if (!a.dtype().is(py::dtype::of<T>()))
+  if (!has_dtype<T>(a))
     throw py::type_error(std::string(op) + ": " + name + " has dtype " + std::string(py::str(a.dtype())) +
                          ", expected " + std::string(py::str(py::dtype::of<T>())));
   if (!(a.flags() & py::array::c_style))
@@ -59,8 +66,8 @@ inline int threads(int n) {
 // Run f(float{}) or f(double{}) on the dtype of `a`; integer and other dtypes are a TypeError.
 template <class F>
 void by_dtype(const char* op, const py::array& a, F&& f) {
-  if (a.dtype().is(py::dtype::of<float>())) return f(float{});
-  if (a.dtype().is(py::dtype::of<double>())) return f(double{});
+  if (has_dtype<float>(a)) return f(float{});
+  if (has_dtype<double>(a)) return f(double{});
   throw py::type_error(std::string(op) + ": expected float32 or float64 arrays, got " + std::string(py::str(a.dtype())));
 }
 

@@ -528,12 +528,6 @@ void dw_forward_dense_avx512(const ConvShape& s, const PaddedPlane& pp, const T*
   }
 }
 
-// Whether dw_forward_plane_avx512 serves this forward: dense 3x3 or 5x5, AVX-512 in use.
-bool dw_forward_vector(const ConvShape& s) {
-  return s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
-         ((s.KH == 3 && s.KW == 3) || (s.KH == 5 && s.KW == 5)) && std::strcmp(gemm_isa(), "avx512") == 0;
-}
-
 // One output plane (see dw_forward_plane_impl), by the vector kernel of its kernel size.
 template <typename T>
 void dw_forward_plane_avx512(const ConvShape& s, const PaddedPlane& pp, const PlaneWindow& win, const T* x, T* xp,
@@ -636,6 +630,18 @@ void dw_wgrad_avx512(const ConvShape& s, const T* dy, const T* x, T* dw, int nth
                                        dy_masks.data(), dw + co * KH * KW);
 }
 
+#pragma GCC pop_options
+
+// The choosers of the vector kernels run on every CPU, so they stay outside the AVX-512 region:
+// inside it GCC may use AVX-512 instructions anywhere in a function (the sanitized build put a
+// zmm store of its stack poisoning in dw_wgrad_vector's prologue, an illegal instruction on AVX2).
+
+// Whether dw_forward_plane_avx512 serves this forward: dense 3x3 or 5x5, AVX-512 in use.
+bool dw_forward_vector(const ConvShape& s) {
+  return s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
+         ((s.KH == 3 && s.KW == 3) || (s.KH == 5 && s.KW == 5)) && std::strcmp(gemm_isa(), "avx512") == 0;
+}
+
 // Runs the vector kernel where it applies; false: the caller takes the portable path.
 template <typename T>
 bool dw_wgrad_vector(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
@@ -644,8 +650,6 @@ bool dw_wgrad_vector(const ConvShape& s, const T* dy, const T* x, T* dw, int nth
   if (s.KH == 5 && s.KW == 5) return dw_wgrad_avx512<T, 5, 5>(s, dy, x, dw, nthreads), true;
   return false;
 }
-
-#pragma GCC pop_options
 
 template <typename T>
 void depthwise_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads) {

@@ -15,6 +15,7 @@ import pytest
 from fastconv.bench import report
 from fastconv.bench.cases import Case, Contender, make_inputs, torch_contenders, verify
 from fastconv.bench.runner import run_case
+from fastconv.bench.workers import start_workers
 from fastconv.bench.suite import (PASSES, default_suite_path, load_suite, parse_passes, quick_subset,
                                   select)
 from fastconv.bench.timing import EventTimer, Policy, Stats, Timed, measure
@@ -154,8 +155,9 @@ def test_every_contender_matches_the_reference_exactly(tmp_path, rng, dtype):
     """The fastconv calls and the PyTorch peers compute the same pass (so verification is meaningful)."""
     torch = pytest.importorskip("torch")
     contenders = [Contender("reference", "fastconv", "cpu", backend="reference")] + torch_contenders(torch)
+    workers = start_workers(contenders, 2, Policy(repeat=1), isolate=False)
     for case in _tiny_cases(tmp_path, dtype):
-        records = run_case(case, contenders, Policy(repeat=1), rng, torch)
+        records = run_case(case, workers, Policy(repeat=1), 0)
         expected = 2 if case.shape.kind == "dense" else 3  # dense has no channels_last
         assert len(records) == expected
         for r in records:

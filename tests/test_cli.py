@@ -22,9 +22,10 @@ def shapes(tmp_path):
     return str(write_shapes(tmp_path / "tiny.json"))
 
 
-def bench(capsys, *args):
-    """Run ``fastconv bench ARGS`` in-process: (exit status, stdout, stderr)."""
-    status = main(["bench", *args])
+def bench(capsys, *args, isolate=False):
+    """Run ``fastconv bench ARGS`` in-process: (exit status, stdout, stderr). Every contender runs in
+    this process too (``--in-process``, quicker) unless ``isolate``."""
+    status = main(["bench", *args, *(() if isolate else ("--in-process",))])
     out, err = capsys.readouterr()
     return status, out, err
 

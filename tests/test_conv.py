@@ -269,6 +269,16 @@ def test_backend_accepts_non_contiguous_and_read_only_inputs(c, backend, rng):
         assert_close(g, r, f"{c.name} {name} on {backend} with non-contiguous read-only inputs")
 
 
+def test_backend_accepts_a_dtype_that_travelled_through_pickle(backend, rng):
+    """An unpickled dtype (as in a worker process) is equal to float32 but another object."""
+    import pickle
+
+    dtype = pickle.loads(pickle.dumps(np.dtype(np.float32)))
+    assert dtype == np.float32 and dtype is not np.dtype(np.float32)
+    x, w = randn(rng, (2, 3, 6, 5), np.float32).astype(dtype), randn(rng, (4, 3, 3, 2), np.float32).astype(dtype)
+    assert_close(fastconv.conv2d(x, w, backend=backend), fastconv.conv2d(x, w, backend="reference"))
+
+
 @pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True), (False,) * 3])
 def test_backward_computes_only_what_is_needed(needs, backend, rng):
     c = CONV_PROBLEMS[0]

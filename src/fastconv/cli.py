@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device", choices=("all", "cpu", "gpu"), default="all",
                        help="the contenders of one device only: gpu times the cupy backend next to PyTorch "
                             "CUDA (cuDNN), fp32 with TF32 off and with PyTorch's defaults (default: all)")
+    bench.add_argument("--in-process", action="store_true",
+                       help="run every contender in this process (quicker to start) instead of each in a "
+                            "worker process stopped while the others run: a contender's times may then "
+                            "include the previous one's thread pools winding down")
     bench.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     bench.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
     bench.add_argument("--seed", type=int, default=0, help="seed of the input values (default 0)")
@@ -77,7 +81,8 @@ def _run_bench(args) -> int:
                      passes=args.passes, threads=args.threads, dtype=args.dtype, repeat=args.repeat,
                      budget=args.budget, quick=args.quick, match=args.match, out=args.out,
                      torch=not args.no_torch, chart=not args.no_chart, seed=args.seed,
-                     command=shlex.join(["fastconv"] + sys.argv[1:]), device=args.device)
+                     command=shlex.join(["fastconv"] + sys.argv[1:]), device=args.device,
+                     isolate=not args.in_process)
     except ValueError as exc:
         print(f"fastconv {exc}", file=sys.stderr)
         return 2

@@ -31,14 +31,16 @@ DEVICES = {"all": ("cpu", "gpu"), "cpu": ("cpu",), "gpu": ("gpu",)}
 
 def bench(shapes=None, backends=None, passes=None, threads=None, dtype=None, repeat=None, budget=None,
           quick=False, match=None, out="bench-results", torch=True, chart=True, seed=0, stdout=None,
-          stderr=None, progress=True, command="", device="all") -> int:
+          stderr=None, progress=True, command="", device="all", isolate=True) -> int:
     """Run the benchmark and write ``out``/{bench.json, report.md, speedup.png}.
 
     Returns 0, or 1 when a contender failed verification or crashed. Bad options raise ValueError.
     ``backends`` is a list of names (default: every available backend); ``passes`` a comma list
     (``forward``, ``backward-input``, ``backward-weight``, ``backward`` = both); ``quick`` keeps the
     cheapest shape of each kind and a short timing budget; ``device`` ('all', 'cpu' or 'gpu')
-    keeps the contenders of that device (a GPU run times the ``cupy`` backend next to PyTorch CUDA).
+    keeps the contenders of that device (a GPU run times the ``cupy`` backend next to PyTorch CUDA);
+    ``isolate`` runs each contender in a worker process that is stopped while the others run
+    (:mod:`.workers`), else every contender runs in this process.
     """
     stdout = sys.stdout if stdout is None else stdout
     suite = load_suite(shapes)
@@ -70,7 +72,7 @@ def bench(shapes=None, backends=None, passes=None, threads=None, dtype=None, rep
     if device == "gpu" and not names and not (torch and import_torch().cuda.is_available()):
         raise ValueError(f"bench: --device gpu, but nothing here runs on a GPU ({unavailable.get('cupy', '')})")
     config = Config(chosen, parse_passes(passes), names, dtype, threads, policy, torch, seed,
-                    unavailable, command, DEVICES[device])
+                    unavailable, command, DEVICES[device], isolate)
     doc = run(config, progress_stream=stderr, show_progress=progress)
     written = write_reports(doc, out, chart=chart)
     print(format_summary(doc, written["summary"]), file=stdout)

@@ -25,9 +25,10 @@ import numpy as np
 
 from .. import _threads
 from .._dispatch import REGISTRY, backend_status
-from .cases import Case, Contender, fastconv_contenders, make_inputs, torch_contenders, verify
+from .cases import Case, Contender, fastconv_contenders, torch_contenders, verify
 from .suite import Shape
-from .timing import Policy, Stats, Timed, measure
+from .timing import Policy, Stats
+from .workers import start_workers
 
 FAILED = ("FAIL", "error")
 
@@ -45,6 +46,7 @@ class Config:
     unavailable: dict = field(default_factory=dict)  # backend -> why it cannot load here
     command: str = ""  # the command line, for the report
     devices: tuple[str, ...] = ("cpu", "gpu")  # whose contenders run
+    isolate: bool = True  # each contender in a worker process, stopped while others run (.workers)
 
     def cases(self) -> list[Case]:
         dtype = np.dtype(self.dtype)
@@ -151,57 +153,49 @@ def _record(case: Case, contender: Contender, status: str, reason: str = "", ver
     return rec
 
 
-def _first_call(prepared):
-    """Run once (the verification call): ``(host result, seconds)``."""
-    start = time.perf_counter()
-    out = prepared.fn()
-    host = prepared.to_host(out)
-    return host, time.perf_counter() - start
-
-
-def run_case(case: Case, contenders, policy: Policy, rng, torch=None, progress=None,
-             ceilings: dict | None = None) -> list[dict]:
-    """All contenders on one case: the reference's result, then verify-then-time each contender.
-    ``ceilings`` (the GPU's measured rates) give GPU records their roofline floor."""
-    arrays = make_inputs(case, rng)
-    oracle = Contender("reference", "fastconv", "cpu", backend="reference")
-    try:
-        reference = oracle.prepare(case, arrays)
-        want, reference_s = _first_call(reference)
-    except Exception as exc:  # without the oracle nothing can be verified, so nothing is timed
-        reason = f"the reference cannot run this case: {type(exc).__name__}: {exc}"
-        return [_record(case, c, "n/a", reason) for c in contenders if c.applies(case)]
-    # verify every contender first, then time the verified ones together (interleaved rounds)
+def run_case(case: Case, workers, policy: Policy, seed: int, progress=None, ceilings: dict | None = None,
+             oracle=None) -> list[dict]:
+    """All contenders on one case: the reference's result, then verify-then-time each contender in
+    interleaved rounds (see :mod:`.workers`). ``workers``: one per contender; ``oracle``: the
+    reference's worker (default: the contender named "reference" among them). ``ceilings`` (the
+    GPU's measured rates) give GPU records their roofline floor."""
+    oracle = oracle or next(w for w in workers if w.contender.name == "reference")
+    status, want = oracle.call("prepare", case, seed)
+    if status != "ok":  # without the oracle nothing can be verified, so nothing is timed
+        reason = f"the reference cannot run this case: {want}"
+        return [_record(case, w.contender, "n/a", reason) for w in workers if w.contender.applies(case)]
     records: list[dict | None] = []
-    ready: list[tuple[int, Contender, object, Timed]] = []
-    for contender in contenders:
+    ready = []  # (slot in records, worker, verdict)
+    for w in workers:
+        contender = w.contender
         if progress is not None:
             progress.step(f"{case.id} {contender.name}")
         if not contender.applies(case):
             continue
-        try:
-            if contender.name == "reference":  # the oracle's call was its verification and first run
-                prepared, got, first_s = reference, want, reference_s
-            else:
-                prepared = contender.prepare(case, arrays, torch)
-                got, first_s = _first_call(prepared)
-            verdict = verify(got, want)
-        except NotImplementedError as exc:
-            records.append(_record(case, contender, "n/a", str(exc)))
+        status, got = (status, want) if w is oracle else w.call("prepare", case, seed)
+        if status != "ok":
+            records.append(_record(case, contender, status, got))
             continue
-        except Exception as exc:  # a crash is reported against the contender, the run goes on
-            records.append(_record(case, contender, "error", f"{type(exc).__name__}: {exc}"))
-            continue
+        verdict = verify(got, want)
         if not verdict.ok:
             records.append(_record(case, contender, "FAIL", f"differs from the reference: max error "
                                    f"{verdict.error_ratio:.3g}x the tolerance", verdict))
             continue
-        ready.append((len(records), contender, verdict, Timed(prepared.fn, prepared.timer, first_s)))
+        ready.append((len(records), w, verdict))
         records.append(None)  # filled in once timed
-    for (slot, contender, verdict, _), times in zip(ready, measure([r[3] for r in ready], policy)):
-        records[slot] = (_record(case, contender, "error", f"{type(times).__name__}: {times}")
-                         if isinstance(times, Exception)
-                         else _record(case, contender, "ok", "", verdict, Stats.of(times), times, ceilings))
+    times = {id(w): [] for _, w, _ in ready}
+    for step in range(max(1, policy.rounds) + 1):  # step 0: the warm-ups
+        for _, w, _ in ready:
+            if isinstance(times[id(w)], str):
+                continue  # failed in an earlier round
+            status, result = w.call("round", step)
+            times[id(w)] = result if status == "ok" else f"error: {result}"
+    for slot, w, verdict in ready:
+        t = times[id(w)]
+        records[slot] = (_record(case, w.contender, "error", t.removeprefix("error: ")) if isinstance(t, str)
+                         else _record(case, w.contender, "ok", "", verdict, Stats.of(t), t, ceilings))
+    for w in {id(w): w for w in [oracle, *workers]}.values():
+        w.call("release")
     return records
 
 
@@ -227,30 +221,27 @@ def run(config: Config, progress_stream=None, show_progress: bool = True) -> dic
     threads = _threads.get_num_threads() if config.threads is None else config.threads
     cases = config.cases()
     progress = Progress(len(cases), progress_stream) if show_progress else None
-    rng = np.random.default_rng(config.seed)
     results = []
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     load_before, speed_before = _load_average(), cpu_speed()
     started = time.perf_counter()
-    torch_threads = torch.get_num_threads() if torch is not None else None
-    # the GPU contenders set PyTorch's global precision flags for each call: put them back after
-    precision = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) if torch else None
+    oracle = Contender("reference", "fastconv", "cpu", backend="reference")
+    workers = start_workers([oracle] + [c for c in contenders if c != oracle], threads, config.policy,
+                            config.isolate)
+    timed = [w for w in workers if w.contender in contenders]
     try:
-        if torch is not None:
-            torch.set_num_threads(threads)  # the same pool size for PyTorch as for fastconv
-            torch.backends.cudnn.benchmark = True  # cuDNN picks its fastest algorithm during warm-up
         with _threads.num_threads(threads):
             machine = machine_info(torch)
+            machine["threads"]["torch"] = threads if torch is not None else None  # the workers' setting
             for case in cases:
                 if progress is not None:
                     progress.start_case(case.id)
-                results += run_case(case, contenders, config.policy, rng, torch, progress, ceilings)
+                results += run_case(case, timed, config.policy, config.seed, progress, ceilings, workers[0])
                 if progress is not None:
                     progress.finish_case()
     finally:
-        if torch is not None:
-            torch.set_num_threads(torch_threads)
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = precision
+        for w in workers:
+            w.close()
         if progress is not None:
             progress.close()
     return dict(

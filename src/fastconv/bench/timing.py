@@ -90,29 +90,31 @@ class Timed:
     first_call_s: float
 
 
-def measure(contenders: list[Timed], policy: Policy) -> list[list[float] | Exception]:
-    """Timed runs (seconds each) of every contender, after its warm-up; see the module docstring.
+def run_round(c: Timed, times: list[float], policy: Policy, step: int) -> None:
+    """One contender's share of round ``step`` (0: its warm-up), appended to ``times``: round r (of
+    R) runs it until it has r/R of its runs and of its budget, at least ceil(min_repeats*r/R) runs
+    (``repeat*r/R`` when fixed), at most ceil(max_repeats*r/R)."""
+    if step == 0:
+        if c.first_call_s < policy.budget_s:
+            for _ in range(policy.warmup):
+                c.timer(c.fn)
+        return
+    share = step / max(1, policy.rounds)
+    while not _round_done(times, policy, share):
+        times.append(c.timer(c.fn))
 
-    Round r (of R) runs each contender until it has r/R of its runs and of its budget: at least
-    ceil(min_repeats*r/R) runs (of ``repeat*r/R`` when fixed), at most ceil(max_repeats*r/R). A
-    contender whose call raises is left out of the later rounds; its entry is the exception.
-    """
+
+def measure(contenders: list[Timed], policy: Policy) -> list[list[float] | Exception]:
+    """Timed runs (seconds each) of every contender, after its warm-up, in interleaved rounds (see
+    the module docstring and :func:`run_round`). A contender whose call raises is left out of the
+    later rounds; its entry is the exception."""
     out: list[list[float] | Exception] = [[] for _ in contenders]
-    rounds = max(1, policy.rounds)
-    for step in range(rounds + 1):  # step 0: the warm-ups
-        share = step / rounds
+    for step in range(max(1, policy.rounds) + 1):  # step 0: the warm-ups
         for i, c in enumerate(contenders):
-            t = out[i]
-            if isinstance(t, Exception):
+            if isinstance(out[i], Exception):
                 continue
             try:
-                if step == 0:
-                    if c.first_call_s < policy.budget_s:
-                        for _ in range(policy.warmup):
-                            c.timer(c.fn)
-                    continue
-                while not _round_done(t, policy, share):
-                    t.append(c.timer(c.fn))
+                run_round(c, out[i], policy, step)
             except Exception as exc:  # reported against this contender; the others go on
                 out[i] = exc
     return out

@@ -1,0 +1,171 @@
+"""Each contender in a worker process of its own, stopped while another one runs.
+
+Thread pools go on spinning after a call: OpenBLAS's after a NumPy matmul, PyTorch's OpenMP team
+after each op, fastconv's own. On two shared cores the contender timed next ran up to 2x slower
+(seven C++ calls, about 100 ms, ran 1.8x slower after one NumPy matmul; one ran 2x slower after a
+PyTorch conv), so timing contenders one after another in one process measured their neighbours'
+pools as much as themselves. Here every contender, the reference included, runs in a worker
+process, and while one worker verifies or times its calls, the parent has stopped every other
+worker (SIGSTOP, then SIGCONT when its turn comes): a stopped process's threads take no CPU,
+whatever they were doing. The interleaved rounds of :mod:`.timing` are kept, so all contenders
+still meet the same slow and fast phases of a shared machine.
+
+A worker holds one case at a time: it makes the case's inputs from the case's seed (so every
+worker has the same arrays), makes the verification call and sends the result back, which the
+parent compares with the reference worker's; then it times its calls round by round as the parent
+asks. :class:`LocalWorker` runs the same session in the calling process, one contender after
+another, for the tests and for platforms without SIGSTOP.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import traceback
+import zlib
+
+import numpy as np
+
+from .cases import Case, Contender, make_inputs
+from .timing import Policy, Timed, run_round
+
+
+def case_rng(seed: int, case: Case):
+    """The generator of a case's inputs: the same in every worker, and the same for a case whatever
+    else the run holds (seeded by the run's seed and the case's name)."""
+    return np.random.default_rng([seed, zlib.crc32(case.id.encode())])
+
+
+class Session:
+    """What a worker does for its contender, in whichever process it runs."""
+
+    def __init__(self, contender: Contender, threads: int, policy: Policy):
+        from .. import _threads
+        from .runner import import_torch
+
+        self.contender, self.policy = contender, policy
+        self.torch = import_torch() if contender.family == "torch" else None
+        if contender.family == "torch":
+            self.torch.set_num_threads(threads)
+            self.torch.backends.cudnn.benchmark = True  # cuDNN picks its fastest algorithm during warm-up
+        _threads.set_num_threads(threads)  # fastconv's backends and the BLAS NumPy uses alike
+        self.timed, self.times = None, []
+
+    def prepare(self, case: Case, seed: int):
+        """The case's verification call: ``("ok", result on the host, seconds)``, ``("n/a", why)``
+        (the backend lacks the op) or ``("error", why)``."""
+        import time
+
+        self.timed, self.times = None, []
+        try:
+            prepared = self.contender.prepare(case, make_inputs(case, case_rng(seed, case)), self.torch)
+            start = time.perf_counter()
+            out = prepared.to_host(prepared.fn())
+            first_s = time.perf_counter() - start
+        except NotImplementedError as exc:
+            return "n/a", str(exc)
+        except Exception as exc:  # reported against the contender; the run goes on
+            return "error", f"{type(exc).__name__}: {exc}"
+        self.timed = Timed(prepared.fn, prepared.timer, first_s)
+        return "ok", out
+
+    def round(self, step: int):
+        """The contender's share of round ``step`` (0: the warm-up): ``("ok", times so far)`` or
+        ``("error", why)``."""
+        try:
+            run_round(self.timed, self.times, self.policy, step)
+        except Exception as exc:
+            return "error", f"{type(exc).__name__}: {exc}"
+        return "ok", list(self.times)
+
+    def release(self):
+        """Drop the case's arrays."""
+        self.timed, self.times = None, []
+
+
+class LocalWorker:
+    """A contender's session in this process."""
+
+    def __init__(self, contender: Contender, threads: int, policy: Policy):
+        self.contender = contender
+        self.session = Session(contender, threads, policy)
+
+    def call(self, method: str, *args):
+        return getattr(self.session, method)(*args)
+
+    def close(self):
+        pass
+
+
+def _serve(conn, contender, threads, policy):
+    """A worker process's loop: calls on its session, one message at a time, until ``close``."""
+    try:
+        session = Session(contender, threads, policy)
+    except Exception:
+        conn.send(("crash", traceback.format_exc()))
+        return
+    conn.send(("ok", None))
+    while True:
+        method, args = conn.recv()
+        if method == "close":
+            return
+        try:
+            conn.send(("ok", getattr(session, method)(*args)))
+        except Exception:  # a bug in the session itself: the parent raises it
+            conn.send(("crash", traceback.format_exc()))
+
+
+class ProcessWorker:
+    """A contender's session in a process of its own, stopped whenever it is not being called."""
+
+    def __init__(self, contender: Contender, threads: int, policy: Policy, context=None):
+        context = context or multiprocessing.get_context("spawn")  # no fork: the parent may hold CUDA
+        self.contender = contender
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, contender, threads, policy), daemon=True,
+                                       name=f"fastconv bench: {contender.name}")
+        self.process.start()
+        child.close()
+        self._reply()  # started (its imports done) before it is stopped for the first time
+        self._stop()
+
+    def _reply(self):
+        status, payload = self.conn.recv()
+        if status == "crash":
+            raise RuntimeError(f"bench worker for {self.contender.name} failed:\n{payload}")
+        return payload
+
+    def _stop(self):
+        os.kill(self.process.pid, signal.SIGSTOP)
+        os.waitpid(self.process.pid, os.WUNTRACED)  # returns once every thread of it has stopped
+
+    def call(self, method: str, *args):
+        os.kill(self.process.pid, signal.SIGCONT)
+        try:
+            self.conn.send((method, args))
+            return self._reply()
+        finally:
+            self._stop()
+
+    def close(self):
+        if self.process.is_alive():
+            os.kill(self.process.pid, signal.SIGCONT)
+            self.conn.send(("close", ()))
+            self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+        self.conn.close()
+
+
+def can_stop_processes() -> bool:
+    return hasattr(signal, "SIGSTOP") and hasattr(os, "WUNTRACED")
+
+
+def start_workers(contenders, threads: int, policy: Policy, isolate: bool = True) -> list:
+    """A worker per contender: processes that are stopped while others run (``isolate`` and the
+    platform allow), else sessions in this process."""
+    if isolate and can_stop_processes():
+        context = multiprocessing.get_context("spawn")
+        return [ProcessWorker(c, threads, policy, context) for c in contenders]
+    return [LocalWorker(c, threads, policy) for c in contenders]
