@@ -4,6 +4,7 @@ See conftest.py for the commands and options.
 """
 
 import functools
+import time
 import zlib
 
 import numpy as np
@@ -11,6 +12,13 @@ import pytest
 
 from fastconv.bench.cases import Contender, make_inputs, verify
 from fastconv.bench.report import RATE_UNIT
+
+
+#: A pause before timing, long enough for the thread pools of what ran before (the reference's BLAS,
+#: the previous test's contender) to stop spinning: a C++ conv right after a 2-thread NumPy matmul
+#: ran 1.5-1.6x slower, and 0.3 s later at its usual speed (2-core AMD EPYC). pytest-benchmark times
+#: one contender per test, so one pause per test keeps each contender's runs its own.
+SETTLE_S = 0.3
 
 
 @functools.lru_cache(maxsize=1)  # cases run case-major, so one case's inputs and result at a time
@@ -42,6 +50,8 @@ def test_kernel(benchmark, case, contender, torch_module, pinned_threads):
         device=contender.device, layout=contender.layout, dtype=case.dtype.name, threads=pinned_threads,
         geometry=s.describe(), x_shape=list(s.x_shape), w_shape=None if s.w_shape is None else list(s.w_shape),
         y_shape=list(s.y_shape), work=amount, work_unit=unit, exact=verdict.exact)
+    if not benchmark.disabled:
+        time.sleep(SETTLE_S)
     benchmark(timed)
     if benchmark.stats:  # None under --benchmark-disable
         benchmark.extra_info["rate_unit"] = RATE_UNIT[unit]

@@ -164,6 +164,35 @@ def test_every_contender_matches_the_reference_exactly(tmp_path, rng, dtype):
             assert (r["status"], r["exact"], r["repeats"]) == ("ok", True, 1), r
 
 
+def test_process_workers_are_stopped_between_calls(tmp_path):
+    """Each contender's worker process sleeps (SIGSTOP) whenever the parent is not calling it, so no
+    thread of it runs while another contender is timed; closing ends it."""
+    from fastconv.bench.workers import ProcessWorker, can_stop_processes
+
+    if not can_stop_processes():
+        pytest.skip("processes cannot be stopped on this platform")
+    (case, *_) = _tiny_cases(tmp_path)
+    workers = [ProcessWorker(Contender(n, "fastconv", "cpu", backend=n), 1, Policy(repeat=2))
+               for n in ("reference", "cpp")]
+    try:
+        for w in workers:
+            status, result = w.call("prepare", case, 0)
+            assert status == "ok" and result.shape == case.shape.y_shape
+            assert _process_state(w.process.pid) == "T"  # stopped again once the call returned
+        status, times = workers[1].call("round", 1)
+        assert status == "ok" and len(times) == 1
+        assert _process_state(workers[0].process.pid) == "T"
+    finally:
+        for w in workers:
+            w.close()
+    assert not any(w.process.is_alive() for w in workers)
+
+
+def _process_state(pid) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]  # the field after the command name
+
+
 def test_verify():
     want = np.arange(6, dtype=np.float32).reshape(2, 3)
     assert verify(want.copy(), want) == verify(want + 0, want)

@@ -33,7 +33,7 @@ def bench(capsys, *args, isolate=False):
 def test_bench_writes_json_markdown_and_png(tmp_path, shapes, capsys):
     out_dir = tmp_path / "results"
     status, out, err = bench(capsys, "--shapes", shapes, "--backends", "reference", "--repeat", "2",
-                             "--out", str(out_dir))
+                             "--out", str(out_dir), isolate=True)  # the default: a worker process each
     assert status == 0, out + err
     # the printed table: one row per case, the reference and PyTorch groups, geometric means
     lines = out.splitlines()
