@@ -99,7 +99,12 @@ class LocalWorker:
 
 
 def _serve(conn, contender, threads, policy):
-    """A worker process's loop: calls on its session, one message at a time, until ``close``."""
+    """A worker process's loop: calls on its session, one message at a time, until ``close`` (or
+    until the parent is gone: the pipe's end)."""
+    # A stopped process in a process group that becomes orphaned (the shell that started the bench
+    # exits first) gets SIGHUP, then SIGCONT: ignored, the worker carries on, or ends when it finds
+    # the parent gone.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         session = Session(contender, threads, policy)
     except Exception:
@@ -107,7 +112,10 @@ def _serve(conn, contender, threads, policy):
         return
     conn.send(("ok", None))
     while True:
-        method, args = conn.recv()
+        try:
+            method, args = conn.recv()
+        except EOFError:
+            return
         if method == "close":
             return
         try:
@@ -145,8 +153,13 @@ class ProcessWorker:
         try:
             self.conn.send((method, args))
             return self._reply()
+        except (EOFError, OSError) as exc:  # the process is gone: say how it ended
+            self.process.join(timeout=5)
+            raise RuntimeError(f"bench worker for {self.contender.name} ended during {method!r} "
+                               f"(exit code {self.process.exitcode}; a negative one is the signal)") from exc
         finally:
-            self._stop()
+            if self.process.is_alive():
+                self._stop()
 
     def close(self):
         if self.process.is_alive():
