@@ -35,13 +35,14 @@ class BuildExt(build_ext):
 
 cpp = Pybind11Extension(
     "fastconv._cpp",
-    sources=["csrc/bindings.cpp", "csrc/conv.cpp", "csrc/gemm.cpp", "csrc/gemm_avx2.cpp", "csrc/gemm_avx512.cpp",
-             "csrc/linear.cpp", "csrc/pool.cpp",
+    sources=["csrc/bindings.cpp", "csrc/conv.cpp", "csrc/conv_col2im.cpp", "csrc/conv_depthwise.cpp",
+             "csrc/conv_dot_wgrad.cpp", "csrc/conv_flat.cpp", "csrc/conv_gemm_wgrad.cpp",
+             "csrc/gemm.cpp", "csrc/gemm_avx2.cpp", "csrc/gemm_avx512.cpp", "csrc/linear.cpp", "csrc/pool.cpp",
              "csrc/activation.cpp", "csrc/bindings_ops.cpp", "csrc/dropout.cpp", "csrc/loss.cpp", "csrc/norm.cpp",
              "csrc/winograd.cpp"],
     include_dirs=["csrc"],
-    depends=["csrc/common.h", "csrc/conv.h", "csrc/gemm.h", "csrc/gemm_kernel.h", "csrc/linear.h", "csrc/pool.h",
-             "csrc/ukernel.h",
+    depends=["csrc/common.h", "csrc/conv.h", "csrc/conv_impl.h", "csrc/gemm.h", "csrc/gemm_kernel.h", "csrc/linear.h",
+             "csrc/pool.h", "csrc/ukernel.h",
              "csrc/activation.h", "csrc/bind_util.h", "csrc/dropout.h", "csrc/loss.h", "csrc/norm.h", "csrc/winograd.h"],
     cxx_std=17,
     extra_compile_args=["-O3", "-fopenmp"],

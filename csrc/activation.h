@@ -16,7 +16,7 @@
 #include "common.h"
 
 // Each elementwise chunk kernel is compiled for AVX-512F, AVX2 and baseline x86-64 and picked at
-// load time by CPU features (like conv.cpp's clones). The parallel regions stay outside the clones:
+// load time by CPU features (like conv_depthwise.cpp's clones). The parallel regions stay outside the clones:
 // GCC outlines an OpenMP region before cloning, so a region inside a clone would run baseline code.
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define FASTCONV_OPS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))

@@ -19,7 +19,7 @@ struct ConvShape {
 // F(2x2, 3x3) (see winograd.h) rather than as a direct GEMM, given finite data: for tests.
 bool conv2d_uses_winograd(const ConvShape& s, const std::string& pass, index_t elem_bytes);
 // Whether wgrad of s in fp32 runs as dot products along the pixels (the dot kernel of the kernel
-// set in use; see conv.cpp), given finite x: for tests.
+// set in use; see conv_dot_wgrad.cpp), given finite x: for tests.
 bool conv2d_wgrad_uses_dot(const ConvShape& s);
 
 // y (N, C_out, OH, OW) = conv(x, w) + b; b may be null.

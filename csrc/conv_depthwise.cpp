@@ -1,0 +1,546 @@
+// Depthwise convolution (one input channel per group): direct loops over rows, no GEMM (a GEMM of
+// depth KH*KW would starve). Every pass: the forward, the dgrad (scattered adds, or at stride 1 the
+// forward of dy with the flipped kernel: conv.cpp chooses), the wgrad. The portable kernels are
+// compiled once per instruction set (FASTCONV_CLONES); AVX-512 kernels serve the dense 3x3 and 5x5
+// forward and the stride_w-1 3x3 and 5x5 wgrad where the GEMM kernel set in use is "avx512"
+// (chosen here, per plane or per call: dw_forward_vector, dw_wgrad_vector).
+#include <immintrin.h>
+#include <omp.h>
+
+#include <cstring>
+#include <vector>
+
+#include "conv_impl.h"
+#include "gemm.h"
+
+namespace fastconv {
+namespace {
+
+// For each kernel column kw: the offset off = kw*dil - pad of its input column iw = ow*sw + off,
+// and the output columns [lo, hi) where 0 <= iw < W. Computed once per plane (divisions).
+struct ColRanges {
+  std::vector<index_t> off, lo, hi;
+  explicit ColRanges(const ConvShape& s) : off(s.KW), lo(s.KW), hi(s.KW) {
+    for (index_t kw = 0; kw < s.KW; ++kw) {
+      const index_t o = kw * s.dil_w - s.pad_l, sw = s.stride_w;
+      const index_t l = min_i(s.OW, o >= 0 ? 0 : ceil_div(-o, sw));
+      const index_t h = o >= s.W ? 0 : min_i(s.OW, (s.W - 1 - o) / sw + 1);
+      off[kw] = o;
+      lo[kw] = l;
+      hi[kw] = max_i(h, l);
+    }
+  }
+};
+
+// Register tile of the depthwise forward: kDwRows output rows x kDwTile columns (one AVX-512 fp32
+// vector per row): eight independent accumulation chains hide the FMA latency.
+constexpr index_t kDwTile = 16;
+constexpr index_t kDwRows = 8;
+
+// The zero-padded copy of one input plane the depthwise forward reads without bounds checks:
+// every row and column that a tile (output rows and columns rounded up to whole tiles) can touch.
+struct PaddedPlane {
+  index_t Hp, Wp;
+  explicit PaddedPlane(const ConvShape& s)
+      : Hp((round_up(s.OH, kDwRows) - 1) * s.stride_h + (s.KH - 1) * s.dil_h + 1),
+        Wp((round_up(s.OW, kDwTile) - 1) * s.stride_w + (s.KW - 1) * s.dil_w + 1) {}
+};
+
+// The rows [r0, r1) and columns [c0, c1) of the padded plane that hold input pixels (pixel (ih,
+// iw) at (ih + pad_t, iw + pad_l); paddings may be negative). Everything else in it is zero, the
+// same zero for every plane: a thread zeroes its buffer once and then copies only this window.
+struct PlaneWindow {
+  index_t r0, r1, c0, c1;
+  PlaneWindow(const ConvShape& s, const PaddedPlane& pp)
+      : r0(max_i(0, s.pad_t)), r1(min_i(pp.Hp, s.pad_t + s.H)),
+        c0(max_i(0, s.pad_l)), c1(min_i(pp.Wp, s.pad_l + s.W)) {}
+};
+
+// The window of xp (Hp x Wp) = its part of x (H x W), by vectors of kDwTile where they fit: rows
+// are a few dozen elements, too short for a memcpy call to pay.
+template <typename T>
+__attribute__((always_inline)) inline void copy_window(const ConvShape& s, const PaddedPlane& pp,
+                                                       const PlaneWindow& win, const T* x, T* xp) {
+  typedef T Vec __attribute__((vector_size(kDwTile * sizeof(T))));
+  const index_t len = win.c1 - win.c0;
+  for (index_t r = win.r0; r < win.r1; ++r) {
+    const T* src = x + (r - s.pad_t) * s.W + (win.c0 - s.pad_l);
+    // 8 rows ahead (into the next plane at the end; planes are contiguous at a multiplier of 1):
+    // 0.93-0.96x the forward's time, 0.96x the dgrad's on MobileNetV2's 3x3 at 144 x 56 x 56, batch
+    // 16 (2 threads; a control of the same code without it: 0.98-1.01x); 4 and 16 rows 0.94-0.95x,
+    // 28 and 56 0.99-1.01x
+    prefetch_span(src, 8 * s.W * index_t(sizeof(T)), s.W * index_t(sizeof(T)));
+    T* dst = xp + r * pp.Wp + win.c0;
+    index_t j = 0;
+    for (; j + kDwTile <= len; j += kDwTile) {
+      Vec v;
+      std::memcpy(&v, src + j, sizeof(Vec));
+      std::memcpy(dst + j, &v, sizeof(Vec));
+    }
+    for (; j < len; ++j) dst[j] = src[j];
+  }
+}
+
+// How a depthwise tile reads its padded plane: kDense (stride and dilation 1: tap (kh, kw) of
+// output (r, c) is element (r + kh, c + kw), so an input row serves KH output rows of the tile),
+// kRowStep (stride_w 1: each tap a vector load), kGather (strided columns, element by element).
+enum class DwRead { kDense, kRowStep, kGather };
+
+// One output plane of a depthwise forward from its padded input plane: each tile of kDwRows x
+// kDwTile outputs is accumulated over all taps in registers (acc[]), then stored once (the padded
+// plane covers whole tiles; only the stores of ragged tiles are clipped). KH_ and KW_ are the
+// kernel's size where it is compiled for one (the tap loops unroll); 0: read from s.
+template <typename T, DwRead Read, int KH_, int KW_>
+__attribute__((always_inline)) inline void dw_forward_tiles(const ConvShape& s, const PaddedPlane& pp, const T* xp,
+                                                            const T* w, T bias, T* y) {
+  // a GCC vector of kDwTile lanes: one zmm (fp32) in the AVX-512 clone, split by the compiler
+  // into narrower registers in the others (plain arrays here are left scalar by the vectoriser)
+  typedef T Vec __attribute__((vector_size(kDwTile * sizeof(T))));
+  const index_t KH = KH_ ? KH_ : s.KH, KW = KW_ ? KW_ : s.KW;
+  const bool dense = Read == DwRead::kDense;
+  const index_t sh = dense ? 1 : s.stride_h, sw = dense ? 1 : s.stride_w;
+  const index_t dh = dense ? 1 : s.dil_h, dw = dense ? 1 : s.dil_w, Wp = pp.Wp;
+  const index_t tiles = ceil_div(s.OW, kDwTile), plane_end = s.OH * s.OW;
+  for (index_t oh0 = 0; oh0 < s.OH; oh0 += kDwRows) {
+    // right to left: a ragged tile's whole-vector stores run past its row into the first columns
+    // of the next rows, which the tiles still to come (this block's first, the next block) write
+    for (index_t ow0 = (tiles - 1) * kDwTile; ow0 >= 0; ow0 -= kDwTile) {
+      const T* tile = xp + oh0 * sh * Wp + ow0 * sw;
+      Vec acc[kDwRows];  // fully unrolled loops over r keep acc in registers
+#pragma GCC unroll 8
+      for (index_t r = 0; r < kDwRows; ++r) acc[r] = Vec{} + bias;
+      if constexpr (Read == DwRead::kDense) {
+        // input row i of the tile serves output rows i - kh: each vector is read once per tap
+        // column kw and used for KH rows (KH_ and KW_ are constants here: all of it unrolls)
+#pragma GCC unroll 12
+        for (index_t i = 0; i < kDwRows + KH - 1; ++i) {
+#pragma GCC unroll 5
+          for (index_t kw = 0; kw < KW; ++kw) {
+            Vec xv;
+            std::memcpy(&xv, tile + i * Wp + kw, sizeof(Vec));
+#pragma GCC unroll 5
+            for (index_t kh = 0; kh < KH; ++kh)
+              if (i - kh >= 0 && i - kh < kDwRows) acc[i - kh] += w[kh * KW + kw] * xv;
+          }
+        }
+      } else {
+        for (index_t kh = 0; kh < KH; ++kh) {
+          for (index_t kw = 0; kw < KW; ++kw) {
+            const T wv = w[kh * KW + kw];
+#pragma GCC unroll 8
+            for (index_t r = 0; r < kDwRows; ++r) {
+              const T* xs = tile + (r * sh + kh * dh) * Wp + kw * dw;
+              Vec xv;
+              if (Read == DwRead::kGather) {
+                for (index_t l = 0; l < kDwTile; ++l) xv[l] = xs[l * sw];
+              } else {
+                std::memcpy(&xv, xs, sizeof(Vec));
+              }
+              acc[r] += wv * xv;
+            }
+          }
+        }
+      }
+      const index_t rows = min_i(kDwRows, s.OH - oh0);
+#pragma GCC unroll 8
+      for (index_t r = 0; r < rows; ++r) {
+        const index_t at = (oh0 + r) * s.OW + ow0;
+        if (at + kDwTile <= plane_end) {
+          std::memcpy(y + at, &acc[r], sizeof(Vec));
+        } else {  // only the plane's last pixels clip the store
+          std::memcpy(y + at, &acc[r], static_cast<std::size_t>(plane_end - at) * sizeof(T));
+        }
+      }
+    }
+  }
+}
+
+// The read modes are instantiated apart: with one loop body for stride 1 and strided columns,
+// GCC merged the vector load into the strided gather and ran the gather at stride 1 (5-10x
+// slower). The kernel sizes of MobileNet and EfficientNet (3x3, 5x5) get unrolled tap loops.
+template <typename T, int KH_, int KW_>
+__attribute__((always_inline)) inline void dw_forward_sized(const ConvShape& s, const PaddedPlane& pp, const T* xp,
+                                                            const T* w, T bias, T* y) {
+  if constexpr (KH_ != 0) {  // the dense read unrolls over rows and taps: a known kernel size only
+    if (s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1)
+      return dw_forward_tiles<T, DwRead::kDense, KH_, KW_>(s, pp, xp, w, bias, y);
+  }
+  if (s.stride_w == 1) {
+    dw_forward_tiles<T, DwRead::kRowStep, KH_, KW_>(s, pp, xp, w, bias, y);
+  } else {
+    dw_forward_tiles<T, DwRead::kGather, KH_, KW_>(s, pp, xp, w, bias, y);
+  }
+}
+
+// One output plane: its input plane x copied into the window of the thread's padded plane xp
+// first, unless x is null (xp holds it already: the channel multiplier's other planes).
+template <typename T>
+__attribute__((always_inline)) inline void dw_forward_plane_impl(const ConvShape& s, const PaddedPlane& pp,
+                                                                 const PlaneWindow& win, const T* x, T* xp,
+                                                                 const T* w, T bias, T* y) {
+  if (x) copy_window(s, pp, win, x, xp);
+  if (s.KH == 3 && s.KW == 3) {
+    dw_forward_sized<T, 3, 3>(s, pp, xp, w, bias, y);
+  } else if (s.KH == 5 && s.KW == 5) {
+    dw_forward_sized<T, 5, 5>(s, pp, xp, w, bias, y);
+  } else {
+    dw_forward_sized<T, 0, 0>(s, pp, xp, w, bias, y);
+  }
+}
+
+// One input-gradient plane of a depthwise dgrad: dx (H x W) += taps of dy (OH x OW) for one
+// output channel (the caller zeroes dx and sums the channel multiplier's planes in order).
+template <typename T>
+__attribute__((always_inline)) inline void dw_dgrad_plane_impl(const ConvShape& s, const T* dy, const T* w, T* dx) {
+  ColRanges cr(s);
+  for (index_t oh = 0; oh < s.OH; ++oh) {
+    const T* dyr = dy + oh * s.OW;
+    for (index_t kh = 0; kh < s.KH; ++kh) {
+      const index_t ih = oh * s.stride_h - s.pad_t + kh * s.dil_h;
+      if (ih < 0 || ih >= s.H) continue;
+      T* dxr = dx + ih * s.W;
+      for (index_t kw = 0; kw < s.KW; ++kw) {
+        const index_t off = cr.off[kw], lo = cr.lo[kw], hi = cr.hi[kw];
+        const T wv = w[kh * s.KW + kw];
+        if (s.stride_w == 1) {
+          for (index_t o = lo; o < hi; ++o) dxr[o + off] += wv * dyr[o];
+        } else {
+          for (index_t o = lo; o < hi; ++o) dxr[o * s.stride_w + off] += wv * dyr[o];
+        }
+      }
+    }
+  }
+}
+
+// dw (KH x KW) += taps of one (dy plane, x plane) pair.
+template <typename T>
+__attribute__((always_inline)) inline void dw_wgrad_plane_impl(const ConvShape& s, const T* dy, const T* x, T* dw) {
+  ColRanges cr(s);
+  for (index_t kh = 0; kh < s.KH; ++kh)
+    for (index_t kw = 0; kw < s.KW; ++kw) {
+      const index_t off = cr.off[kw], lo = cr.lo[kw], hi = cr.hi[kw];
+      T sum = T(0);
+      for (index_t oh = 0; oh < s.OH; ++oh) {
+        const index_t ih = oh * s.stride_h - s.pad_t + kh * s.dil_h;
+        if (ih < 0 || ih >= s.H) continue;
+        const T* dyr = dy + oh * s.OW;
+        const T* xr = x + ih * s.W;
+        // 8 independent partial sums: lets the compiler vectorise without reassociating a chain
+        T part[8] = {};
+        index_t o = lo;
+        if (s.stride_w == 1)
+          for (; o + 8 <= hi; o += 8)
+            for (int l = 0; l < 8; ++l) part[l] += dyr[o + l] * xr[o + l + off];
+        for (; o < hi; ++o) part[0] += dyr[o] * xr[o * s.stride_w + off];
+        for (int l = 0; l < 8; ++l) sum += part[l];
+      }
+      dw[kh * s.KW + kw] += sum;
+    }
+}
+
+FASTCONV_CLONES void dw_forward_plane(const ConvShape& s, const PaddedPlane& pp, const PlaneWindow& win,
+                                      const float* x, float* xp, const float* w, float b, float* y) {
+  dw_forward_plane_impl(s, pp, win, x, xp, w, b, y);
+}
+FASTCONV_CLONES void dw_forward_plane(const ConvShape& s, const PaddedPlane& pp, const PlaneWindow& win,
+                                      const double* x, double* xp, const double* w, double b, double* y) {
+  dw_forward_plane_impl(s, pp, win, x, xp, w, b, y);
+}
+FASTCONV_CLONES void dw_dgrad_plane(const ConvShape& s, const float* dy, const float* w, float* dx) {
+  dw_dgrad_plane_impl(s, dy, w, dx);
+}
+FASTCONV_CLONES void dw_dgrad_plane(const ConvShape& s, const double* dy, const double* w, double* dx) {
+  dw_dgrad_plane_impl(s, dy, w, dx);
+}
+FASTCONV_CLONES void dw_wgrad_plane(const ConvShape& s, const float* dy, const float* x, float* dw) {
+  dw_wgrad_plane_impl(s, dy, x, dw);
+}
+FASTCONV_CLONES void dw_wgrad_plane(const ConvShape& s, const double* dy, const double* x, double* dw) {
+  dw_wgrad_plane_impl(s, dy, x, dw);
+}
+
+// The depthwise wgrad's vector kernel, compiled for AVX-512F in this region and called only where
+// the CPU has it (and the GEMM kernel set in use is "avx512", so tests can force the portable path).
+// A region, not target_clones (see pool.cpp). One output channel's KH x KW taps at once, each in
+// its own vector accumulator (KH*KW independent FMA chains instead of one), L output columns of
+// a row per step: dy is loaded once per step and x once per tap. Lanes whose input column lies
+// in the padding, or past the row's end, are masked out of both the load and the FMA, so they
+// add nothing (not dy * 0, which would turn an Inf in dy into NaN).
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+
+template <typename T>
+struct Avx512;
+template <>
+struct Avx512<float> {
+  using V = __m512;
+  using M = __mmask16;
+  static constexpr int L = 16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(M m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static V fmadd(V a, V b, V c, M m) { return _mm512_mask3_fmadd_ps(a, b, c, m); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V broadcast(float v) { return _mm512_set1_ps(v); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static void store(M m, float* p, V v) { _mm512_mask_storeu_ps(p, m, v); }
+  static M first(index_t n) { return M((1u << n) - 1); }  // lanes [0, n), n <= L
+  static float sum(V v) { return _mm512_reduce_add_ps(v); }  // a fixed order of adds
+};
+template <>
+struct Avx512<double> {
+  using V = __m512d;
+  using M = __mmask8;
+  static constexpr int L = 8;
+  static V zero() { return _mm512_setzero_pd(); }
+  static V load(M m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
+  static V fmadd(V a, V b, V c, M m) { return _mm512_mask3_fmadd_pd(a, b, c, m); }
+  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  static V broadcast(double v) { return _mm512_set1_pd(v); }
+  static V load(const double* p) { return _mm512_loadu_pd(p); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static void store(M m, double* p, V v) { _mm512_mask_storeu_pd(p, m, v); }
+  static M first(index_t n) { return M((1u << n) - 1); }  // lanes [0, n), n <= L
+  static double sum(V v) { return _mm512_reduce_add_pd(v); }  // a fixed order of adds
+};
+
+// One output plane of a dense (stride and dilation 1) KH x KW depthwise forward from its padded
+// plane xp: the portable dw_forward_tiles (kDense) with the tile in explicit registers, where GCC's
+// vector extension spilled accumulators and weights (this runs in 0.55-0.65x its time, the
+// same speed as memory then). The taps' weights stay in registers for the whole plane; each input
+// vector serves the KH output rows it reaches; a ragged tile's stores are masked.
+template <typename T, int KH, int KW>
+void dw_forward_dense_avx512(const ConvShape& s, const PaddedPlane& pp, const T* xp, const T* w, T bias, T* y) {
+  using A = Avx512<T>;
+  using V = typename A::V;
+  constexpr int L = A::L, R = KH * KW > 9 ? 4 : 8;  // R accumulators + KH*KW weights in 32 registers
+  static_assert(R <= kDwRows && L <= kDwTile, "the padded plane covers tiles of kDwRows x kDwTile only");
+  V wv[KH * KW];
+  for (int k = 0; k < KH * KW; ++k) wv[k] = A::broadcast(w[k]);
+  const V b = A::broadcast(bias);
+  for (index_t oh0 = 0; oh0 < s.OH; oh0 += R) {
+    const int rows = static_cast<int>(min_i(R, s.OH - oh0));
+    for (index_t ow0 = 0; ow0 < s.OW; ow0 += L) {
+      const T* tile = xp + oh0 * pp.Wp + ow0;
+      V acc[R];  // the loops unroll whole (acc[] indexed by constants stays in registers)
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r] = b;
+#pragma GCC unroll 12
+      for (int i = 0; i < R + KH - 1; ++i)
+#pragma GCC unroll 5
+        for (int kw = 0; kw < KW; ++kw) {
+          const V xv = A::load(tile + i * pp.Wp + kw);
+#pragma GCC unroll 5
+          for (int kh = 0; kh < KH; ++kh)
+            if (i - kh >= 0 && i - kh < R) acc[i - kh] = A::fmadd(wv[kh * KW + kw], xv, acc[i - kh]);
+        }
+      const index_t cols = min_i(L, s.OW - ow0);
+      T* yt = y + oh0 * s.OW + ow0;
+      if (cols == L) {
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; ++r) A::store(yt + r * s.OW, acc[r]);
+      } else {
+        const typename A::M m = A::first(cols);
+#pragma GCC unroll 8
+        for (int r = 0; r < rows; ++r) A::store(m, yt + r * s.OW, acc[r]);
+      }
+    }
+  }
+}
+
+// One output plane (see dw_forward_plane_impl), by the vector kernel of its kernel size.
+template <typename T>
+void dw_forward_plane_avx512(const ConvShape& s, const PaddedPlane& pp, const PlaneWindow& win, const T* x, T* xp,
+                             const T* w, T bias, T* y) {
+  if (x) copy_window(s, pp, win, x, xp);
+  if (s.KH == 3) return dw_forward_dense_avx512<T, 3, 3>(s, pp, xp, w, bias, y);
+  return dw_forward_dense_avx512<T, 5, 5>(s, pp, xp, w, bias, y);
+}
+
+// dw (KH x KW) of output channel co (input channel ci) at stride_w 1: the sum over images, rows
+// and L-column steps v of dy * x, the lanes summed at the end (a fixed order: any thread count
+// gives the same bits). masks[v*KW + kw]: the lanes
+// of step v whose tap-kw input column is in the image; dy_masks[v]: the lanes inside the row.
+template <typename T, int KH, int KW>
+void dw_wgrad_channel_avx512(const ConvShape& s, const T* dy, const T* x, const index_t* off,
+                             const typename Avx512<T>::M* masks, const typename Avx512<T>::M* dy_masks, T* dw) {
+  using A = Avx512<T>;
+  constexpr int L = A::L;
+  const index_t steps = ceil_div(s.OW, L), dy_image = s.C_out * s.OH * s.OW, x_image = s.C_in * s.H * s.W;
+  using M = typename A::M;
+  index_t off_bytes[KW];  // in registers (off[] was reloaded from memory for every FMA)
+  for (int kw = 0; kw < KW; ++kw) off_bytes[kw] = off[kw] * index_t(sizeof(T));
+  typename A::V acc[KH * KW];
+  for (int k = 0; k < KH * KW; ++k) acc[k] = A::zero();
+  for (index_t n = 0; n < s.N; ++n) {
+    const T* dyp = dy + n * dy_image;
+    const T* xp = x + n * x_image;
+    for (index_t oh = 0; oh < s.OH; ++oh) {
+      // x row of tap kh, and whether it lies in the image: a row in the padding masks out all its
+      // lanes (its pointer is row 0, never read)
+      const T* rows[KH];
+      M inside[KH];
+      for (int kh = 0; kh < KH; ++kh) {
+        const index_t ih = oh * s.stride_h - s.pad_t + kh * s.dil_h;
+        const bool in = ih >= 0 && ih < s.H;
+        rows[kh] = xp + (in ? ih : 0) * s.W;
+        inside[kh] = in ? M(~0u) : M(0);
+      }
+      const T* dyr = dyp + oh * s.OW;
+      // the dy row and the x rows that row oh + 8 is the first to read, ahead (past the plane: the
+      // next channel's, harmless): 0.89-0.93x the time on MobileNetV2's 3x3 at 144 x 56 x 56, batch
+      // 16 (2 threads; a control of the same code without it 1.00-1.01x; 2, 4 and 16 rows
+      // 0.91-0.95x)
+      constexpr index_t kAhead = 8;
+      prefetch_span(dyr, kAhead * s.OW * index_t(sizeof(T)), s.OW * index_t(sizeof(T)));
+      prefetch_span(xp, ((oh + kAhead) * s.stride_h - s.pad_t + (KH - 1) * s.dil_h) * s.W * index_t(sizeof(T)),
+                    s.stride_h * s.W * index_t(sizeof(T)));
+      // the row's sums in a copy that lives only in registers: acc[] itself, live across the loops
+      // over images and rows, was stored back to memory after every FMA (0.7x the time without)
+      typename A::V a[KH * KW];
+#pragma GCC unroll 25
+      for (int k = 0; k < KH * KW; ++k) a[k] = acc[k];
+      for (index_t v = 0; v < steps; ++v) {
+        const typename A::V d = A::load(dy_masks[v], dyr + v * L);
+        const M* m = masks + v * KW;
+        // unrolled whole: a[] indexed by constants
+#pragma GCC unroll 5
+        for (int kh = 0; kh < KH; ++kh) {
+          // pointer arithmetic as integers: a masked lane may sit before the row (column -pad)
+          const std::uintptr_t xr = reinterpret_cast<std::uintptr_t>(rows[kh] + v * L);
+#pragma GCC unroll 5
+          for (int kw = 0; kw < KW; ++kw) {
+            const M mk = M(m[kw] & inside[kh]);
+            a[kh * KW + kw] =
+                A::fmadd(d, A::load(mk, reinterpret_cast<const T*>(xr + off_bytes[kw])), a[kh * KW + kw], mk);
+          }
+        }
+      }
+#pragma GCC unroll 25
+      for (int k = 0; k < KH * KW; ++k) acc[k] = a[k];
+    }
+  }
+  for (int k = 0; k < KH * KW; ++k) dw[k] = A::sum(acc[k]);
+}
+
+// Every channel of a depthwise wgrad with stride_w 1 and a KH x KW the vector kernel is
+// instantiated for; channels shared among the threads, each summed alone in a fixed order.
+template <typename T, int KH, int KW>
+void dw_wgrad_avx512(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+  using A = Avx512<T>;
+  constexpr int L = A::L;
+  const index_t mult = s.C_out / s.groups, steps = ceil_div(s.OW, L);
+  index_t off[KW];
+  std::vector<typename A::M> masks(static_cast<std::size_t>(steps * KW)), dy_masks(static_cast<std::size_t>(steps));
+  for (int kw = 0; kw < KW; ++kw) off[kw] = kw * s.dil_w - s.pad_l;
+  for (index_t v = 0; v < steps; ++v) {
+    dy_masks[v] = 0;
+    for (int kw = 0; kw < KW; ++kw) masks[v * KW + kw] = 0;
+    for (int l = 0; l < L; ++l) {
+      const index_t ow = v * L + l;
+      if (ow >= s.OW) continue;
+      dy_masks[v] |= typename A::M(1u << l);
+      for (int kw = 0; kw < KW; ++kw)
+        if (ow + off[kw] >= 0 && ow + off[kw] < s.W) masks[v * KW + kw] |= typename A::M(1u << l);
+    }
+  }
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (index_t co = 0; co < s.C_out; ++co)
+    dw_wgrad_channel_avx512<T, KH, KW>(s, dy + co * s.OH * s.OW, x + (co / mult) * s.H * s.W, off, masks.data(),
+                                       dy_masks.data(), dw + co * KH * KW);
+}
+
+#pragma GCC pop_options
+
+// The choosers of the vector kernels run on every CPU, so they stay outside the AVX-512 region:
+// inside it GCC may use AVX-512 instructions anywhere in a function (the sanitized build put a
+// zmm store of its stack poisoning in dw_wgrad_vector's prologue, an illegal instruction on AVX2).
+
+// Whether dw_forward_plane_avx512 serves this forward: dense 3x3 or 5x5, AVX-512 in use.
+bool dw_forward_vector(const ConvShape& s) {
+  return s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
+         ((s.KH == 3 && s.KW == 3) || (s.KH == 5 && s.KW == 5)) && std::strcmp(gemm_isa(), "avx512") == 0;
+}
+
+// Runs the vector kernel where it applies; false: the caller takes the portable path.
+template <typename T>
+bool dw_wgrad_vector(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+  if (s.stride_w != 1 || std::strcmp(gemm_isa(), "avx512") != 0) return false;
+  if (s.KH == 3 && s.KW == 3) return dw_wgrad_avx512<T, 3, 3>(s, dy, x, dw, nthreads), true;
+  if (s.KH == 5 && s.KW == 5) return dw_wgrad_avx512<T, 5, 5>(s, dy, x, dw, nthreads), true;
+  return false;
+}
+
+}  // namespace
+
+template <typename T>
+void depthwise_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads) {
+  const index_t mult = s.C_out / s.groups, KK = s.KH * s.KW;
+  const PaddedPlane pp(s);
+  const PlaneWindow win(s, pp);
+  using PlaneFn = void (*)(const ConvShape&, const PaddedPlane&, const PlaneWindow&, const T*, T*, const T*, T, T*);
+  const PlaneFn forward_plane = dw_forward_vector(s) ? PlaneFn(dw_forward_plane_avx512<T>) : PlaneFn(dw_forward_plane);
+#pragma omp parallel num_threads(nthreads)
+  {
+    Buffer<T> xp(pp.Hp * pp.Wp);                  // per thread: one padded input plane
+    fill_zero(xp.data(), pp.Hp * pp.Wp);          // its padding, for every plane
+    index_t padded = -1;                           // the plane now in xp (reused across the multiplier)
+#pragma omp for schedule(static)
+    for (index_t u = 0; u < s.N * s.C_out; ++u) {
+      const index_t n = u / s.C_out, co = u % s.C_out, plane = n * s.C_in + co / mult;
+      forward_plane(s, pp, win, plane != padded ? x + plane * s.H * s.W : nullptr, xp.data(), w + co * KK,
+                    b ? b[co] : T(0), y + u * s.OH * s.OW);
+      padded = plane;
+    }
+  }
+}
+
+// At stride 1 (one output channel per group) a depthwise dgrad is a depthwise forward of dy with
+// the flipped kernel and padding d*(K-1) - pad: register tiles instead of scattered adds.
+template <typename T>
+void depthwise_dgrad_as_forward(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads) {
+  const index_t KK = s.KH * s.KW;
+  Buffer<T> wf(s.C_out * KK);
+  for (index_t c = 0; c < s.C_out; ++c)
+    for (index_t k = 0; k < KK; ++k) wf.data()[c * KK + KK - 1 - k] = w[c * KK + k];
+  depthwise_forward(dgrad_shape(s), dy, wf.data(), static_cast<const T*>(nullptr), dx, nthreads);
+}
+
+template <typename T>
+void depthwise_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads) {
+  const index_t mult = s.C_out / s.groups, KK = s.KH * s.KW;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (index_t u = 0; u < s.N * s.C_in; ++u) {
+    const index_t n = u / s.C_in, c = u % s.C_in;
+    T* plane = dx + u * s.H * s.W;
+    fill_zero(plane, s.H * s.W);
+    for (index_t m = 0; m < mult; ++m) {
+      const index_t co = c * mult + m;
+      dw_dgrad_plane(s, dy + (n * s.C_out + co) * s.OH * s.OW, w + co * KK, plane);
+    }
+  }
+}
+
+template <typename T>
+void depthwise_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+  if (dw_wgrad_vector(s, dy, x, dw, nthreads)) return;
+  const index_t mult = s.C_out / s.groups, KK = s.KH * s.KW;
+  // one output channel per iteration, its batch summed in order: the same result on any thread count
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (index_t co = 0; co < s.C_out; ++co) {
+    T* d = dw + co * KK;
+    fill_zero(d, KK);
+    for (index_t n = 0; n < s.N; ++n)
+      dw_wgrad_plane(s, dy + (n * s.C_out + co) * s.OH * s.OW, x + (n * s.C_in + co / mult) * s.H * s.W, d);
+  }
+}
+
+#define FASTCONV_INSTANTIATE(T)                                                                    \
+  template void depthwise_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, int);     \
+  template void depthwise_dgrad_as_forward<T>(const ConvShape&, const T*, const T*, T*, int);      \
+  template void depthwise_backward_input<T>(const ConvShape&, const T*, const T*, T*, int);        \
+  template void depthwise_backward_weight<T>(const ConvShape&, const T*, const T*, T*, int);
+FASTCONV_INSTANTIATE(float)
+FASTCONV_INSTANTIATE(double)
+
+}  // namespace fastconv
