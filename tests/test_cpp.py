@@ -423,8 +423,9 @@ def test_binding_rejects_what_it_cannot_index(rng):
         _cpp.max_pool2d_forward(xq, yq, np.empty(q.y_shape, np.int32), q, 1)
 
 
-# Max pooling's vector path (csrc/pool.cpp, AVX-512) covers the interior output columns of rows at
-# least one vector (16 fp32 / 8 fp64 outputs) wide, or half a vector for narrower interiors; these
+# Max pooling's vector path (csrc/pool_max_vec.h, AVX-512 and AVX2) covers the interior output
+# columns of rows at least one vector (AVX-512: 16 fp32 / 8 fp64 outputs; AVX2: 8 / 4) wide, or half
+# a vector for narrower interiors; these
 # shapes reach it for each stride kind (1: plain loads, 2: even-lane shuffles, 3: the lane-by-lane
 # gather), with padding, dilation, ceil_mode, ragged and overlapping last vectors, and top/bottom
 # rows with clipped windows; the last four have interiors of 12-15 / 5 columns (half vectors).
@@ -443,7 +444,7 @@ WIDE_POOLS = [
 ]
 
 
-@pytest.mark.parametrize("pool_isa", ["avx512", "generic"])
+@pytest.mark.parametrize("pool_isa", ["avx512", "avx2", "generic"])
 @pytest.mark.parametrize("case", WIDE_POOLS, ids=lambda c: "x".join(map(str, c[0])) + f"_k{c[1]}_s{c[2]}")
 def test_max_pool_vector_path_matches_reference(case, pool_isa, dtype, rng):
     """y and indices bit-identical to the reference, with ties, NaN and -inf planted (PyTorch's scan
@@ -451,7 +452,7 @@ def test_max_pool_vector_path_matches_reference(case, pool_isa, dtype, rng):
     kernel then stores no indices) the same y."""
     shape, kernel, stride, padding, dilation, ceil_mode = case
     try:
-        _cpp.set_gemm_isa(pool_isa)  # max pooling vectorises only under the "avx512" kernel set
+        _cpp.set_gemm_isa(pool_isa)  # max pooling's vectors follow the kernel set: 64 or 32 bytes, or none
     except ValueError as exc:
         pytest.skip(str(exc))
     try:
