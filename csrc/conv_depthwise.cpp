@@ -1,9 +1,10 @@
 // Depthwise convolution (one input channel per group): direct loops over rows, no GEMM (a GEMM of
 // depth KH*KW would starve). Every pass: the forward, the dgrad (scattered adds, or at stride 1 the
 // forward of dy with the flipped kernel: conv.cpp chooses), the wgrad. The portable kernels are
-// compiled once per instruction set (FASTCONV_CLONES); AVX-512 kernels serve the dense 3x3 and 5x5
-// forward and the stride_w-1 3x3 and 5x5 wgrad where the GEMM kernel set in use is "avx512"
-// (chosen here, per plane or per call: dw_forward_vector, dw_wgrad_vector).
+// compiled once per instruction set (FASTCONV_CLONES); vector kernels serve the dense 3x3 and 5x5
+// forward (AVX-512 and AVX2: dw_forward_vec.h) and the stride_w-1 3x3 and 5x5 wgrad (AVX-512),
+// where the GEMM kernel set in use is theirs (chosen here, per call: dw_forward_plane_fn,
+// dw_wgrad_vector).
 #include <immintrin.h>
 #include <omp.h>
 
@@ -259,9 +260,10 @@ FASTCONV_CLONES void dw_wgrad_plane(const ConvShape& s, const double* dy, const 
   dw_wgrad_plane_impl(s, dy, x, dw);
 }
 
-// The depthwise wgrad's vector kernel, compiled for AVX-512F in this region and called only where
-// the CPU has it (and the GEMM kernel set in use is "avx512", so tests can force the portable path).
-// A region, not target_clones (see pool.cpp). One output channel's KH x KW taps at once, each in
+// The AVX-512 region: the dense forward (dw_forward_vec.h, at the region's end) and the depthwise
+// wgrad's vector kernel, called only where the CPU has AVX-512 (and the GEMM kernel set in use is
+// "avx512", so tests can force the portable path). A region, not target_clones (see pool.cpp).
+// The wgrad kernel takes one output channel's KH x KW taps at once, each in
 // its own vector accumulator (KH*KW independent FMA chains instead of one), L output columns of
 // a row per step: dy is loaded once per step and x once per tap. Lanes whose input column lies
 // in the padding, or past the row's end, are masked out of both the load and the FMA, so they
@@ -303,59 +305,6 @@ struct Avx512<double> {
   static M first(index_t n) { return M((1u << n) - 1); }  // lanes [0, n), n <= L
   static double sum(V v) { return _mm512_reduce_add_pd(v); }  // a fixed order of adds
 };
-
-// One output plane of a dense (stride and dilation 1) KH x KW depthwise forward from its padded
-// plane xp: the portable dw_forward_tiles (kDense) with the tile in explicit registers, where GCC's
-// vector extension spilled accumulators and weights (this runs in 0.55-0.65x its time, the
-// same speed as memory then). The taps' weights stay in registers for the whole plane; each input
-// vector serves the KH output rows it reaches; a ragged tile's stores are masked.
-template <typename T, int KH, int KW>
-void dw_forward_dense_avx512(const ConvShape& s, const PaddedPlane& pp, const T* xp, const T* w, T bias, T* y) {
-  using A = Avx512<T>;
-  using V = typename A::V;
-  constexpr int L = A::L, R = KH * KW > 9 ? 4 : 8;  // R accumulators + KH*KW weights in 32 registers
-  static_assert(R <= kDwRows && L <= kDwTile, "the padded plane covers tiles of kDwRows x kDwTile only");
-  V wv[KH * KW];
-  for (int k = 0; k < KH * KW; ++k) wv[k] = A::broadcast(w[k]);
-  const V b = A::broadcast(bias);
-  for (index_t oh0 = 0; oh0 < s.OH; oh0 += R) {
-    const int rows = static_cast<int>(min_i(R, s.OH - oh0));
-    for (index_t ow0 = 0; ow0 < s.OW; ow0 += L) {
-      const T* tile = xp + oh0 * pp.Wp + ow0;
-      V acc[R];  // the loops unroll whole (acc[] indexed by constants stays in registers)
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) acc[r] = b;
-#pragma GCC unroll 12
-      for (int i = 0; i < R + KH - 1; ++i)
-#pragma GCC unroll 5
-        for (int kw = 0; kw < KW; ++kw) {
-          const V xv = A::load(tile + i * pp.Wp + kw);
-#pragma GCC unroll 5
-          for (int kh = 0; kh < KH; ++kh)
-            if (i - kh >= 0 && i - kh < R) acc[i - kh] = A::fmadd(wv[kh * KW + kw], xv, acc[i - kh]);
-        }
-      const index_t cols = min_i(L, s.OW - ow0);
-      T* yt = y + oh0 * s.OW + ow0;
-      if (cols == L) {
-#pragma GCC unroll 8
-        for (int r = 0; r < rows; ++r) A::store(yt + r * s.OW, acc[r]);
-      } else {
-        const typename A::M m = A::first(cols);
-#pragma GCC unroll 8
-        for (int r = 0; r < rows; ++r) A::store(m, yt + r * s.OW, acc[r]);
-      }
-    }
-  }
-}
-
-// One output plane (see dw_forward_plane_impl), by the vector kernel of its kernel size.
-template <typename T>
-void dw_forward_plane_avx512(const ConvShape& s, const PaddedPlane& pp, const PlaneWindow& win, const T* x, T* xp,
-                             const T* w, T bias, T* y) {
-  if (x) copy_window(s, pp, win, x, xp);
-  if (s.KH == 3) return dw_forward_dense_avx512<T, 3, 3>(s, pp, xp, w, bias, y);
-  return dw_forward_dense_avx512<T, 5, 5>(s, pp, xp, w, bias, y);
-}
 
 // dw (KH x KW) of output channel co (input channel ci) at stride_w 1: the sum over images, rows
 // and L-column steps v of dy * x, the lanes summed at the end (a fixed order: any thread count
@@ -450,16 +399,75 @@ void dw_wgrad_avx512(const ConvShape& s, const T* dy, const T* x, T* dw, int nth
                                        dy_masks.data(), dw + co * KH * KW);
 }
 
+namespace avx512 {
+template <typename T>
+using Vec = Avx512<T>;
+constexpr int kRegisters = 32;
+#include "dw_forward_vec.h"
+}  // namespace avx512
+
+#pragma GCC pop_options
+
+// The dense forward kernel again for AVX2 (and FMA): 8 fp32 / 4 fp64 lanes, 16 registers, masks
+// as vectors (a lane is on when its sign bit is set).
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+template <typename T>
+struct Avx2;
+template <>
+struct Avx2<float> {
+  using V = __m256;
+  using M = __m256i;
+  static constexpr int L = 8;
+  static V broadcast(float v) { return _mm256_set1_ps(v); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static void store(M m, float* p, V v) { _mm256_maskstore_ps(p, m, v); }
+  static M first(index_t n) {  // lanes [0, n), n <= L
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+};
+template <>
+struct Avx2<double> {
+  using V = __m256d;
+  using M = __m256i;
+  static constexpr int L = 4;
+  static V broadcast(double v) { return _mm256_set1_pd(v); }
+  static V load(const double* p) { return _mm256_loadu_pd(p); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  static void store(M m, double* p, V v) { _mm256_maskstore_pd(p, m, v); }
+  static M first(index_t n) { return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3)); }
+};
+
+namespace avx2 {
+template <typename T>
+using Vec = Avx2<T>;
+constexpr int kRegisters = 16;
+#include "dw_forward_vec.h"
+}  // namespace avx2
+
 #pragma GCC pop_options
 
 // The choosers of the vector kernels run on every CPU, so they stay outside the AVX-512 region:
 // inside it GCC may use AVX-512 instructions anywhere in a function (the sanitized build put a
 // zmm store of its stack poisoning in dw_wgrad_vector's prologue, an illegal instruction on AVX2).
 
-// Whether dw_forward_plane_avx512 serves this forward: dense 3x3 or 5x5, AVX-512 in use.
-bool dw_forward_vector(const ConvShape& s) {
-  return s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
-         ((s.KH == 3 && s.KW == 3) || (s.KH == 5 && s.KW == 5)) && std::strcmp(gemm_isa(), "avx512") == 0;
+template <typename T>
+using PlaneFn = void (*)(const ConvShape&, const PaddedPlane&, const PlaneWindow&, const T*, T*, const T*, T, T*);
+
+// The plane function of a depthwise forward: the vector kernel of the kernel set in use for dense
+// 3x3 and 5x5 layers, else the portable one.
+template <typename T>
+PlaneFn<T> dw_forward_plane_fn(const ConvShape& s) {
+  const bool dense = s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
+                     ((s.KH == 3 && s.KW == 3) || (s.KH == 5 && s.KW == 5));
+  const char* isa = gemm_isa();
+  if (dense && std::strcmp(isa, "avx512") == 0) return avx512::dw_forward_plane<T>;
+  if (dense && std::strcmp(isa, "avx2") == 0) return avx2::dw_forward_plane<T>;
+  return static_cast<PlaneFn<T>>(dw_forward_plane);  // the portable overload of T
 }
 
 // Runs the vector kernel where it applies; false: the caller takes the portable path.
@@ -478,8 +486,7 @@ void depthwise_forward(const ConvShape& s, const T* x, const T* w, const T* b, T
   const index_t mult = s.C_out / s.groups, KK = s.KH * s.KW;
   const PaddedPlane pp(s);
   const PlaneWindow win(s, pp);
-  using PlaneFn = void (*)(const ConvShape&, const PaddedPlane&, const PlaneWindow&, const T*, T*, const T*, T, T*);
-  const PlaneFn forward_plane = dw_forward_vector(s) ? PlaneFn(dw_forward_plane_avx512<T>) : PlaneFn(dw_forward_plane);
+  const PlaneFn<T> forward_plane = dw_forward_plane_fn<T>(s);
 #pragma omp parallel num_threads(nthreads)
   {
     Buffer<T> xp(pp.Hp * pp.Wp);                  // per thread: one padded input plane

@@ -73,7 +73,7 @@ FAST_PATHS = [
     # with 64; AVX-512), tiles straddling images; groups and stride phases
     Conv("compact_small_images", 3, 64, 6, 6, 70, 3, 3, padding=1),
     Conv("compact_groups_strided", 2, 16, 9, 7, 128, 3, 3, stride=2, padding=1, groups=2),
-    # depthwise forward's vector kernel (AVX-512, stride and dilation 1, 3x3 and 5x5; stride-1 dgrad
+    # depthwise forward's vector kernel (AVX-512 and AVX2, stride and dilation 1, 3x3 and 5x5; stride-1 dgrad
     # runs it too): a ragged last row block and column tile, rows narrower than a vector under a
     # row block taller than the plane, a channel multiplier reusing the padded plane
     Conv("dw_forward_ragged", 2, 5, 19, 37, 5, 3, 3, padding=1, groups=5),
