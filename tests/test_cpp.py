@@ -78,14 +78,17 @@ FAST_PATHS = [
     # row block taller than the plane, a channel multiplier reusing the padded plane
     Conv("dw_forward_ragged", 2, 5, 19, 37, 5, 3, 3, padding=1, groups=5),
     Conv("dw_forward_5x5_narrow_multiplier", 2, 3, 3, 9, 6, 5, 5, padding=(2, 1), groups=3),
-    # depthwise wgrad's vector kernel (AVX-512, stride_w 1, 3x3 and 5x5): rows of several vectors
-    # with a ragged last one, rows narrower than a vector, padding wider than the kernel's reach,
-    # a channel multiplier; and 3x4, which it leaves to the portable loops
+    # depthwise wgrad's vector kernel (AVX-512 and AVX2, stride_w 1, 3x3 and 5x5): rows of several
+    # vectors with a ragged last one (masked steps at both ends, plain ones between), rows narrower
+    # than a vector, padding wider than the kernel's reach, a channel multiplier, no padding and
+    # rows of whole vectors (every step plain), more channels than threads unevenly; and 3x4, which
+    # it leaves to the portable loops
     Conv("dw_wgrad_ragged", 3, 5, 7, 37, 5, 3, 3, padding=1, groups=5),
     Conv("dw_wgrad_narrow", 2, 3, 6, 5, 3, 3, 3, padding=1, groups=3),
     Conv("dw_wgrad_5x5_stride_h", 2, 4, 13, 21, 4, 5, 5, stride=(2, 1), padding=2, groups=4),
     Conv("dw_wgrad_dilated_wide_pad", 2, 3, 9, 19, 3, 3, 3, padding=(3, 4), dilation=(2, 3), groups=3),
     Conv("dw_wgrad_multiplier", 2, 3, 8, 20, 6, 3, 3, padding=1, groups=3),
+    Conv("dw_wgrad_plain", 2, 5, 10, 34, 5, 3, 3, padding=0, groups=5),
     Conv("dw_wgrad_3x4", 2, 3, 8, 20, 3, 3, 4, padding=1, groups=3),
 ]
 
