@@ -290,6 +290,27 @@ PYBIND11_MODULE(_cpp, m) {
         "use another micro-kernel set ('auto' = the best this CPU has); ValueError if unavailable");
   m.def("kernel_gflops", &fastconv::kernel_gflops, py::arg("seconds"), py::call_guard<py::gil_scoped_release>(),
         "GFLOP/s of the fp32 micro-kernel in use on one core now, its panels in L1 (median of 1 ms slices)");
+  m.def(
+      "cache_sizes",
+      [] {
+        const fastconv::CacheSizes& c = fastconv::cache_sizes();
+        py::dict d;
+        d["l2"] = c.l2, d["l2_source"] = c.l2_source;
+        return d;
+      },
+      "the L2 size (bytes per core) the blocking is taken from, and where it came from: 'env' "
+      "(FASTCONV_L2_BYTES), 'sysfs' or 'default'");
+  m.def(
+      "gemm_blocking",
+      [](const std::string& dtype) {
+        py::dict d;
+        auto fill = [&](const auto& uk) { d["mr"] = uk.mr, d["nr"] = uk.nr, d["kc"] = uk.kc, d["nc"] = uk.nc; };
+        if (dtype == "float32") fill(fastconv::micro_kernel<float>());
+        else if (dtype == "float64") fill(fastconv::micro_kernel<double>());
+        else throw py::value_error("gemm_blocking: dtype must be 'float32' or 'float64', got '" + dtype + "'");
+        return d;
+      },
+      py::arg("dtype") = "float32", "the general micro-kernel in use: its tile (mr x nr) and its blocks (kc x nc)");
   m.def("workspace_peak_bytes", &fastconv::workspace_peak_bytes,
         "most bytes of kernel workspace held at once since workspace_reset_peak()");
   m.def("workspace_reset_peak", &fastconv::workspace_reset_peak);

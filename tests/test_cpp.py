@@ -2,6 +2,9 @@
 threads (determinism, concurrency, the released GIL) and its bounded workspace. The generic matrix
 in test_conv.py / test_pool.py / test_linear.py already checks every op against the reference."""
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -552,3 +555,60 @@ def test_max_pool_backward_indices_outside_their_windows(case, rng):
     got = fastconv.max_pool2d_backward(dy, x, *args, indices=indices, backend="cpp")
     want = fastconv.max_pool2d_backward(dy, x, *args, indices=indices, backend="reference")
     assert_equal(got, want, "dx")
+
+
+# The GEMM's column blocks follow the L2 (FASTCONV_L2_BYTES, else sysfs): a small L2 cuts the
+# products into many more blocks, which must not change a bit (column blocks never split a sum).
+_BLOCKING_SCRIPT = """
+import sys, numpy as np, fastconv
+from fastconv import _cpp
+rng = np.random.default_rng(7)
+out = {"l2": np.array(_cpp.cache_sizes()["l2"]), "nc": np.array(_cpp.gemm_blocking()["nc"])}
+for i, (xs, ws, kw) in enumerate([((3, 40, 23, 29), (96, 40, 3, 3), dict(stride=2, padding=1)),
+                                  ((2, 300, 9, 11), (70, 300, 1, 1), {}),
+                                  ((2, 64, 30, 34), (64, 64, 3, 3), dict(padding=1))]):
+    x, w = rng.standard_normal(xs, dtype=np.float32), rng.standard_normal(ws, dtype=np.float32)
+    y = fastconv.conv2d(x, w, None, **kw, backend="cpp")
+    out[f"y{i}"] = y
+    for j, g in enumerate(fastconv.conv2d_backward(y, x, w, **kw, needs=(True, True, False), backend="cpp")[:2]):
+        out[f"g{i}{j}"] = g
+a, b = rng.standard_normal((33, 700), dtype=np.float32), rng.standard_normal((900, 700), dtype=np.float32)
+out["linear"] = fastconv.linear(a, b, None, backend="cpp")
+np.savez(sys.argv[1], **out)
+"""
+
+
+def _blocking_run(tmp_path, name, l2):
+    env = {k: v for k, v in os.environ.items() if k != "FASTCONV_L2_BYTES"}
+    if l2 is not None:
+        env["FASTCONV_L2_BYTES"] = l2
+    path = tmp_path / f"{name}.npz"
+    proc = subprocess.run([sys.executable, "-c", _BLOCKING_SCRIPT, str(path)], env=env, capture_output=True, text=True)
+    return proc, path
+
+
+def test_column_blocks_follow_the_l2_and_leave_every_bit(tmp_path):
+    runs = {}
+    for name, l2 in (("detected", None), ("small", "65536"), ("large", str(4 << 20))):
+        proc, path = _blocking_run(tmp_path, name, l2)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = dict(np.load(path))
+    assert runs["small"]["l2"] == 65536 and runs["large"]["l2"] == 4 << 20
+    assert runs["small"]["nc"] < runs["detected"]["nc"] <= runs["large"]["nc"]
+    for name in ("small", "large"):
+        for key, want in runs["detected"].items():
+            if key not in ("l2", "nc"):
+                assert_equal(runs[name][key], want, f"{key} with FASTCONV_L2_BYTES of the {name} run")
+
+
+def test_bad_l2_size_is_a_value_error(tmp_path):
+    proc, _ = _blocking_run(tmp_path, "bad", "1MB")
+    assert proc.returncode != 0 and "ValueError: FASTCONV_L2_BYTES must be a cache size in bytes" in proc.stderr, proc.stderr
+
+
+def test_cache_sizes_report():
+    c = _cpp.cache_sizes()
+    assert c["l2_source"] in ("env", "sysfs", "default") and c["l2"] >= 4096
+    assert _cpp.gemm_blocking("float64")["kc"] == _cpp.gemm_blocking()["kc"] == 256  # kc splits sums: fixed
+    with pytest.raises(ValueError, match="gemm_blocking: dtype must be"):
+        _cpp.gemm_blocking("float16")
