@@ -28,9 +28,17 @@ fastconv::ConvShape conv_shape(const py::object& p) {
                              get("groups")};
 }
 
+// The algorithm a conv pass is asked to run ("auto": the heuristics); ValueError (std::
+// invalid_argument) for one that does not apply to the layer (see conv2d_algorithms).
+fastconv::ConvAlgo algorithm(const char* pass, const fastconv::ConvShape& s, const py::array& a, const std::string& name) {
+  if (name == "auto") return fastconv::ConvAlgo::kAuto;  // the common call: no list built
+  return fastconv::algorithm_of(s, pass, a.dtype().itemsize(), name);
+}
+
 void conv2d_forward(const py::array& x, const py::array& w, const py::object& b, py::array& y, const py::object& p,
-                    int nthreads) {
+                    int nthreads, const std::string& algo) {
   const auto s = conv_shape(p);
+  const auto a = algorithm("fwd", s, x, algo);
   by_dtype("conv2d_forward", x, [&](auto tag) {
     using T = decltype(tag);
     const char* op = "conv2d_forward";
@@ -40,12 +48,14 @@ void conv2d_forward(const py::array& x, const py::array& w, const py::object& b,
     T* yp = out<T>(op, "y", y, s.N * s.C_out * s.OH * s.OW);
     const int nt = threads(nthreads);
     py::gil_scoped_release release;
-    fastconv::conv2d_forward(s, xp, wp, bp, yp, nt);
+    fastconv::conv2d_forward(s, xp, wp, bp, yp, nt, a);
   });
 }
 
-void conv2d_backward_input(const py::array& dy, const py::array& w, py::array& dx, const py::object& p, int nthreads) {
+void conv2d_backward_input(const py::array& dy, const py::array& w, py::array& dx, const py::object& p, int nthreads,
+                           const std::string& algo) {
   const auto s = conv_shape(p);
+  const auto a = algorithm("dgrad", s, dy, algo);
   by_dtype("conv2d_backward_input", dy, [&](auto tag) {
     using T = decltype(tag);
     const char* op = "conv2d_backward_input";
@@ -54,13 +64,14 @@ void conv2d_backward_input(const py::array& dy, const py::array& w, py::array& d
     T* dxp = out<T>(op, "dx", dx, s.N * s.C_in * s.H * s.W);
     const int nt = threads(nthreads);
     py::gil_scoped_release release;
-    fastconv::conv2d_backward_input(s, dyp, wp, dxp, nt);
+    fastconv::conv2d_backward_input(s, dyp, wp, dxp, nt, a);
   });
 }
 
 void conv2d_backward_weight(const py::array& dy, const py::array& x, py::array& dw, const py::object& p,
-                            int nthreads) {
+                            int nthreads, const std::string& algo) {
   const auto s = conv_shape(p);
+  const auto a = algorithm("wgrad", s, dy, algo);
   by_dtype("conv2d_backward_weight", dy, [&](auto tag) {
     using T = decltype(tag);
     const char* op = "conv2d_backward_weight";
@@ -69,7 +80,7 @@ void conv2d_backward_weight(const py::array& dy, const py::array& x, py::array& 
     T* dwp = out<T>(op, "dw", dw, s.C_out * (s.C_in / s.groups) * s.KH * s.KW);
     const int nt = threads(nthreads);
     py::gil_scoped_release release;
-    fastconv::conv2d_backward_weight(s, dyp, xp, dwp, nt);
+    fastconv::conv2d_backward_weight(s, dyp, xp, dwp, nt, a);
   });
 }
 
@@ -235,11 +246,23 @@ PYBIND11_MODULE(_cpp, m) {
   bind_ops(m);
 
   m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("p"),
-        py::arg("nthreads"), "y = conv2d(x, w) + b into the preallocated y; p is a fastconv ConvParams");
+        py::arg("nthreads"), py::arg("algo") = "auto",
+        "y = conv2d(x, w) + b into the preallocated y; p is a fastconv ConvParams; algo: 'auto' or one that "
+        "conv2d_algorithms lists");
   m.def("conv2d_backward_input", &conv2d_backward_input, py::arg("dy"), py::arg("w"), py::arg("dx"), py::arg("p"),
-        py::arg("nthreads"));
+        py::arg("nthreads"), py::arg("algo") = "auto");
   m.def("conv2d_backward_weight", &conv2d_backward_weight, py::arg("dy"), py::arg("x"), py::arg("dw"), py::arg("p"),
-        py::arg("nthreads"));
+        py::arg("nthreads"), py::arg("algo") = "auto");
+  m.def(
+      "conv2d_algorithms",
+      [](const py::object& p, const std::string& pass, const py::dtype& dtype) {
+        py::list names;
+        for (const std::string& n : fastconv::conv2d_algorithms(conv_shape(p), pass, dtype.itemsize())) names.append(n);
+        return py::tuple(names);
+      },
+      py::arg("p"), py::arg("pass_"), py::arg("dtype"),
+      "the algorithms of pass 'fwd', 'dgrad' or 'wgrad' that apply to ConvParams p in dtype, in the order the "
+      "heuristics try them");
   m.def(
       "conv2d_uses_winograd",
       [](const py::object& p, const std::string& pass, const py::dtype& dtype) {
