@@ -14,9 +14,10 @@
 //   * forward and stride-1 dgrad of 3x3 layers (stride 1, dilation 1, one group, 64+ channels each
 //     way, enough tiles; wgrad at 128+ channels), finite data: Winograd F(2x2, 3x3), 2.25x fewer
 //     multiplies (winograd.cpp);
-//   * dgrad at stride 1: the forward convolution of dy with the flipped, transposed weight (no
-//     col2im, and that weight is w read at other offsets: never built); at larger strides dgrad is
-//     GEMM (cols = W^T dy) + col2im (im2col with +=; conv_col2im.cpp);
+//   * dgrad at stride 1, undilated, 16+ input channels per group: the forward convolution of dy
+//     with the flipped, transposed weight (no col2im, and that weight is w read at other offsets:
+//     never built); otherwise dgrad is GEMM (cols = W^T dy) + col2im (im2col with +=;
+//     conv_col2im.cpp);
 //   * wgrad: fp32 with AVX-512, up to 16 output channels and 64 to 1024 taps x input channels per
 //     group (not pointwise), finite x: dot products along the pixels of dy and the rows of cols,
 //     both read in place from flat copies (the dot kernel, conv_dot_wgrad.cpp); else dW^T =
@@ -157,8 +158,13 @@ void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, i
     // any depthwise layer: scattered adds
     return depthwise_backward_input(s, dy, w, dx, nthreads);
   }
-  // at stride 1: the forward's paths (Winograd, the flat GEMM) on dy
-  if (unit_stride && algo != ConvAlgo::kCol2im &&
+  // at stride 1: the forward's paths (Winograd, the flat GEMM) on dy, but for the heuristics not
+  // where col2im measured faster (2-core AMD EPYC, AVX2; both measured on the same run): a dgrad
+  // of fewer than 16 input channels per group, whose forward has as few GEMM rows
+  // (lenet5_conv2_b64: col2im 0.59x the time), or a dilated one (dilated3x3_d2_256_28: 0.78-0.83x)
+  const bool as_forward = algo == ConvAlgo::kAuto ? s.C_in / s.groups >= 16 && s.dil_h == 1 && s.dil_w == 1
+                                                  : algo != ConvAlgo::kCol2im;
+  if (unit_stride && as_forward &&
       dgrad_as_forward_stands(s, w, dx, nthreads, [&] { dgrad_as_forward(s, dy, w, dx, nthreads, algo); }))
     return;
   // any stride: GEMM (cols = W^T dy) + col2im
