@@ -159,9 +159,10 @@ void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, i
     return depthwise_backward_input(s, dy, w, dx, nthreads);
   }
   // at stride 1: the forward's paths (Winograd, the flat GEMM) on dy, but for the heuristics not
-  // where col2im measured faster (2-core AMD EPYC, AVX2; both measured on the same run): a dgrad
-  // of fewer than 16 input channels per group, whose forward has as few GEMM rows
-  // (lenet5_conv2_b64: col2im 0.59x the time), or a dilated one (dilated3x3_d2_256_28: 0.78-0.83x)
+  // where col2im measured faster (2-core AMD EPYC, AVX2, interleaved, null control 1.00-1.01): a
+  // dgrad of fewer than 16 input channels per group, whose forward has as few GEMM rows
+  // (lenet5_conv2_b64: col2im 0.64x the time; resnet20_3x3_16_32, 16 channels: 1.65x), or a
+  // dilated one (dilated3x3_d2_256_28, batch 1 and 16: 0.79x, 0.82x)
   const bool as_forward = algo == ConvAlgo::kAuto ? s.C_in / s.groups >= 16 && s.dil_h == 1 && s.dil_w == 1
                                                   : algo != ConvAlgo::kCol2im;
   if (unit_stride && as_forward &&

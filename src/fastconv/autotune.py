@@ -30,7 +30,11 @@ import warnings
 ENV = "FASTCONV_AUTOTUNE"
 FORMAT = 1  # the file's layout; a file of another is ignored
 IM2COL = "im2col-blas"  # the Cython backend's im2col + SciPy BLAS, a candidate beside cpp's own
-_TIMED_RUNS = 3  # after one untimed warm-up run: the fastest of these decides
+# After one untimed warm-up run, each candidate runs at least this often and this long, and its
+# fastest run decides: OpenBLAS's threads spin for ~100 ms after im2col + BLAS has run and slow the
+# calls that follow (1.3-1.6x measured), so a candidate timed right after it needs runs past that.
+_MIN_RUNS = 3
+_MIN_SECONDS = 0.2
 
 _lock = threading.Lock()
 _enabled = os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes", "on")
@@ -124,11 +128,11 @@ def _key(pass_name: str, p, dtype, threads: int) -> str:
 def _time(run, algo):
     """The result of ``run(algo)`` and the fastest of its timed runs, after an untimed one."""
     result = run(algo)
-    best = float("inf")
-    for _ in range(_TIMED_RUNS):
+    best, runs, start = float("inf"), 0, time.perf_counter()
+    while runs < _MIN_RUNS or time.perf_counter() - start < _MIN_SECONDS:
         t0 = time.perf_counter()
         result = run(algo)
-        best = min(best, time.perf_counter() - t0)
+        best, runs = min(best, time.perf_counter() - t0), runs + 1
     return result, best
 
 
