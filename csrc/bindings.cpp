@@ -29,9 +29,17 @@ fastconv::ConvShape conv_shape(const py::object& p) {
                              get("groups")};
 }
 
+// The algorithm a conv pass is asked to run ("auto": the heuristics); ValueError (std::
+// invalid_argument) for one that does not apply to the layer (see conv2d_algorithms).
+fastconv::ConvAlgo algorithm(const char* pass, const fastconv::ConvShape& s, const py::array& a, const std::string& name) {
+  if (name == "auto") return fastconv::ConvAlgo::kAuto;  // the common call: no list built
+  return fastconv::algorithm_of(s, pass, a.dtype().itemsize(), name);
+}
+
 void conv2d_forward(const py::array& x, const py::array& w, const py::object& b, py::array& y, const py::object& p,
-                    int nthreads) {
+                    int nthreads, const std::string& algo) {
   const auto s = conv_shape(p);
+  const auto a = algorithm("fwd", s, x, algo);
   by_dtype("conv2d_forward", x, [&](auto tag) {
     using T = decltype(tag);
     const char* op = "conv2d_forward";
@@ -41,12 +49,14 @@ void conv2d_forward(const py::array& x, const py::array& w, const py::object& b,
     T* yp = out<T>(op, "y", y, s.N * s.C_out * s.OH * s.OW);
     const int nt = threads(nthreads);
     py::gil_scoped_release release;
-    fastconv::conv2d_forward(s, xp, wp, bp, yp, nt);
+    fastconv::conv2d_forward(s, xp, wp, bp, yp, nt, a);
   });
 }
 
-void conv2d_backward_input(const py::array& dy, const py::array& w, py::array& dx, const py::object& p, int nthreads) {
+void conv2d_backward_input(const py::array& dy, const py::array& w, py::array& dx, const py::object& p, int nthreads,
+                           const std::string& algo) {
   const auto s = conv_shape(p);
+  const auto a = algorithm("dgrad", s, dy, algo);
   by_dtype("conv2d_backward_input", dy, [&](auto tag) {
     using T = decltype(tag);
     const char* op = "conv2d_backward_input";
@@ -55,13 +65,14 @@ void conv2d_backward_input(const py::array& dy, const py::array& w, py::array& d
     T* dxp = out<T>(op, "dx", dx, s.N * s.C_in * s.H * s.W);
     const int nt = threads(nthreads);
     py::gil_scoped_release release;
-    fastconv::conv2d_backward_input(s, dyp, wp, dxp, nt);
+    fastconv::conv2d_backward_input(s, dyp, wp, dxp, nt, a);
   });
 }
 
 void conv2d_backward_weight(const py::array& dy, const py::array& x, py::array& dw, const py::object& p,
-                            int nthreads) {
+                            int nthreads, const std::string& algo) {
   const auto s = conv_shape(p);
+  const auto a = algorithm("wgrad", s, dy, algo);
   by_dtype("conv2d_backward_weight", dy, [&](auto tag) {
     using T = decltype(tag);
     const char* op = "conv2d_backward_weight";
@@ -70,7 +81,7 @@ void conv2d_backward_weight(const py::array& dy, const py::array& x, py::array& 
     T* dwp = out<T>(op, "dw", dw, s.C_out * (s.C_in / s.groups) * s.KH * s.KW);
     const int nt = threads(nthreads);
     py::gil_scoped_release release;
-    fastconv::conv2d_backward_weight(s, dyp, xp, dwp, nt);
+    fastconv::conv2d_backward_weight(s, dyp, xp, dwp, nt, a);
   });
 }
 
@@ -236,11 +247,23 @@ PYBIND11_MODULE(_cpp, m) {
   bind_ops(m);
 
   m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("p"),
-        py::arg("nthreads"), "y = conv2d(x, w) + b into the preallocated y; p is a fastconv ConvParams");
+        py::arg("nthreads"), py::arg("algo") = "auto",
+        "y = conv2d(x, w) + b into the preallocated y; p is a fastconv ConvParams; algo: 'auto' or one that "
+        "conv2d_algorithms lists");
   m.def("conv2d_backward_input", &conv2d_backward_input, py::arg("dy"), py::arg("w"), py::arg("dx"), py::arg("p"),
-        py::arg("nthreads"));
+        py::arg("nthreads"), py::arg("algo") = "auto");
   m.def("conv2d_backward_weight", &conv2d_backward_weight, py::arg("dy"), py::arg("x"), py::arg("dw"), py::arg("p"),
-        py::arg("nthreads"));
+        py::arg("nthreads"), py::arg("algo") = "auto");
+  m.def(
+      "conv2d_algorithms",
+      [](const py::object& p, const std::string& pass, const py::dtype& dtype) {
+        py::list names;
+        for (const std::string& n : fastconv::conv2d_algorithms(conv_shape(p), pass, dtype.itemsize())) names.append(n);
+        return py::tuple(names);
+      },
+      py::arg("p"), py::arg("pass_"), py::arg("dtype"),
+      "the algorithms of pass 'fwd', 'dgrad' or 'wgrad' that apply to ConvParams p in dtype, in the order the "
+      "heuristics try them");
   m.def(
       "conv2d_uses_winograd",
       [](const py::object& p, const std::string& pass, const py::dtype& dtype) {
@@ -294,6 +317,27 @@ PYBIND11_MODULE(_cpp, m) {
         "use another micro-kernel set ('auto' = the best this CPU has); ValueError if unavailable");
   m.def("kernel_gflops", &fastconv::kernel_gflops, py::arg("seconds"), py::call_guard<py::gil_scoped_release>(),
         "GFLOP/s of the fp32 micro-kernel in use on one core now, its panels in L1 (median of 1 ms slices)");
+  m.def(
+      "cache_sizes",
+      [] {
+        const fastconv::CacheSizes& c = fastconv::cache_sizes();
+        py::dict d;
+        d["l2"] = c.l2, d["l2_source"] = c.l2_source;
+        return d;
+      },
+      "the L2 size (bytes per core) the blocking is taken from, and where it came from: 'env' "
+      "(FASTCONV_L2_BYTES), 'sysfs' or 'default'");
+  m.def(
+      "gemm_blocking",
+      [](const std::string& dtype) {
+        py::dict d;
+        auto fill = [&](const auto& uk) { d["mr"] = uk.mr, d["nr"] = uk.nr, d["kc"] = uk.kc, d["nc"] = uk.nc; };
+        if (dtype == "float32") fill(fastconv::micro_kernel<float>());
+        else if (dtype == "float64") fill(fastconv::micro_kernel<double>());
+        else throw py::value_error("gemm_blocking: dtype must be 'float32' or 'float64', got '" + dtype + "'");
+        return d;
+      },
+      py::arg("dtype") = "float32", "the general micro-kernel in use: its tile (mr x nr) and its blocks (kc x nc)");
   m.def("workspace_peak_bytes", &fastconv::workspace_peak_bytes,
         "most bytes of kernel workspace held at once since workspace_reset_peak()");
   m.def("workspace_reset_peak", &fastconv::workspace_reset_peak);

@@ -41,12 +41,17 @@
 //               dgrad one cols chunk of C_in/groups*KH*KW x nbc with nbc*rows <= 64 Ki elements (at
 //               least NR columns).
 // None of it grows with the batch size past the chunk bound: no im2col matrix is ever built.
+//
+// A caller may name the algorithm instead (ConvAlgo, conv2d_algorithms: fastconv's autotune times
+// the candidates and keeps the fastest); the lists below then run that entry only.
 #include "conv.h"
 
 #include <omp.h>
 
 #include <stdexcept>
+#include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "conv_impl.h"
@@ -60,13 +65,20 @@ namespace fastconv {
 
 namespace {
 
+// Whether the list's entry `entry` may run under `algo`: the heuristics (kAuto) try every entry;
+// a named algorithm only its own (conv2d_algorithms lists it, so it applies).
+bool takes(ConvAlgo algo, ConvAlgo entry) { return algo == ConvAlgo::kAuto || algo == entry; }
+
 // The forward of a layer that is not depthwise, its weight read through wa: as it lies
 // (conv2d_forward), or as dgrad's flipped, transposed weight (dgrad_as_forward).
 template <typename T>
-void general_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const T* b, T* y, int nthreads) {
+void general_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const T* b, T* y, int nthreads,
+                     ConvAlgo algo) {
   // Winograd, on the 3x3 layers where it pays (see winograd_tile); it declines data that holds an
   // Inf or NaN
-  if (winograd_tile(s, sizeof(T)) && winograd_forward(s, x, wa.w, wa.lda, wa.off, b, y, nthreads)) return;
+  if (takes(algo, ConvAlgo::kWinograd) && winograd_tile(s, sizeof(T)) &&
+      winograd_forward(s, x, wa.w, wa.lda, wa.off, b, y, nthreads))
+    return;
   // any layer: the GEMM on the flat layout
   gemm_forward(s, x, wa, b, y, nthreads);
 }
@@ -74,13 +86,13 @@ void general_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const
 }  // namespace
 
 template <typename T>
-void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads) {
+void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads, ConvAlgo algo) {
   // depthwise: direct loops
   if (is_depthwise(s)) return depthwise_forward(s, x, w, b, y, nthreads);
   const index_t Kg = s.C_in / s.groups * s.KH * s.KW;
   std::vector<index_t> off(static_cast<std::size_t>(Kg));  // the weight's rows as they lie
   for (index_t p = 0; p < Kg; ++p) off[p] = p;
-  general_forward(s, x, WeightA<T>{w, s.C_out / s.groups * Kg, Kg, off.data()}, b, y, nthreads);
+  general_forward(s, x, WeightA<T>{w, s.C_out / s.groups * Kg, Kg, off.data()}, b, y, nthreads, algo);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -119,7 +131,7 @@ bool dgrad_as_forward_stands(const ConvShape& s, const T* w, const T* dx, int nt
 // im2col handle any offset). Sharing the forward's kernels beats GEMM + col2im: the depth is
 // C_out*KH*KW instead of C_out, and nothing is scattered.
 template <typename T>
-void dgrad_as_forward(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads) {
+void dgrad_as_forward(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads, ConvAlgo algo) {
   const index_t Cig = s.C_in / s.groups, Cog = s.C_out / s.groups, KK = s.KH * s.KW;
   // The flipped, transposed weight w'[ci][co][k'] = w[co][ci][KK-1-k'] is read where it lies: row ci
   // is KK elements after row ci-1, depth p = co*KK + k' (the order of dy's channels and taps in the
@@ -129,13 +141,13 @@ void dgrad_as_forward(const ConvShape& s, const T* dy, const T* w, T* dx, int nt
   for (index_t co = 0; co < Cog; ++co)
     for (index_t k = 0; k < KK; ++k) off[co * KK + k] = co * Cig * KK + KK - 1 - k;
   general_forward(dgrad_shape(s), dy, WeightA<T>{w, Cog * Cig * KK, KK, off.data()}, static_cast<const T*>(nullptr), dx,
-                  nthreads);
+                  nthreads, algo);
 }
 
 }  // namespace
 
 template <typename T>
-void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads) {
+void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads, ConvAlgo algo) {
   const bool unit_stride = s.stride_h == 1 && s.stride_w == 1;
   if (is_depthwise(s)) {
     // at stride 1 a depthwise dgrad is a depthwise forward of dy with the flipped kernel and
@@ -147,7 +159,8 @@ void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, i
     return depthwise_backward_input(s, dy, w, dx, nthreads);
   }
   // at stride 1: the forward's paths (Winograd, the flat GEMM) on dy
-  if (unit_stride && dgrad_as_forward_stands(s, w, dx, nthreads, [&] { dgrad_as_forward(s, dy, w, dx, nthreads); }))
+  if (unit_stride && algo != ConvAlgo::kCol2im &&
+      dgrad_as_forward_stands(s, w, dx, nthreads, [&] { dgrad_as_forward(s, dy, w, dx, nthreads, algo); }))
     return;
   // any stride: GEMM (cols = W^T dy) + col2im
   dgrad_col2im(s, dy, w, dx, nthreads);
@@ -166,16 +179,22 @@ constexpr index_t kFlatWgradMaxBytes = index_t(4) << 20;
 }  // namespace
 
 template <typename T>
-void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads, ConvAlgo algo) {
   // depthwise: direct loops
   if (is_depthwise(s)) return depthwise_backward_weight(s, dy, x, dw, nthreads);
   // Winograd, on the 3x3 layers of 128+ channels where it pays, fp32 (see winograd_wgrad_tile); it
-  // declines data that holds an Inf or NaN
-  if (winograd_wgrad_tile(s, sizeof(T)) && winograd_backward_weight(s, dy, x, dw, nthreads)) return;
+  // declines data that holds an Inf or NaN (named, it hands on to the heuristics)
+  if (takes(algo, ConvAlgo::kWinograd) && winograd_wgrad_tile(s, sizeof(T))) {
+    if (winograd_backward_weight(s, dy, x, dw, nthreads)) return;
+    algo = ConvAlgo::kAuto;
+  }
   // dot products along the pixels, for few output channels (see dot_wgrad_applies); it declines an x
   // that holds an Inf or NaN
   if constexpr (std::is_same_v<T, float>) {  // the dot kernel is fp32 only
-    if (dot_wgrad_applies(s) && dot_backward_weight(s, dy, x, dw, nthreads)) return;
+    if (takes(algo, ConvAlgo::kDot) && dot_wgrad_applies(s)) {
+      if (dot_backward_weight(s, dy, x, dw, nthreads)) return;
+      algo = ConvAlgo::kAuto;
+    }
   }
   // the flat path keeps all of dW^T live while it walks the images: it wins while that is a few
   // MiB at most (measured, flat vs packed time: 0.5x on ResNet-20's layers, 0.75-0.87x on VGG's
@@ -183,7 +202,8 @@ void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, 
   // pointwise layer's packed operand is a plain transpose, which wins from 1 MiB (1.1-1.4x there)
   const index_t weight_bytes = s.C_out * (s.C_in / s.groups) * s.KH * s.KW * index_t(sizeof(T));
   const index_t flat_max = is_pointwise(s) ? index_t(1) << 20 : kFlatWgradMaxBytes;
-  if (weight_bytes < flat_max) return flat_backward_weight(s, dy, x, dw, nthreads);
+  if (algo == ConvAlgo::kFlat || (algo == ConvAlgo::kAuto && weight_bytes < flat_max))
+    return flat_backward_weight(s, dy, x, dw, nthreads);
   // any layer: the packed GEMM
   gemm_backward_weight(s, dy, x, dw, nthreads);
 }
@@ -224,14 +244,54 @@ int conv2d_uses_winograd(const ConvShape& s, const std::string& pass, index_t el
   throw std::invalid_argument("conv2d_uses_winograd: pass must be 'fwd', 'dgrad' or 'wgrad', got '" + pass + "'");
 }
 
+std::vector<std::string> conv2d_algorithms(const ConvShape& s, const std::string& pass, index_t elem_bytes) {
+  if (pass != "fwd" && pass != "dgrad" && pass != "wgrad")
+    throw std::invalid_argument("conv2d_algorithms: pass must be 'fwd', 'dgrad' or 'wgrad', got '" + pass + "'");
+  if (is_depthwise(s)) return {"direct"};
+  std::vector<std::string> names;
+  const bool unit_stride = s.stride_h == 1 && s.stride_w == 1;
+  if (pass == "fwd") {
+    if (winograd_tile(s, elem_bytes)) names.push_back("winograd");
+    names.push_back("gemm");
+  } else if (pass == "dgrad") {
+    if (unit_stride && winograd_tile(dgrad_shape(s), elem_bytes)) names.push_back("winograd");
+    if (unit_stride) names.push_back("gemm");
+    names.push_back("col2im");
+  } else {
+    if (winograd_wgrad_tile(s, elem_bytes)) names.push_back("winograd");
+    if (elem_bytes == 4 && dot_wgrad_applies(s)) names.push_back("dot");
+    names.insert(names.end(), {"flat", "packed"});
+  }
+  return names;
+}
+
+ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_bytes, const std::string& name) {
+  if (name == "auto") return ConvAlgo::kAuto;
+  const std::vector<std::string> names = conv2d_algorithms(s, pass, elem_bytes);
+  std::string listed;
+  for (const std::string& n : names) listed += (listed.empty() ? "'" : ", '") + n + "'";
+  bool found = false;
+  for (const std::string& n : names) found = found || n == name;
+  if (!found)
+    throw std::invalid_argument("conv2d " + pass + ": algorithm '" + name + "' does not apply to this layer (it takes " +
+                                listed + " or 'auto')");
+  static const std::pair<const char*, ConvAlgo> kByName[] = {
+      {"winograd", ConvAlgo::kWinograd}, {"gemm", ConvAlgo::kGemm}, {"col2im", ConvAlgo::kCol2im},
+      {"dot", ConvAlgo::kDot},           {"flat", ConvAlgo::kFlat}, {"packed", ConvAlgo::kPacked},
+      {"direct", ConvAlgo::kDirect}};
+  for (const auto& [n, a] : kByName)
+    if (name == n) return a;
+  throw std::logic_error("conv2d: algorithm '" + name + "' has no enum");  // a name listed above without one
+}
+
 bool conv2d_wgrad_uses_dot(const ConvShape& s) {
   return !is_depthwise(s) && !winograd_wgrad_tile(s, 4) && dot_wgrad_applies(s);
 }
 
-#define FASTCONV_INSTANTIATE(T)                                                                    \
-  template void conv2d_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, int);        \
-  template void conv2d_backward_input<T>(const ConvShape&, const T*, const T*, T*, int);           \
-  template void conv2d_backward_weight<T>(const ConvShape&, const T*, const T*, T*, int);          \
+#define FASTCONV_INSTANTIATE(T)                                                                      \
+  template void conv2d_forward<T>(const ConvShape&, const T*, const T*, const T*, T*, int, ConvAlgo); \
+  template void conv2d_backward_input<T>(const ConvShape&, const T*, const T*, T*, int, ConvAlgo);    \
+  template void conv2d_backward_weight<T>(const ConvShape&, const T*, const T*, T*, int, ConvAlgo);   \
   template void conv2d_backward_bias<T>(index_t, index_t, index_t, const T*, T*, int);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "common.h"
 
@@ -23,18 +24,39 @@ int conv2d_uses_winograd(const ConvShape& s, const std::string& pass, index_t el
 // set in use; see conv_dot_wgrad.cpp), given finite x: for tests.
 bool conv2d_wgrad_uses_dot(const ConvShape& s);
 
+// The algorithms of each pass, by name, for choosing among them by measurement (fastconv's
+// autotune); conv.cpp's header says what each is:
+//   "fwd":   "winograd", "gemm"
+//   "dgrad": "winograd", "gemm" (both as a forward of dy, at stride 1), "col2im"
+//   "wgrad": "winograd", "dot", "flat", "packed"
+//   depthwise layers: "direct", every pass.
+// conv2d_algorithms lists those that apply to s in elements of elem_bytes (4 or 8), in the order
+// the heuristics try them (Winograd and the dot wgrad where their heuristics take them; the
+// others wherever they run). Each algorithm is bit-identical for any thread count.
+std::vector<std::string> conv2d_algorithms(const ConvShape& s, const std::string& pass, index_t elem_bytes);
+
+// How a pass chooses: kAuto by the heuristics (conv.cpp's lists), else the named algorithm, which
+// must be one conv2d_algorithms lists (algorithm_of checks: std::invalid_argument otherwise). A
+// named Winograd or dot wgrad that declines at run time (data holding an Inf or NaN) hands the
+// call on as kAuto would.
+enum class ConvAlgo { kAuto, kWinograd, kGemm, kCol2im, kDot, kFlat, kPacked, kDirect };
+ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_bytes, const std::string& name);
+
 // y (N, C_out, OH, OW) = conv(x, w) + b; b may be null.
 template <typename T>
-void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads);
+void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads,
+                    ConvAlgo algo = ConvAlgo::kAuto);
 
 // dx (N, C_in, H, W) from dy (N, C_out, OH, OW) and w.
 template <typename T>
-void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads);
+void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads,
+                           ConvAlgo algo = ConvAlgo::kAuto);
 
 // dw (C_out, C_in/groups, KH, KW) from dy and x; summed over the batch in an order fixed by the
 // shape alone, so the result is bit-identical for every thread count.
 template <typename T>
-void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads);
+void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads,
+                            ConvAlgo algo = ConvAlgo::kAuto);
 
 // db (C) = sum of dy (N, C, P) over N and P, in a fixed order.
 template <typename T>

@@ -2,9 +2,8 @@
 // depth KH*KW would starve). Every pass: the forward, the dgrad (scattered adds, or at stride 1 the
 // forward of dy with the flipped kernel: conv.cpp chooses), the wgrad. The portable kernels are
 // compiled once per instruction set (FASTCONV_CLONES); vector kernels serve the dense 3x3 and 5x5
-// forward (AVX-512 and AVX2: dw_forward_vec.h) and the stride_w-1 3x3 and 5x5 wgrad (AVX-512),
-// where the GEMM kernel set in use is theirs (chosen here, per call: dw_forward_plane_fn,
-// dw_wgrad_vector).
+// forward and the stride_w-1 3x3 and 5x5 wgrad (AVX-512 and AVX2: dw_vec.h), where the GEMM
+// kernel set in use is theirs (chosen here, per call: dw_forward_plane_fn, dw_wgrad_vector).
 #include <immintrin.h>
 #include <omp.h>
 
@@ -260,14 +259,16 @@ FASTCONV_CLONES void dw_wgrad_plane(const ConvShape& s, const double* dy, const 
   dw_wgrad_plane_impl(s, dy, x, dw);
 }
 
-// The AVX-512 region: the dense forward (dw_forward_vec.h, at the region's end) and the depthwise
-// wgrad's vector kernel, called only where the CPU has AVX-512 (and the GEMM kernel set in use is
-// "avx512", so tests can force the portable path). A region, not target_clones (see pool.cpp).
-// The wgrad kernel takes one output channel's KH x KW taps at once, each in
-// its own vector accumulator (KH*KW independent FMA chains instead of one), L output columns of
-// a row per step: dy is loaded once per step and x once per tap. Lanes whose input column lies
-// in the padding, or past the row's end, are masked out of both the load and the FMA, so they
-// add nothing (not dy * 0, which would turn an Inf in dy into NaN).
+// The vector kernels (dw_vec.h: the dense forward, the stride_w-1 wgrad) for AVX-512 and for
+// AVX2, each in a target region and a namespace of its own, called only where the CPU has the set
+// and it is the GEMM kernel set in use (so tests can force the portable path). Regions, not
+// target_clones (see pool.cpp). Each region first defines the traits the kernels are written
+// against: the vector V of L lanes, its mask M and their operations.
+
+// Lane index i clamped to [0, L], for building masks of lane ranges.
+inline index_t clamp_lane(index_t i, int L) { return min_i(max_i(i, 0), L); }
+
+// AVX-512F: 16 fp32 / 8 fp64 lanes, 32 registers, masks in mask registers.
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 
@@ -279,15 +280,21 @@ struct Avx512<float> {
   using M = __mmask16;
   static constexpr int L = 16;
   static V zero() { return _mm512_setzero_ps(); }
-  static V load(M m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
-  static V fmadd(V a, V b, V c, M m) { return _mm512_mask3_fmadd_ps(a, b, c, m); }
-  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V broadcast(float v) { return _mm512_set1_ps(v); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V load(M m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }  // masked lanes 0, never read
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V fmadd(V a, V b, V c, M m) { return _mm512_mask3_fmadd_ps(a, b, c, m); }  // masked lanes keep c
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static void store(M m, float* p, V v) { _mm512_mask_storeu_ps(p, m, v); }
-  static M first(index_t n) { return M((1u << n) - 1); }  // lanes [0, n), n <= L
   static float sum(V v) { return _mm512_reduce_add_ps(v); }  // a fixed order of adds
+  static M first(index_t n) { return M((1u << n) - 1); }      // lanes [0, n), 0 <= n <= L
+  static M lanes(index_t a, index_t b) {  // lanes [a, b)
+    a = clamp_lane(a, L), b = clamp_lane(b, L);
+    return b > a ? M(first(b) & ~first(a)) : M(0);
+  }
+  static M all(bool on) { return on ? M(~0u) : M(0); }
+  static M both(M a, M b) { return M(a & b); }
 };
 template <>
 struct Avx512<double> {
@@ -295,121 +302,34 @@ struct Avx512<double> {
   using M = __mmask8;
   static constexpr int L = 8;
   static V zero() { return _mm512_setzero_pd(); }
-  static V load(M m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
-  static V fmadd(V a, V b, V c, M m) { return _mm512_mask3_fmadd_pd(a, b, c, m); }
-  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
   static V broadcast(double v) { return _mm512_set1_pd(v); }
   static V load(const double* p) { return _mm512_loadu_pd(p); }
+  static V load(M m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V fmadd(V a, V b, V c, M m) { return _mm512_mask3_fmadd_pd(a, b, c, m); }
+  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
   static void store(M m, double* p, V v) { _mm512_mask_storeu_pd(p, m, v); }
-  static M first(index_t n) { return M((1u << n) - 1); }  // lanes [0, n), n <= L
-  static double sum(V v) { return _mm512_reduce_add_pd(v); }  // a fixed order of adds
+  static double sum(V v) { return _mm512_reduce_add_pd(v); }
+  static M first(index_t n) { return M((1u << n) - 1); }
+  static M lanes(index_t a, index_t b) {  // lanes [a, b)
+    a = clamp_lane(a, L), b = clamp_lane(b, L);
+    return b > a ? M(first(b) & ~first(a)) : M(0);
+  }
+  static M all(bool on) { return on ? M(~0u) : M(0); }
+  static M both(M a, M b) { return M(a & b); }
 };
-
-// dw (KH x KW) of output channel co (input channel ci) at stride_w 1: the sum over images, rows
-// and L-column steps v of dy * x, the lanes summed at the end (a fixed order: any thread count
-// gives the same bits). masks[v*KW + kw]: the lanes
-// of step v whose tap-kw input column is in the image; dy_masks[v]: the lanes inside the row.
-template <typename T, int KH, int KW>
-void dw_wgrad_channel_avx512(const ConvShape& s, const T* dy, const T* x, const index_t* off,
-                             const typename Avx512<T>::M* masks, const typename Avx512<T>::M* dy_masks, T* dw) {
-  using A = Avx512<T>;
-  constexpr int L = A::L;
-  const index_t steps = ceil_div(s.OW, L), dy_image = s.C_out * s.OH * s.OW, x_image = s.C_in * s.H * s.W;
-  using M = typename A::M;
-  index_t off_bytes[KW];  // in registers (off[] was reloaded from memory for every FMA)
-  for (int kw = 0; kw < KW; ++kw) off_bytes[kw] = off[kw] * index_t(sizeof(T));
-  typename A::V acc[KH * KW];
-  for (int k = 0; k < KH * KW; ++k) acc[k] = A::zero();
-  for (index_t n = 0; n < s.N; ++n) {
-    const T* dyp = dy + n * dy_image;
-    const T* xp = x + n * x_image;
-    for (index_t oh = 0; oh < s.OH; ++oh) {
-      // x row of tap kh, and whether it lies in the image: a row in the padding masks out all its
-      // lanes (its pointer is row 0, never read)
-      const T* rows[KH];
-      M inside[KH];
-      for (int kh = 0; kh < KH; ++kh) {
-        const index_t ih = oh * s.stride_h - s.pad_t + kh * s.dil_h;
-        const bool in = ih >= 0 && ih < s.H;
-        rows[kh] = xp + (in ? ih : 0) * s.W;
-        inside[kh] = in ? M(~0u) : M(0);
-      }
-      const T* dyr = dyp + oh * s.OW;
-      // the dy row and the x rows that row oh + 8 is the first to read, ahead (past the plane: the
-      // next channel's, harmless): 0.89-0.93x the time on MobileNetV2's 3x3 at 144 x 56 x 56, batch
-      // 16 (2 threads; a control of the same code without it 1.00-1.01x; 2, 4 and 16 rows
-      // 0.91-0.95x)
-      constexpr index_t kAhead = 8;
-      prefetch_span(dyr, kAhead * s.OW * index_t(sizeof(T)), s.OW * index_t(sizeof(T)));
-      prefetch_span(xp, ((oh + kAhead) * s.stride_h - s.pad_t + (KH - 1) * s.dil_h) * s.W * index_t(sizeof(T)),
-                    s.stride_h * s.W * index_t(sizeof(T)));
-      // the row's sums in a copy that lives only in registers: acc[] itself, live across the loops
-      // over images and rows, was stored back to memory after every FMA (0.7x the time without)
-      typename A::V a[KH * KW];
-#pragma GCC unroll 25
-      for (int k = 0; k < KH * KW; ++k) a[k] = acc[k];
-      for (index_t v = 0; v < steps; ++v) {
-        const typename A::V d = A::load(dy_masks[v], dyr + v * L);
-        const M* m = masks + v * KW;
-        // unrolled whole: a[] indexed by constants
-#pragma GCC unroll 5
-        for (int kh = 0; kh < KH; ++kh) {
-          // pointer arithmetic as integers: a masked lane may sit before the row (column -pad)
-          const std::uintptr_t xr = reinterpret_cast<std::uintptr_t>(rows[kh] + v * L);
-#pragma GCC unroll 5
-          for (int kw = 0; kw < KW; ++kw) {
-            const M mk = M(m[kw] & inside[kh]);
-            a[kh * KW + kw] =
-                A::fmadd(d, A::load(mk, reinterpret_cast<const T*>(xr + off_bytes[kw])), a[kh * KW + kw], mk);
-          }
-        }
-      }
-#pragma GCC unroll 25
-      for (int k = 0; k < KH * KW; ++k) acc[k] = a[k];
-    }
-  }
-  for (int k = 0; k < KH * KW; ++k) dw[k] = A::sum(acc[k]);
-}
-
-// Every channel of a depthwise wgrad with stride_w 1 and a KH x KW the vector kernel is
-// instantiated for; channels shared among the threads, each summed alone in a fixed order.
-template <typename T, int KH, int KW>
-void dw_wgrad_avx512(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
-  using A = Avx512<T>;
-  constexpr int L = A::L;
-  const index_t mult = s.C_out / s.groups, steps = ceil_div(s.OW, L);
-  index_t off[KW];
-  std::vector<typename A::M> masks(static_cast<std::size_t>(steps * KW)), dy_masks(static_cast<std::size_t>(steps));
-  for (int kw = 0; kw < KW; ++kw) off[kw] = kw * s.dil_w - s.pad_l;
-  for (index_t v = 0; v < steps; ++v) {
-    dy_masks[v] = 0;
-    for (int kw = 0; kw < KW; ++kw) masks[v * KW + kw] = 0;
-    for (int l = 0; l < L; ++l) {
-      const index_t ow = v * L + l;
-      if (ow >= s.OW) continue;
-      dy_masks[v] |= typename A::M(1u << l);
-      for (int kw = 0; kw < KW; ++kw)
-        if (ow + off[kw] >= 0 && ow + off[kw] < s.W) masks[v * KW + kw] |= typename A::M(1u << l);
-    }
-  }
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-  for (index_t co = 0; co < s.C_out; ++co)
-    dw_wgrad_channel_avx512<T, KH, KW>(s, dy + co * s.OH * s.OW, x + (co / mult) * s.H * s.W, off, masks.data(),
-                                       dy_masks.data(), dw + co * KH * KW);
-}
 
 namespace avx512 {
 template <typename T>
 using Vec = Avx512<T>;
 constexpr int kRegisters = 32;
-#include "dw_forward_vec.h"
+#include "dw_vec.h"
 }  // namespace avx512
 
 #pragma GCC pop_options
 
-// The dense forward kernel again for AVX2 (and FMA): 8 fp32 / 4 fp64 lanes, 16 registers, masks
-// as vectors (a lane is on when its sign bit is set).
+// AVX2 and FMA: 8 fp32 / 4 fp64 lanes, 16 registers, masks as vectors (a lane is on when its sign
+// bit is set).
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 
@@ -420,39 +340,68 @@ struct Avx2<float> {
   using V = __m256;
   using M = __m256i;
   static constexpr int L = 8;
+  static V zero() { return _mm256_setzero_ps(); }
   static V broadcast(float v) { return _mm256_set1_ps(v); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V load(M m, const float* p) { return _mm256_maskload_ps(p, m); }  // masked lanes 0, never read
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V fmadd(V a, V b, V c, M m) {  // masked lanes add a 0 * 0 (a masked off: an Inf there adds no NaN)
+    return _mm256_fmadd_ps(_mm256_and_ps(a, _mm256_castsi256_ps(m)), b, c);
+  }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static void store(M m, float* p, V v) { _mm256_maskstore_ps(p, m, v); }
-  static M first(index_t n) {  // lanes [0, n), n <= L
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  static float sum(V v) {  // a fixed order of adds: the halves, then pairs
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
   }
+  static M first(index_t n) { return lanes(0, n); }
+  static M lanes(index_t a, index_t b) {  // lanes [a, b): a <= lane and lane < b, as 32-bit compares
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(static_cast<int>(clamp_lane(a, L)) - 1)),
+                            _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(clamp_lane(b, L))), lane));
+  }
+  static M all(bool on) { return _mm256_set1_epi32(on ? -1 : 0); }
+  static M both(M a, M b) { return _mm256_and_si256(a, b); }
 };
 template <>
 struct Avx2<double> {
   using V = __m256d;
   using M = __m256i;
   static constexpr int L = 4;
+  static V zero() { return _mm256_setzero_pd(); }
   static V broadcast(double v) { return _mm256_set1_pd(v); }
   static V load(const double* p) { return _mm256_loadu_pd(p); }
+  static V load(M m, const double* p) { return _mm256_maskload_pd(p, m); }
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static V fmadd(V a, V b, V c, M m) { return _mm256_fmadd_pd(_mm256_and_pd(a, _mm256_castsi256_pd(m)), b, c); }
   static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
   static void store(M m, double* p, V v) { _mm256_maskstore_pd(p, m, v); }
-  static M first(index_t n) { return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3)); }
+  static double sum(V v) {
+    const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+  }
+  static M first(index_t n) { return lanes(0, n); }
+  static M lanes(index_t a, index_t b) {
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    return _mm256_and_si256(_mm256_cmpgt_epi64(lane, _mm256_set1_epi64x(clamp_lane(a, L) - 1)),
+                            _mm256_cmpgt_epi64(_mm256_set1_epi64x(clamp_lane(b, L)), lane));
+  }
+  static M all(bool on) { return _mm256_set1_epi64x(on ? -1 : 0); }
+  static M both(M a, M b) { return _mm256_and_si256(a, b); }
 };
 
 namespace avx2 {
 template <typename T>
 using Vec = Avx2<T>;
 constexpr int kRegisters = 16;
-#include "dw_forward_vec.h"
+#include "dw_vec.h"
 }  // namespace avx2
 
 #pragma GCC pop_options
 
-// The choosers of the vector kernels run on every CPU, so they stay outside the AVX-512 region:
-// inside it GCC may use AVX-512 instructions anywhere in a function (the sanitized build put a
+// The choosers of the vector kernels run on every CPU, so they stay outside the target regions:
+// inside one GCC may use its instructions anywhere in a function (the sanitized build put a
 // zmm store of its stack poisoning in dw_wgrad_vector's prologue, an illegal instruction on AVX2).
 
 template <typename T>
@@ -473,9 +422,10 @@ PlaneFn<T> dw_forward_plane_fn(const ConvShape& s) {
 // Runs the vector kernel where it applies; false: the caller takes the portable path.
 template <typename T>
 bool dw_wgrad_vector(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
-  if (s.stride_w != 1 || std::strcmp(gemm_isa(), "avx512") != 0) return false;
-  if (s.KH == 3 && s.KW == 3) return dw_wgrad_avx512<T, 3, 3>(s, dy, x, dw, nthreads), true;
-  if (s.KH == 5 && s.KW == 5) return dw_wgrad_avx512<T, 5, 5>(s, dy, x, dw, nthreads), true;
+  if (s.stride_w != 1) return false;
+  const char* isa = gemm_isa();
+  if (std::strcmp(isa, "avx512") == 0) return avx512::dw_wgrad(s, dy, x, dw, nthreads);
+  if (std::strcmp(isa, "avx2") == 0) return avx2::dw_wgrad(s, dy, x, dw, nthreads);
   return false;
 }
 

@@ -6,7 +6,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace fastconv {
@@ -41,6 +44,55 @@ KernelSet generic_set() {  // few rows: 2x8, few columns: 8x2, no dot kernel
                                DotKernel<float>{}}};
 }
 
+// One cache's size in bytes from sysfs ("32K", "1024K", "8M"), 0 where there is none.
+index_t sysfs_cache_bytes(int level, const char* type) {
+  for (int i = 0; i < 16; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    std::ifstream lf(dir + "level"), tf(dir + "type"), sf(dir + "size");
+    int lv = 0;
+    std::string ty, size;
+    if (!(lf >> lv) || !(tf >> ty) || !(sf >> size)) continue;
+    if (lv != level || ty != type) continue;
+    char* end = nullptr;
+    const long long n = std::strtoll(size.c_str(), &end, 10);
+    const index_t unit = *end == 'K' ? 1024 : *end == 'M' ? 1024 * 1024 : *end == 'G' ? 1024 * 1024 * 1024 : 1;
+    return n > 0 ? index_t(n) * unit : 0;
+  }
+  return 0;
+}
+
+// One cache size: the environment variable's, or sysfs's, or the fallback. A value that is not
+// a positive number of bytes (at least 4 KiB) is an error: a silent fallback would hide the typo.
+index_t cache_bytes(const char* env, int level, const char* type, index_t fallback, const char** source) {
+  if (const char* v = std::getenv(env); v && *v) {
+    char* end = nullptr;
+    const long long n = std::strtoll(v, &end, 10);
+    if (*end != '\0' || n < 4096)
+      throw std::invalid_argument(std::string(env) + " must be a cache size in bytes (at least 4096), got '" + v + "'");
+    *source = "env";
+    return index_t(n);
+  }
+  if (const index_t n = sysfs_cache_bytes(level, type)) {
+    *source = "sysfs";
+    return n;
+  }
+  *source = "default";
+  return fallback;
+}
+
+}  // namespace
+
+const CacheSizes& cache_sizes() {
+  static const CacheSizes c = [] {
+    CacheSizes r{};
+    r.l2 = cache_bytes("FASTCONV_L2_BYTES", 2, "Unified", index_t(1) << 20, &r.l2_source);
+    return r;
+  }();
+  return c;
+}
+
+namespace {
+
 // The kernel sets this build has and this CPU runs, best first.
 struct Available {
   KernelSet sets[3];
@@ -48,11 +100,12 @@ struct Available {
   Available() {
     __builtin_cpu_init();
     KernelSet s{};
-    if (__builtin_cpu_supports("avx512f") && gemm_kernels_avx512(s.k)) {
+    const index_t l2 = cache_sizes().l2;
+    if (__builtin_cpu_supports("avx512f") && gemm_kernels_avx512(s.k, l2)) {
       s.name = "avx512";
       sets[count++] = s;
     }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && gemm_kernels_avx2(s.k)) {
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && gemm_kernels_avx2(s.k, l2)) {
       s.name = "avx2";
       sets[count++] = s;
     }

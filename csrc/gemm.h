@@ -47,6 +47,14 @@ const MicroKernel<T>& micro_kernel_few_cols(index_t N);
 const DotKernel<float>& dot_kernel();
 // "avx512", "avx2" or "generic": the kernels in use.
 const char* gemm_isa();
+// The L2 size the blocking is taken from, in bytes per core: FASTCONV_L2_BYTES where set (read
+// once, at the first GEMM), else sysfs's (cpu0's cache/index*), else 1 MiB (the Intel server cores
+// the constants were first tuned on); source: "env", "sysfs" or "default".
+struct CacheSizes {
+  index_t l2;
+  const char* l2_source;
+};
+const CacheSizes& cache_sizes();
 // The rate, in GFLOP/s, at which the fp32 micro-kernel in use runs on this core now, its panels in
 // L1: the median of 1 ms slices over `seconds`. How fast this core runs now: on a shared VM it
 // moves 2x from minute to minute, so the benchmark records it before and after a run.

@@ -42,12 +42,12 @@ struct F64x4 {
 
 }  // namespace
 
-bool gemm_kernels_avx2(KernelTable& table) {
+bool gemm_kernels_avx2(KernelTable& table, index_t l2) {
   // few rows: 4x24 (fp32) / 4x12 (fp64), 12 accumulators + 3 B vectors + 1 broadcast; few columns:
   // 8x8 / 8x4, 8 accumulators; no dot kernel: a 3x4 one took 1.25-1.6x the flat wgrad's time
-  table = KernelTable{kernel_set<F32x8, 6, 2>(256, 512), kernel_set<F32x8, 4, 3>(256, 528),
-                      kernel_set<F32x8, 8, 1>(256, 512), kernel_set<F64x4, 6, 2>(256, 256),
-                      kernel_set<F64x4, 4, 3>(256, 264), kernel_set<F64x4, 8, 1>(256, 256), DotKernel<float>{}};
+  table = KernelTable{kernel_set_for_l2<F32x8, 6, 2>(256, l2), kernel_set_for_l2<F32x8, 4, 3>(256, l2),
+                      kernel_set_for_l2<F32x8, 8, 1>(256, l2), kernel_set_for_l2<F64x4, 6, 2>(256, l2),
+                      kernel_set_for_l2<F64x4, 4, 3>(256, l2), kernel_set_for_l2<F64x4, 8, 1>(256, l2), DotKernel<float>{}};
   return true;
 }
 
@@ -56,7 +56,7 @@ bool gemm_kernels_avx2(KernelTable& table) {
 #else  // built without the flags (a compiler setup.py does not know): no kernels here
 
 namespace fastconv {
-bool gemm_kernels_avx2(KernelTable&) { return false; }
+bool gemm_kernels_avx2(KernelTable&, index_t) { return false; }
 }  // namespace fastconv
 
 #endif

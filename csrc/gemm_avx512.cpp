@@ -39,14 +39,14 @@ struct F64x8 {
 
 }  // namespace
 
-bool gemm_kernels_avx512(KernelTable& table) {
+bool gemm_kernels_avx512(KernelTable& table, index_t l2) {
   // few rows: 8x48 (fp32) / 8x24 (fp64), 24 accumulators + 3 B vectors + 1 broadcast; few columns:
   // 16x16 / 16x8, 16 accumulators (17 loads per 16 FMAs: the load ports just keep up); dot: 4x6,
   // 24 accumulators + 4 A vectors + 1 B vector (4x6 and 4x5 ran 1.1-1.2x faster than 6x4 and 5x4
   // on ResNet-20's wgrad products), fp32 only: in fp64 the flat wgrad was faster
-  table = KernelTable{kernel_set<F32x16, 14, 2>(256, 512), kernel_set<F32x16, 8, 3>(256, 528),
-                      kernel_set<F32x16, 16, 1>(256, 512), kernel_set<F64x8, 14, 2>(256, 256),
-                      kernel_set<F64x8, 8, 3>(256, 264), kernel_set<F64x8, 16, 1>(256, 256),
+  table = KernelTable{kernel_set_for_l2<F32x16, 14, 2>(256, l2), kernel_set_for_l2<F32x16, 8, 3>(256, l2),
+                      kernel_set_for_l2<F32x16, 16, 1>(256, l2), kernel_set_for_l2<F64x8, 14, 2>(256, l2),
+                      kernel_set_for_l2<F64x8, 8, 3>(256, l2), kernel_set_for_l2<F64x8, 16, 1>(256, l2),
                       dot_kernel_set<F32x16, 4, 6>()};
   return true;
 }
@@ -56,7 +56,7 @@ bool gemm_kernels_avx512(KernelTable& table) {
 #else  // built without the flags (a compiler setup.py does not know): no kernels here
 
 namespace fastconv {
-bool gemm_kernels_avx512(KernelTable&) { return false; }
+bool gemm_kernels_avx512(KernelTable&, index_t) { return false; }
 }  // namespace fastconv
 
 #endif

@@ -36,7 +36,7 @@ struct MicroKernel {
   int mr;       // rows of C per micro-tile (broadcast operand)
   int nr;       // columns of C per micro-tile (vector operand)
   index_t kc;   // depth of a packed block: an A micro-panel MR*kc stays in L1
-  index_t nc;   // columns of a packed B block: kc*nc*sizeof(T) ~ 512 KiB, half of a 1 MiB L2
+  index_t nc;   // columns of a packed B block: kc*nc*sizeof(T) ~ half of the L2 (see kernel_set_for_l2)
   Fn fn;
   OffsetFn fn_offsets;
   RowsFn fn_rows;
@@ -72,8 +72,9 @@ struct KernelTable {
 };
 
 // Each returns false (and leaves the table alone) when that translation unit was built without
-// its instruction set, e.g. by a compiler that does not know the flags.
-bool gemm_kernels_avx512(KernelTable& table);
-bool gemm_kernels_avx2(KernelTable& table);
+// its instruction set, e.g. by a compiler that does not know the flags. Their packed B blocks fill
+// half of an L2 of l2_bytes (see kernel_set_for_l2).
+bool gemm_kernels_avx512(KernelTable& table, index_t l2_bytes);
+bool gemm_kernels_avx2(KernelTable& table, index_t l2_bytes);
 
 }  // namespace fastconv

@@ -232,6 +232,17 @@ MicroKernel<typename V::T> kernel_set(index_t kc, index_t nc) {
                                     &pack_panel<V, MR>, &pack_panel<V, NV * V::L>};
 }
 
+// The same with column blocks taken from the core's L2: a packed KC x NC block of B takes about
+// half of it (NC rounded up to whole NR panels), the other half left to the streams of A and C
+// and to the next block's B. With the 1 MiB L2 of the Intel server cores this is 512 columns of
+// fp32 at KC = 256, the constant first tuned there; Zen 1-3's 512 KiB L2 gets 256.
+// Column blocks do not split a reduction: NC never changes a result's bits.
+template <class V, int MR, int NV>
+MicroKernel<typename V::T> kernel_set_for_l2(index_t kc, index_t l2_bytes) {
+  const index_t nr = NV * V::L, cols = l2_bytes / 2 / (kc * index_t(sizeof(typename V::T)));
+  return kernel_set<V, MR, NV>(kc, cols > nr ? (cols + nr - 1) / nr * nr : nr);
+}
+
 // The dot kernel (see DotKernel): RA x RB accumulators of lane partial sums, RA + RB vector loads
 // per step.
 template <class V, int RA, int RB>

@@ -3,6 +3,9 @@ threads (determinism, concurrency, the released GIL) and its bounded workspace. 
 in test_conv.py / test_pool.py / test_linear.py already checks every op against the reference."""
 
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -79,14 +82,17 @@ FAST_PATHS = [
     # row block taller than the plane, a channel multiplier reusing the padded plane
     Conv("dw_forward_ragged", 2, 5, 19, 37, 5, 3, 3, padding=1, groups=5),
     Conv("dw_forward_5x5_narrow_multiplier", 2, 3, 3, 9, 6, 5, 5, padding=(2, 1), groups=3),
-    # depthwise wgrad's vector kernel (AVX-512, stride_w 1, 3x3 and 5x5): rows of several vectors
-    # with a ragged last one, rows narrower than a vector, padding wider than the kernel's reach,
-    # a channel multiplier; and 3x4, which it leaves to the portable loops
+    # depthwise wgrad's vector kernel (AVX-512 and AVX2, stride_w 1, 3x3 and 5x5): rows of several
+    # vectors with a ragged last one (masked steps at both ends, plain ones between), rows narrower
+    # than a vector, padding wider than the kernel's reach, a channel multiplier, no padding and
+    # rows of whole vectors (every step plain), more channels than threads unevenly; and 3x4, which
+    # it leaves to the portable loops
     Conv("dw_wgrad_ragged", 3, 5, 7, 37, 5, 3, 3, padding=1, groups=5),
     Conv("dw_wgrad_narrow", 2, 3, 6, 5, 3, 3, 3, padding=1, groups=3),
     Conv("dw_wgrad_5x5_stride_h", 2, 4, 13, 21, 4, 5, 5, stride=(2, 1), padding=2, groups=4),
     Conv("dw_wgrad_dilated_wide_pad", 2, 3, 9, 19, 3, 3, 3, padding=(3, 4), dilation=(2, 3), groups=3),
     Conv("dw_wgrad_multiplier", 2, 3, 8, 20, 6, 3, 3, padding=1, groups=3),
+    Conv("dw_wgrad_plain", 2, 5, 10, 34, 5, 3, 3, padding=0, groups=5),
     Conv("dw_wgrad_3x4", 2, 3, 8, 20, 3, 3, 4, padding=1, groups=3),
 ]
 
@@ -652,3 +658,60 @@ def test_max_pool_backward_indices_outside_their_windows(case, rng):
     got = fastconv.max_pool2d_backward(dy, x, *args, indices=indices, backend="cpp")
     want = fastconv.max_pool2d_backward(dy, x, *args, indices=indices, backend="reference")
     assert_equal(got, want, "dx")
+
+
+# The GEMM's column blocks follow the L2 (FASTCONV_L2_BYTES, else sysfs): a small L2 cuts the
+# products into many more blocks, which must not change a bit (column blocks never split a sum).
+_BLOCKING_SCRIPT = """
+import sys, numpy as np, fastconv
+from fastconv import _cpp
+rng = np.random.default_rng(7)
+out = {"l2": np.array(_cpp.cache_sizes()["l2"]), "nc": np.array(_cpp.gemm_blocking()["nc"])}
+for i, (xs, ws, kw) in enumerate([((3, 40, 23, 29), (96, 40, 3, 3), dict(stride=2, padding=1)),
+                                  ((2, 300, 9, 11), (70, 300, 1, 1), {}),
+                                  ((2, 64, 30, 34), (64, 64, 3, 3), dict(padding=1))]):
+    x, w = rng.standard_normal(xs, dtype=np.float32), rng.standard_normal(ws, dtype=np.float32)
+    y = fastconv.conv2d(x, w, None, **kw, backend="cpp")
+    out[f"y{i}"] = y
+    for j, g in enumerate(fastconv.conv2d_backward(y, x, w, **kw, needs=(True, True, False), backend="cpp")[:2]):
+        out[f"g{i}{j}"] = g
+a, b = rng.standard_normal((33, 700), dtype=np.float32), rng.standard_normal((900, 700), dtype=np.float32)
+out["linear"] = fastconv.linear(a, b, None, backend="cpp")
+np.savez(sys.argv[1], **out)
+"""
+
+
+def _blocking_run(tmp_path, name, l2):
+    env = {k: v for k, v in os.environ.items() if k != "FASTCONV_L2_BYTES"}
+    if l2 is not None:
+        env["FASTCONV_L2_BYTES"] = l2
+    path = tmp_path / f"{name}.npz"
+    proc = subprocess.run([sys.executable, "-c", _BLOCKING_SCRIPT, str(path)], env=env, capture_output=True, text=True)
+    return proc, path
+
+
+def test_column_blocks_follow_the_l2_and_leave_every_bit(tmp_path):
+    runs = {}
+    for name, l2 in (("detected", None), ("small", "65536"), ("large", str(4 << 20))):
+        proc, path = _blocking_run(tmp_path, name, l2)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = dict(np.load(path))
+    assert runs["small"]["l2"] == 65536 and runs["large"]["l2"] == 4 << 20
+    assert runs["small"]["nc"] < runs["detected"]["nc"] <= runs["large"]["nc"]
+    for name in ("small", "large"):
+        for key, want in runs["detected"].items():
+            if key not in ("l2", "nc"):
+                assert_equal(runs[name][key], want, f"{key} with FASTCONV_L2_BYTES of the {name} run")
+
+
+def test_bad_l2_size_is_a_value_error(tmp_path):
+    proc, _ = _blocking_run(tmp_path, "bad", "1MB")
+    assert proc.returncode != 0 and "ValueError: FASTCONV_L2_BYTES must be a cache size in bytes" in proc.stderr, proc.stderr
+
+
+def test_cache_sizes_report():
+    c = _cpp.cache_sizes()
+    assert c["l2_source"] in ("env", "sysfs", "default") and c["l2"] >= 4096
+    assert _cpp.gemm_blocking("float64")["kc"] == _cpp.gemm_blocking()["kc"] == 256  # kc splits sums: fixed
+    with pytest.raises(ValueError, match="gemm_blocking: dtype must be"):
+        _cpp.gemm_blocking("float16")

@@ -1,26 +1,66 @@
-"""C++ convolution: forward, backward-input, backward-weight, backward-bias (csrc/conv.cpp)."""
+"""C++ convolution: forward, backward-input, backward-weight, backward-bias (csrc/conv.cpp).
 
-from ... import _cpp
+Each pass runs the algorithm the C++ heuristics choose, or with autotune on (fastconv.autotune)
+the fastest measured among those that apply: cpp's own and the Cython backend's im2col + BLAS.
+"""
+
+from ... import _cpp, _dispatch
+from ...autotune import IM2COL, tuned
 from .._common import empty
 from ._util import contiguous, nthreads
 
 
+def _candidates(pass_name, p, dtype):
+    """The algorithms autotune times for a pass: cpp's that apply, and im2col + BLAS where the
+    Cython backend is built and takes the dtype."""
+    def names():
+        cpp = _cpp.conv2d_algorithms(p, pass_name, dtype)
+        usable = _dispatch._usable("cython") and dtype.name in _dispatch.REGISTRY["cython"].dtypes("conv")
+        return cpp + (IM2COL,) if usable and cpp != ("direct",) else cpp
+    return names
+
+
+def _cython(func):
+    return _dispatch._function("cython", "conv", func)
+
+
 def conv2d_forward(x, w, b, p):
-    y = empty(p.y_shape, x.dtype)  # (N, C_out, OH, OW)
-    _cpp.conv2d_forward(contiguous(x), contiguous(w), contiguous(b), y, p, nthreads())
-    return y
+    x, w, b = contiguous(x), contiguous(w), contiguous(b)
+    nt = nthreads()
+
+    def run(algo):
+        if algo == IM2COL:
+            return _cython("conv2d_forward")(x, w, b, p)
+        y = empty(p.y_shape, x.dtype)  # (N, C_out, OH, OW)
+        _cpp.conv2d_forward(x, w, b, y, p, nt, algo)
+        return y
+    return tuned("fwd", p, x.dtype, _candidates("fwd", p, x.dtype), nt, run)
 
 
 def conv2d_backward_input(dy, w, p):
-    dx = empty(p.x_shape, dy.dtype)  # (N, C_in, H, W)
-    _cpp.conv2d_backward_input(contiguous(dy), contiguous(w), dx, p, nthreads())
-    return dx
+    dy, w = contiguous(dy), contiguous(w)
+    nt = nthreads()
+
+    def run(algo):
+        if algo == IM2COL:
+            return _cython("conv2d_backward_input")(dy, w, p)
+        dx = empty(p.x_shape, dy.dtype)  # (N, C_in, H, W)
+        _cpp.conv2d_backward_input(dy, w, dx, p, nt, algo)
+        return dx
+    return tuned("dgrad", p, dy.dtype, _candidates("dgrad", p, dy.dtype), nt, run)
 
 
 def conv2d_backward_weight(dy, x, p):
-    dw = empty(p.w_shape, dy.dtype)  # (C_out, C_in/groups, KH, KW)
-    _cpp.conv2d_backward_weight(contiguous(dy), contiguous(x), dw, p, nthreads())
-    return dw
+    dy, x = contiguous(dy), contiguous(x)
+    nt = nthreads()
+
+    def run(algo):
+        if algo == IM2COL:
+            return _cython("conv2d_backward_weight")(dy, x, p)
+        dw = empty(p.w_shape, dy.dtype)  # (C_out, C_in/groups, KH, KW)
+        _cpp.conv2d_backward_weight(dy, x, dw, p, nt, algo)
+        return dw
+    return tuned("wgrad", p, dy.dtype, _candidates("wgrad", p, dy.dtype), nt, run)
 
 
 def conv2d_backward_bias(dy):
