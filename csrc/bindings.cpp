@@ -12,6 +12,7 @@
 #include "gemm.h"
 #include "linear.h"
 #include "pool.h"
+#include "winograd.h"
 
 namespace py = pybind11;
 using fastconv::index_t;
@@ -269,8 +270,11 @@ PYBIND11_MODULE(_cpp, m) {
         return fastconv::conv2d_uses_winograd(conv_shape(p), pass, dtype.itemsize());
       },
       py::arg("p"), py::arg("pass_"), py::arg("dtype"),
-      "whether pass 'fwd', 'dgrad' or 'wgrad' of ConvParams p in dtype runs as Winograd F(2x2, 3x3) (given finite "
-      "data)");
+      "the output tile m (2 or 4) of the Winograd F(m x m, 3x3) that pass 'fwd', 'dgrad' or 'wgrad' of ConvParams p "
+      "in dtype runs as (given finite data), 0 where it does not run as Winograd");
+  m.def("set_winograd_tile", &fastconv::set_winograd_tile, py::arg("m"),
+        "make every pass that runs as Winograd use tile m (2 or 4), or none (1), or the chooser's (0): for tests and "
+        "benchmarks");
   m.def(
       "conv2d_wgrad_uses_dot", [](const py::object& p) { return fastconv::conv2d_wgrad_uses_dot(conv_shape(p)); },
       py::arg("p"), "whether fp32 wgrad of ConvParams p runs as dot products along the pixels (given finite x)");

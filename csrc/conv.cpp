@@ -12,8 +12,9 @@
 //     Tiles that straddle output rows are staged per unit and copied to y once (stage_tiling).
 //     The weight is read as it lies too (row i of A at w + off[p] + i*lda, see InPlaceA; conv_flat.cpp);
 //   * forward and stride-1 dgrad of 3x3 layers (stride 1, dilation 1, one group, 64+ channels each
-//     way, enough tiles; wgrad at 128+ channels), finite data: Winograd F(2x2, 3x3), 2.25x fewer
-//     multiplies (winograd.cpp);
+//     way, enough tiles; wgrad at 128+ channels), finite data: Winograd F(4x4, 3x3), 4x fewer
+//     multiplies, in fp32 on up to 128 channels summed (wgrad: 4096 pixels), else F(2x2, 3x3),
+//     2.25x (winograd.cpp);
 //   * dgrad at stride 1, undilated, 16+ input channels per group: the forward convolution of dy
 //     with the flipped, transposed weight (no col2im, and that weight is w read at other offsets:
 //     never built); otherwise dgrad is GEMM (cols = W^T dy) + col2im (im2col with +=;
@@ -74,9 +75,9 @@ bool takes(ConvAlgo algo, ConvAlgo entry) { return algo == ConvAlgo::kAuto || al
 template <typename T>
 void general_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const T* b, T* y, int nthreads,
                      ConvAlgo algo) {
-  // Winograd F(2x2, 3x3), on the 3x3 layers where it pays (see winograd_applies); it declines data
-  // that holds an Inf or NaN
-  if (takes(algo, ConvAlgo::kWinograd) && winograd_applies(s, sizeof(T)) &&
+  // Winograd, on the 3x3 layers where it pays (see winograd_tile); it declines data that holds an
+  // Inf or NaN
+  if (takes(algo, ConvAlgo::kWinograd) && winograd_tile(s, sizeof(T)) &&
       winograd_forward(s, x, wa.w, wa.lda, wa.off, b, y, nthreads))
     return;
   // any layer: the GEMM on the flat layout
@@ -188,10 +189,9 @@ template <typename T>
 void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads, ConvAlgo algo) {
   // depthwise: direct loops
   if (is_depthwise(s)) return depthwise_backward_weight(s, dy, x, dw, nthreads);
-  // Winograd F(2x2, 3x3), on the 3x3 layers of 128+ channels where it pays, fp32 (see
-  // winograd_wgrad_applies); it declines data that holds an Inf or NaN (named, it hands on to the
-  // heuristics)
-  if (takes(algo, ConvAlgo::kWinograd) && winograd_wgrad_applies(s, sizeof(T))) {
+  // Winograd, on the 3x3 layers of 128+ channels where it pays, fp32 (see winograd_wgrad_tile); it
+  // declines data that holds an Inf or NaN (named, it hands on to the heuristics)
+  if (takes(algo, ConvAlgo::kWinograd) && winograd_wgrad_tile(s, sizeof(T))) {
     if (winograd_backward_weight(s, dy, x, dw, nthreads)) return;
     algo = ConvAlgo::kAuto;
   }
@@ -243,11 +243,11 @@ void conv2d_backward_bias(index_t N, index_t C, index_t P, const T* dy, T* db, i
 // which path runs, for tests: these follow the lists above
 // ---------------------------------------------------------------------------------------------
 
-bool conv2d_uses_winograd(const ConvShape& s, const std::string& pass, index_t elem_bytes) {
-  if (is_depthwise(s)) return false;
-  if (pass == "fwd") return winograd_applies(s, elem_bytes);
-  if (pass == "dgrad") return s.stride_h == 1 && s.stride_w == 1 && winograd_applies(dgrad_shape(s), elem_bytes);
-  if (pass == "wgrad") return winograd_wgrad_applies(s, elem_bytes);
+int conv2d_uses_winograd(const ConvShape& s, const std::string& pass, index_t elem_bytes) {
+  if (is_depthwise(s)) return 0;
+  if (pass == "fwd") return winograd_tile(s, elem_bytes);
+  if (pass == "dgrad") return s.stride_h == 1 && s.stride_w == 1 ? winograd_tile(dgrad_shape(s), elem_bytes) : 0;
+  if (pass == "wgrad") return winograd_wgrad_tile(s, elem_bytes);
   throw std::invalid_argument("conv2d_uses_winograd: pass must be 'fwd', 'dgrad' or 'wgrad', got '" + pass + "'");
 }
 
@@ -258,14 +258,14 @@ std::vector<std::string> conv2d_algorithms(const ConvShape& s, const std::string
   std::vector<std::string> names;
   const bool unit_stride = s.stride_h == 1 && s.stride_w == 1;
   if (pass == "fwd") {
-    if (winograd_applies(s, elem_bytes)) names.push_back("winograd");
+    if (winograd_tile(s, elem_bytes)) names.push_back("winograd");
     names.push_back("gemm");
   } else if (pass == "dgrad") {
-    if (unit_stride && winograd_applies(dgrad_shape(s), elem_bytes)) names.push_back("winograd");
+    if (unit_stride && winograd_tile(dgrad_shape(s), elem_bytes)) names.push_back("winograd");
     if (unit_stride) names.push_back("gemm");
     names.push_back("col2im");
   } else {
-    if (winograd_wgrad_applies(s, elem_bytes)) names.push_back("winograd");
+    if (winograd_wgrad_tile(s, elem_bytes)) names.push_back("winograd");
     if (elem_bytes == 4 && dot_wgrad_applies(s)) names.push_back("dot");
     names.insert(names.end(), {"flat", "packed"});
   }
@@ -292,7 +292,7 @@ ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_
 }
 
 bool conv2d_wgrad_uses_dot(const ConvShape& s) {
-  return !is_depthwise(s) && !winograd_wgrad_applies(s, 4) && dot_wgrad_applies(s);
+  return !is_depthwise(s) && !winograd_wgrad_tile(s, 4) && dot_wgrad_applies(s);
 }
 
 #define FASTCONV_INSTANTIATE(T)                                                                      \

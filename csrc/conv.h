@@ -16,9 +16,10 @@ struct ConvShape {
   index_t stride_h, stride_w, pad_t, pad_l, dil_h, dil_w, groups;
 };
 
-// Whether pass "fwd", "dgrad" or "wgrad" of s, in elements of elem_bytes (4 or 8), runs as Winograd
-// F(2x2, 3x3) (see winograd.h) rather than as a direct GEMM, given finite data: for tests.
-bool conv2d_uses_winograd(const ConvShape& s, const std::string& pass, index_t elem_bytes);
+// The output tile m of the Winograd F(m x m, 3x3) (see winograd.h) that pass "fwd", "dgrad" or
+// "wgrad" of s runs as, in elements of elem_bytes (4 or 8), given finite data; 0 where it runs as a
+// direct GEMM: for tests.
+int conv2d_uses_winograd(const ConvShape& s, const std::string& pass, index_t elem_bytes);
 // Whether wgrad of s in fp32 runs as dot products along the pixels (the dot kernel of the kernel
 // set in use; see conv_dot_wgrad.cpp), given finite x: for tests.
 bool conv2d_wgrad_uses_dot(const ConvShape& s);

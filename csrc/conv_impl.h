@@ -4,7 +4,7 @@
 //   conv_depthwise.cpp   depthwise (one input channel per group): direct loops, every pass
 //   conv_flat.cpp        the flat layout, and the forward as a GEMM that reads its im2col operand in
 //                        place from it (stride-1 dgrad runs it too, as a forward of dy)
-//   winograd.cpp         Winograd F(2x2, 3x3): forward, stride-1 dgrad, wgrad (declared in winograd.h)
+//   winograd.cpp         Winograd F(2x2, 3x3) and F(4x4, 3x3): forward, stride-1 dgrad, wgrad (declared in winograd.h)
 //   conv_col2im.cpp      dgrad at any stride: GEMM (cols = W^T dy) + col2im
 //   conv_gemm_wgrad.cpp  wgrad as a GEMM: on the flat layout, or with cols^T packed from x
 //   conv_dot_wgrad.cpp   wgrad as dot products along the pixels (few output channels, fp32)

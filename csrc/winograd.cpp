@@ -1,36 +1,44 @@
-// Winograd F(2x2, 3x3); see winograd.h for the algebra.
+// Winograd F(m x m, 3x3), m = 2 or 4; see winograd.h for the algebra.
+//
+// Everything below is written once for the output tile m (a template on Tile<m>): the tiles differ
+// only in their 1-D transforms (Tile<2>, Tile<4>) and in the sizes that follow from m: windows of
+// a = m + 2, a*a GEMMs (16 or 36), planes split into m row phases.
 //
 // Images are taken a chunk at a time. Each chunk is first copied, zero-padded, into planes of
-// (2*TH + 2) x (2*TW + 2) per channel (TH x TW tiles per image) in which every tile's 4x4 window
+// m*(TH + 1) x m*(TW + 1) per channel (TH x TW tiles per image) in which every tile's a x a window
 // lies whole (see Planes). The chunk's GEMM columns are then cut into blocks of `nt`, one block per
 // thread at a time, each in three steps on that thread's buffers:
 //   1. input transform: V[xi] (C_in x nt, packed as the micro-kernel reads B) from the windows;
-//   2. 16 GEMMs M[xi] (C_out x nt) = U[xi] V[xi], U (the transformed weight, packed for the
+//   2. a*a GEMMs M[xi] (C_out x nt) = U[xi] V[xi], U (the transformed weight, packed for the
 //      micro-kernel once per call) shared by all threads;
-//   3. output transform: the 2x2 outputs of each tile and channel from M, + bias, into y.
+//   3. output transform: the m x m outputs of each tile and channel from M, + bias, into y.
 // Both transforms are vector loops over consecutive GEMM columns. Wide images (along_rows) make a
 // column of every tile start along the padded rows, one junk column per tile row included, so that
-// consecutive columns' windows are 2 elements apart and their outputs 2 apart in y: plain vector
+// consecutive columns' windows are m elements apart and their outputs m apart in y: plain vector
 // loads and stores. Narrow ones, where the junk would be 20% of the GEMM, number only their tiles
 // and reach windows and outputs through tables of offsets; their outputs go into padded output
-// planes (2*TH x 2*TW) cropped into y after the chunk, unless OH and OW are even.
+// planes (m*TH x m*TW) cropped into y after the chunk, unless m divides OH and OW.
 //
 // wgrad (winograd_backward_weight) runs the same way in transpose: per block, V of x's windows and
-// D = A dy A^T of dy's 2x2 tiles, then 16 GEMMs S[xi] += D[xi] V[xi]^T over the block's tiles, the
-// threads splitting the transforms by channel and the GEMMs by xi, block after block in order; at
-// the end dW = G^T S G.
+// D = A dy A^T of dy's m x m tiles, then a*a GEMMs S[xi] += D[xi] V[xi]^T over the block's tiles,
+// the threads splitting the transforms by channel and the GEMMs by xi, block after block in order;
+// at the end dW = G^T S G.
 //
-// Workspace: shared, U (16 x C_in x C_out, rows rounded up to MR), the padded input planes of a
-// chunk and, for the tables with odd OH or OW, its padded output planes (a chunk holds at most
-// kChunkBytes of either, or one image); per thread, V and M of one block (16 x (C_in + C_out) x
-// nt, see block_tiles) and two offset tables of nt entries. wgrad: shared, S (16 x C_out x C_in),
-// a chunk of padded x and dy planes (kChunkBytes, or one image), V and D of one block (16 x (C_in +
-// C_out) x 128..512 tiles, see kWgradBlockBytes) and its tables; per thread, one packed B block.
+// Workspace: shared, U (a*a x C_in x C_out, rows rounded up to MR), the padded input planes of a
+// chunk and, for the tables when m does not divide OH and OW, its padded output planes (a chunk
+// holds at most kChunkBytes of either, or one image); per thread, V and M of one block (a*a x (C_in
+// + C_out) x nt, see block_tiles) and two offset tables of nt entries. wgrad: shared, S (a*a x C_out
+// x C_in), a chunk of padded x and dy planes (kChunkBytes, or one image), V and D of one block (a*a
+// x (C_in + C_out) x 128..512 tiles, see kWgradBlockBytes) and its tables; per thread, one packed B
+// block.
 #include "winograd.h"
 
 #include <omp.h>
 
 #include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "gemm.h"
@@ -38,15 +46,155 @@
 namespace fastconv {
 namespace {
 
-// Tiles of 2x2 output pixels: TH x TW per image, the last row/column of tiles clipped when OH/OW
-// is odd.
+// ---------------------------------------------------------------------------------------------
+// the tiles: 1-D transforms, each reading its input through in(k) and handing element k of its
+// result to out(k, value)
+// ---------------------------------------------------------------------------------------------
+
+template <int M, typename T>
+struct Tile;
+
+// F(2, 3), points 0, 1, -1, inf: every entry of B, G and A is 0, +-1 or +-1/2, so small-integer
+// data stays exact (quarters at most in U).
+template <typename T>
+struct Tile<2, T> {
+  static constexpr int m = 2, a = 4;
+  template <class In, class Out>
+  static void input(In d, Out o) {  // B^T d
+    o(0, d(0) - d(2));
+    o(1, d(1) + d(2));
+    o(2, d(2) - d(1));
+    o(3, d(1) - d(3));
+  }
+  template <class In, class Out>
+  static void weight(In g, Out o) {  // G g
+    const T g0 = g(0), g1 = g(1), g2 = g(2);
+    o(0, g0);
+    o(1, T(0.5) * (g0 + g1 + g2));
+    o(2, T(0.5) * (g0 - g1 + g2));
+    o(3, g2);
+  }
+  template <class In, class Out>
+  static void output(In s, Out o) {  // A^T s
+    const T s1 = s(1), s2 = s(2);
+    o(0, s(0) + s1 + s2);
+    o(1, s1 - s2 - s(3));
+  }
+  template <class In, class Out>
+  static void dy(In e, Out o) {  // A e (wgrad)
+    const T e0 = e(0), e1 = e(1);
+    o(0, e0);
+    o(1, e0 + e1);
+    o(2, e0 - e1);
+    o(3, -e1);
+  }
+  template <class In, class Out>
+  static void weight_grad(In s, Out o) {  // G^T s (wgrad)
+    const T s1 = s(1), s2 = s(2);
+    o(0, s(0) + T(0.5) * (s1 + s2));
+    o(1, T(0.5) * (s1 - s2));
+    o(2, T(0.5) * (s1 + s2) + s(3));
+  }
+};
+
+// F(4, 3) on points 0, +-a, +-b and inf, a = 3/4 and b = 3/2 rather than Lavin & Gray's 1 and 2: in
+// float32 the error is dominated by the GEMMs' sums over the channels, which the output transform
+// magnifies by about sum over xi of A^T[i][xi]^2 |G_xi|^2 |B^T_xi|^2 (rows xi of G and B^T); that
+// factor is 26 here against 94 with 1 and 2, the least of the 5-point sets of 0 and +-{1/4, 1/2,
+// 3/4, 1, 3/2, 2, 3, 4}. Measured, largest error 0.28-0.35x that with 1 and 2 (forward and dgrad
+// at 64-256 channels). Every point is dyadic, so are B^T and A; G holds 1/81 and 1/243, so results
+// are rounded even on small integers (see winograd_tile for where they stay inside the tolerance).
+//   B^T = [a^2 b^2      0  -(a^2+b^2)         0  1  0]   (row xi: the coefficients of
+//         [      0  -a b^2       -b^2         a  1  0]    prod over points p != p_xi of (x - p),
+//         [      0   a b^2       -b^2        -a  1  0]    the last row that over all five)
+//         [      0  -a^2 b       -a^2         b  1  0]
+//         [      0   a^2 b       -a^2        -b  1  0]
+//         [      0 a^2 b^2          0 -(a^2+b^2) 0  1]
+//   G row xi = (1, p, p^2) / prod over points p' != p of (p - p'), (0, 0, 1) for inf
+//   A^T column xi = (1, p, p^2, p^3), (0, 0, 0, 1) for inf
+template <typename T>
+struct Tile<4, T> {
+  static constexpr int m = 4, a = 6;
+  static constexpr T pa = T(0.75), pb = T(1.5), pa2 = pa * pa, pb2 = pb * pb;  // exact
+  static constexpr T g0 = T(1) / (pa2 * pb2);                 // 1 / prod over p' != 0 of (0 - p')
+  static constexpr T ga = T(1) / (T(2) * pa2 * (pa2 - pb2));  // ... of (+-a - p'), the same for both
+  static constexpr T gb = T(1) / (T(2) * pb2 * (pb2 - pa2));  // ... of (+-b - p')
+  template <class In, class Out>
+  static void input(In d, Out o) {  // B^T d
+    const T d1 = d(1), d2 = d(2), d3 = d(3), d4 = d(4);
+    const T ea = d4 - pb2 * d2, oa = pa * (pb2 * d1 - d3), eb = d4 - pa2 * d2, ob = pb * (pa2 * d1 - d3);
+    o(0, pa2 * pb2 * d(0) - (pa2 + pb2) * d2 + d4);
+    o(1, ea - oa);
+    o(2, ea + oa);
+    o(3, eb - ob);
+    o(4, eb + ob);
+    o(5, pa2 * pb2 * d1 - (pa2 + pb2) * d3 + d(5));
+  }
+  template <class In, class Out>
+  static void weight(In g, Out o) {  // G g
+    const T f0 = g(0), f1 = g(1), f2 = g(2);
+    const T ea = f0 + pa2 * f2, oa = pa * f1, eb = f0 + pb2 * f2, ob = pb * f1;
+    o(0, g0 * f0);
+    o(1, ga * (ea + oa));
+    o(2, ga * (ea - oa));
+    o(3, gb * (eb + ob));
+    o(4, gb * (eb - ob));
+    o(5, f2);
+  }
+  template <class In, class Out>
+  static void output(In s, Out o) {  // A^T s
+    const T p12 = s(1) + s(2), m12 = s(1) - s(2), p34 = s(3) + s(4), m34 = s(3) - s(4);
+    o(0, s(0) + p12 + p34);
+    o(1, pa * m12 + pb * m34);
+    o(2, pa2 * p12 + pb2 * p34);
+    o(3, pa2 * pa * m12 + pb2 * pb * m34 + s(5));
+  }
+  template <class In, class Out>
+  static void dy(In e, Out o) {  // A e (wgrad)
+    const T e0 = e(0), e1 = e(1), e2 = e(2), e3 = e(3);
+    const T ea = e0 + pa2 * e2, oa = pa * (e1 + pa2 * e3), eb = e0 + pb2 * e2, ob = pb * (e1 + pb2 * e3);
+    o(0, e0);
+    o(1, ea + oa);
+    o(2, ea - oa);
+    o(3, eb + ob);
+    o(4, eb - ob);
+    o(5, e3);
+  }
+  template <class In, class Out>
+  static void weight_grad(In s, Out o) {  // G^T s (wgrad)
+    const T p12 = s(1) + s(2), m12 = s(1) - s(2), p34 = s(3) + s(4), m34 = s(3) - s(4);
+    o(0, g0 * s(0) + ga * p12 + gb * p34);
+    o(1, ga * pa * m12 + gb * pb * m34);
+    o(2, ga * pa2 * p12 + gb * pb2 * p34 + s(5));
+  }
+};
+
+// The 2-D form of a 1-D transform f (In -> Out elements): Z = F X F^T, with X's element (r, j)
+// read as src(r, j) and Z's element (i, k) handed to dst(i, k, value); f down X's columns, then
+// along the rows of the result.
+template <typename T, int In, int Out, class F, class Src, class Dst>
+__attribute__((always_inline)) inline void transform_2d(F f, Src src, Dst dst) {
+  T t[Out][In];  // F X
+  for (int j = 0; j < In; ++j)
+    f([&](int r) { return src(r, j); }, [&](int i, T v) { t[i][j] = v; });
+  for (int i = 0; i < Out; ++i)  // (F X) F^T, row i
+    f([&](int r) { return t[i][r]; }, [&](int k, T v) { dst(i, k, v); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// the geometry of a tile size
+// ---------------------------------------------------------------------------------------------
+
+// Tiles of m x m output pixels: TH x TW per image, the last row/column of tiles clipped when m does
+// not divide OH/OW.
 struct TileGrid {
+  int m;
   index_t TH, TW, total;
 };
 
-TileGrid tile_grid(const ConvShape& s) {
-  const index_t TH = ceil_div(s.OH, 2), TW = ceil_div(s.OW, 2);
-  return TileGrid{TH, TW, s.N * TH * TW};
+TileGrid tile_grid(const ConvShape& s, int m) {
+  const index_t TH = ceil_div(s.OH, m), TW = ceil_div(s.OW, m);
+  return TileGrid{m, TH, TW, s.N * TH * TW};
 }
 
 // A block's V and M together take at most this many bytes (the thread's L2 is 1 MiB, which the
@@ -55,64 +203,54 @@ TileGrid tile_grid(const ConvShape& s) {
 // panel and budgets of 256 KiB to 4 MiB were within the noise.
 constexpr index_t kBlockBytes = index_t(512) << 10;
 
-template <typename T>
+template <int M, typename T>
 index_t block_tiles(const MicroKernel<T>& uk, const ConvShape& s) {
-  const index_t per_tile = 16 * (s.C_in + s.C_out) * index_t(sizeof(T));
+  constexpr index_t kXi = Tile<M, T>::a * Tile<M, T>::a;
+  const index_t per_tile = kXi * (s.C_in + s.C_out) * index_t(sizeof(T));
   return min_i(uk.nc, max_i(2 * uk.nr, kBlockBytes / per_tile / uk.nr * uk.nr));
 }
 
-// The padded planes of a chunk of images. Input: 2*TH + 2 rows of Wp = 2*TW + 2 per channel,
-// stored split by row parity, the even rows (TH + 1 of them) then the odd ones (odd rows start
-// `odd` elements in), so that tile (th, tw)'s window rows 0..3 start at th*Wp + 2*tw + {0, odd,
-// Wp, odd + Wp}: tiles along a tile row, and on into the next (with one junk tile, tw = TW, per
-// row: the padded row holds TW + 1 tile starts), start 2 elements apart. Output (when OH or OW is
-// odd): 2*TH x 2*TW per channel.
+// The padded planes of a chunk of images. Input: m*(TH + 1) rows of Wp = m*(TW + 1) per channel (the
+// rows past m*TH + 2 zeros, read only for columns that are dropped), stored split by row phase,
+// padded row R at (R % m)*sub + (R / m)*Wp, so that tile (th, tw)'s window row r starts at th*Wp +
+// m*tw + (r % m)*sub + (r / m)*Wp: tiles along a tile row, and on into the next (with one junk
+// tile, tw = TW, per row: the padded row holds TW + 1 tile starts), start m elements apart. Output
+// (when m does not divide OH or OW): m*TH x m*TW per channel.
 struct Planes {
-  index_t Wp, odd, in, OWp, out;
+  index_t Wp, sub, in, OWp, out;
 };
 
 Planes planes(const TileGrid& g) {
-  const index_t Wp = 2 * g.TW + 2;
-  return Planes{Wp, (g.TH + 1) * Wp, 2 * (g.TH + 1) * Wp, 2 * g.TW, 4 * g.TH * g.TW};
+  const index_t Wp = g.m * (g.TW + 1), sub = (g.TH + 1) * Wp;
+  return Planes{Wp, sub, g.m * sub, g.m * g.TW, g.m * g.m * g.TH * g.TW};
 }
+
+// ---------------------------------------------------------------------------------------------
+// the transforms, as vector loops
+// ---------------------------------------------------------------------------------------------
 
 // U = G g G^T for kMaxMR filters at once (a whole vector loop: GCC 12 leaves a loop of fewer
 // iterations than lanes scalar): filter i's tap k is g[k*ldg + i]; element xi of filter i goes to
 // u[xi*usize + i].
-template <typename T>
-__attribute__((always_inline)) inline void weight_lanes_impl(const T* g, index_t ldg, T* u, index_t usize) {
+template <int M, typename T>
+__attribute__((always_inline)) inline void weight_lanes_impl(Tile<M, T>, const T* g, index_t ldg, T* u,
+                                                             index_t usize) {
+  using W = Tile<M, T>;
 #pragma omp simd
-  for (int i = 0; i < kMaxMR; ++i) {
-    T gg[4][3];  // G g
-    for (int j = 0; j < 3; ++j) {
-      const T g0 = g[j * ldg + i], g1 = g[(3 + j) * ldg + i], g2 = g[(6 + j) * ldg + i];
-      gg[0][j] = g0;
-      gg[1][j] = T(0.5) * (g0 + g1 + g2);
-      gg[2][j] = T(0.5) * (g0 - g1 + g2);
-      gg[3][j] = g2;
-    }
-    for (int r = 0; r < 4; ++r) {  // (G g) G^T, row r
-      u[(4 * r + 0) * usize + i] = gg[r][0];
-      u[(4 * r + 1) * usize + i] = T(0.5) * (gg[r][0] + gg[r][1] + gg[r][2]);
-      u[(4 * r + 2) * usize + i] = T(0.5) * (gg[r][0] - gg[r][1] + gg[r][2]);
-      u[(4 * r + 3) * usize + i] = gg[r][2];
-    }
-  }
-}
-FASTCONV_CLONES void weight_lanes(const float* g, index_t ldg, float* u, index_t usize) {
-  weight_lanes_impl(g, ldg, u, usize);
-}
-FASTCONV_CLONES void weight_lanes(const double* g, index_t ldg, double* u, index_t usize) {
-  weight_lanes_impl(g, ldg, u, usize);
+  for (int i = 0; i < kMaxMR; ++i)
+    transform_2d<T, 3, W::a>([](auto in, auto out) { W::weight(in, out); },
+                             [&](int r, int j) { return g[(3 * r + j) * ldg + i]; },
+                             [&](int r, int k, T v) { u[(W::a * r + k) * usize + i] = v; });
 }
 
 // U[xi] = (G g G^T)[xi] for the output channels of row panel `panel` of the packed A operands (MR
 // channels, zeros past C_out) and every input channel: packed A element (co, ci) of element xi's
 // product at u + xi*usize + packed_a_index(co, ci), each depth step's MR channels contiguous.
 // Returns whether every filter tap it read was finite.
-template <typename T>
+template <int M, typename T>
 bool transform_weight(const MicroKernel<T>& uk, const ConvShape& s, const T* w, index_t lda, const index_t* off,
                       T* u, index_t usize, index_t panel) {
+  constexpr int kXi = Tile<M, T>::a * Tile<M, T>::a;
   constexpr int kSteps = 16;               // depth steps transformed together, then stored as runs
   constexpr int ldt = kSteps * kMaxMR + kMaxMR;  // a step's kMaxMR lanes spill MR..kMaxMR into the next
   const int MR = uk.mr;
@@ -124,7 +262,7 @@ bool transform_weight(const MicroKernel<T>& uk, const ConvShape& s, const T* w, 
   // weight; 16 channels are 9 whole vector blocks of taps): 0.98x the forward's time on ResNet-50's
   // 3x3x512 at 7x7, batch 16, against a scalar gather (the transform is 14% of it, mostly writing U).
   alignas(64) T g[kSteps * 9 * kMaxMR + kMaxMR] = {};
-  alignas(64) T t[16 * ldt];  // kSteps depth steps of the 16 operands: element xi at t + xi*ldt
+  alignas(64) T t[kXi * ldt];  // kSteps depth steps of the kXi operands: element xi at t + xi*ldt
   bool finite = true;
   for (index_t pc = 0; pc < s.C_in; pc += kc) {
     const index_t kcb = min_i(kc, s.C_in - pc);
@@ -134,24 +272,24 @@ bool transform_weight(const MicroKernel<T>& uk, const ConvShape& s, const T* w, 
       uk.pack_a(steps * 9, w + co0 * lda, lda, off + c * 9, lanes, g);
       finite = finite && all_finite(g, steps * 9 * MR);
       // in order: each step overwrites the spill of the one before (its lanes past MR: junk)
-      for (int k = 0; k < steps; ++k) weight_lanes(g + k * 9 * MR, MR, t + k * MR, ldt);
-      for (int xi = 0; xi < 16; ++xi)
+      for (int k = 0; k < steps; ++k) weight_lanes(Tile<M, T>{}, g + k * 9 * MR, MR, t + k * MR, ldt);
+      for (int xi = 0; xi < kXi; ++xi)
         std::memcpy(dst + xi * usize + (c - pc) * MR, t + xi * ldt, static_cast<std::size_t>(steps * MR) * sizeof(T));
     }
   }
   return finite;
 }
 
-// Plane src (H x W) into padded planes split by row parity, rows of Wp: source pixel (r, c) at
-// padded (r + pad_t, c + pad_l), padded row R at dst + (R % 2)*odd + (R / 2)*Wp, R < rows; zeros
+// Plane src (H x W) into padded planes split into `m` row phases, rows of Wp: source pixel (r, c)
+// at padded (r + pad_t, c + pad_l), padded row R at dst + (R % m)*sub + (R / m)*Wp, R < rows; zeros
 // elsewhere, and a negative padding (dgrad's) crops instead. Returns whether every pixel of src is
 // finite (Winograd takes only finite data, see winograd_forward).
 template <typename T>
-bool pad_plane(const T* src, index_t H, index_t W, index_t pad_t, index_t pad_l, index_t rows, index_t Wp,
-               index_t odd, T* dst) {
+bool pad_plane(const T* src, index_t H, index_t W, index_t pad_t, index_t pad_l, index_t rows, int m, index_t Wp,
+               index_t sub, T* dst) {
   const index_t c0 = min_i(Wp, max_i(0, pad_l)), c1 = max_i(c0, min_i(Wp, pad_l + W));
   for (index_t r = 0; r < rows; ++r) {
-    T* d = dst + (r % 2) * odd + (r / 2) * Wp;
+    T* d = dst + (r % m) * sub + (r / m) * Wp;
     const index_t ih = r - pad_t;
     if (ih < 0 || ih >= H || c1 == c0) {
       fill_zero(d, Wp);
@@ -165,131 +303,110 @@ bool pad_plane(const T* src, index_t H, index_t W, index_t pad_t, index_t pad_l,
 }
 
 // Where the windows of a panel's tiles lie and where their outputs go: consecutive tiles of a
-// padded plane whose rows hold TW + 1 tiles (the junk last one included), 2 elements apart, or
+// padded plane whose rows hold TW + 1 tiles (the junk last one included), m elements apart, or
 // any tiles through a table of offsets.
+template <int M>
 struct Strided {
-  index_t at(index_t l) const { return 2 * l; }
+  index_t at(index_t l) const { return M * l; }
 };
 struct Table {
   const std::int32_t* off;
   index_t at(index_t l) const { return off[l]; }
 };
 
-// V = B^T d B for tiles l < n of one column panel of V: tile l's window d (4x4) at x + where.at(l),
-// its rows at + {0, odd, Wp, odd + Wp} (see Planes); element xi to v[xi*ldv + l].
-template <typename T, class Where>
-__attribute__((always_inline)) inline void input_panel_impl(const T* x, Where where, index_t Wp, index_t odd,
-                                                            index_t n, T* v, index_t ldv) {
-  // v never overlaps x: tell the vectoriser, which would not version 17 streams
+// V = B^T d B for tiles l < n of one column panel of V: tile l's window d (a x a) at x + where.at(l),
+// its row r at + (r % m)*sub + (r / m)*Wp (see Planes); element xi to v[xi*ldv + l].
+template <int M, typename T, class Where>
+__attribute__((always_inline)) inline void input_panel_impl(Tile<M, T>, const T* x, Where where, index_t Wp,
+                                                            index_t sub, index_t n, T* v, index_t ldv) {
+  using W = Tile<M, T>;
+  // v never overlaps x: tell the vectoriser, which would not version a*a + 1 streams
 #pragma omp simd
   for (index_t l = 0; l < n; ++l) {
     const T* p = x + where.at(l);
-    T d[4][4];
-    for (int r = 0; r < 4; ++r)
-      for (int j = 0; j < 4; ++j) d[r][j] = p[(r % 2) * odd + (r / 2) * Wp + j];
-    T t[4][4];  // B^T d
-    for (int j = 0; j < 4; ++j) {
-      t[0][j] = d[0][j] - d[2][j];
-      t[1][j] = d[1][j] + d[2][j];
-      t[2][j] = d[2][j] - d[1][j];
-      t[3][j] = d[1][j] - d[3][j];
-    }
-    for (int i = 0; i < 4; ++i) {  // (B^T d) B, row i
-      v[(4 * i + 0) * ldv + l] = t[i][0] - t[i][2];
-      v[(4 * i + 1) * ldv + l] = t[i][1] + t[i][2];
-      v[(4 * i + 2) * ldv + l] = t[i][2] - t[i][1];
-      v[(4 * i + 3) * ldv + l] = t[i][1] - t[i][3];
-    }
+    transform_2d<T, W::a, W::a>([](auto in, auto out) { W::input(in, out); },
+                                [&](int r, int j) { return p[(r % M) * sub + (r / M) * Wp + j]; },
+                                [&](int i, int k, T val) { v[(W::a * i + k) * ldv + l] = val; });
   }
 }
 
-// Y = A^T m A + bias for tiles l < n of one output channel, element xi of tile l at m[xi*ldm + l]:
-// tile l's 2x2 outputs to y + where.at(l), rows OWp apart.
-template <typename T, class Where>
-__attribute__((always_inline)) inline void output_panel_impl(const T* m, index_t ldm, Where where, index_t OWp,
-                                                             index_t n, T bias, T* y) {
+// Y = A^T s A + bias for tiles l < n of one output channel, element xi of tile l at s[xi*lds + l]:
+// tile l's m x m outputs to y + where.at(l), rows OWp apart.
+template <int M, typename T, class Where>
+__attribute__((always_inline)) inline void output_panel_impl(Tile<M, T>, const T* s, index_t lds, Where where,
+                                                             index_t OWp, index_t n, T bias, T* y) {
+  using W = Tile<M, T>;
 #pragma omp simd
   for (index_t l = 0; l < n; ++l) {
-    T s[2][4];  // A^T m
-    for (int j = 0; j < 4; ++j) {
-      const T m0 = m[j * ldm + l], m1 = m[(4 + j) * ldm + l], m2 = m[(8 + j) * ldm + l], m3 = m[(12 + j) * ldm + l];
-      s[0][j] = m0 + m1 + m2;
-      s[1][j] = m1 - m2 - m3;
-    }
     T* q = y + where.at(l);
-    q[0] = s[0][0] + s[0][1] + s[0][2] + bias;
-    q[1] = s[0][1] - s[0][2] - s[0][3] + bias;
-    q[OWp] = s[1][0] + s[1][1] + s[1][2] + bias;
-    q[OWp + 1] = s[1][1] - s[1][2] - s[1][3] + bias;
+    transform_2d<T, W::a, M>([](auto in, auto out) { W::output(in, out); },
+                             [&](int r, int j) { return s[(W::a * r + j) * lds + l]; },
+                             [&](int i, int k, T val) { q[i * OWp + k] = val + bias; });
   }
 }
 
-// wgrad's transform of dy: D = A e A^T for tiles l < n, tile l's 2x2 dy e at dy + where.at(l),
-// its second row `odd` elements on (the row-split padded dy planes); element xi to d[xi*ldd + l].
-template <typename T, class Where>
-__attribute__((always_inline)) inline void dy_panel_impl(const T* dy, Where where, index_t odd, index_t n, T* d,
-                                                         index_t ldd) {
+// wgrad's transform of dy: D = A e A^T for tiles l < n, tile l's m x m dy e at dy + where.at(l),
+// its row r `r*sub` elements on (the padded dy planes split by row phase); element xi to
+// d[xi*ldd + l].
+template <int M, typename T, class Where>
+__attribute__((always_inline)) inline void dy_panel_impl(Tile<M, T>, const T* dy, Where where, index_t sub,
+                                                         index_t n, T* d, index_t ldd) {
+  using W = Tile<M, T>;
 #pragma omp simd
   for (index_t l = 0; l < n; ++l) {
     const T* p = dy + where.at(l);
-    const T e[2][2] = {{p[0], p[1]}, {p[odd], p[odd + 1]}};
-    T a[4][2];  // A e: rows e0, e0 + e1, e0 - e1, -e1
-    for (int j = 0; j < 2; ++j) {
-      a[0][j] = e[0][j];
-      a[1][j] = e[0][j] + e[1][j];
-      a[2][j] = e[0][j] - e[1][j];
-      a[3][j] = -e[1][j];
-    }
-    for (int i = 0; i < 4; ++i) {  // (A e) A^T, row i
-      d[(4 * i + 0) * ldd + l] = a[i][0];
-      d[(4 * i + 1) * ldd + l] = a[i][0] + a[i][1];
-      d[(4 * i + 2) * ldd + l] = a[i][0] - a[i][1];
-      d[(4 * i + 3) * ldd + l] = -a[i][1];
-    }
+    transform_2d<T, M, W::a>([](auto in, auto out) { W::dy(in, out); },
+                             [&](int r, int j) { return p[r * sub + j]; },
+                             [&](int i, int k, T val) { d[(W::a * i + k) * ldd + l] = val; });
   }
 }
 
 // dW = G^T S G for output channel co's filters of n input channels: element xi of input channel
 // ci's S at s[xi*lds + ci]; dW of ci to dw[ci*9 .. ci*9 + 9).
-template <typename T>
-__attribute__((always_inline)) inline void weight_grad_impl(const T* s, index_t lds, index_t n, T* dw) {
+template <int M, typename T>
+__attribute__((always_inline)) inline void weight_grad_impl(Tile<M, T>, const T* s, index_t lds, index_t n, T* dw) {
+  using W = Tile<M, T>;
 #pragma omp simd
-  for (index_t ci = 0; ci < n; ++ci) {
-    T r[3][4];  // G^T S: rows S0 + (S1 + S2)/2, (S1 - S2)/2, (S1 + S2)/2 + S3
-    for (int j = 0; j < 4; ++j) {
-      const T s0 = s[j * lds + ci], s1 = s[(4 + j) * lds + ci], s2 = s[(8 + j) * lds + ci], s3 = s[(12 + j) * lds + ci];
-      r[0][j] = s0 + T(0.5) * (s1 + s2);
-      r[1][j] = T(0.5) * (s1 - s2);
-      r[2][j] = T(0.5) * (s1 + s2) + s3;
-    }
-    for (int i = 0; i < 3; ++i) {  // (G^T S) G, row i
-      dw[ci * 9 + 3 * i + 0] = r[i][0] + T(0.5) * (r[i][1] + r[i][2]);
-      dw[ci * 9 + 3 * i + 1] = T(0.5) * (r[i][1] - r[i][2]);
-      dw[ci * 9 + 3 * i + 2] = T(0.5) * (r[i][1] + r[i][2]) + r[i][3];
-    }
-  }
+  for (index_t ci = 0; ci < n; ++ci)
+    transform_2d<T, W::a, 3>([](auto in, auto out) { W::weight_grad(in, out); },
+                             [&](int r, int j) { return s[(W::a * r + j) * lds + ci]; },
+                             [&](int i, int k, T val) { dw[ci * 9 + 3 * i + k] = val; });
 }
 
-#define FASTCONV_WINOGRAD_PANELS(T, Where)                                                                    \
-  FASTCONV_CLONES void input_panel(const T* x, Where where, index_t Wp, index_t odd, index_t n, T* v,        \
-                                   index_t ldv) {                                                            \
-    input_panel_impl(x, where, Wp, odd, n, v, ldv);                                                          \
+// Each transform compiled per instruction set (target_clones takes no templates): per element
+// type, tile and where the tiles lie.
+#define FASTCONV_WINOGRAD_PANELS(T, M, Where)                                                                 \
+  FASTCONV_CLONES void input_panel(Tile<M, T> tile, const T* x, Where where, index_t Wp, index_t sub, index_t n, \
+                                   T* v, index_t ldv) {                                                      \
+    input_panel_impl(tile, x, where, Wp, sub, n, v, ldv);                                                    \
   }                                                                                                          \
-  FASTCONV_CLONES void output_panel(const T* m, index_t ldm, Where where, index_t OWp, index_t n, T bias, T* y) { \
-    output_panel_impl(m, ldm, where, OWp, n, bias, y);                                                       \
+  FASTCONV_CLONES void output_panel(Tile<M, T> tile, const T* s, index_t lds, Where where, index_t OWp,       \
+                                    index_t n, T bias, T* y) {                                               \
+    output_panel_impl(tile, s, lds, where, OWp, n, bias, y);                                                 \
   }                                                                                                          \
-  FASTCONV_CLONES void dy_panel(const T* dy, Where where, index_t odd, index_t n, T* d, index_t ldd) {       \
-    dy_panel_impl(dy, where, odd, n, d, ldd);                                                                \
+  FASTCONV_CLONES void dy_panel(Tile<M, T> tile, const T* dy, Where where, index_t sub, index_t n, T* d,     \
+                                index_t ldd) {                                                               \
+    dy_panel_impl(tile, dy, where, sub, n, d, ldd);                                                          \
   }
-FASTCONV_WINOGRAD_PANELS(float, Strided)
-FASTCONV_WINOGRAD_PANELS(double, Strided)
-FASTCONV_WINOGRAD_PANELS(float, Table)
-FASTCONV_WINOGRAD_PANELS(double, Table)
+#define FASTCONV_WINOGRAD_TILE(T, M)                                                                          \
+  FASTCONV_WINOGRAD_PANELS(T, M, Strided<M>)                                                                 \
+  FASTCONV_WINOGRAD_PANELS(T, M, Table)                                                                      \
+  FASTCONV_CLONES void weight_lanes(Tile<M, T> tile, const T* g, index_t ldg, T* u, index_t usize) {         \
+    weight_lanes_impl(tile, g, ldg, u, usize);                                                               \
+  }                                                                                                          \
+  FASTCONV_CLONES void weight_grad(Tile<M, T> tile, const T* s, index_t lds, index_t n, T* dw) {             \
+    weight_grad_impl(tile, s, lds, n, dw);                                                                   \
+  }
+FASTCONV_WINOGRAD_TILE(float, 2)
+FASTCONV_WINOGRAD_TILE(double, 2)
+FASTCONV_WINOGRAD_TILE(float, 4)
+FASTCONV_WINOGRAD_TILE(double, 4)
+#undef FASTCONV_WINOGRAD_TILE
 #undef FASTCONV_WINOGRAD_PANELS
-FASTCONV_CLONES void weight_grad(const float* s, index_t lds, index_t n, float* dw) { weight_grad_impl(s, lds, n, dw); }
-FASTCONV_CLONES void weight_grad(const double* s, index_t lds, index_t n, double* dw) {
-  weight_grad_impl(s, lds, n, dw);
-}
+
+// ---------------------------------------------------------------------------------------------
+// blocks of columns
+// ---------------------------------------------------------------------------------------------
 
 // Chunks of images hold at most this many bytes of padded input or output planes (or one image).
 constexpr index_t kChunkBytes = index_t(4) << 20;
@@ -310,10 +427,23 @@ const MicroKernel<T>& winograd_kernel(index_t C_out) {
   return round_up(C_out, few.mr) * 16 <= round_up(C_out, general.mr) * 15 ? few : general;
 }
 
+// F(4x4)'s GEMMs sum their depth (channels; wgrad: tiles) in blocks of at most this many, each from
+// zero and then added, which shortens the chains of rounded additions that dominate its float32
+// error. Measured, largest error / tolerance at 32 against 256: 0.35 against 0.50 (forward, 64
+// channels at 56x56), 0.50 against 0.91 (forward of VGG's conv3_1, 128 -> 256 at 28x28), 0.35
+// against 0.51 (its wgrad); time 1.0-1.1x.
+constexpr index_t kF4DepthBlock = 32;
+
+template <int M, typename T>
+MicroKernel<T> tile_kernel(MicroKernel<T> uk) {
+  if (M == 4) uk.kc = min_i(uk.kc, kF4DepthBlock);
+  return uk;
+}
+
 // Whether a chunk's GEMM columns run along the padded tile rows, TW + 1 per tile row (the junk
 // tile included: at most 1/17 of the columns here), rather than through offset tables (element by
-// element). Measured, time of the other way: 32x32 images (TW = 16) 1.5x with tables; 16x16 1.12x
-// and 8x8 1.42x along rows (11% and 20% junk).
+// element). Measured (F(2x2)), time of the other way: 32x32 images (TW = 16) 1.5x with tables;
+// 16x16 1.12x and 8x8 1.42x along rows (11% and 20% junk).
 bool along_rows(const TileGrid& g) { return g.TW >= 16; }
 
 // The GEMM columns of a chunk of images, cut into blocks of nt: along the padded tile rows (TW + 1
@@ -340,76 +470,134 @@ struct Columns {
   // image whose tile rows start `row` elements apart: the offset tables of a block.
   std::int32_t tile_offset(index_t t, index_t image, index_t row) const {
     const index_t i = t / per_image, th = t % per_image / g.TW, tw = t % g.TW;
-    return static_cast<std::int32_t>(i * image + th * row + 2 * tw);
+    return static_cast<std::int32_t>(i * image + th * row + g.m * tw);
   }
 };
 
-}  // namespace
+// ---------------------------------------------------------------------------------------------
+// which tile
+// ---------------------------------------------------------------------------------------------
 
-bool winograd_applies(const ConvShape& s, index_t elem_bytes) {
+int forced_tile = 0;  // set_winograd_tile's: 0, the chooser's; 1, none (the direct paths)
+
+// Whether s is a layer Winograd serves and pays on (measured with F(2x2)). Enough tiles to amortise
+// the weight's transform, and channels enough that the GEMMs outweigh the input and output
+// transforms (measured against the direct GEMM path, forward and dgrad, time: 0.87-0.91x at 64 channels on 8x8 images,
+// 0.58-0.78x at 64-256 channels on 56x56 and 224x224, but 1.01-1.18x at 16 and 32 channels). In
+// fp64 only along rows: through the tables ResNet-50's 3x3x512 at 7x7 took 1.13-1.18x the time
+// (fp32: 0.65x with AVX2, 0.87x AVX-512), along rows 0.58-0.74x.
+bool winograd_serves(const ConvShape& s, index_t elem_bytes) {
   if (!(s.KH == 3 && s.KW == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
         s.groups == 1))
     return false;
-  const TileGrid g = tile_grid(s);
-  const Planes pl = planes(g);
-  // Enough tiles to amortise the weight's transform, and channels enough that the GEMMs outweigh
-  // the input and output transforms (measured against the direct GEMM path, forward and dgrad,
-  // time: 0.87-0.91x at 64 channels on 8x8 images, 0.58-0.78x at 64-256 channels on 56x56 and
-  // 224x224, but 1.01-1.18x at 16 and 32 channels). In fp64 only along rows: through the tables
-  // ResNet-50's 3x3x512 at 7x7 took 1.13-1.18x the time (fp32: 0.65x with AVX2, 0.87x AVX-512),
-  // along rows 0.58-0.74x. The offset tables are int32: one image's padded planes must fit.
-  return g.total >= 64 && s.C_in >= 64 && s.C_out >= 64 && (elem_bytes == 4 || along_rows(g)) &&
-         max_i(s.C_in * pl.in, s.C_out * pl.out) < (index_t(1) << 31);
+  const TileGrid g = tile_grid(s, 2);
+  return g.total >= 64 && s.C_in >= 64 && s.C_out >= 64 && (elem_bytes == 4 || along_rows(g));
 }
 
-bool winograd_wgrad_applies(const ConvShape& s, index_t elem_bytes) {
+// Whether tile m's offset tables (int32) reach all of one image's padded planes.
+bool offsets_fit(const ConvShape& s, int m) {
+  const Planes pl = planes(tile_grid(s, m));
+  return max_i(s.C_in * pl.in, s.C_out * pl.out) < (index_t(1) << 31);
+}
+
+// The tile of a layer Winograd serves: the forced one, else 4 where `f4` (the pass's rule) says
+// so; 0 where Winograd is forced off or no tile's offsets fit.
+int pick_tile(const ConvShape& s, bool f4) {
+  if (forced_tile == 1) return 0;
+  const int m = forced_tile ? forced_tile : f4 ? 4 : 2;
+  if (offsets_fit(s, m)) return m;
+  return m == 4 && offsets_fit(s, 2) ? 2 : 0;
+}
+
+}  // namespace
+
+int winograd_tile(const ConvShape& s, index_t elem_bytes) {
+  if (!winograd_serves(s, elem_bytes)) return 0;
+  // F(4x4) in fp32 where it pays and its error stays well inside the tolerance. Time against
+  // F(2x2) on a 2-core AMD EPYC (AVX2): 0.52-0.74x at 64 channels (56x56, 224x224), 0.72-0.75x on
+  // ResNet-20's 8x8 at batch 128, 0.69-0.78x on VGG's conv3_1 (128 -> 256, 56x56), 0.94x at 128 on
+  // 28x28; but 0.99-1.13x at 256 (14x14, batch 8 and 16) and 1.02-1.6x at 512 (7x7, 14x14). Its
+  // largest error / tolerance grows with the channels summed (random normal data, fp32, against
+  // the fp64 reference): 0.35-0.60 at 64 input channels, 0.62 at 128, but 0.93 at 256 (28x28,
+  // batch 16) and 1.16 at 512 (F(2x2): 0.13-0.56). fp64: F(2x2), F(4x4) not measured.
+  return pick_tile(s, elem_bytes == 4 && s.C_in <= 128 && s.C_in + s.C_out <= 384);
+}
+
+int winograd_wgrad_tile(const ConvShape& s, index_t elem_bytes) {
   // Both of its GEMM operands are packed as it goes, D panel by panel through offsets and V^T by a
   // transposing copy, a cost against 2*min(C_in, C_out) flops per packed element: measured against
   // the direct path, time 0.72x at 512 channels (7x7, batch 16) and 0.91x at 128 -> 256 (56x56), but
   // 1.2-1.26x at 64 channels; in fp64 (half the flops per packed byte) 0.97-1.2x at 128-512.
-  return elem_bytes == 4 && winograd_applies(s, elem_bytes) && s.C_in >= 128 && s.C_out >= 128;
+  if (!(elem_bytes == 4 && winograd_serves(s, elem_bytes) && s.C_in >= 128 && s.C_out >= 128)) return 0;
+  // F(4x4) on layers of up to 384 channels in and out together or with 128 of its tiles or more (a
+  // reduction deep enough to amortise its larger transforms), up to 4096 pixels summed. Time
+  // against F(2x2): 0.68-0.72x on VGG's conv3_1 (128 -> 256, 196 tiles), 0.79x at 128 channels on
+  // 28x28 (98 tiles), 0.79-0.89x at 512 on 7x7 at batch 32 and 64 (128, 256 tiles), 0.97-0.99x at
+  // 256 on 14x14 (128, 256); but 1.03-1.13x at 512 on 7x7 at batch 16 (64 tiles) and 1.37x on 14x14
+  // at batch 4 (64). At 64 channels (which the direct path serves, see above) it ran in 0.77-0.84x
+  // the direct path's time, but with 0.6-4.4 of the tolerance on the suite's layers. Its error
+  // grows with the pixels summed (N*OH*OW), largest error / tolerance: 0.40-0.75
+  // up to 3591, 0.89 at 8192, 1.54 at 12544 (F(2x2): 0.63), 3.3-4.4 at 50176 (F(2x2): 1.7-2.2).
+  const index_t pixels = s.N * s.OH * s.OW;
+  return pick_tile(s, pixels <= 4096 && (s.C_in + s.C_out <= 384 || tile_grid(s, 4).total >= 128));
 }
 
-template <typename T>
-bool winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, const index_t* off, const T* b, T* y,
-                      int nthreads) {
-  const MicroKernel<T>& uk = winograd_kernel<T>(s.C_out);
-  const TileGrid g = tile_grid(s);
+void set_winograd_tile(int m) {
+  if (m != 0 && m != 1 && m != 2 && m != 4)
+    throw std::invalid_argument("set_winograd_tile: the tile must be 0 (the chooser's), 1 (none), 2 or 4, got " +
+                                std::to_string(m));
+  forced_tile = m;
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// the passes, per tile
+// ---------------------------------------------------------------------------------------------
+
+template <int M, typename T>
+bool forward_tiles(const ConvShape& s, const T* x, const T* w, index_t lda, const index_t* off, const T* b, T* y,
+                   int nthreads) {
+  using W = Tile<M, T>;
+  constexpr index_t kXi = W::a * W::a;
+  const MicroKernel<T> uk = tile_kernel<M>(winograd_kernel<T>(s.C_out));
+  const TileGrid g = tile_grid(s, M);
   const Planes pl = planes(g);
-  const index_t nt = block_tiles(uk, s), chunk = chunk_images<T>(s, pl);
+  const index_t nt = block_tiles<M>(uk, s), chunk = chunk_images<T>(s, pl);
   const Columns cols(g, nt);
   const bool rows_mode = cols.rows;
-  // The 16 operands of each kind lie one cache line more than their size apart: a size that is a
-  // multiple of 4 KiB (most are) would put element p of all 16 in one set of L1, whose 8 ways the
-  // transforms, writing or reading all 16 at once, would thrash (the weight's transform ran 6x
+  // The kXi operands of each kind lie one cache line more than their size apart: a size that is a
+  // multiple of 4 KiB (most are) would put element p of all of them in one set of L1, whose 8 ways
+  // the transforms, writing or reading them all at once, would thrash (the weight's transform ran 6x
   // slower so at 512 channels).
   const index_t line = 64 / index_t(sizeof(T)), rows = round_up(s.C_out, uk.mr);
   const index_t usize = packed_a_size(uk, s.C_out, s.C_in) + line, vsize = s.C_in * nt + line;
   const index_t msize = s.C_out * nt + line;  // nt: a multiple of NR
   const index_t P = s.OH * s.OW;
   // the tables' outputs go straight into y when every tile lies whole in the image
-  const bool direct = rows_mode || (2 * g.TH == s.OH && 2 * g.TW == s.OW);
-  Buffer<T> u(16 * usize);  // shared: the transformed weight
-  // shared: a chunk's padded input planes; rows mode reads up to 2*NR elements past a plane's end
-  Buffer<T> xp(chunk * s.C_in * pl.in + 2 * uk.nr);
+  const bool direct = rows_mode || (M * g.TH == s.OH && M * g.TW == s.OW);
+  Buffer<T> u(kXi * usize);  // shared: the transformed weight
+  // shared: a chunk's padded input planes; rows mode reads up to M*NR elements past a plane's end
+  // (a last panel's columns past the image's last tile)
+  Buffer<T> xp(chunk * s.C_in * pl.in + M * uk.nr);
   Buffer<T> yp(direct ? 0 : chunk * s.C_out * pl.out);  // shared: its padded output planes
-  fill_zero(xp.data() + chunk * s.C_in * pl.in, 2 * uk.nr);
+  fill_zero(xp.data() + chunk * s.C_in * pl.in, M * uk.nr);
   bool w_finite = true, x_finite = true;
 #pragma omp parallel num_threads(nthreads)
   {
     // nowait: the padding loop below ends in a barrier before any block reads U or the flag
 #pragma omp for schedule(static) nowait reduction(&& : w_finite)
     for (index_t panel = 0; panel < rows / uk.mr; ++panel)
-      w_finite = transform_weight(uk, s, w, lda, off, u.data(), usize, panel) && w_finite;
-    Buffer<T> v(16 * vsize), m(16 * msize);  // per thread: one block's V (packed) and M
+      w_finite = transform_weight<M>(uk, s, w, lda, off, u.data(), usize, panel) && w_finite;
+    Buffer<T> v(kXi * vsize), m(kXi * msize);  // per thread: one block's V (packed) and M
     Buffer<std::int32_t> win(rows_mode ? 0 : nt), out(rows_mode ? 0 : nt);  // the tables of a block
-    Buffer<T> edge(rows_mode ? 4 * (g.TW + 1) : 0);  // the two output rows of a clipped run
+    Buffer<T> edge(rows_mode ? M * M * (g.TW + 1) : 0);  // the M output rows of a clipped run
     for (index_t n0 = 0; n0 < s.N; n0 += chunk) {
       const index_t imgs = min_i(chunk, s.N - n0);
 #pragma omp for schedule(static) reduction(&& : x_finite)
       for (index_t job = 0; job < imgs * s.C_in; ++job)
-        x_finite = pad_plane(x + (n0 * s.C_in + job) * s.H * s.W, s.H, s.W, s.pad_t, s.pad_l, 2 * g.TH + 2, pl.Wp,
-                             pl.odd, xp.data() + job * pl.in) &&
+        x_finite = pad_plane(x + (n0 * s.C_in + job) * s.H * s.W, s.H, s.W, s.pad_t, s.pad_l, M * (g.TH + 1), M,
+                             pl.Wp, pl.sub, xp.data() + job * pl.in) &&
                    x_finite;
       // every thread reads the flags between this loop's barrier and the next write to them (the
       // next chunk's reduction, two barriers on), so all of them leave together
@@ -425,18 +613,18 @@ bool winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, c
             // the last panel's columns past the block repeat its last tile: finite, and dropped
             const index_t t = q0 + min_i(c, count - 1);
             win.data()[c] = cols.tile_offset(t, s.C_in * pl.in, pl.Wp);
-            out.data()[c] = cols.tile_offset(t, s.C_out * oplane, 2 * ow);
+            out.data()[c] = cols.tile_offset(t, s.C_out * oplane, M * ow);
           }
-        const T* xb = xp.data() + img * s.C_in * pl.in + (rows_mode ? 2 * q0 : 0);
+        const T* xb = xp.data() + img * s.C_in * pl.in + (rows_mode ? M * q0 : 0);
         for (index_t ci = 0; ci < s.C_in; ++ci)
           for (index_t c = 0; c < width; c += uk.nr) {  // column panel c / NR of depth row ci
             T* vp = v.data() + packed_b_index(uk, s.C_in, nt, ci, c);
             if (rows_mode)
-              input_panel(xb + ci * pl.in + 2 * c, Strided{}, pl.Wp, pl.odd, uk.nr, vp, vsize);
+              input_panel(W{}, xb + ci * pl.in + M * c, Strided<M>{}, pl.Wp, pl.sub, uk.nr, vp, vsize);
             else
-              input_panel(xb + ci * pl.in, Table{win.data() + c}, pl.Wp, pl.odd, uk.nr, vp, vsize);
+              input_panel(W{}, xb + ci * pl.in, Table{win.data() + c}, pl.Wp, pl.sub, uk.nr, vp, vsize);
           }
-        for (index_t xi = 0; xi < 16; ++xi)
+        for (index_t xi = 0; xi < kXi; ++xi)
           gemm_unit(uk, PrepackedA<T>{u.data() + xi * usize, s.C_out}, s.C_in, 0, rows / uk.mr,
                     PrepackedB<T>{v.data() + xi * vsize, nt}, 0, count, PlainC<T>{m.data() + xi * msize, nt},
                     static_cast<T*>(nullptr), false);
@@ -444,24 +632,24 @@ bool winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, c
           const T bias = b ? b[co] : T(0);
           const T* mc = m.data() + co * nt;
           if (!rows_mode) {
-            output_panel(mc, msize, Table{out.data()}, ow, count, bias, yc + co * oplane);
+            output_panel(W{}, mc, msize, Table{out.data()}, ow, count, bias, yc + co * oplane);
             continue;
           }
           // runs of one tile row each, its junk tile left out; a run whose tiles reach past the
-          // image (odd OH or OW) goes through `edge` and is cropped
+          // image (M not dividing OH or OW) goes through `edge` and is cropped
           T* yo = yc + (img * s.C_out + co) * P;
           for (index_t q = q0; q < q0 + count;) {
             const index_t th = q / (g.TW + 1), tw = q % (g.TW + 1);
             const index_t len = min_i(q0 + count - q, g.TW + 1 - tw), tiles = min_i(len, g.TW - tw);
-            const index_t run = min_i(2 * tiles, s.OW - 2 * tw);  // output columns of the run
-            const bool rows2 = 2 * th + 1 < s.OH;
-            T* dst = yo + 2 * th * s.OW + 2 * tw;
-            if (tiles > 0 && rows2 && run == 2 * tiles) {
-              output_panel(mc + q - q0, msize, Strided{}, s.OW, tiles, bias, dst);
+            const index_t run = min_i(M * tiles, s.OW - M * tw);  // output columns of the run
+            const index_t out_rows = min_i(M, s.OH - M * th);
+            T* dst = yo + M * th * s.OW + M * tw;
+            if (tiles > 0 && out_rows == M && run == M * tiles) {
+              output_panel(W{}, mc + q - q0, msize, Strided<M>{}, s.OW, tiles, bias, dst);
             } else if (tiles > 0) {
-              output_panel(mc + q - q0, msize, Strided{}, 2 * tiles, tiles, bias, edge.data());
-              std::memcpy(dst, edge.data(), static_cast<std::size_t>(run) * sizeof(T));
-              if (rows2) std::memcpy(dst + s.OW, edge.data() + 2 * tiles, static_cast<std::size_t>(run) * sizeof(T));
+              output_panel(W{}, mc + q - q0, msize, Strided<M>{}, M * tiles, tiles, bias, edge.data());
+              for (index_t r = 0; r < out_rows; ++r)
+                std::memcpy(dst + r * s.OW, edge.data() + r * M * tiles, static_cast<std::size_t>(run) * sizeof(T));
             }
             q += len;
           }
@@ -480,29 +668,31 @@ bool winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, c
 }
 
 // wgrad's blocks hold the transforms of this many bytes of tiles (V of x and D of dy, shared by the
-// threads), and 128 to 512 tiles: the depth of each block's 16 GEMMs, which add into S (16 x C_out
-// x C_in) once per block.
+// threads), and 128 to 512 tiles: the depth of each block's a*a GEMMs, which add into S (a*a x
+// C_out x C_in) once per block.
 constexpr index_t kWgradBlockBytes = index_t(2) << 20;
 
-template <typename T>
-bool winograd_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
-  const MicroKernel<T>& uk = micro_kernel<T>(s.C_out);
-  const TileGrid g = tile_grid(s);
+template <int M, typename T>
+bool backward_weight_tiles(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+  using W = Tile<M, T>;
+  constexpr index_t kXi = W::a * W::a;
+  const MicroKernel<T> uk = tile_kernel<M>(micro_kernel<T>(s.C_out));
+  const TileGrid g = tile_grid(s, M);
   const Planes pl = planes(g);
-  // dy padded to planes of 2*TH rows of Wp, split by row parity like x's: tile (th, tw)'s 2x2 at
-  // th*Wp + 2*tw and `dodd` on; the junk tiles of rows mode read zeros
-  const index_t dodd = g.TH * pl.Wp, dplane = 2 * dodd;
+  // dy padded to planes of M*TH rows of Wp, split by row phase like x's: tile (th, tw)'s row r at
+  // th*Wp + M*tw + r*dsub; the junk tiles of rows mode read zeros
+  const index_t dsub = g.TH * pl.Wp, dplane = M * dsub;
   const index_t image = (s.C_in * pl.in + s.C_out * dplane) * index_t(sizeof(T));
   const index_t chunk = max_i(1, min_i(s.N, kChunkBytes / image));
-  const index_t nt = min_i(512, max_i(128, kWgradBlockBytes / (16 * (s.C_in + s.C_out) * index_t(sizeof(T)))));
+  const index_t nt = min_i(512, max_i(128, kWgradBlockBytes / (kXi * (s.C_in + s.C_out) * index_t(sizeof(T)))));
   const Columns cols(g, nt);  // tiles, as the forward's columns
   const bool rows_mode = cols.rows;
-  const index_t line = 64 / index_t(sizeof(T));  // the 16 operands of a kind a line more apart (see the forward)
+  const index_t line = 64 / index_t(sizeof(T));  // the operands of a kind a line more apart (see the forward)
   const index_t xsize = s.C_in * nt + line, dsize = s.C_out * nt + line, ssize = s.C_out * s.C_in + line;
   // shared: a chunk's padded x and dy planes (rows mode reads 2 elements past x's last plane), the
-  // block's transforms V (16 x C_in x nt) and D (16 x C_out x nt), S and the block's tables
+  // block's transforms V (kXi x C_in x nt) and D (kXi x C_out x nt), S and the block's tables
   Buffer<T> xp(chunk * s.C_in * pl.in + line), dp(chunk * s.C_out * dplane);
-  Buffer<T> v(16 * xsize), d(16 * dsize), sum(16 * ssize);
+  Buffer<T> v(kXi * xsize), d(kXi * dsize), sum(kXi * ssize);
   Buffer<std::int32_t> win(rows_mode ? 0 : nt), dwin(rows_mode ? 0 : nt);
   std::vector<index_t> off(static_cast<std::size_t>(nt + kPrefetchRows));  // D read in place: depth p at p
   for (index_t p = 0; p < nt + kPrefetchRows; ++p) off[p] = p;
@@ -517,9 +707,10 @@ bool winograd_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw
       for (index_t job = 0; job < imgs * (s.C_in + s.C_out); ++job) {
         const index_t img = job / (s.C_in + s.C_out), c = job % (s.C_in + s.C_out);
         const bool ok = c < s.C_in ? pad_plane(x + ((n0 + img) * s.C_in + c) * s.H * s.W, s.H, s.W, s.pad_t, s.pad_l,
-                                               2 * g.TH + 2, pl.Wp, pl.odd, xp.data() + (img * s.C_in + c) * pl.in)
+                                               M * (g.TH + 1), M, pl.Wp, pl.sub,
+                                               xp.data() + (img * s.C_in + c) * pl.in)
                                    : pad_plane(dy + ((n0 + img) * s.C_out + c - s.C_in) * s.OH * s.OW, s.OH, s.OW,
-                                               index_t(0), index_t(0), 2 * g.TH, pl.Wp, dodd,
+                                               index_t(0), index_t(0), M * g.TH, M, pl.Wp, dsub,
                                                dp.data() + (img * s.C_out + c - s.C_in) * dplane);
         finite = ok && finite;
       }
@@ -535,24 +726,24 @@ bool winograd_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw
             dwin.data()[c] = cols.tile_offset(q0 + c, s.C_out * dplane, pl.Wp);
           }
         }
-        const index_t shift = rows_mode ? 2 * q0 : 0;
+        const index_t shift = rows_mode ? M * q0 : 0;
         const T* xb = xp.data() + img * s.C_in * pl.in + shift;
         const T* db = dp.data() + img * s.C_out * dplane + shift;
 #pragma omp for schedule(static)
         for (index_t c = 0; c < s.C_in + s.C_out; ++c) {
           if (c < s.C_in && rows_mode)
-            input_panel(xb + c * pl.in, Strided{}, pl.Wp, pl.odd, count, v.data() + c * nt, xsize);
+            input_panel(W{}, xb + c * pl.in, Strided<M>{}, pl.Wp, pl.sub, count, v.data() + c * nt, xsize);
           else if (c < s.C_in)
-            input_panel(xb + c * pl.in, Table{win.data()}, pl.Wp, pl.odd, count, v.data() + c * nt, xsize);
+            input_panel(W{}, xb + c * pl.in, Table{win.data()}, pl.Wp, pl.sub, count, v.data() + c * nt, xsize);
           else if (rows_mode)
-            dy_panel(db + (c - s.C_in) * dplane, Strided{}, dodd, count, d.data() + (c - s.C_in) * nt, dsize);
+            dy_panel(W{}, db + (c - s.C_in) * dplane, Strided<M>{}, dsub, count, d.data() + (c - s.C_in) * nt, dsize);
           else
-            dy_panel(db + (c - s.C_in) * dplane, Table{dwin.data()}, dodd, count, d.data() + (c - s.C_in) * nt,
+            dy_panel(W{}, db + (c - s.C_in) * dplane, Table{dwin.data()}, dsub, count, d.data() + (c - s.C_in) * nt,
                      dsize);
         }
         // S[xi] (C_out x C_in) += D[xi] (C_out x count) V[xi]^T; D's panels packed as the kernel goes
 #pragma omp for schedule(dynamic, 1)
-        for (index_t xi = 0; xi < 16; ++xi)
+        for (index_t xi = 0; xi < kXi; ++xi)
           gemm_unit(uk, InPlaceA<T>{d.data() + xi * dsize, nt, off.data(), s.C_out, true}, count, 0,
                     ceil_div(s.C_out, uk.mr), StridedB<T>{v.data() + xi * xsize, 1, nt}, 0, s.C_in,
                     PlainC<T>{sum.data() + xi * ssize, s.C_in}, bbuf.data(), !first);
@@ -562,10 +753,25 @@ bool winograd_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw
     if (finite) {
 #pragma omp for schedule(static)
       for (index_t co = 0; co < s.C_out; ++co)
-        weight_grad(sum.data() + co * s.C_in, ssize, s.C_in, dw + co * s.C_in * 9);
+        weight_grad(W{}, sum.data() + co * s.C_in, ssize, s.C_in, dw + co * s.C_in * 9);
     }
   }
   return finite;
+}
+
+}  // namespace
+
+template <typename T>
+bool winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, const index_t* off, const T* b, T* y,
+                      int nthreads) {
+  return winograd_tile(s, sizeof(T)) == 4 ? forward_tiles<4>(s, x, w, lda, off, b, y, nthreads)
+                                          : forward_tiles<2>(s, x, w, lda, off, b, y, nthreads);
+}
+
+template <typename T>
+bool winograd_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+  return winograd_wgrad_tile(s, sizeof(T)) == 4 ? backward_weight_tiles<4>(s, dy, x, dw, nthreads)
+                                                : backward_weight_tiles<2>(s, dy, x, dw, nthreads);
 }
 
 template bool winograd_forward<float>(const ConvShape&, const float*, const float*, index_t, const index_t*,

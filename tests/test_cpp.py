@@ -2,6 +2,7 @@
 threads (determinism, concurrency, the released GIL) and its bounded workspace. The generic matrix
 in test_conv.py / test_pool.py / test_linear.py already checks every op against the reference."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -125,7 +126,36 @@ DOT_WGRAD = [
     Conv("dot_wgrad_runs", 1, 12, 10, 9, 16, 3, 3, padding=1),
     Conv("dot_wgrad_rounds", 10, 16, 64, 64, 8, 3, 3, padding=1),
 ]
-FAST_PATHS += WINOGRAD + WINOGRAD_WGRAD + DOT_WGRAD
+# Winograd F(4x4, 3x3), the fp32 tile of layers of up to 384 channels in and out together: along
+# rows (OW >= 61: 16+ tiles a row) with OH and OW 1, 2 or 3 past a multiple of 4 (clipped last tile
+# row and column) and padding 0; through tables straight into y (OH, OW multiples of 4) or into
+# padded planes cropped after the chunk, over two chunks of images; paddings that leave dgrad's zero
+# or negative, per side; more channels than a depth block of its GEMMs (32)
+WINOGRAD_F4 = [
+    Conv("winograd_f4_rows_clipped", 2, 64, 9, 70, 64, 3, 3, padding=1),
+    Conv("winograd_f4_rows_pad_0", 1, 64, 13, 67, 80, 3, 3),
+    Conv("winograd_f4_tables_direct", 6, 64, 8, 12, 64, 3, 3, padding=1),
+    Conv("winograd_f4_tables_two_chunks", 13, 65, 30, 29, 72, 3, 3, padding=1),
+    Conv("winograd_f4_pad_2_3", 1, 64, 18, 22, 66, 3, 3, padding=(2, 3)),
+    Conv("winograd_f4_pad_per_side", 2, 96, 11, 30, 64, 3, 3, padding=((0, 2), (1, 0))),
+]
+# its wgrad (128+ channels each way, up to 4096 pixels): along rows, two blocks in an image; through
+# tables, over two chunks; dy's clipped tiles and rows mode's junk tiles adding nothing
+WINOGRAD_F4_WGRAD = [
+    Conv("winograd_f4_wgrad_rows", 1, 128, 30, 62, 128, 3, 3, padding=1),
+    Conv("winograd_f4_wgrad_tables_chunks", 9, 129, 19, 21, 128, 3, 3, padding=1),
+]
+FAST_PATHS += WINOGRAD + WINOGRAD_WGRAD + DOT_WGRAD + WINOGRAD_F4 + WINOGRAD_F4_WGRAD
+
+
+@contextlib.contextmanager
+def _winograd_tile(m):
+    """Every pass that runs as Winograd uses tile m (1: none), the chooser's again afterwards."""
+    _cpp.set_winograd_tile(m)
+    try:
+        yield
+    finally:
+        _cpp.set_winograd_tile(0)
 
 
 @pytest.fixture(params=["avx512", "avx2", "generic"])
@@ -141,8 +171,12 @@ def isa(request):
 
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in CONV_PROBLEMS + FAST_PATHS])
 def test_every_kernel_set_exact_on_small_integers(c, isa, dtype, rng):
+    """Winograd runs as F(2x2) here, whose transforms are exact: F(4x4)'s G holds 1/81 and 1/243,
+    so it rounds even small integers (test_winograd_f4_close_to_the_reference covers it)."""
     x, w, b, dy = _inputs(rng, c, small_ints, dtype)
-    for name, got, want in zip(NAMES, _all_passes(c, x, w, b, dy, "cpp"), _all_passes(c, x, w, b, dy, "reference")):
+    with _winograd_tile(2):
+        got_all = _all_passes(c, x, w, b, dy, "cpp")
+    for name, got, want in zip(NAMES, got_all, _all_passes(c, x, w, b, dy, "reference")):
         assert_equal(got, want, f"{c.name} {name} with {isa} kernels, {np.dtype(dtype).name}")
 
 
@@ -157,6 +191,67 @@ def test_winograd_problems_take_winograd(c):
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in WINOGRAD_WGRAD])
 def test_winograd_wgrad_problems_take_winograd(c):
     assert _cpp.conv2d_uses_winograd(_params(c), "wgrad", F32), c.name
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in WINOGRAD_F4 + WINOGRAD_F4_WGRAD])
+def test_winograd_f4_problems_take_f4(c):
+    """WINOGRAD_F4's forward and dgrad, WINOGRAD_F4_WGRAD's wgrad (129 input channels: a forward
+    of F(2x2))."""
+    tiles = _tiles(c)
+    if c in WINOGRAD_F4_WGRAD:
+        assert tiles[2] == 4, c.name
+    else:
+        assert tiles[:2] == [4, 4], c.name
+
+
+def _tiles(c):
+    p = _params(c)
+    return [_cpp.conv2d_uses_winograd(p, pass_, F32) for pass_ in ("fwd", "dgrad", "wgrad")]
+
+
+def test_winograd_f4_only_where_it_pays():
+    """F(4x4) only where it was measured faster than F(2x2) and its error stays well inside the
+    tolerance: not on 512 channels at 7x7 (slower), nor where a forward sums over more than 128
+    input channels (256 -> 128: its dgrad sums over 128) or wgrad over more than 4096 pixels (its
+    error), nor in fp64; wgrad of 512 channels takes it from 128 tiles of 4x4 (batch 32 at 7x7)."""
+    assert _tiles(Conv("r50_512_7_b16", 16, 512, 7, 7, 512, 3, 3, padding=1)) == [2, 2, 2]
+    assert _tiles(Conv("r50_512_7_b32", 32, 512, 7, 7, 512, 3, 3, padding=1)) == [2, 2, 4]
+    assert _tiles(Conv("in_256_out_128", 1, 256, 28, 28, 128, 3, 3, padding=1)) == [2, 4, 4]
+    assert _tiles(Conv("wgrad_12544_pixels", 16, 128, 28, 28, 128, 3, 3, padding=1)) == [4, 4, 2]
+    assert _cpp.conv2d_uses_winograd(_params(WINOGRAD_F4[0]), "fwd", F64) == 2
+
+
+@pytest.mark.parametrize("make", [randn, small_ints], ids=["randn", "small_ints"])
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in WINOGRAD_F4 + WINOGRAD_F4_WGRAD])
+def test_winograd_f4_close_to_the_reference(c, make, rng):
+    """F(4x4) in fp32 within the fp32 tolerance of the exact result (the reference in fp64): on
+    random normal data, and on small integers, which it rounds (G holds 1/81 and 1/243). Its error
+    is a rounding error of sums of products, so it scales with the products: small integers in
+    [-3, 3] have variance 4, their products 4x the magnitude of standard normal ones, and so the
+    tolerance (atol is absolute, set for unit-scale data) is scaled by 4 for them."""
+    x, w, b, dy = _inputs(rng, c, make, np.float32)
+    wide = [a.astype(np.float64) for a in (x, w, b, dy)]
+    scale = 4.0 if make is small_ints else 1.0
+    for name, got, want in zip(NAMES, _all_passes(c, x, w, b, dy, "cpp"), _all_passes(c, *wide, "reference")):
+        assert_close(got, want.astype(np.float32), f"{c.name} {name}", scale=scale)
+
+
+def test_winograd_tile_hook(rng):
+    """set_winograd_tile forces either tile, or none (1: the direct paths), wherever Winograd runs;
+    the results agree with each other within the tolerance."""
+    c = WINOGRAD_F4[2]
+    x, w, b, dy = _inputs(rng, c, randn, np.float32)
+    results = {}
+    for m in (1, 2, 4):
+        with _winograd_tile(m):
+            assert _cpp.conv2d_uses_winograd(_params(c), "fwd", F32) == (0 if m == 1 else m)
+            results[m] = _all_passes(c, x, w, b, dy, "cpp")
+    for m in (2, 4):
+        for name, got, want in zip(NAMES, results[m], results[1]):
+            assert_close(got, want, f"F({m}x{m}) vs direct, {name}")
+    assert _cpp.conv2d_uses_winograd(_params(c), "fwd", F32) == 4  # the chooser's again
+    with pytest.raises(ValueError, match="got 3"):
+        _cpp.set_winograd_tile(3)
 
 
 def _dot_kernel_or_skip():
@@ -234,10 +329,14 @@ def _reduction_scale(c, y_shape):
 
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in FAST_PATHS])
 def test_fast_paths_close_on_random_data(c, dtype, rng):
+    """Against the exact result (the reference in fp64, rounded to dtype): an fp32 reference is off
+    by up to 0.25 of the tolerance itself on these problems, which Winograd F(4x4)'s error (up to
+    0.75 of it on winograd_f4_wgrad_tables_chunks' wgrad) would then meet."""
     x, w, b, dy = _inputs(rng, c, randn, dtype)
     scale = _reduction_scale(c, dy.shape)
-    for name, got, want in zip(NAMES, _all_passes(c, x, w, b, dy, "cpp"), _all_passes(c, x, w, b, dy, "reference")):
-        assert_close(got, want, f"{c.name} {name}", scale=scale[name])
+    wide = [a.astype(np.float64) for a in (x, w, b, dy)]
+    for name, got, want in zip(NAMES, _all_passes(c, x, w, b, dy, "cpp"), _all_passes(c, *wide, "reference")):
+        assert_close(got, want.astype(dtype), f"{c.name} {name}", scale=scale[name])
 
 
 def test_linear_every_kernel_set(isa, dtype, rng):
@@ -392,15 +491,19 @@ def test_stride1_dgrad_non_finite_w_as_the_reference(c, rng):
     assert_equal(got, want, "dx with Inf and NaN in w")
 
 
-def test_winograd_workspace_bounded_independent_of_batch(rng):
-    """Winograd's workspace stops growing with the batch, every pass: the transformed weight (or
-    wgrad's sums, 16 x C_in x C_out: 1 MiB here), one chunk of padded planes (at most 4 MiB) and
-    one block's transforms (forward: 1.5 MiB, 2 column panels of the 8x48 kernel; wgrad: 2 MiB)."""
+@pytest.mark.parametrize("m, bound_mib", [(2, 8), (4, 12)], ids=["F2", "F4"])
+def test_winograd_workspace_bounded_independent_of_batch(m, bound_mib, rng):
+    """Winograd's workspace stops growing with the batch, every pass, either tile (a x a = 16 or 36
+    transformed elements): the transformed weight (or wgrad's sums, a*a x C_in x C_out: 1 or 2.25
+    MiB here), one chunk of padded planes (at most 4 MiB) and one block's transforms (forward: two
+    column panels, F(2x2) 1.5 MiB with the 8x48 kernel; wgrad: 2 MiB, or 128 tiles, 4.5 MiB for
+    F(4x4))."""
     c = Conv("ws_winograd", 1, 128, 20, 36, 128, 3, 3, padding=1)
-    assert all(_cpp.conv2d_uses_winograd(_params(c), pass_, F32) for pass_ in ("fwd", "dgrad", "wgrad"))
-    peaks = _workspace_peaks(rng, c)
+    with _winograd_tile(m):
+        assert all(_cpp.conv2d_uses_winograd(_params(c), pass_, F32) == m for pass_ in ("fwd", "dgrad", "wgrad"))
+        peaks = _workspace_peaks(rng, c)
     for name in ("fwd", "dgrad", "wgrad"):
-        assert peaks[name, 32] == peaks[name, 64] <= 8 << 20, peaks
+        assert peaks[name, 32] == peaks[name, 64] <= bound_mib << 20, peaks
 
 
 def test_binding_rejects_what_it_cannot_index(rng):
