@@ -479,6 +479,7 @@ struct Columns {
 // ---------------------------------------------------------------------------------------------
 
 int forced_tile = 0;  // set_winograd_tile's: 0, the chooser's; 1, none (the direct paths)
+bool f4_allowed = false;  // set_winograd_f4's: whether the chooser may take F(4x4)
 
 // Whether s is a layer Winograd serves and pays on (measured with F(2x2)). Enough tiles to amortise
 // the weight's transform, and channels enough that the GEMMs outweigh the input and output
@@ -504,7 +505,7 @@ bool offsets_fit(const ConvShape& s, int m) {
 // so; 0 where Winograd is forced off or no tile's offsets fit.
 int pick_tile(const ConvShape& s, bool f4) {
   if (forced_tile == 1) return 0;
-  const int m = forced_tile ? forced_tile : f4 ? 4 : 2;
+  const int m = forced_tile ? forced_tile : f4 && f4_allowed ? 4 : 2;
   if (offsets_fit(s, m)) return m;
   return m == 4 && offsets_fit(s, 2) ? 2 : 0;
 }
@@ -513,7 +514,8 @@ int pick_tile(const ConvShape& s, bool f4) {
 
 int winograd_tile(const ConvShape& s, index_t elem_bytes) {
   if (!winograd_serves(s, elem_bytes)) return 0;
-  // F(4x4) in fp32 where it pays and its error stays well inside the tolerance. Time against
+  // F(4x4) in fp32 (at precision "high", see set_winograd_f4) where it pays and its error stays
+  // inside the tolerance on unit-scale data. Time against
   // F(2x2) on a 2-core AMD EPYC (AVX2): 0.52-0.74x at 64 channels (56x56, 224x224), 0.72-0.75x on
   // ResNet-20's 8x8 at batch 128, 0.69-0.78x on VGG's conv3_1 (128 -> 256, 56x56), 0.94x at 128 on
   // 28x28; but 0.99-1.13x at 256 (14x14, batch 8 and 16) and 1.02-1.6x at 512 (7x7, 14x14). Its
@@ -541,6 +543,8 @@ int winograd_wgrad_tile(const ConvShape& s, index_t elem_bytes) {
   const index_t pixels = s.N * s.OH * s.OW;
   return pick_tile(s, pixels <= 4096 && (s.C_in + s.C_out <= 384 || tile_grid(s, 4).total >= 128));
 }
+
+void set_winograd_f4(bool allowed) { f4_allowed = allowed; }
 
 void set_winograd_tile(int m) {
   if (m != 0 && m != 1 && m != 2 && m != 4)

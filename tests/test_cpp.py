@@ -158,6 +158,16 @@ def _winograd_tile(m):
         _cpp.set_winograd_tile(0)
 
 
+@contextlib.contextmanager
+def _precision(p):
+    """fastconv's float32 conv precision p ("high": the chooser may take F(4x4)), the default after."""
+    fastconv.set_float32_conv_precision(p)
+    try:
+        yield
+    finally:
+        fastconv.set_float32_conv_precision("highest")
+
+
 @pytest.fixture(params=["avx512", "avx2", "generic"])
 def isa(request):
     """Each micro-kernel set this CPU runs; the best one is restored afterwards."""
@@ -195,9 +205,11 @@ def test_winograd_wgrad_problems_take_winograd(c):
 
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in WINOGRAD_F4 + WINOGRAD_F4_WGRAD])
 def test_winograd_f4_problems_take_f4(c):
-    """WINOGRAD_F4's forward and dgrad, WINOGRAD_F4_WGRAD's wgrad (129 input channels: a forward
-    of F(2x2))."""
-    tiles = _tiles(c)
+    """At precision "high", WINOGRAD_F4's forward and dgrad, WINOGRAD_F4_WGRAD's wgrad (129 input
+    channels: a forward of F(2x2)); at the default "highest", F(2x2)."""
+    assert 4 not in _tiles(c), c.name
+    with _precision("high"):
+        tiles = _tiles(c)
     if c in WINOGRAD_F4_WGRAD:
         assert tiles[2] == 4, c.name
     else:
@@ -213,12 +225,25 @@ def test_winograd_f4_only_where_it_pays():
     """F(4x4) only where it was measured faster than F(2x2) and its error stays well inside the
     tolerance: not on 512 channels at 7x7 (slower), nor where a forward sums over more than 128
     input channels (256 -> 128: its dgrad sums over 128) or wgrad over more than 4096 pixels (its
-    error), nor in fp64; wgrad of 512 channels takes it from 128 tiles of 4x4 (batch 32 at 7x7)."""
-    assert _tiles(Conv("r50_512_7_b16", 16, 512, 7, 7, 512, 3, 3, padding=1)) == [2, 2, 2]
-    assert _tiles(Conv("r50_512_7_b32", 32, 512, 7, 7, 512, 3, 3, padding=1)) == [2, 2, 4]
-    assert _tiles(Conv("in_256_out_128", 1, 256, 28, 28, 128, 3, 3, padding=1)) == [2, 4, 4]
-    assert _tiles(Conv("wgrad_12544_pixels", 16, 128, 28, 28, 128, 3, 3, padding=1)) == [4, 4, 2]
-    assert _cpp.conv2d_uses_winograd(_params(WINOGRAD_F4[0]), "fwd", F64) == 2
+    error), nor in fp64; wgrad of 512 channels takes it from 128 tiles of 4x4 (batch 32 at 7x7).
+    All at precision "high"."""
+    with _precision("high"):
+        assert _tiles(Conv("r50_512_7_b16", 16, 512, 7, 7, 512, 3, 3, padding=1)) == [2, 2, 2]
+        assert _tiles(Conv("r50_512_7_b32", 32, 512, 7, 7, 512, 3, 3, padding=1)) == [2, 2, 4]
+        assert _tiles(Conv("in_256_out_128", 1, 256, 28, 28, 128, 3, 3, padding=1)) == [2, 4, 4]
+        assert _tiles(Conv("wgrad_12544_pixels", 16, 128, 28, 28, 128, 3, 3, padding=1)) == [4, 4, 2]
+        assert _cpp.conv2d_uses_winograd(_params(WINOGRAD_F4[0]), "fwd", F64) == 2
+
+
+def test_float32_conv_precision_switch():
+    assert fastconv.get_float32_conv_precision() == "highest"
+    with _precision("high"):
+        assert fastconv.get_float32_conv_precision() == "high"
+    with pytest.raises(ValueError, match=r"set_float32_conv_precision: precision must be one of .* got 'medium'"):
+        fastconv.set_float32_conv_precision("medium")
+    with pytest.raises(TypeError, match="precision must be a str, got int"):
+        fastconv.set_float32_conv_precision(1)
+    assert fastconv.get_float32_conv_precision() == "highest"
 
 
 @pytest.mark.parametrize("make", [randn, small_ints], ids=["randn", "small_ints"])
@@ -232,7 +257,9 @@ def test_winograd_f4_close_to_the_reference(c, make, rng):
     x, w, b, dy = _inputs(rng, c, make, np.float32)
     wide = [a.astype(np.float64) for a in (x, w, b, dy)]
     scale = 4.0 if make is small_ints else 1.0
-    for name, got, want in zip(NAMES, _all_passes(c, x, w, b, dy, "cpp"), _all_passes(c, *wide, "reference")):
+    with _precision("high"):
+        got_all = _all_passes(c, x, w, b, dy, "cpp")
+    for name, got, want in zip(NAMES, got_all, _all_passes(c, *wide, "reference")):
         assert_close(got, want.astype(np.float32), f"{c.name} {name}", scale=scale)
 
 
@@ -249,7 +276,7 @@ def test_winograd_tile_hook(rng):
     for m in (2, 4):
         for name, got, want in zip(NAMES, results[m], results[1]):
             assert_close(got, want, f"F({m}x{m}) vs direct, {name}")
-    assert _cpp.conv2d_uses_winograd(_params(c), "fwd", F32) == 4  # the chooser's again
+    assert _cpp.conv2d_uses_winograd(_params(c), "fwd", F32) == 2  # the chooser's again (precision "highest")
     with pytest.raises(ValueError, match="got 3"):
         _cpp.set_winograd_tile(3)
 

@@ -8,6 +8,7 @@ a backend (see :func:`available_backends`). Semantics are PyTorch's: NCHW, cross
 from ._dispatch import BackendUnavailableError, available_backends, backend_status, use_backend  # noqa: F401
 from ._threads import get_num_threads, set_num_threads  # noqa: F401
 from .autotune import get_autotune, set_autotune  # noqa: F401
+from .precision import get_float32_conv_precision, set_float32_conv_precision  # noqa: F401
 from .ops.activation import *  # noqa: F401,F403
 from .ops.conv import *  # noqa: F401,F403
 from .ops.dropout import *  # noqa: F401,F403
