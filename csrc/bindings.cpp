@@ -290,6 +290,9 @@ PYBIND11_MODULE(_cpp, m) {
         "use another micro-kernel set ('auto' = the best this CPU has); ValueError if unavailable");
   m.def("kernel_gflops", &fastconv::kernel_gflops, py::arg("seconds"), py::call_guard<py::gil_scoped_release>(),
         "GFLOP/s of the fp32 micro-kernel in use on one core now, its panels in L1 (median of 1 ms slices)");
+  m.def("set_conv_chunk_bytes", &fastconv::set_conv_chunk_bytes, py::arg("nbytes"),
+        "bound each chunk of flat copies and each plane the depthwise loops pad to nbytes instead of 4 MiB (0 "
+        "restores it), so that small images run in several bands: for tests; ValueError if negative");
   m.def("workspace_peak_bytes", &fastconv::workspace_peak_bytes,
         "most bytes of kernel workspace held at once since workspace_reset_peak()");
   m.def("workspace_reset_peak", &fastconv::workspace_reset_peak);

@@ -22,6 +22,12 @@ bool conv2d_uses_winograd(const ConvShape& s, const std::string& pass, index_t e
 // set in use; see conv_dot_wgrad.cpp), given finite x: for tests.
 bool conv2d_wgrad_uses_dot(const ConvShape& s);
 
+// Bound each chunk of flat copies (forward, stride-1 dgrad, flat wgrad) and each plane that the
+// depthwise loops pad whole (larger ones take the forward's bands) to `bytes` instead of the 4 MiB
+// default (0 restores it): a test lowers it so that small images run in several bands. Throws
+// std::invalid_argument for a negative count. Not meant to race with running ops.
+void set_conv_chunk_bytes(index_t bytes);
+
 // y (N, C_out, OH, OW) = conv(x, w) + b; b may be null.
 template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads);

@@ -158,8 +158,37 @@ void flat_fill_channel(const ConvShape& s, const FlatLayout& f, const T* xc, T* 
 template <typename T>
 void flat_fill_images(const ConvShape& s, const FlatLayout& f, const T* x, index_t n0, index_t imgs, T* xq);
 
-// The flat copies of one chunk of images hold at most this many bytes (at least one image).
+// The flat copies of one chunk of images hold at most this many bytes by default: a chunk is as
+// many whole images as fit, or, when one image does not, one band of its output rows (see
+// row_band), as many rows as fit and at least one. conv_chunk_bytes() is the bound in force
+// (set_conv_chunk_bytes in conv.h: tests lower it so that small images run in several bands).
 constexpr index_t kFlatChunkBytes = index_t(4) << 20;
+index_t conv_chunk_bytes();
+
+// Output rows [oh0, oh0 + rows) of layer s as a layer of their own: the same input (all of it, H
+// rows: x is addressed as before), its top padding moved up by the rows above the band (negative
+// below the first band: the band's first input row is then inside x). Every output of the band
+// is the same dot product over the same depth as in s, rows oh0.. of s's output.
+inline ConvShape row_band(const ConvShape& s, index_t oh0, index_t rows) {
+  ConvShape b = s;
+  b.OH = rows;
+  b.pad_t = s.pad_t - oh0 * s.stride_h;
+  return b;
+}
+
+// Bands of output rows of one image: `rows` each, the last one what is left.
+struct RowBands {
+  index_t rows, count;
+  index_t first(index_t band) const { return band * rows; }
+  index_t height(index_t band, index_t OH) const { return min_i(rows, OH - band * rows); }
+};
+
+// The fewest, then most even, bands of OH output rows such that each holds at most `max_rows`
+// (at least one row each).
+inline RowBands row_bands(index_t OH, index_t max_rows) {
+  const index_t count = ceil_div(OH, max_i(1, min_i(OH, max_rows)));
+  return RowBands{count > 0 ? ceil_div(OH, count) : 0, count};
+}
 
 // ---------------------------------------------------------------------------------------------
 // the forward GEMM (conv_flat.cpp)
