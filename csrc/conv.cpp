@@ -30,12 +30,14 @@
 // Workspace (the only memory besides inputs and outputs; see Buffer / workspace_peak_bytes):
 //   shared:     forward, stride-1 dgrad and flat wgrad: the flat copies of a chunk, at most
 //               conv_chunk_bytes() (kFlatChunkBytes, 4 MiB, unless a test lowers it): whole images,
-//               or a band of one image's output rows with the input rows it reads (see row_band),
-//               at least one output row: C_in x stride phases x (1 + (KH-1)*dil_h/stride_h) rows of
+//               or a band of one image's output rows with the input rows it reads (see row_band).
+//               The forward cuts a row that does not fit into bands of columns (col_band), down to
+//               one output pixel's C_in x stride phases x (1 + (KH-1)*dil_h/stride_h) x
+//               (1 + (KW-1)*dil_w/stride_w) elements: it never grows with H or W. Flat wgrad's bands
+//               are at least one output row: C_in x phases x (1 + (KH-1)*dil_h/stride_h) rows of
 //               Wq = OW + (KW-1)*dil_w/stride_w elements (3 x 46402 fp32, 557 KB, for a 3x3 on one
-//               46400-wide channel). So it never grows with H, nor with W until one row is over
-//               the bound. Flat wgrad's chunk holds its packed dy^T too (NR lanes per pixel, within
-//               the same bound; and a table of 8 bytes per pixel), plus dW^T; strided dgrad and
+//               46400-wide channel), and hold its packed dy^T too (NR lanes per pixel, within the
+//               same bound; and a table of 8 bytes per pixel), plus dW^T; strided dgrad and
 //               packed wgrad: the packed weight (C_in/groups*KH*KW x C_out rounded up to MR rows /
 //               packed dy chunks); packed wgrad with S > 1 reduction slices S copies of dw (S <= 8,
 //               chosen by the shape);

@@ -155,15 +155,15 @@ void flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
   const index_t copy_rest = f.identity ? 0 : f.image - s.OH * copy_row;  // the halo rows and the slack
   const index_t per_image = copy_rest + s.OH * (copy_row + dy_row), bound = conv_chunk_bytes() / index_t(sizeof(T));
   const index_t chunk = max_i(1, min_i(s.N, bound / per_image));
-  RowBands rows{s.OH, 1};
+  Bands rows{s.OH, 1};
   if (per_image > bound) {  // rows that fit beside the rest (16 spare: the copy's size is rounded up)
     index_t fit = min_i(s.OH, max_i(1, (bound - copy_rest - 16) / (copy_row + dy_row)));
     const index_t align = uk.kc / std::gcd(s.OW, index_t(uk.kc));  // rows of whole depth blocks
     if (fit >= align) fit -= fit % align;
-    rows = RowBands{fit, ceil_div(s.OH, fit)};
+    rows = Bands{fit, ceil_div(s.OH, fit)};
     if (!f.identity) f = flat_layout(row_band(s, 0, fit), NR);
   }
-  const index_t Pc = rows.rows * s.OW;              // pixels of an image in a chunk (at most)
+  const index_t Pc = rows.size * s.OW;              // pixels of an image in a chunk (at most)
   const index_t dy_panel = chunk * Pc * NR;         // dy^T of a panel: [image][pixel][NR], the chunk's depth
   Buffer<T> xq(f.identity ? 0 : chunk * f.image);  // shared: flat copies of one chunk
   Buffer<T> dyq(G * cpanels * dy_panel);             // shared: their packed dy^T, [group][panel]
@@ -172,7 +172,7 @@ void flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
   // so that one kernel call runs over the pixels of several small images
   std::vector<index_t> pix(static_cast<std::size_t>(chunk * Pc)), along(static_cast<std::size_t>(kMaxKC));
   for (index_t img = 0, q = 0; img < chunk; ++img)
-    for (index_t oh = 0; oh < rows.rows; ++oh)
+    for (index_t oh = 0; oh < rows.size; ++oh)
       for (index_t ow = 0; ow < s.OW; ++ow) pix[q++] = img * f.image + oh * f.Wq + ow;
   for (index_t p = 0; p < kMaxKC; ++p) along[p] = p;  // dy's pixels, for pack_b
   // runs of tp tap panels: about four units per thread
@@ -181,8 +181,8 @@ void flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
 #pragma omp parallel num_threads(nthreads)
   for (index_t piece = 0; piece < ceil_div(s.N, chunk) * rows.count; ++piece) {
     const index_t n0 = piece / rows.count * chunk, band = piece % rows.count, imgs = min_i(chunk, s.N - n0);
-    const index_t oh0 = rows.first(band), Pb = rows.height(band, s.OH) * s.OW;  // Pb: an image's pixels
-    if (!f.identity) flat_fill_images(row_band(s, oh0, rows.rows), f, x, n0, imgs, xq.data());
+    const index_t oh0 = rows.first(band), Pb = rows.length(band, s.OH) * s.OW;  // Pb: an image's pixels
+    if (!f.identity) flat_fill_images(row_band(s, oh0, rows.size), f, x, n0, imgs, xq.data());
 #pragma omp for schedule(static)
     for (index_t job = 0; job < imgs * G * cpanels; ++job) {  // dy^T panels
       const index_t img = job / (G * cpanels), gp = job % (G * cpanels), c0 = (gp % cpanels) * NR;

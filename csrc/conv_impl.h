@@ -160,8 +160,9 @@ void flat_fill_images(const ConvShape& s, const FlatLayout& f, const T* x, index
 
 // The flat copies of one chunk of images hold at most this many bytes by default: a chunk is as
 // many whole images as fit, or, when one image does not, one band of its output rows (see
-// row_band), as many rows as fit and at least one. conv_chunk_bytes() is the bound in force
-// (set_conv_chunk_bytes in conv.h: tests lower it so that small images run in several bands).
+// row_band), as many rows as fit and at least one (the forward cuts a row that does not fit into
+// bands of columns too: col_band). conv_chunk_bytes() is the bound in force (set_conv_chunk_bytes
+// in conv.h: tests lower it so that small images run in several bands).
 constexpr index_t kFlatChunkBytes = index_t(4) << 20;
 index_t conv_chunk_bytes();
 
@@ -176,18 +177,27 @@ inline ConvShape row_band(const ConvShape& s, index_t oh0, index_t rows) {
   return b;
 }
 
-// Bands of output rows of one image: `rows` each, the last one what is left.
-struct RowBands {
-  index_t rows, count;
-  index_t first(index_t band) const { return band * rows; }
-  index_t height(index_t band, index_t OH) const { return min_i(rows, OH - band * rows); }
+// Output columns [ow0, ow0 + cols) of layer s as a layer of their own, as row_band does for rows
+// (its left padding moved left).
+inline ConvShape col_band(const ConvShape& s, index_t ow0, index_t cols) {
+  ConvShape b = s;
+  b.OW = cols;
+  b.pad_l = s.pad_l - ow0 * s.stride_w;
+  return b;
+}
+
+// Bands of n output rows (or columns): `size` each, the last one what is left.
+struct Bands {
+  index_t size, count;
+  index_t first(index_t band) const { return band * size; }
+  index_t length(index_t band, index_t n) const { return min_i(size, n - band * size); }
 };
 
-// The fewest, then most even, bands of OH output rows such that each holds at most `max_rows`
-// (at least one row each).
-inline RowBands row_bands(index_t OH, index_t max_rows) {
-  const index_t count = ceil_div(OH, max_i(1, min_i(OH, max_rows)));
-  return RowBands{count > 0 ? ceil_div(OH, count) : 0, count};
+// The fewest, then most even, bands of n output rows (or columns) such that each holds at most
+// `max_size` (at least one each).
+inline Bands even_bands(index_t n, index_t max_size) {
+  const index_t count = ceil_div(n, max_i(1, min_i(n, max_size)));
+  return Bands{count > 0 ? ceil_div(n, count) : 0, count};
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -400,9 +400,10 @@ def test_winograd_workspace_bounded_independent_of_batch(rng):
 # Bands of output rows (csrc/conv_flat.cpp, conv_gemm_wgrad.cpp): an image whose flat copy (with, for
 # wgrad, its packed dy^T) is over the chunk bound (4 MiB, lowered here through set_conv_chunk_bytes)
 # is copied and multiplied band by band, each band's copy holding the input rows it reads. 256 bytes
-# leaves one output row per band (the floor), 2 KiB a few; depthwise layers whose padded planes are
-# over the bound take the forward's bands too (conv.cpp). Winograd ignores the bound; the large
-# batches of wgrad_slices and dot_wgrad_rounds would take 640 one-row bands (and the reference 10 s).
+# leaves one output row per band (wgrad's floor), the forward's rows cut into bands of columns; 2 KiB
+# a few rows; depthwise layers whose padded planes are over the bound take the forward's bands too
+# (conv.cpp). Winograd ignores the bound; the large batches of wgrad_slices and dot_wgrad_rounds
+# would take 640 one-row bands (and the reference 10 s).
 BAND_BYTES = [256, 2048]
 BAND_PROBLEMS = [c for c in CONV_PROBLEMS + FAST_PATHS
                  if c not in WINOGRAD + WINOGRAD_WGRAD and c.name not in ("wgrad_slices", "dot_wgrad_rounds")]
@@ -462,9 +463,11 @@ def test_bands_bit_identical_to_whole_images(c, small_chunks, rng):
     Conv("bands_default_bound", 1, 3, 700, 653, 5, 3, 3, padding=1),  # its flat copy: 5.5 MB
     Conv("bands_default_bound_strided", 2, 2, 1030, 761, 3, 3, 2, stride=(2, 3), padding=(1, 2), dilation=(2, 1)),
     Conv("bands_depthwise_plane", 1, 2, 1100, 1013, 2, 3, 3, padding=1, groups=2),  # 4.5 MB planes
+    Conv("bands_of_columns", 1, 16, 1, 70001, 3, 1, 5, padding=(0, 2)),  # one row of 4.5 MB: a conv1d
 ], ids=lambda c: c.name)
 def test_bands_at_the_default_bound(c, rng):
-    """Images over the 4 MiB bound, no hook: forward and stride-1 dgrad in bands, exact."""
+    """Images over the 4 MiB bound, no hook: forward and stride-1 dgrad in bands (of columns, when
+    one row is over it), exact."""
     x, w, b, dy = _inputs(rng, c, small_ints, np.float32)
     for name, got, want in zip(("y", "dx"), _forward_and_dgrad(c, x, w, b, dy, "cpp"),
                                _forward_and_dgrad(c, x, w, b, dy, "reference")):
