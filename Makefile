@@ -18,7 +18,7 @@ SANITIZE_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sani
 SANITIZED_CPP := LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so):$$($(CXX) -print-file-name=libubsan.so)" \
                  ASAN_OPTIONS=detect_leaks=0 PYTHONPATH=build/asan
 
-.PHONY: bench test test-emu test-cpp-asan bench-smoke gpu-check clean
+.PHONY: bench test test-emu test-cpp-asan test-huge bench-smoke gpu-check clean
 
 # the main job: every available backend verified, then timed side by side with PyTorch
 bench: $(VENV)/.installed
@@ -41,6 +41,10 @@ test-cpp-asan: $(VENV)/.installed
 	FASTCONV_CPU_EXTENSIONS=cpp CC="gcc $(SANITIZE_FLAGS)" CXX="g++ $(SANITIZE_FLAGS)" \
 	    $(BIN)/python setup.py -q build_ext --force --build-lib build/asan --build-temp build/asan-temp
 	$(SANITIZED_CPP) $(BIN)/python -m pytest tests -k cpp --emu=without -p no:cacheprovider
+
+# inputs past 2^31 elements through the C++ backend, apart from `make test`: about 18 GB of memory
+test-huge: $(VENV)/.installed
+	$(BIN)/python -m pytest tests/test_huge.py --huge --emu=without -p no:cacheprovider
 
 # the benchmark suite once, timing nothing: every case still verifies its result against the reference
 bench-smoke: $(VENV)/.installed

@@ -340,6 +340,9 @@ PYBIND11_MODULE(_cpp, m) {
         return d;
       },
       py::arg("dtype") = "float32", "the general micro-kernel in use: its tile (mr x nr) and its blocks (kc x nc)");
+  m.def("set_conv_chunk_bytes", &fastconv::set_conv_chunk_bytes, py::arg("nbytes"),
+        "bound each chunk of flat copies and each plane the depthwise loops pad to nbytes instead of 4 MiB (0 "
+        "restores it), so that small images run in several bands: for tests; ValueError if negative");
   m.def("workspace_peak_bytes", &fastconv::workspace_peak_bytes,
         "most bytes of kernel workspace held at once since workspace_reset_peak()");
   m.def("workspace_reset_peak", &fastconv::workspace_reset_peak);

@@ -25,23 +25,39 @@
 //     cols dy^T on the same flat layout (the micro-kernel reads cols' rows in place, pixel by
 //     pixel), for weights under 4 MiB (1 MiB pointwise); otherwise GEMM dW += dY cols^T with
 //     cols^T packed from x, the batch folded into the reduction (both conv_gemm_wgrad.cpp);
-//   * depthwise (one input channel per group): direct loops over rows, no GEMM (conv_depthwise.cpp).
+//   * depthwise (one input channel per group): direct loops over rows, no GEMM (conv_depthwise.cpp),
+//     but for the forward and stride-1 dgrad of planes over the chunk bound (they pad a whole plane
+//     per thread): those take the flat GEMM, in bands of rows.
 //
 // Workspace (the only memory besides inputs and outputs; see Buffer / workspace_peak_bytes):
-//   shared:     forward, stride-1 dgrad and flat wgrad: the flat copies of a chunk of images, at
-//               most 4 MiB (kFlatChunkBytes) or one image, plus for flat wgrad their packed dy^T
-//               (within the same bound) and dW^T; strided dgrad and packed wgrad: the packed weight
-//               (C_in/groups*KH*KW x C_out rounded up to MR rows / packed dy chunks); packed wgrad
-//               with S > 1 reduction slices S copies of dw (S <= 8, chosen by the shape);
+//   shared:     forward, stride-1 dgrad and flat wgrad: the flat copies of a chunk, at most
+//               conv_chunk_bytes() (kFlatChunkBytes, 4 MiB, unless a test lowers it): whole images,
+//               or a band of one image's output rows with the input rows it reads (see row_band).
+//               The forward cuts a row that does not fit into bands of columns (col_band), down to
+//               one output pixel's C_in x stride phases x (1 + (KH-1)*dil_h/stride_h) x
+//               (1 + (KW-1)*dil_w/stride_w) elements: it never grows with H or W. Flat wgrad's bands
+//               are at least one output row: C_in x phases x (1 + (KH-1)*dil_h/stride_h) rows of
+//               Wq = OW + (KW-1)*dil_w/stride_w elements (3 x 46402 fp32, 557 KB, for a 3x3 on one
+//               46400-wide channel), and hold its packed dy^T too (NR lanes per pixel, within the
+//               same bound; and a table of 8 bytes per pixel), plus dW^T; strided dgrad and
+//               packed wgrad: the packed weight (C_in/groups*KH*KW x C_out rounded up to MR rows /
+//               packed dy chunks); packed wgrad with S > 1 reduction slices S copies of dw (S <= 8,
+//               chosen by the shape);
 //   Winograd:   see winograd.cpp (the transformed weight, a chunk of padded planes, per-thread blocks);
 //   dot wgrad:  8 copies of dw (a round's slices), and per thread the flat copies and dy rows of one
 //               slice of images (at most 512 KiB, kDotSliceBytes, or one image);
+//   depthwise:  per thread one zero-padded input plane, at most about the chunk bound (the window
+//               its outputs read, rounded up to whole register tiles; see depthwise_planes_fit);
+//               larger planes take the flat GEMM's bands (forward, stride-1 dgrad) or need none
+//               (strided dgrad's scattered adds, wgrad);
 //   per thread: one packed B block, KC x NC (256 x 512 fp32 / 256 x 256 fp64 = 512 KiB), plus
 //               for a staged forward one unit's C (at most 256 KiB, kStageBytes, or one MR-row
 //               panel), for packed wgrad one packed dy chunk (C_out/groups x KC) and for strided
 //               dgrad one cols chunk of C_in/groups*KH*KW x nbc with nbc*rows <= 64 Ki elements (at
 //               least NR columns).
-// None of it grows with the batch size past the chunk bound: no im2col matrix is ever built.
+// None of it grows with the batch size past the chunk bound: no im2col matrix is ever built. Nor
+// with the image size, but Winograd's chunk of padded planes (at least one image) and the dot
+// wgrad's slices (at least one image per thread).
 //
 // A caller may name the algorithm instead (ConvAlgo, conv2d_algorithms: fastconv's autotune times
 // the candidates and keeps the fastest); the lists below then run that entry only.
@@ -84,12 +100,23 @@ void general_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const
   gemm_forward(s, x, wa, b, y, nthreads);
 }
 
+// Whether a depthwise forward's direct loops (or a depthwise stride-1 dgrad's, a forward of dy)
+// would pad input planes larger than the chunk bound: they copy one whole plane per thread (the
+// window its outputs read, rounded up to their tiles; on 2 threads 2 GB for one 16000 x 16000
+// image). Such layers take the GEMM on the flat layout instead, which copies bands of rows.
+template <typename T>
+bool depthwise_planes_fit(const ConvShape& s) {
+  const index_t rows = (s.OH - 1) * s.stride_h + (s.KH - 1) * s.dil_h + 1;
+  const index_t cols = (s.OW - 1) * s.stride_w + (s.KW - 1) * s.dil_w + 1;
+  return rows * cols * index_t(sizeof(T)) <= conv_chunk_bytes();
+}
+
 }  // namespace
 
 template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads, ConvAlgo algo) {
-  // depthwise: direct loops
-  if (is_depthwise(s)) return depthwise_forward(s, x, w, b, y, nthreads);
+  // depthwise, planes within the bound: direct loops
+  if (is_depthwise(s) && depthwise_planes_fit<T>(s)) return depthwise_forward(s, x, w, b, y, nthreads);
   const index_t Kg = s.C_in / s.groups * s.KH * s.KW;
   std::vector<index_t> off(static_cast<std::size_t>(Kg));  // the weight's rows as they lie
   for (index_t p = 0; p < Kg; ++p) off[p] = p;
@@ -150,7 +177,8 @@ void dgrad_as_forward(const ConvShape& s, const T* dy, const T* w, T* dx, int nt
 template <typename T>
 void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads, ConvAlgo algo) {
   const bool unit_stride = s.stride_h == 1 && s.stride_w == 1;
-  if (is_depthwise(s)) {
+  // depthwise, but at stride 1 with planes over the bound (those take the flat GEMM's bands, below)
+  if (is_depthwise(s) && !(unit_stride && !depthwise_planes_fit<T>(dgrad_shape(s)))) {
     // at stride 1 a depthwise dgrad is a depthwise forward of dy with the flipped kernel and
     // padding d*(K-1) - pad (see dgrad_as_forward): register tiles instead of scattered adds
     if (s.C_out / s.groups == 1 && unit_stride &&

@@ -42,6 +42,12 @@ std::vector<std::string> conv2d_algorithms(const ConvShape& s, const std::string
 enum class ConvAlgo { kAuto, kWinograd, kGemm, kCol2im, kDot, kFlat, kPacked, kDirect };
 ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_bytes, const std::string& name);
 
+// Bound each chunk of flat copies (forward, stride-1 dgrad, flat wgrad) and each plane that the
+// depthwise loops pad whole (larger ones take the forward's bands) to `bytes` instead of the 4 MiB
+// default (0 restores it): a test lowers it so that small images run in several bands. Throws
+// std::invalid_argument for a negative count. Not meant to race with running ops.
+void set_conv_chunk_bytes(index_t bytes);
+
 // y (N, C_out, OH, OW) = conv(x, w) + b; b may be null.
 template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads,

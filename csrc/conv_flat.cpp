@@ -4,16 +4,47 @@
 // pack B from the layout without them instead (see compact_forward); tiles that straddle output
 // rows are staged per unit and copied to y once (see stage_tiling). Stride-1 dgrad runs this
 // forward too, on dy with the flipped, transposed weight (see dgrad_as_forward in conv.cpp).
+// Workspace: the flat copies of a chunk of images, at most conv_chunk_bytes() (4 MiB by default):
+// as many whole images as fit, or one band of an image's output rows with the input rows it reads
+// (see row_band), or, when one row does not fit, a band of a row's columns (col_band); at least
+// one output pixel's (C_in x stride phases x (1 + (KH-1)*dil_h/stride_h) x (1 + (KW-1)*dil_w/
+// stride_w) elements), so it never grows with H or W. Per thread: one packed B block and, staged,
+// one unit's C.
 #include <immintrin.h>
 #include <omp.h>
 
+#include <atomic>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "conv_impl.h"
 #include "gemm.h"
 
 namespace fastconv {
+
+// ---------------------------------------------------------------------------------------------
+// the bound on a chunk's copies
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+std::atomic<index_t>& chunk_bytes() {
+  static std::atomic<index_t> bytes{kFlatChunkBytes};
+  return bytes;
+}
+
+}  // namespace
+
+index_t conv_chunk_bytes() { return chunk_bytes().load(); }
+
+void set_conv_chunk_bytes(index_t bytes) {
+  if (bytes < 0)
+    throw std::invalid_argument("set_conv_chunk_bytes: bytes must be >= 0 (0 restores the default, " +
+                                std::to_string(kFlatChunkBytes) + "), got " + std::to_string(bytes));
+  chunk_bytes().store(bytes > 0 ? bytes : kFlatChunkBytes);
+}
 
 // ---------------------------------------------------------------------------------------------
 // the flat layout
@@ -223,18 +254,21 @@ struct CompactFlatB {
 
 // C of the forward GEMM: row co, column j -> y[image j / cols][co][oh][ow] with
 // q = j % cols = oh*Wq + ow; columns with oh >= OH or ow >= OW are junk and dropped. The compact
-// forward's columns (P pixels per image, no junk) are the case OH = 1, OW = Wq = cols = P.
+// forward's columns (OH*OW pixels per image, no junk) are the case OH = 1, OW = Wq = cols = pixels.
+// A band of output rows and columns (then one image) is y from its first pixel on, OH x OW.
 template <typename T>
 struct FlatC {
-  T* y;  // the group's first output channel in the first image
-  index_t image, P, OH, OW, Wq, cols;  // image = C_out*P, P = OH*OW
+  T* y;  // the group's first output channel in the first image (in a band: at the band's first pixel)
+  index_t image, P, OH, OW;  // image = C_out*P, P = the layer's OH*OW: y's channel stride
+  index_t ldr, Wq, cols;     // ldr: y's row stride, the layer's OW
   // Direct when the tile's columns are contiguous in y: within one output row, or, in a layout
-  // without junk columns (Wq == OW: pointwise layers), anywhere within the image's pixels.
+  // without junk columns (Wq == OW: pointwise layers) whose rows are y's, anywhere within the
+  // image's pixels.
   T* tile(index_t i, index_t j, index_t n, index_t& ld) const {
     const index_t img = j / cols, q = j - img * cols, oh = q / Wq, ow = q - oh * Wq;
     ld = P;
-    const bool contiguous = Wq == OW ? q + n <= P : oh < OH && ow + n <= OW;
-    return contiguous ? y + img * image + i * P + oh * OW + ow : nullptr;
+    const bool contiguous = Wq == OW && OW == ldr ? q + n <= OH * OW : oh < OH && ow + n <= OW;
+    return contiguous ? y + img * image + i * P + oh * ldr + ow : nullptr;
   }
   // Calls run(row pointer in y of C row i at column j + jj, jj, len) for each run of columns
   // [j, j+n) along one layout row, cut at the row's last output column: contiguous in y. Junk
@@ -245,7 +279,7 @@ struct FlatC {
     for (index_t jj = 0; jj < n;) {
       const index_t oh = q / Wq, ow = q - oh * Wq;
       const index_t len = min_i(n - jj, min_i(Wq - ow, cols - q));  // to the layout row's end
-      if (oh < OH && ow < OW) run(y + img * image + i * P + oh * OW + ow, jj, min_i(len, OW - ow));
+      if (oh < OH && ow < OW) run(y + img * image + i * P + oh * ldr + ow, jj, min_i(len, OW - ow));
       jj += len;
       q += len;
       if (q == cols) {
@@ -321,22 +355,45 @@ void gemm_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const T*
   // resnet50_3x3_512_7_b1's dgrad ran in 0.77-0.82x the time on the general kernel. A packed
   // weight (crowded) takes the kernel that suits its rows: 8x48 was 1.06-1.16x there.
   const MicroKernel<T>& uk = crowded ? micro_kernel<T>(Cog) : micro_kernel_few_rows<T>(s.N * P);
-  const FlatLayout f = flat_layout(s, uk.nr);
-  const index_t chunk =
-      f.identity ? s.N : max_i(1, min_i(s.N, kFlatChunkBytes / (f.image * index_t(sizeof(T)))));
-  Buffer<T> xq(f.identity ? 0 : chunk * f.image);  // shared: the flat copies of one chunk of images
-  const bool compact = compact_forward(f, P, Cog, chunk);
-  const index_t per_image = compact ? P : f.cols;  // GEMM columns per image
-  // tiles that straddle output rows (junk between them) or images (compact) are staged
-  const bool staged = compact ? P % uk.nr != 0 : f.Wq != s.OW;
+  FlatLayout f = flat_layout(s, uk.nr);  // a whole image's; a band's when one image is over the bound
+  const index_t bound = conv_chunk_bytes() / index_t(sizeof(T));  // elements
+  // A chunk: the flat copies of as many whole images as fit in the bound, or, when one image does
+  // not, of one band of its output rows: a band of r rows holds OH - r plane rows fewer than the
+  // image, of C_in x phases x Wq elements each (16 spare: the copy's size is rounded up to 16).
+  // When one row does not fit either, bands of one row are cut into bands of its output columns:
+  // a plane column of one row's band is C_in x phases x (1 + the rows' halo) elements, plus one of
+  // the zeros a panel over-reads. Every band but the last has rows.size rows (cols.size columns);
+  // the last one, shorter, runs in the same layout and leaves the rest out. Pointwise layers read
+  // x itself, all of it at once.
+  const bool banded = !f.identity && f.image > bound;
+  const index_t chunk = f.identity ? s.N : max_i(1, min_i(s.N, bound / f.image));
+  Bands rows{s.OH, 1}, cols{s.OW, 1};
+  if (banded) {
+    const index_t phases = static_cast<index_t>(f.phases.size()), halo_h = f.Hq - s.OH, halo_w = f.Wq - s.OW;
+    const index_t fit_rows = s.OH - ceil_div(f.image - bound + 16, s.C_in * phases * f.Wq);
+    rows = even_bands(s.OH, fit_rows);
+    if (fit_rows < 1) cols = even_bands(s.OW, (bound - uk.nr - 16) / (s.C_in * phases * (1 + halo_h) + 1) - halo_w);
+    f = flat_layout(col_band(row_band(s, 0, rows.size), 0, cols.size), uk.nr);
+  }
+  Buffer<T> xq(f.identity ? 0 : chunk * f.image);  // shared: the flat copies of one chunk
+  // (bands of columns are not contiguous in y: they read B in place)
+  const bool compact = cols.count == 1 && compact_forward(f, rows.size * s.OW, Cog, chunk);
 #pragma omp parallel num_threads(nthreads)
   {
     Buffer<T> bbuf(packed_b_size(uk));  // per thread: the panels a source cannot serve in place
     Buffer<T> stage(0);                 // per thread, when staged: one unit's C (see stage_tiling)
-    for (index_t n0 = 0; n0 < s.N; n0 += chunk) {
-      const index_t imgs = min_i(chunk, s.N - n0);
-      if (!f.identity) flat_fill_images(s, f, x, n0, imgs, xq.data());
+    for (index_t piece = 0; piece < ceil_div(s.N, chunk) * rows.count * cols.count; ++piece) {
+      const index_t n0 = piece / (rows.count * cols.count) * chunk, imgs = min_i(chunk, s.N - n0);
+      const index_t band = piece / cols.count % rows.count, part = piece % cols.count;
+      const index_t oh0 = rows.first(band), OHb = rows.length(band, s.OH);
+      const index_t ow0 = cols.first(part), OWb = cols.length(part, s.OW), Pb = OHb * OWb;  // Pb: an image's pixels
+      if (!f.identity)
+        flat_fill_images(col_band(row_band(s, oh0, rows.size), ow0, cols.size), f, x, n0, imgs, xq.data());
       const T* base = f.identity ? x + n0 * f.image : xq.data();
+      // GEMM columns per image: without junk, or OHb rows of Wq (f.cols, but in a last band)
+      const index_t per_image = compact ? Pb : round_up(OHb * f.Wq, uk.nr);
+      // tiles that straddle output rows (junk between them) or images (compact) are staged
+      const bool staged = compact ? Pb % uk.nr != 0 : f.Wq != OWb;
       const Tiling t = staged ? stage_tiling(uk, Cog, imgs * per_image, nthreads, G)
                               : tile_product(uk, Cog, imgs * per_image, nthreads, G);
       if (staged && stage.size() < t.panels * uk.mr * t.nb) stage.resize(t.panels * uk.mr * t.nb);
@@ -348,7 +405,7 @@ void gemm_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const T*
         const index_t i0 = p0 * uk.mr, i1 = min_i(Cog, p1 * uk.mr);
         const InPlaceA<T> a{wa.w + grp * wa.group, wa.lda, wa.off, Cog, crowded};
         const T* xg = base + grp * Cig * f.chan;
-        T* yg = y + (n0 * s.C_out + grp * Cog) * P;
+        T* yg = y + (n0 * s.C_out + grp * Cog) * P + oh0 * s.OW + ow0;
         const auto product = [&](const auto& pack_b, const auto& cmap) {
           if (staged) {  // the unit's C in the staging block, then into y at once
             gemm_unit(uk, a, Kg, p0, p1, pack_b, j0, nb, PlainC<T>{stage.data(), nb, i0, j0}, bbuf.data(), false);
@@ -360,9 +417,9 @@ void gemm_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const T*
           if (b) cmap.add_bias(i0, i1, j0, nb, b + grp * Cog);
         };
         if (compact)
-          product(CompactFlatB<T>{xg, &f, f.off.data(), P, s.OW}, FlatC<T>{yg, s.C_out * P, P, 1, P, P, P});
+          product(CompactFlatB<T>{xg, &f, f.off.data(), Pb, s.OW}, FlatC<T>{yg, s.C_out * P, P, 1, Pb, Pb, Pb, Pb});
         else
-          product(FlatB<T>{xg, &f, f.off.data()}, FlatC<T>{yg, s.C_out * P, P, s.OH, s.OW, f.Wq, f.cols});
+          product(FlatB<T>{xg, &f, f.off.data()}, FlatC<T>{yg, s.C_out * P, P, OHb, OWb, s.OW, f.Wq, f.cols});
       }
     }
   }

@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include "conv_impl.h"
@@ -131,6 +132,10 @@ void gemm_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
 // Few output channels (16 against 32-wide panels) take the few-columns kernel, with the rows of
 // dW^T in tap-major order (tap, ci): a panel is then MR channels of one tap, rows one channel
 // apart in the flat copy (one stride: InPlaceA's form, no row pointers), when MR divides C_in/groups.
+// A chunk's flat copies and dy^T hold at most conv_chunk_bytes() (4 MiB by default): as many whole
+// images as fit, or one band of an image's output rows (the copy of the input rows it reads, see
+// row_band, and its pixels' dy^T), at least one row. Bands are a whole number of depth blocks
+// where that fits, so that the blocks, and the sums, are those of the whole image.
 template <typename T>
 void flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
   const index_t G = s.groups, Cig = s.C_in / G, Cog = s.C_out / G, Kg = Cig * s.KH * s.KW, KK = s.KH * s.KW;
@@ -141,42 +146,56 @@ void flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
   const MicroKernel<T>& uk = tap_major ? few : micro_kernel<T>();
   const int MR = uk.mr, NR = uk.nr;
   const index_t P = s.OH * s.OW;
-  const FlatLayout f = flat_layout(s, NR);
+  FlatLayout f = flat_layout(s, NR);  // a whole image's; a band's when one image is over the bound
   // ldt: dW^T rows one cache line longer than the panels, so that the MR rows of a tile (often a
   // power of two apart otherwise) do not all fall into the same few L1 sets
   const index_t cpanels = ceil_div(Cog, NR), kpanels = ceil_div(Kg, MR), ldt = cpanels * NR + 64 / index_t(sizeof(T));
-  const index_t per_image = (f.identity ? 0 : f.image) + G * cpanels * NR * P;
-  const index_t chunk = max_i(1, min_i(s.N, kFlatChunkBytes / (per_image * index_t(sizeof(T)))));
-  const index_t dy_panel = chunk * P * NR;         // dy^T of a panel: [image][pixel][NR], the chunk's depth
-  Buffer<T> xq(f.identity ? 0 : chunk * f.image);  // shared: flat copies of one chunk of images
+  // elements per output row: of dy^T, and of the flat copy (C_in x phases x Wq; x itself when pointwise)
+  const index_t dy_row = G * cpanels * NR * s.OW, copy_row = f.identity ? 0 : s.C_in * (f.chan / f.Hq);
+  const index_t copy_rest = f.identity ? 0 : f.image - s.OH * copy_row;  // the halo rows and the slack
+  const index_t per_image = copy_rest + s.OH * (copy_row + dy_row), bound = conv_chunk_bytes() / index_t(sizeof(T));
+  const index_t chunk = max_i(1, min_i(s.N, bound / per_image));
+  Bands rows{s.OH, 1};
+  if (per_image > bound) {  // rows that fit beside the rest (16 spare: the copy's size is rounded up)
+    index_t fit = min_i(s.OH, max_i(1, (bound - copy_rest - 16) / (copy_row + dy_row)));
+    const index_t align = uk.kc / std::gcd(s.OW, index_t(uk.kc));  // rows of whole depth blocks
+    if (fit >= align) fit -= fit % align;
+    rows = Bands{fit, ceil_div(s.OH, fit)};
+    if (!f.identity) f = flat_layout(row_band(s, 0, fit), NR);
+  }
+  const index_t Pc = rows.size * s.OW;              // pixels of an image in a chunk (at most)
+  const index_t dy_panel = chunk * Pc * NR;         // dy^T of a panel: [image][pixel][NR], the chunk's depth
+  Buffer<T> xq(f.identity ? 0 : chunk * f.image);  // shared: flat copies of one chunk
   Buffer<T> dyq(G * cpanels * dy_panel);             // shared: their packed dy^T, [group][panel]
   Buffer<T> dwt(G * kpanels * MR * ldt);             // shared: dW^T, rows and columns rounded up
-  // depth step q of a chunk (pixel q % P of image q / P): its column in the images' flat copies, so
-  // that one kernel call runs over the pixels of several small images
-  std::vector<index_t> pix(static_cast<std::size_t>(chunk * P)), along(static_cast<std::size_t>(kMaxKC));
+  // depth step q of a chunk (pixel q % Pc of image q / Pc): its column in the images' flat copies,
+  // so that one kernel call runs over the pixels of several small images
+  std::vector<index_t> pix(static_cast<std::size_t>(chunk * Pc)), along(static_cast<std::size_t>(kMaxKC));
   for (index_t img = 0, q = 0; img < chunk; ++img)
-    for (index_t oh = 0; oh < s.OH; ++oh)
+    for (index_t oh = 0; oh < rows.size; ++oh)
       for (index_t ow = 0; ow < s.OW; ++ow) pix[q++] = img * f.image + oh * f.Wq + ow;
   for (index_t p = 0; p < kMaxKC; ++p) along[p] = p;  // dy's pixels, for pack_b
   // runs of tp tap panels: about four units per thread
   const index_t runs = min_i(kpanels, max_i(1, ceil_div(4 * index_t(nthreads), G * cpanels)));
   const index_t tp = ceil_div(kpanels, runs), units = G * cpanels * ceil_div(kpanels, tp);
 #pragma omp parallel num_threads(nthreads)
-  for (index_t n0 = 0; n0 < s.N; n0 += chunk) {
-    const index_t imgs = min_i(chunk, s.N - n0);
-    if (!f.identity) flat_fill_images(s, f, x, n0, imgs, xq.data());
+  for (index_t piece = 0; piece < ceil_div(s.N, chunk) * rows.count; ++piece) {
+    const index_t n0 = piece / rows.count * chunk, band = piece % rows.count, imgs = min_i(chunk, s.N - n0);
+    const index_t oh0 = rows.first(band), Pb = rows.length(band, s.OH) * s.OW;  // Pb: an image's pixels
+    if (!f.identity) flat_fill_images(row_band(s, oh0, rows.size), f, x, n0, imgs, xq.data());
 #pragma omp for schedule(static)
     for (index_t job = 0; job < imgs * G * cpanels; ++job) {  // dy^T panels
       const index_t img = job / (G * cpanels), gp = job % (G * cpanels), c0 = (gp % cpanels) * NR;
       const index_t chans = min_i(NR, Cog - c0);
-      const T* src = dy + ((n0 + img) * s.C_out + (gp / cpanels) * Cog + c0) * P;
-      T* dst = dyq.data() + gp * dy_panel + img * P * NR;
+      const T* src = dy + ((n0 + img) * s.C_out + (gp / cpanels) * Cog + c0) * P + oh0 * s.OW;
+      T* dst = dyq.data() + gp * dy_panel + img * Pb * NR;
       // blocks of kMaxKC pixels transposed by the kernel set's pack_b (a plain walk along each
       // channel wrote one element per cache line: 19% of resnet50_conv1's wgrad)
-      for (index_t p0 = 0; p0 < P; p0 += kMaxKC)
-        uk.pack_b(min_i(kMaxKC, P - p0), src + p0, P, along.data(), static_cast<int>(chans), dst + p0 * NR);
+      for (index_t p0 = 0; p0 < Pb; p0 += kMaxKC)
+        uk.pack_b(min_i(kMaxKC, Pb - p0), src + p0, P, along.data(), static_cast<int>(chans), dst + p0 * NR);
     }
-    const T* base = f.identity ? x + n0 * f.image : xq.data();
+    // pointwise: x itself, from the band's first row (its layout rows are x's)
+    const T* base = f.identity ? x + n0 * f.image + oh0 * s.OW : xq.data();
 #pragma omp for schedule(dynamic, 1)
     for (index_t u = 0; u < units; ++u) {
       const index_t grp = u / (cpanels * ceil_div(kpanels, tp)), rest = u % (cpanels * ceil_div(kpanels, tp));
@@ -184,9 +203,9 @@ void flat_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, in
       const int n = static_cast<int>(min_i(NR, Cog - cp * NR));
       const T* xg = base + grp * Cig * f.chan;
       const T* bg = dyq.data() + (grp * cpanels + cp) * dy_panel;
-      for (index_t pc = 0; pc < imgs * P; pc += uk.kc) {  // the chunk's pixels, image after image
-        const index_t kcb = min_i(uk.kc, imgs * P - pc);
-        const bool acc = n0 > 0 || pc > 0;
+      for (index_t pc = 0; pc < imgs * Pb; pc += uk.kc) {  // the chunk's pixels, image after image
+        const index_t kcb = min_i(uk.kc, imgs * Pb - pc);
+        const bool acc = piece > 0 || pc > 0;
         for (index_t panel = k_first; panel < k_end; ++panel) {
           const index_t k0 = panel * MR;
           const int m = static_cast<int>(min_i(MR, Kg - k0));

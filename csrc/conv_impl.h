@@ -158,8 +158,47 @@ void flat_fill_channel(const ConvShape& s, const FlatLayout& f, const T* xc, T* 
 template <typename T>
 void flat_fill_images(const ConvShape& s, const FlatLayout& f, const T* x, index_t n0, index_t imgs, T* xq);
 
-// The flat copies of one chunk of images hold at most this many bytes (at least one image).
+// The flat copies of one chunk of images hold at most this many bytes by default: a chunk is as
+// many whole images as fit, or, when one image does not, one band of its output rows (see
+// row_band), as many rows as fit and at least one (the forward cuts a row that does not fit into
+// bands of columns too: col_band). conv_chunk_bytes() is the bound in force (set_conv_chunk_bytes
+// in conv.h: tests lower it so that small images run in several bands).
 constexpr index_t kFlatChunkBytes = index_t(4) << 20;
+index_t conv_chunk_bytes();
+
+// Output rows [oh0, oh0 + rows) of layer s as a layer of their own: the same input (all of it, H
+// rows: x is addressed as before), its top padding moved up by the rows above the band (negative
+// below the first band: the band's first input row is then inside x). Every output of the band
+// is the same dot product over the same depth as in s, rows oh0.. of s's output.
+inline ConvShape row_band(const ConvShape& s, index_t oh0, index_t rows) {
+  ConvShape b = s;
+  b.OH = rows;
+  b.pad_t = s.pad_t - oh0 * s.stride_h;
+  return b;
+}
+
+// Output columns [ow0, ow0 + cols) of layer s as a layer of their own, as row_band does for rows
+// (its left padding moved left).
+inline ConvShape col_band(const ConvShape& s, index_t ow0, index_t cols) {
+  ConvShape b = s;
+  b.OW = cols;
+  b.pad_l = s.pad_l - ow0 * s.stride_w;
+  return b;
+}
+
+// Bands of n output rows (or columns): `size` each, the last one what is left.
+struct Bands {
+  index_t size, count;
+  index_t first(index_t band) const { return band * size; }
+  index_t length(index_t band, index_t n) const { return min_i(size, n - band * size); }
+};
+
+// The fewest, then most even, bands of n output rows (or columns) such that each holds at most
+// `max_size` (at least one each).
+inline Bands even_bands(index_t n, index_t max_size) {
+  const index_t count = ceil_div(n, max_i(1, min_i(n, max_size)));
+  return Bands{count > 0 ? ceil_div(n, count) : 0, count};
+}
 
 // ---------------------------------------------------------------------------------------------
 // the forward GEMM (conv_flat.cpp)

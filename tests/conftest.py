@@ -8,6 +8,9 @@ inputs, and with threads and blocks scheduled from the last to the first, so tha
 kernel lacks shows (a thread reading another's write sees it in one order only). ``--emu`` splits the run: ``without`` leaves out every emulator test (the
 emulator's own tests are marked ``emu``), ``only`` keeps just those. ``make test`` runs the first
 plainly and the second with the emulator built under AddressSanitizer and UBSan.
+
+Tests marked ``huge`` (inputs past 2^31 elements: 8.6 GB each, some 18 GB in all) run only with
+``--huge``; they are skipped otherwise.
 """
 
 import contextlib
@@ -29,10 +32,13 @@ EMULATOR = "cupy-emu"
 def pytest_addoption(parser):
     parser.addoption("--emu", choices=("with", "without", "only"), default="with",
                      help="the GPU emulator's tests: with the rest (default), without them, or only them")
+    parser.addoption("--huge", action="store_true",
+                     help="run the tests marked huge: inputs past 2^31 elements (about 18 GB of memory)")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "emu: a test of the GPU emulator itself (selected by --emu)")
+    config.addinivalue_line("markers", "huge: an input past 2^31 elements (run with --huge)")
 
 
 def _is_emulator_test(item) -> bool:
@@ -42,6 +48,11 @@ def _is_emulator_test(item) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--huge"):
+        skip = pytest.mark.skip(reason="an input past 2^31 elements: run with --huge (about 18 GB of memory)")
+        for item in items:
+            if item.get_closest_marker("huge") is not None:
+                item.add_marker(skip)
     mode = config.getoption("--emu")
     if mode == "with":
         return

@@ -533,6 +533,123 @@ def test_winograd_workspace_bounded_independent_of_batch(m, bound_mib, rng):
         assert peaks[name, 32] == peaks[name, 64] <= bound_mib << 20, peaks
 
 
+# Bands of output rows (csrc/conv_flat.cpp, conv_gemm_wgrad.cpp): an image whose flat copy (with, for
+# wgrad, its packed dy^T) is over the chunk bound (4 MiB, lowered here through set_conv_chunk_bytes)
+# is copied and multiplied band by band, each band's copy holding the input rows it reads. 256 bytes
+# leaves one output row per band (wgrad's floor), the forward's rows cut into bands of columns; 2 KiB
+# a few rows; depthwise layers whose padded planes are over the bound take the forward's bands too
+# (conv.cpp). Winograd ignores the bound; the large batches of wgrad_slices and dot_wgrad_rounds
+# would take 640 one-row bands (and the reference 10 s).
+BAND_BYTES = [256, 2048]
+BAND_PROBLEMS = [c for c in CONV_PROBLEMS + FAST_PATHS
+                 if c not in WINOGRAD + WINOGRAD_WGRAD and c.name not in ("wgrad_slices", "dot_wgrad_rounds")]
+
+
+@pytest.fixture(params=BAND_BYTES, ids=lambda n: f"bound{n}")
+def small_chunks(request):
+    """The chunk bound lowered to request.param bytes; the default restored afterwards."""
+    _cpp.set_conv_chunk_bytes(request.param)
+    yield request.param
+    _cpp.set_conv_chunk_bytes(0)
+
+
+def _forward_and_dgrad(c, x, w, b, dy, backend):
+    y = fastconv.conv2d(x, w, b, **c.kwargs, backend=backend)
+    return y, fastconv.conv2d_backward(dy, x, w, **c.kwargs, needs=(True, False, False), backend=backend)[0]
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in BAND_PROBLEMS])
+def test_bands_exact_on_small_integers(c, small_chunks, dtype, rng):
+    """Forward, dgrad (at stride 1 a forward of dy) and flat wgrad in bands: every stride, padding,
+    dilation, group count, the compact path (AVX-512), pointwise wgrad, equal to the reference."""
+    x, w, b, dy = _inputs(rng, c, small_ints, dtype)
+    for name, got, want in zip(NAMES, _all_passes(c, x, w, b, dy, "cpp"), _all_passes(c, x, w, b, dy, "reference")):
+        assert_equal(got, want, f"{c.name} {name} in bands of {small_chunks} bytes")
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in BAND_PROBLEMS])
+def test_bands_bit_identical_to_whole_images(c, small_chunks, rng):
+    """A band split changes no output's sum (the same depth in the same order), on any number of
+    threads: y and dx bit-identical to the whole-image copy on random data. Depthwise layers change
+    path (the GEMM's bands instead of direct loops), so they are only close, to the reference. dw's
+    depth blocks follow the chunks (several small images, or a band), so it is the same on any
+    number of threads, and close to the reference."""
+    x, w, b, dy = _inputs(rng, c, randn, np.float32)
+    want = _all_passes(c, x, w, b, dy, "reference")
+    _cpp.set_conv_chunk_bytes(0)
+    whole = _all_passes(c, x, w, b, dy, "cpp")
+    _cpp.set_conv_chunk_bytes(small_chunks)
+    scale = _reduction_scale(c, dy.shape)
+    first = None
+    for threads in (1, 2, 3):
+        with num_threads(threads):
+            banded = _all_passes(c, x, w, b, dy, "cpp")
+        if first is None:
+            first = banded
+        for name, got, one, ref in zip(NAMES[:2], banded, whole, want):
+            if c.groups == c.C_in:
+                assert_close(got, ref, f"{c.name} {name} in bands, {threads} threads")
+            else:
+                assert_equal(got, one, f"{c.name} {name} in bands vs whole, {threads} threads")
+        assert_equal(banded[2], first[2], f"{c.name} dw in bands, {threads} vs 1 thread")
+        assert_close(banded[2], want[2], f"{c.name} dw in bands", scale=scale["dw"])
+
+
+@pytest.mark.parametrize("c", [
+    Conv("bands_default_bound", 1, 3, 700, 653, 5, 3, 3, padding=1),  # its flat copy: 5.5 MB
+    Conv("bands_default_bound_strided", 2, 2, 1030, 761, 3, 3, 2, stride=(2, 3), padding=(1, 2), dilation=(2, 1)),
+    Conv("bands_depthwise_plane", 1, 2, 1100, 1013, 2, 3, 3, padding=1, groups=2),  # 4.5 MB planes
+    Conv("bands_of_columns", 1, 16, 1, 70001, 3, 1, 5, padding=(0, 2)),  # one row of 4.5 MB: a conv1d
+], ids=lambda c: c.name)
+def test_bands_at_the_default_bound(c, rng):
+    """Images over the 4 MiB bound, no hook: forward and stride-1 dgrad in bands (of columns, when
+    one row is over it), exact."""
+    x, w, b, dy = _inputs(rng, c, small_ints, np.float32)
+    for name, got, want in zip(("y", "dx"), _forward_and_dgrad(c, x, w, b, dy, "cpp"),
+                               _forward_and_dgrad(c, x, w, b, dy, "reference")):
+        assert_equal(got, want, f"{c.name} {name}")
+
+
+def test_chunk_bound_rejects_a_negative_count():
+    with pytest.raises(ValueError, match="set_conv_chunk_bytes: bytes must be >= 0"):
+        _cpp.set_conv_chunk_bytes(-1)
+
+
+def _peak(fn):
+    """The peak workspace of fn() on one thread."""
+    with num_threads(1):
+        _cpp.workspace_reset_peak()
+        fn()
+        return _cpp.workspace_peak_bytes()
+
+
+@pytest.mark.parametrize("c", [
+    Conv("ws_image", 1, 3, 0, 0, 8, 3, 3, padding=1),
+    Conv("ws_image_strided", 1, 3, 0, 0, 8, 3, 3, stride=2, padding=1),
+    Conv("ws_single_channel", 1, 1, 0, 0, 1, 3, 3, padding=1),  # depthwise: the GEMM's bands once planes are large
+], ids=lambda c: c.name)
+def test_workspace_bounded_independent_of_image_size(c, rng):
+    """Forward, dgrad (stride 1; col2im's workspace never held an image) and wgrad on images of 0.3
+    to 8 MB a channel: the workspace stays within the chunk bound (4 MiB of flat copies, with wgrad's
+    packed dy^T, or one padded plane of a depthwise layer's direct loops), one packed B block and one
+    staged unit of C (1 thread), where a whole image's copy grows with H x W (25 MB for the largest
+    3-channel one; flat wgrad's packed dy^T, NR lanes per pixel: 67 MB or more)."""
+    per_thread = 4 * 256 * 528 + (256 << 10)  # the widest packed B block of the kernel sets, a staged unit
+    peaks = {}
+    for H, W in ((300, 280), (900, 1000), (1500, 1400)):
+        shape = Conv(**{**c.__dict__, "H": H, "W": W})
+        x, w = small_ints(rng, shape.x_shape, np.float32), small_ints(rng, shape.w_shape, np.float32)
+        y = fastconv.conv2d(x, w, **shape.kwargs, backend="cpp")
+        peaks["fwd", H] = _peak(lambda: fastconv.conv2d(x, w, **shape.kwargs, backend="cpp"))
+        if shape.stride == 1:
+            peaks["dgrad", H] = _peak(lambda: fastconv.conv2d_backward(y, x, w, **shape.kwargs,
+                                                                       needs=(True, False, False), backend="cpp"))
+        peaks["wgrad", H] = _peak(lambda: fastconv.conv2d_backward(y, x, w, **shape.kwargs,
+                                                                   needs=(False, True, False), backend="cpp"))
+    for (name, H), peak in peaks.items():
+        assert peak <= (4 << 20) + per_thread, f"{c.name} {name} H={H}: {peak} bytes of workspace"
+
+
 def test_binding_rejects_what_it_cannot_index(rng):
     """The extension itself refuses mismatched dtypes, non-contiguous arrays and read-only outputs
     (the public ops never pass them; nothing is silently copied or cast)."""
