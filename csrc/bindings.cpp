@@ -32,7 +32,6 @@ fastconv::ConvShape conv_shape(const py::object& p) {
 // The algorithm a conv pass is asked to run ("auto": the heuristics); ValueError (std::
 // invalid_argument) for one that does not apply to the layer (see conv2d_algorithms).
 fastconv::ConvAlgo algorithm(const char* pass, const fastconv::ConvShape& s, const py::array& a, const std::string& name) {
-  if (name == "auto") return fastconv::ConvAlgo::kAuto;  // the common call: no list built
   return fastconv::algorithm_of(s, pass, a.dtype().itemsize(), name);
 }
 

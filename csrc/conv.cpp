@@ -284,16 +284,13 @@ std::vector<std::string> conv2d_algorithms(const ConvShape& s, const std::string
     throw std::invalid_argument("conv2d_algorithms: pass must be 'fwd', 'dgrad' or 'wgrad', got '" + pass + "'");
   if (is_depthwise(s)) return {"direct"};
   std::vector<std::string> names;
-  const bool unit_stride = s.stride_h == 1 && s.stride_w == 1;
+  if (conv2d_uses_winograd(s, pass, elem_bytes)) names.push_back("winograd");
   if (pass == "fwd") {
-    if (winograd_tile(s, elem_bytes)) names.push_back("winograd");
     names.push_back("gemm");
   } else if (pass == "dgrad") {
-    if (unit_stride && winograd_tile(dgrad_shape(s), elem_bytes)) names.push_back("winograd");
-    if (unit_stride) names.push_back("gemm");
+    if (s.stride_h == 1 && s.stride_w == 1) names.push_back("gemm");
     names.push_back("col2im");
   } else {
-    if (winograd_wgrad_tile(s, elem_bytes)) names.push_back("winograd");
     if (elem_bytes == 4 && dot_wgrad_applies(s)) names.push_back("dot");
     names.insert(names.end(), {"flat", "packed"});
   }
@@ -301,7 +298,7 @@ std::vector<std::string> conv2d_algorithms(const ConvShape& s, const std::string
 }
 
 ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_bytes, const std::string& name) {
-  if (name == "auto") return ConvAlgo::kAuto;
+  if (name == "auto") return ConvAlgo::kAuto;  // the common call: no list built
   const std::vector<std::string> names = conv2d_algorithms(s, pass, elem_bytes);
   std::string listed;
   for (const std::string& n : names) listed += (listed.empty() ? "'" : ", '") + n + "'";
