@@ -483,16 +483,21 @@ bool f4_allowed = false;  // set_winograd_f4's: whether the chooser may take F(4
 
 // Whether s is a layer Winograd serves and pays on (measured with F(2x2)). Enough tiles to amortise
 // the weight's transform, and channels enough that the GEMMs outweigh the input and output
-// transforms (measured against the direct GEMM path, forward and dgrad, time: 0.87-0.91x at 64 channels on 8x8 images,
-// 0.58-0.78x at 64-256 channels on 56x56 and 224x224, but 1.01-1.18x at 16 and 32 channels). In
-// fp64 only along rows: through the tables ResNet-50's 3x3x512 at 7x7 took 1.13-1.18x the time
-// (fp32: 0.65x with AVX2, 0.87x AVX-512), along rows 0.58-0.74x.
+// transforms: per tile the GEMMs grow with C_in x C_out, the transforms with C_in + C_out. Time
+// against the direct GEMM path, forward and dgrad (2-core AMD EPYC Zen 1, AVX2): 0.58-0.78x at
+// 64-256 channels on 56x56 and 224x224, 0.87-0.91x at 64 on 8x8; at 32 channels 0.76-0.83x with 64
+// or 256 on the other side (28x28), 0.80-0.86x at 40 -> 40 (32x32), but 32 -> 32 only on small
+// images (the direct path's junk columns weigh there): 0.70-0.92x on 8x8 and 16x16, 1.06-1.29x on
+// 32x32 and 56x56; at 16 channels 1.12-1.25x. In fp64 only along rows: through the tables
+// ResNet-50's 3x3x512 at 7x7 took 1.13-1.18x the time (fp32: 0.65x with AVX2, 0.87x AVX-512),
+// along rows 0.58-0.74x.
 bool winograd_serves(const ConvShape& s, index_t elem_bytes) {
   if (!(s.KH == 3 && s.KW == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
         s.groups == 1))
     return false;
   const TileGrid g = tile_grid(s, 2);
-  return g.total >= 64 && s.C_in >= 64 && s.C_out >= 64 && (elem_bytes == 4 || along_rows(g));
+  const bool channels = min_i(s.C_in, s.C_out) >= 32 && (s.C_in + s.C_out > 64 || s.OW <= 16);
+  return g.total >= 64 && channels && (elem_bytes == 4 || along_rows(g));
 }
 
 // Whether tile m's offset tables (int32) reach all of one image's padded planes.

@@ -108,6 +108,7 @@ WINOGRAD = [
     Conv("winograd_pad_3", 1, 64, 20, 34, 66, 3, 3, padding=3),
     Conv("winograd_asymmetric_pad", 1, 64, 12, 40, 96, 3, 3, padding=(0, 2)),
     Conv("winograd_two_depth_blocks", 1, 300, 19, 13, 64, 3, 3, padding=1),
+    Conv("winograd_32_channels_in", 3, 32, 11, 13, 48, 3, 3, padding=1),
 ]
 # Winograd wgrad (128+ channels each way): along rows, two blocks per image; through tables, over
 # three chunks of images; dy's clipped tiles (odd OH, OW) and rows mode's junk tiles add nothing
@@ -317,7 +318,8 @@ def test_winograd_in_fp64_only_along_rows_and_not_for_wgrad():
     Conv("strided", 2, 64, 20, 20, 64, 3, 3, stride=2, padding=1),
     Conv("dilated", 2, 64, 20, 20, 64, 3, 3, padding=2, dilation=2),
     Conv("grouped", 2, 128, 20, 20, 128, 3, 3, padding=1, groups=2),
-    Conv("few_channels", 2, 32, 20, 20, 64, 3, 3, padding=1),
+    Conv("few_channels", 2, 16, 20, 20, 64, 3, 3, padding=1),
+    Conv("thirty_two_each_way_wide", 2, 32, 20, 20, 32, 3, 3, padding=1),
     Conv("few_tiles", 1, 512, 7, 7, 512, 3, 3, padding=1),
     Conv("five_by_five", 2, 64, 20, 20, 64, 5, 5, padding=2),
 ], ids=lambda c: c.name)
