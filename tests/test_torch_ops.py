@@ -287,6 +287,30 @@ def test_functional_wrappers_accept_torch_spellings(dtype, gen):
     assert torch.equal(indices, F.max_pool2d(x, 2, return_indices=True)[1])
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")  # torch's own call warns, not ours
+def test_conv1d_conv_transpose_batch_norm_wrappers_accept_torch_spellings(gen):
+    x1, w1 = randn(gen, 2, 4, 9), randn(gen, 6, 2, 4)
+    x, wt, b = randn(gen, 2, 4, 5, 3), randn(gen, 4, 3, 3, 2), randn(gen, 6)
+    checks = [
+        (ft.conv1d(x1, w1, None, 1, "same", 2, 2), F.conv1d(x1, w1, None, 1, "same", 2, 2)),
+        (ft.conv1d(x1, w1, b, (2,), (3,), (1,), 2), F.conv1d(x1, w1, b, (2,), (3,), (1,), 2)),
+        (ft.conv1d(x1[0], w1, groups=2, padding="valid"), F.conv1d(x1[0], w1, groups=2, padding="valid")),
+        (ft.conv_transpose2d(x, wt, b, 2, 1, 1, 2), F.conv_transpose2d(x, wt, b, 2, 1, 1, 2)),
+        (ft.conv_transpose2d(x[1], wt, groups=2, dilation=(2, 1)),  # unbatched
+         F.conv_transpose2d(x[1], wt, groups=2, dilation=(2, 1))),
+    ]
+    for got, want in checks:
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want)
+    # batch norm updates the running statistics it is given, in place, in training only
+    stats = [randn(gen, 4), randn(gen, 4).abs() + 0.5]
+    ref_stats = [t.clone() for t in stats]
+    for training in (True, False):
+        y = ft.batch_norm(x, *stats, training=training, momentum=0.25, eps=1e-3)
+        torch.testing.assert_close(y, F.batch_norm(x, *ref_stats, training=training, momentum=0.25, eps=1e-3))
+        torch.testing.assert_close(stats, ref_stats)
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpp"])
 def test_named_backend_reaches_fastconv(backend, gen, monkeypatch):
     if backend not in fastconv.available_backends():
@@ -326,6 +350,19 @@ def test_user_errors_name_the_op_and_values():
         ft.linear(torch.ones(2, 3, device="meta"), torch.ones(3, 2, device="meta"))  # the fake kernel's check
     with pytest.raises(ValueError, match=r"fastconv::conv2d: expected b of shape \(3,\), got \(2,\)"):
         ft.conv2d(x.to("meta"), w.to("meta"), torch.ones(2, device="meta"))
+    with pytest.raises(ValueError, match=r"conv1d: expected w with 3 dims \(C_out, C_in/groups, K\), got shape"):
+        ft.conv1d(torch.ones(1, 2, 5), w)
+    with pytest.raises(ValueError, match=r"conv_transpose2d: w has 3 input channels \(dim 0\), x has C_in=2"):
+        ft.conv_transpose2d(x, w)
+    with pytest.raises(ValueError, match=r"fastconv::conv_transpose2d: expected b of shape \(4,\), got \(3,\)"):
+        ft.conv_transpose2d(x.to("meta"), torch.ones(2, 2, 3, 3, device="meta"), torch.ones(3, device="meta"),
+                            groups=2)  # C_out = w.shape[1] * groups
+    with pytest.raises(ValueError, match=r"batch_norm: expected more than 1 value per channel when training"):
+        ft.batch_norm(torch.ones(1, 2), None, None, training=True)
+    with pytest.raises(ValueError, match=r"fastconv::batch_norm: expected running_var of shape \(2,\), got \(3,\)"):
+        ft.batch_norm(x.to("meta"), torch.ones(2, device="meta"), torch.ones(3, device="meta"))
+    with pytest.raises(TypeError, match=r"fastconv.torch.batch_norm: expected momentum to be a number, got None"):
+        ft.batch_norm(x, None, None, training=True, momentum=None)
 
 
 # --------------------------------------------------------------------------------------------
