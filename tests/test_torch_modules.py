@@ -36,6 +36,16 @@ MODULE_CASES = {
     "avgpool": (nn.AvgPool2d, dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1),
                                    count_include_pad=False), (2, 3, 7, 9)),
     "adaptive": (nn.AdaptiveAvgPool2d, dict(output_size=(3, None)), (2, 3, 7, 9)),
+    "conv1d": (nn.Conv1d, dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=2,
+                               dilation=2, groups=2), (2, 4, 13)),
+    "conv1d_same_nobias": (nn.Conv1d, dict(in_channels=3, out_channels=2, kernel_size=4, padding="same",
+                                           bias=False), (3, 3, 7)),
+    "conv_transpose": (nn.ConvTranspose2d, dict(in_channels=4, out_channels=6, kernel_size=(3, 2),
+                                                stride=(2, 3), padding=(1, 0), output_padding=(1, 2),
+                                                groups=2, dilation=(1, 2)), (2, 4, 5, 3)),
+    "batchnorm": (nn.BatchNorm2d, dict(num_features=3, momentum=0.2), (4, 3, 5, 2)),
+    "batchnorm_bare": (nn.BatchNorm2d, dict(num_features=4, affine=False, track_running_stats=False),
+                       (2, 4, 3, 3)),
 }
 
 
@@ -48,6 +58,7 @@ def make_pair(case, dtype):
     return theirs.to(dtype), ours.to(dtype), shape
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")  # torch's own Conv1d warns, not ours
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", MODULE_CASES)
 def test_modules_match_torch_nn_outputs_and_gradients(case, dtype, seed):
@@ -63,6 +74,8 @@ def test_modules_match_torch_nn_outputs_and_gradients(case, dtype, seed):
     torch.testing.assert_close(xs[1].grad, xs[0].grad)
     for (name, p), (_, q) in zip(theirs.named_parameters(), ours.named_parameters()):
         torch.testing.assert_close(q.grad, p.grad, msg=name)
+    for (name, p), (_, q) in zip(theirs.named_buffers(), ours.named_buffers()):  # running statistics
+        torch.testing.assert_close(q, p, msg=name)
 
 
 @pytest.mark.parametrize("case", MODULE_CASES)
@@ -105,6 +118,52 @@ def test_module_backend_and_unsupported_configurations():
     assert torch.equal(indices, torch.tensor([[[[5, 7], [13, 15]]]]))
 
 
+def test_conv_transpose_output_size_picks_output_padding_as_torch(seed):
+    theirs = nn.ConvTranspose2d(3, 2, 3, stride=(2, 3), padding=1)
+    ours = ft.ConvTranspose2d(3, 2, 3, stride=(2, 3), padding=1)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(seed))
+    for size in [(8, 13), (7, 15), [2, 2, 8, 14]]:
+        y = ours(x, output_size=size)
+        assert y.shape[-2:] == tuple(size[-2:])
+        torch.testing.assert_close(y, theirs(x, output_size=size))
+    with pytest.raises(ValueError, match="requested an output size of"):  # PyTorch's own check
+        ours(x, output_size=(9, 13))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum0.1", "cumulative"])
+@pytest.mark.parametrize("track", [True, False], ids=["tracked", "untracked"])
+def test_batchnorm_running_statistics_follow_torch_through_training_and_eval(momentum, track, seed):
+    """Several training steps then eval: outputs, gradients, running_mean, running_var and
+    num_batches_tracked as torch.nn.BatchNorm2d's (momentum=None: the cumulative average)."""
+    kwargs = dict(num_features=3, momentum=momentum, track_running_stats=track, dtype=torch.float64)
+    theirs, ours = nn.BatchNorm2d(**kwargs), ft.BatchNorm2d(**kwargs)
+    with torch.no_grad():  # non-trivial affine parameters
+        theirs.weight.uniform_(0.5, 1.5), theirs.bias.uniform_(-1, 1)
+    ours.load_state_dict(theirs.state_dict())
+    gen = torch.Generator().manual_seed(seed)
+    for step, training in enumerate([True, True, True, False, True, False]):
+        theirs.train(training), ours.train(training)
+        x = torch.randn(4, 3, 5, 6, dtype=torch.float64, generator=gen) * (step + 1) + step
+        xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+        ys = [theirs(xs[0]), ours(xs[1])]
+        torch.testing.assert_close(ys[1], ys[0])
+        dy = torch.randn(x.shape, dtype=torch.float64, generator=gen)
+        for y in ys:
+            y.backward(dy)
+        torch.testing.assert_close(xs[1].grad, xs[0].grad)
+        for (name, p), (_, q) in zip(theirs.named_parameters(), ours.named_parameters()):
+            torch.testing.assert_close(q.grad, p.grad, msg=name)
+            p.grad = q.grad = None
+        for (name, b), (_, c) in zip(theirs.named_buffers(), ours.named_buffers()):
+            assert b.dtype == c.dtype
+            torch.testing.assert_close(c, b, msg=f"{name} after step {step}", rtol=1e-12, atol=1e-12)
+    if track:
+        assert ours.num_batches_tracked.item() == 4
+    else:
+        assert ours.running_mean is None and ours.num_batches_tracked is None
+
+
 # --------------------------------------------------------------------------------------------
 # patch()
 # --------------------------------------------------------------------------------------------
@@ -140,6 +199,44 @@ def test_patch_swaps_in_place_keeps_parameters_and_reports_the_rest():
     torch.testing.assert_close(model(x), before)
     assert ft.unpatch(model) == 5
     assert type(model[0]) is nn.Conv2d and not hasattr(model[0], "backend")
+
+
+def test_patch_swaps_conv1d_conv_transpose_and_batchnorm():
+    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.Unflatten(2, (2, 3)), nn.ConvTranspose2d(4, 3, 2, stride=2),
+                          nn.BatchNorm2d(3), nn.BatchNorm2d(3, dtype=torch.float16), nn.BatchNorm1d(3))
+    report = ft.patch(model)
+    assert report.swapped == [("0", "Conv1d"), ("2", "ConvTranspose2d"), ("3", "BatchNorm2d")]
+    # a float16 batch norm stays on PyTorch, its buffers named; BatchNorm1d is not a drop-in
+    assert report.skipped == [("4", "parameter 'weight' has dtype torch.float16 (fastconv runs float32 and "
+                                    "float64 on cpu)")]
+    assert [type(m) for m in model[:4]] == [ft.Conv1d, nn.Unflatten, ft.ConvTranspose2d, ft.BatchNorm2d]
+    assert ft.unpatch(model) == 3 and type(model[3]) is nn.BatchNorm2d
+
+
+def test_patched_channels_last_model_keeps_channels_last(seed):
+    """A channels_last model and input stay channels_last through every patched layer (conv,
+    batch norm, pools; linear and flatten are 2-d), with torch.nn's results and gradients."""
+    torch.manual_seed(seed)
+    model = SmallResNet().to(memory_format=torch.channels_last)
+    patched = copy.deepcopy(model)
+    ft.patch(patched)
+    layouts = []
+    for m in patched.modules():
+        if type(m) in (ft.Conv2d, ft.BatchNorm2d, ft.MaxPool2d, ft.AvgPool2d):
+            m.register_forward_hook(lambda m, i, y: layouts.append(
+                (type(m).__name__, i[0].is_contiguous(memory_format=torch.channels_last) and not i[0].is_contiguous(),
+                 y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous())))
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(seed)).to(memory_format=torch.channels_last)
+    ys = [model(x), patched(x)]
+    assert len(layouts) == 14 and all(y_cl for _, _, y_cl in layouts), layouts
+    assert all(x_cl for _, x_cl, _ in layouts), layouts  # no layer fed NCHW to the next
+    torch.testing.assert_close(ys[1], ys[0], rtol=1e-4, atol=1e-5)
+    for y in ys:
+        y.square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), patched.parameters()):
+        assert q.grad.is_contiguous(memory_format=torch.channels_last) == p.grad.is_contiguous(
+            memory_format=torch.channels_last), name
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4, msg=name)
 
 
 def test_patch_rejects_non_modules():
@@ -201,7 +298,7 @@ def test_small_resnet_trains_the_same_with_and_without_patch(seed):
     # the optimizer is built *before* patch(): it must keep updating the same Parameters
     opt, opt_patched = (torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (model, patched))
     report = ft.patch(patched)
-    assert len(report.swapped) == 10 and report.skipped == []  # 6 convs, 3 pools, 1 linear
+    assert len(report.swapped) == 16 and report.skipped == []  # 6 convs, 6 batch norms, 3 pools, 1 linear
     gen = torch.Generator().manual_seed(seed)
     # two batches, three epochs: the model can fit them, so the loss must fall
     batches = [(torch.randn(8, 3, 16, 16, generator=gen), torch.randint(0, 5, (8,), generator=gen))
@@ -242,3 +339,26 @@ def test_torch_compile_fullgraph_inductor_matches_eager(seed, monkeypatch):
     for p, q in zip(model.parameters(), eager.parameters()):
         torch.testing.assert_close(p.grad, q.grad)
     assert calls.count("conv2d") == 2 and calls.count("conv2d_backward") == 2 and "linear_backward" in calls
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # inside inductor
+def test_torch_compile_conv1d_conv_transpose_batchnorm(seed):
+    """The new layers under inductor, fullgraph, in training: outputs, gradients and the batch
+    norm's running statistics (updated in place inside the compiled graph) as eager's."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(ft.Conv1d(3, 8, 3, padding=1), nn.Unflatten(2, (4, 4)),
+                          ft.ConvTranspose2d(8, 6, 3, stride=2, output_padding=1), ft.BatchNorm2d(6),
+                          nn.ReLU(), nn.Flatten(), ft.Linear(6 * 10 * 10, 5))
+    x = torch.randn(4, 3, 16)
+    eager = copy.deepcopy(model)
+    y_eager = eager(x)
+    y_eager.square().sum().backward()
+    compiled = torch.compile(model, fullgraph=True, backend="inductor")
+    y = compiled(x)
+    y.square().sum().backward()
+    torch.testing.assert_close(y, y_eager)
+    for p, q in zip(model.parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    for (name, b), c in zip(model.named_buffers(), eager.buffers()):
+        torch.testing.assert_close(b, c, msg=name)
+    assert model[3].num_batches_tracked.item() == 1

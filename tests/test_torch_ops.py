@@ -51,6 +51,25 @@ AVG_CASES = {
 ADAPTIVE_CASES = {"3x4_from_7x9": ((2, 3, 7, 9), (3, 4)), "global": ((2, 5, 4, 3), (1, 1))}
 # linear: (x shape, w shape, has bias)
 LINEAR_CASES = {"3d_bias": ((2, 5, 6), (4, 6), True), "2d_nobias": ((3, 7), (2, 7), False)}
+# conv1d: (x shape, w shape, has bias, stride, padding per side (left, right), dilation, groups)
+CONV1D_CASES = {
+    "stride2_pad12_dil2_groups2": ((2, 4, 7), (6, 2, 3), True, 2, (1, 2), 2, 2),
+    "k1_nobias_batch1": ((1, 3, 5), (2, 3, 1), False, 1, (0, 0), 1, 1),
+}
+# conv_transpose2d: (x shape, w shape (C_in, C_out/groups, KH, KW), has bias, stride, padding,
+# output_padding, groups, dilation)
+CONVT_CASES = {
+    "s32_p10_op21_g2_d12": ((2, 4, 3, 2), (4, 3, 3, 2), True, (3, 2), (1, 0), (2, 1), 2, (1, 2)),
+    "nobias_d21_op01": ((1, 3, 3, 5), (3, 2, 2, 3), False, (1, 2), (0, 1), (0, 1), 1, (2, 1)),
+}
+# batch_norm: (x shape, affine ("wb": weight and bias, "w": weight only, "": none), running
+# statistics given, training, momentum, eps)
+BN_CASES = {
+    "train_affine_stats": ((3, 4, 5, 2), "wb", True, True, 0.3, 1e-5),
+    "train_bare": ((4, 3, 2, 3), "", False, True, 0.1, 1e-3),
+    "train_weight_only_2d": ((6, 3), "w", True, True, 0.5, 1e-5),
+    "eval_affine": ((2, 3, 4, 5), "wb", True, False, 0.1, 1e-2),
+}
 
 
 def forward_args(op, case, gen, dtype, requires_grad):
@@ -68,6 +87,20 @@ def forward_args(op, case, gen, dtype, requires_grad):
     if op == "avg_pool2d":
         xs, k, s, p, ceil, cip, div = AVG_CASES[case]
         return [t(*xs), list(k), list(s), list(p), ceil, cip, div, "auto"]
+    if op == "conv1d":
+        xs, ws, bias, stride, pad, dil, groups = CONV1D_CASES[case]
+        return [t(*xs), t(*ws), t(ws[0]) if bias else None, [stride], list(pad), [dil], groups, "auto"]
+    if op == "conv_transpose2d":
+        xs, ws, bias, stride, pad, out_pad, groups, dil = CONVT_CASES[case]
+        return [t(*xs), t(*ws), t(ws[1] * groups) if bias else None, list(stride), list(pad), list(out_pad),
+                groups, list(dil), "auto"]
+    if op == "batch_norm":
+        xs, affine, stats, training, momentum, eps = BN_CASES[case]
+        C = xs[1]
+        # running statistics are buffers: they never require grad
+        running = [randn(gen, C, dtype=dtype), randn(gen, C, dtype=dtype).abs() + 0.5] if stats else [None, None]
+        return [t(*xs), t(C) if "w" in affine else None, t(C) if "b" in affine else None, *running,
+                training, momentum, eps, "auto"]
     xs, size = ADAPTIVE_CASES[case]
     return [t(*xs), list(size), "auto"]
 
@@ -85,12 +118,36 @@ def torch_reference(op, args):
     if op == "avg_pool2d":
         x, k, s, p, ceil, cip, div, _ = args
         return F.avg_pool2d(x, k, s, p, ceil, cip, div)
+    if op == "conv1d":
+        x, w, b, (stride,), (left, right), (dil,), groups, _ = args
+        return F.conv1d(F.pad(x, (left, right)), w, b, stride, 0, dil, groups)
+    if op == "conv_transpose2d":
+        return F.conv_transpose2d(*args[:-1])
+    if op == "batch_norm":
+        return batch_norm_reference(*args[:-1])
     return F.adaptive_avg_pool2d(args[0], args[1])
 
 
+def batch_norm_reference(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    """What fastconv::batch_norm returns, from PyTorch: (y, mean, invstd, new running_mean, new
+    running_var), the new statistics being F.batch_norm's in-place update (empty when not updated)."""
+    new = [None if r is None else r.clone() for r in (running_mean, running_var)]
+    y = F.batch_norm(x, *new, weight, bias, training, momentum, eps)
+    if training:
+        dims = [0, *range(2, x.dim())]
+        mean, var = x.detach().mean(dims), x.detach().var(dims, unbiased=False)
+    else:
+        mean, var = running_mean, running_var
+    new = [r if training and r is not None else x.new_empty(0) for r in new]
+    return y, mean, 1 / (var + eps).sqrt(), *new
+
+
 CASES = {"conv2d": CONV_CASES, "linear": LINEAR_CASES, "max_pool2d": MAX_CASES, "avg_pool2d": AVG_CASES,
-         "adaptive_avg_pool2d": ADAPTIVE_CASES}
+         "adaptive_avg_pool2d": ADAPTIVE_CASES, "conv1d": CONV1D_CASES, "conv_transpose2d": CONVT_CASES,
+         "batch_norm": BN_CASES}
 OP_CASES = [pytest.param(op, case, id=f"{op}-{case}") for op, cases in CASES.items() for case in cases]
+#: ops whose backward takes needs[3]: three gradients, any of them skipped
+WITH_NEEDS = ("conv2d", "linear", "conv1d", "conv_transpose2d", "batch_norm")
 DENSE_NEEDS = [[True, True, True], [True, False, True], [False, True, False]]
 
 
@@ -98,10 +155,13 @@ def backward_args(op, args, gen, needs=None):
     """The fastconv::<op>_backward argument list for forward arguments ``args``."""
     args = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
     out = torch_reference(op, args)
-    y, indices = out if op == "max_pool2d" else (out, None)
+    y, indices = out[:2] if op in ("max_pool2d", "batch_norm") else (out, None)
     dy = randn(gen, *y.shape, dtype=y.dtype)
     x, rest = args[0], args[1:]
-    if op in ("conv2d", "linear"):
+    if op == "batch_norm":
+        _, mean, invstd, *_ = out
+        return [dy, x, args[1], mean, invstd, *args[5:-1], needs, "auto"]
+    if op in WITH_NEEDS:
         w, params = rest[0], rest[2:-1]  # drop b: the gradients do not depend on it
         return [dy, x, w, *params, needs, "auto"]
     if op == "max_pool2d":
@@ -127,7 +187,7 @@ def test_opcheck_forward(op, case, dtype, gen):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op,case", OP_CASES)
 def test_opcheck_backward(op, case, dtype, gen):
-    needs_list = DENSE_NEEDS if op in ("conv2d", "linear") else [None]
+    needs_list = DENSE_NEEDS if op in WITH_NEEDS else [None]
     for needs in needs_list:
         assert_opcheck(op + "_backward", backward_args(op, forward_args(op, case, gen, dtype, False), gen, needs))
 
@@ -154,11 +214,14 @@ def test_ops_match_torch_forward_and_gradients(op, case, dtype, gen):
     if op == "max_pool2d":
         (y, indices), (ref, ref_indices) = out, ref
         assert indices.dtype == torch.int64 and torch.equal(indices, ref_indices)
+    elif op == "batch_norm":  # the batch statistics and the new running statistics too
+        torch.testing.assert_close(out[1:], ref[1:])
+        y, ref = out[0], ref[0]
     else:
         y = out
     assert y.dtype == dtype and y.is_contiguous()
     torch.testing.assert_close(y, ref)
-    inputs = [a for a in args if isinstance(a, torch.Tensor)]
+    inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
     dy = randn(gen, *y.shape, dtype=dtype)
     torch.testing.assert_close(torch.autograd.grad(y, inputs, dy), torch.autograd.grad(ref, inputs, dy))
 
@@ -166,14 +229,14 @@ def test_ops_match_torch_forward_and_gradients(op, case, dtype, gen):
 @pytest.mark.parametrize("op,case", OP_CASES)
 def test_gradcheck_f64(op, case, gen):
     args = forward_args(op, case, gen, torch.float64, requires_grad=True)
-    tensor_at = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    tensor_at = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
 
     def f(*tensors):
         call = list(args)
         for i, t in zip(tensor_at, tensors):
             call[i] = t
         out = getattr(torch.ops.fastconv, op)(*call)
-        return out[0] if op == "max_pool2d" else out
+        return out[0] if op in ("max_pool2d", "batch_norm") else out
 
     assert torch.autograd.gradcheck(f, tuple(args[i] for i in tensor_at))
 
@@ -224,6 +287,30 @@ def test_functional_wrappers_accept_torch_spellings(dtype, gen):
     assert torch.equal(indices, F.max_pool2d(x, 2, return_indices=True)[1])
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")  # torch's own call warns, not ours
+def test_conv1d_conv_transpose_batch_norm_wrappers_accept_torch_spellings(gen):
+    x1, w1 = randn(gen, 2, 4, 9), randn(gen, 6, 2, 4)
+    x, wt, b = randn(gen, 2, 4, 5, 3), randn(gen, 4, 3, 3, 2), randn(gen, 6)
+    checks = [
+        (ft.conv1d(x1, w1, None, 1, "same", 2, 2), F.conv1d(x1, w1, None, 1, "same", 2, 2)),
+        (ft.conv1d(x1, w1, b, (2,), (3,), (1,), 2), F.conv1d(x1, w1, b, (2,), (3,), (1,), 2)),
+        (ft.conv1d(x1[0], w1, groups=2, padding="valid"), F.conv1d(x1[0], w1, groups=2, padding="valid")),
+        (ft.conv_transpose2d(x, wt, b, 2, 1, 1, 2), F.conv_transpose2d(x, wt, b, 2, 1, 1, 2)),
+        (ft.conv_transpose2d(x[1], wt, groups=2, dilation=(2, 1)),  # unbatched
+         F.conv_transpose2d(x[1], wt, groups=2, dilation=(2, 1))),
+    ]
+    for got, want in checks:
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want)
+    # batch norm updates the running statistics it is given, in place, in training only
+    stats = [randn(gen, 4), randn(gen, 4).abs() + 0.5]
+    ref_stats = [t.clone() for t in stats]
+    for training in (True, False):
+        y = ft.batch_norm(x, *stats, training=training, momentum=0.25, eps=1e-3)
+        torch.testing.assert_close(y, F.batch_norm(x, *ref_stats, training=training, momentum=0.25, eps=1e-3))
+        torch.testing.assert_close(stats, ref_stats)
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpp"])
 def test_named_backend_reaches_fastconv(backend, gen, monkeypatch):
     if backend not in fastconv.available_backends():
@@ -263,6 +350,19 @@ def test_user_errors_name_the_op_and_values():
         ft.linear(torch.ones(2, 3, device="meta"), torch.ones(3, 2, device="meta"))  # the fake kernel's check
     with pytest.raises(ValueError, match=r"fastconv::conv2d: expected b of shape \(3,\), got \(2,\)"):
         ft.conv2d(x.to("meta"), w.to("meta"), torch.ones(2, device="meta"))
+    with pytest.raises(ValueError, match=r"conv1d: expected w with 3 dims \(C_out, C_in/groups, K\), got shape"):
+        ft.conv1d(torch.ones(1, 2, 5), w)
+    with pytest.raises(ValueError, match=r"conv_transpose2d: w has 3 input channels \(dim 0\), x has C_in=2"):
+        ft.conv_transpose2d(x, w)
+    with pytest.raises(ValueError, match=r"fastconv::conv_transpose2d: expected b of shape \(4,\), got \(3,\)"):
+        ft.conv_transpose2d(x.to("meta"), torch.ones(2, 2, 3, 3, device="meta"), torch.ones(3, device="meta"),
+                            groups=2)  # C_out = w.shape[1] * groups
+    with pytest.raises(ValueError, match=r"batch_norm: expected more than 1 value per channel when training"):
+        ft.batch_norm(torch.ones(1, 2), None, None, training=True)
+    with pytest.raises(ValueError, match=r"fastconv::batch_norm: expected running_var of shape \(2,\), got \(3,\)"):
+        ft.batch_norm(x.to("meta"), torch.ones(2, device="meta"), torch.ones(3, device="meta"))
+    with pytest.raises(TypeError, match=r"fastconv.torch.batch_norm: expected momentum to be a number, got None"):
+        ft.batch_norm(x, None, None, training=True, momentum=None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,17 +401,69 @@ def test_contiguous_cpu_tensors_cross_without_copies(gen, monkeypatch):
 
 def test_non_contiguous_inputs_are_made_contiguous_explicitly(gen, monkeypatch):
     calls = _spy_on(monkeypatch, "max_pool2d")
-    base = randn(gen, 2, 6, 5, 3)
-    x = base.permute(0, 3, 1, 2)  # (2, 3, 6, 5), a view with channels last in memory
-    assert not x.is_contiguous()
+    base = randn(gen, 2, 3, 5, 6)
+    x = base.transpose(2, 3)  # (2, 3, 6, 5), a view: neither NCHW- nor channels_last-contiguous
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
     y = ft.max_pool2d(x, 2)
     (xa,), _ = calls[0]
     assert xa.flags.c_contiguous and _address(xa) != base.data_ptr()  # one explicit copy
     torch.testing.assert_close(y, F.max_pool2d(x, 2))
     assert y.is_contiguous()
-    # channels_last is a memory format, not a shape: it gets the same treatment
-    xcl = base.permute(0, 3, 1, 2).contiguous().to(memory_format=torch.channels_last)
-    torch.testing.assert_close(ft.max_pool2d(xcl, 2), F.max_pool2d(xcl, 2))
+
+
+# --------------------------------------------------------------------------------------------
+# channels_last: results and gradients in PyTorch's memory format, one conversion each way
+# --------------------------------------------------------------------------------------------
+
+def layout(t):
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    return "contiguous" if t.is_contiguous() else f"strides {t.stride()}"
+
+
+def as_tuple(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+# (op, case, which 4-d inputs are channels_last): conv with x, with w only (PyTorch then gives a
+# channels_last y too) and with both; every other 4-d op with x
+CL_CASES = [("conv2d", "stride21_pad12_dil12", "x"), ("conv2d", "groups2_nobias_asym_pad", "w"),
+            ("conv_transpose2d", "s32_p10_op21_g2_d12", "xw"), ("max_pool2d", "k32_s21_p11_d12_ceil", "x"),
+            ("avg_pool2d", "k32_s21_p10_ceil_nopad", "x"), ("adaptive_avg_pool2d", "3x4_from_7x9", "x"),
+            ("batch_norm", "train_affine_stats", "x"), ("batch_norm", "eval_affine", "x")]
+
+
+@pytest.mark.parametrize("op,case,which", [pytest.param(*c, id="-".join(c)) for c in CL_CASES])
+def test_channels_last_results_and_gradients_keep_torch_memory_format(op, case, which, gen):
+    args = forward_args(op, case, gen, torch.float32, requires_grad=True)
+    for i in {"x": [0], "w": [1], "xw": [0, 1]}[which]:
+        args[i] = args[i].detach().to(memory_format=torch.channels_last).requires_grad_()
+    out, ref = as_tuple(getattr(torch.ops.fastconv, op)(*args)), as_tuple(torch_reference(op, args))
+    assert layout(out[0]) == "channels_last"
+    for got, want in zip(out, ref):  # y, max pooling's indices, batch norm's statistics
+        assert layout(got) == layout(want)
+        torch.testing.assert_close(got, want)
+    inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    dy = randn(gen, *out[0].shape, dtype=torch.float32)  # NCHW: PyTorch's layout rule ignores dy's
+    grads, ref_grads = torch.autograd.grad(out[0], inputs, dy), torch.autograd.grad(ref[0], inputs, dy)
+    for got, want in zip(grads, ref_grads):
+        assert layout(got) == layout(want)
+        torch.testing.assert_close(got, want)
+    # the fake kernels give the real ones' strides, so torch.compile plans the same layouts
+    assert_opcheck(op, args)
+    needs = [True, True, True] if op in WITH_NEEDS else None
+    assert_opcheck(op + "_backward", backward_args(op, args, gen, needs))
+
+
+def test_channels_last_costs_one_copy_in_and_one_out(gen, monkeypatch):
+    calls = _spy_on(monkeypatch, "conv2d")
+    x = randn(gen, 2, 3, 6, 5).to(memory_format=torch.channels_last)
+    w = randn(gen, 4, 3, 3, 3)
+    y = ft.conv2d(x, w, padding=1)
+    (xa, wa, _), ya = calls[0]
+    assert xa.flags.c_contiguous and _address(xa) != x.data_ptr()  # in: NHWC -> NCHW, made by PyTorch
+    assert _address(wa) == w.data_ptr()  # an NCHW-contiguous w crosses as is
+    assert layout(y) == "channels_last" and y.data_ptr() != _address(ya)  # out: NCHW -> NHWC
 
 
 def test_cuda_tensors_without_gpu_backend_raise_a_clear_error():

@@ -8,8 +8,9 @@ so the result never aliases an input).
 Non-contiguous tensors (a transposed view, ``channels_last`` memory format, a slice with steps)
 are made contiguous here, *explicitly*, with ``tensor.contiguous()``: that is one copy, made by
 PyTorch, before fastconv sees the data. fastconv's compiled kernels want C-contiguous NCHW, and
-copying once here keeps the rule "a backend never makes a hidden copy" true. Results are always
-contiguous NCHW, also for a ``channels_last`` input.
+copying once here keeps the rule "a backend never makes a hidden copy" true. The arrays kernels
+return are NCHW-contiguous; the ops (:mod:`fastconv.torch.ops`) turn 4-d results back to
+``channels_last`` when the call's input was, PyTorch's layout rule, with one copy out.
 
 CUDA tensors travel over DLPack to CuPy arrays (again zero-copy) and run on fastconv's GPU
 backend ``"cupy"``, on PyTorch's current stream of the tensors' device (CuPy is pointed at that

@@ -39,12 +39,16 @@ def unsupported_reason(module: torch.nn.Module) -> str | None:
     """
     if getattr(module, "padding_mode", "zeros") != "zeros":
         return f"padding_mode={module.padding_mode!r} (fastconv pads with zeros only)"
-    for name, p in module.named_parameters(recurse=False):
+    # batch norm's running statistics reach the kernels too (num_batches_tracked, an int64
+    # counter, stays in PyTorch)
+    tensors = [("parameter", name, p) for name, p in module.named_parameters(recurse=False)]
+    tensors += [("buffer", name, b) for name, b in module.named_buffers(recurse=False) if b.is_floating_point()]
+    for what, name, p in tensors:
         if p.dtype not in float_dtypes(p):
             taken = " and ".join(str(d).removeprefix("torch.") for d in float_dtypes(p))
-            return f"parameter {name!r} has dtype {p.dtype} (fastconv runs {taken} on {p.device.type})"
+            return f"{what} {name!r} has dtype {p.dtype} (fastconv runs {taken} on {p.device.type})"
         if p.device.type == "meta":
-            return f"parameter {name!r} is on the meta device"
+            return f"{what} {name!r} is on the meta device"
     return None
 
 
@@ -67,6 +71,69 @@ class Conv2d(_Fastconv, torch.nn.Conv2d):
     def forward(self, input):
         return ops.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
                           self.groups, backend=self.backend)
+
+
+class Conv1d(_Fastconv, torch.nn.Conv1d):
+    """``torch.nn.Conv1d`` on fastconv. ``padding_mode`` must be ``'zeros'`` (ValueError otherwise)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None, *, backend="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         bias, padding_mode, device, dtype)
+        _check_supported(self)
+        self._set_backend(backend)
+
+    def forward(self, input):
+        return ops.conv1d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                          self.groups, backend=self.backend)
+
+
+class ConvTranspose2d(_Fastconv, torch.nn.ConvTranspose2d):
+    """``torch.nn.ConvTranspose2d`` on fastconv, ``forward(input, output_size=None)`` as PyTorch's."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
+                 groups=1, bias=True, dilation=1, padding_mode="zeros", device=None, dtype=None, *,
+                 backend="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding, groups,
+                         bias, dilation, padding_mode, device, dtype)
+        _check_supported(self)
+        self._set_backend(backend)
+
+    def forward(self, input, output_size=None):
+        # PyTorch's own helper turns output_size into output_padding (and checks it)
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding,
+                                              self.kernel_size, 2, self.dilation)
+        return ops.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding,
+                                    output_padding, self.groups, self.dilation, backend=self.backend)
+
+
+class BatchNorm2d(_Fastconv, torch.nn.BatchNorm2d):
+    """``torch.nn.BatchNorm2d`` on fastconv: training and eval, ``affine=False``,
+    ``track_running_stats=False``, ``momentum=None`` (cumulative average); the running statistics
+    and ``num_batches_tracked`` are updated in place as PyTorch does."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 device=None, dtype=None, *, bias=True, backend="auto"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
+        _check_supported(self)
+        self._set_backend(backend)
+
+    def forward(self, input):
+        # torch.nn.modules.batchnorm._BatchNorm.forward's decisions, step for step: which factor
+        # updates the running statistics, and whether batch or running statistics normalise
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            # momentum=None: the cumulative average over the batches seen so far
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        # batch statistics when training, and in eval when there are no running statistics
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        # running statistics are passed when they are to be updated or to normalise
+        tracked = not self.training or self.track_running_stats
+        return ops.batch_norm(input, self.running_mean if tracked else None,
+                              self.running_var if tracked else None, self.weight, self.bias,
+                              use_batch, factor, self.eps, backend=self.backend)
 
 
 class Linear(_Fastconv, torch.nn.Linear):
@@ -120,7 +187,10 @@ class AdaptiveAvgPool2d(_Fastconv, torch.nn.AdaptiveAvgPool2d):
 
 #: each torch.nn class fastconv replaces, and its drop-in
 DROP_INS: dict[type, type] = {
+    torch.nn.Conv1d: Conv1d,
     torch.nn.Conv2d: Conv2d,
+    torch.nn.ConvTranspose2d: ConvTranspose2d,
+    torch.nn.BatchNorm2d: BatchNorm2d,
     torch.nn.Linear: Linear,
     torch.nn.MaxPool2d: MaxPool2d,
     torch.nn.AvgPool2d: AvgPool2d,
@@ -131,7 +201,10 @@ __all__ = [
     "DROP_INS",
     "AdaptiveAvgPool2d",
     "AvgPool2d",
+    "BatchNorm2d",
+    "Conv1d",
     "Conv2d",
+    "ConvTranspose2d",
     "Linear",
     "MaxPool2d",
     "unsupported_reason",

@@ -4,22 +4,42 @@ Each op family is registered from one table row, :data:`SPECS`, as two ``torch.l
 operators, the forward and its backward (so ``opcheck`` tests both, and torch.compile sees both as
 opaque nodes in the forward and backward graphs):
 
-=========================  =====================================================================
-``fastconv::conv2d``       ``(x, w, b?, stride[2], padding[4], dilation[2], groups, backend) -> y``
-``fastconv::linear``       ``(x, w, b?, backend) -> y``
-``fastconv::max_pool2d``   ``(x, kernel_size[2], stride[2], padding[2], dilation[2], ceil_mode,
-                           backend) -> (y, indices)``
-``fastconv::avg_pool2d``   ``(x, kernel_size[2], stride[2], padding[2], ceil_mode,
-                           count_include_pad, divisor_override?, backend) -> y``
+=============================  =================================================================
+``fastconv::conv2d``           ``(x, w, b?, stride[2], padding[4], dilation[2], groups, backend) -> y``
+``fastconv::conv1d``           ``(x, w, b?, stride[1], padding[2], dilation[1], groups, backend) -> y``
+``fastconv::conv_transpose2d`` ``(x, w, b?, stride[2], padding[2], output_padding[2], groups,
+                               dilation[2], backend) -> y``
+``fastconv::linear``           ``(x, w, b?, backend) -> y``
+``fastconv::max_pool2d``       ``(x, kernel_size[2], stride[2], padding[2], dilation[2], ceil_mode,
+                               backend) -> (y, indices)``
+``fastconv::avg_pool2d``       ``(x, kernel_size[2], stride[2], padding[2], ceil_mode,
+                               count_include_pad, divisor_override?, backend) -> y``
 ``fastconv::adaptive_avg_pool2d``  ``(x, output_size[2], backend) -> y``
-=========================  =====================================================================
+``fastconv::batch_norm``       ``(x, weight?, bias?, running_mean?, running_var?, training, momentum,
+                               eps, backend) -> (y, mean, invstd, new_running_mean, new_running_var)``
+=============================  =================================================================
 
 and ``fastconv::<name>_backward``: ``(dy, x, w, <params>, needs[3], backend) -> (dx, dw, db)`` for
-conv2d and linear; ``(dy, x, <params>, backend) -> dx`` for the pools (max pooling takes the
-forward's ``indices`` after ``x``). The ops take normalised hyper-parameters (conv padding is
-explicit per side: top, bottom, left, right); the functional wrappers below accept every spelling
-``torch.nn.functional`` accepts and normalise with fastconv's own helpers.
+the convolutions and linear; ``(dy, x, <params>, backend) -> dx`` for the pools (max pooling takes
+the forward's ``indices`` after ``x``); ``(dy, x, weight?, mean, invstd, training, momentum, eps,
+needs[3], backend) -> (dx, dweight, dbias)`` for batch norm. The ops take normalised
+hyper-parameters (conv padding is explicit per side: top, bottom, left, right; conv1d's left,
+right); the functional wrappers below accept every spelling ``torch.nn.functional`` accepts and
+normalise with fastconv's own helpers.
 
+Batch norm's op is pure: it returns the running statistics the training step gives (empty tensors
+when none are updated: eval, or no running statistics) and :func:`batch_norm` copies them into the
+caller's buffers, in place, as ``F.batch_norm`` updates them; the drop-in ``BatchNorm2d`` keeps
+``num_batches_tracked`` and the momentum=None cumulative average as ``torch.nn`` does.
+
+Memory format (channels_last). fastconv's kernels read and write NCHW-contiguous arrays. A call
+whose 4-d ``x`` (or conv ``w``) is channels_last gets its 4-d results in channels_last, as PyTorch
+does (:func:`_memory_format` states the rule: y, max pooling's indices, dx, dw), at exactly two
+copies, each made by PyTorch and visible here: on the way in each channels_last tensor is made
+NCHW-contiguous (``exchange.to_array``), on the way out each 4-d result is turned to channels_last
+(:func:`_in_format`). The backward op does the same for its own inputs (dy, and x and w again:
+the forward's NCHW copies are not kept, which would double the memory held for backward).
+NCHW-contiguous tensors cross without any copy, as before; (C,) vectors never change layout.
 Autograd (``register_autograd``): setup_context saves the inputs (and max pooling's indices);
 backward calls the backward op with ``needs`` taken from ``ctx.needs_input_grad``, so fastconv skips
 gradients nobody asked for. A custom op cannot return ``None``, so an unneeded gradient comes back
@@ -44,16 +64,20 @@ import torch
 
 import fastconv as fc
 
+from .._checks import check_float
 from .._dispatch import _check_name
 from .._params import (
     as_int,
     as_pair,
+    as_single,
     conv_output_size,
     conv_padding,
     conv_params,
+    conv_transpose_params,
     pool_output_size,
     pool_params,
 )
+from ..ops.conv import _padding_1d
 from .exchange import check_device, check_dtype, float_dtypes, from_array, on_stream, to_array
 
 NAMESPACE = "fastconv"
@@ -110,6 +134,43 @@ def _adaptive_avg_pool2d_shape(op, x, output_size):
     return (*x.shape[:2], *output_size)
 
 
+def _conv1d_shape(op, x, w, stride, padding, dilation, groups):
+    if _static(x.shape, w.shape):  # conv1d is conv2d over (N, C_in, 1, L), as fastconv runs it
+        if x.dim() != 3 or w.dim() != 3:
+            raise ValueError(f"{op}: expected x (N, C_in, L) and w (C_out, C_in/groups, K), got shapes "
+                             f"{tuple(x.shape)} and {tuple(w.shape)}")
+        N, C_out, _, OL = conv_params(op, (*x.shape[:2], 1, x.shape[2]), (*w.shape[:2], 1, w.shape[2]),
+                                      (1, stride[0]), ((0, 0), tuple(padding)), (1, dilation[0]),
+                                      groups).y_shape
+        return (N, C_out, OL)
+    return (x.shape[0], w.shape[0],
+            conv_output_size(x.shape[2], w.shape[2], padding[0], padding[1], stride[0], dilation[0]))
+
+
+def _conv_transpose2d_shape(op, x, w, stride, padding, output_padding, groups, dilation):
+    if _static(x.shape, w.shape):
+        if x.dim() != 4 or w.dim() != 4:
+            raise ValueError(f"{op}: expected x (N, C_in, H, W) and w (C_in, C_out/groups, KH, KW), "
+                             f"got shapes {tuple(x.shape)} and {tuple(w.shape)}")
+        # the transposed convolution's output is the x-space of the convolution it transposes
+        return conv_transpose_params(op, tuple(x.shape), tuple(w.shape), tuple(stride), tuple(padding),
+                                     tuple(output_padding), groups, tuple(dilation)).x_shape
+    return (x.shape[0], w.shape[1] * groups,
+            *((size - 1) * s - 2 * p + d * (k - 1) + o + 1 for size, k, s, p, o, d in
+              zip(x.shape[2:], w.shape[2:], stride, padding, output_padding, dilation)))
+
+
+def _batch_norm_shape(op, x, *vectors):
+    """x's shape, after checking x has 2 to 5 dims and each given (C,) vector matches x's channels."""
+    if not 2 <= x.dim() <= 5:
+        raise ValueError(f"{op}: expected x with 2 to 5 dims (N, C, *), got shape {tuple(x.shape)}")
+    names = ("weight", "bias", "running_mean", "running_var")
+    for name, v in zip(names, vectors):
+        if v is not None and _static(x.shape, v.shape) and tuple(v.shape) != (x.shape[1],):
+            raise ValueError(f"{op}: expected {name} of shape ({x.shape[1]},), got {tuple(v.shape)}")
+    return tuple(x.shape)
+
+
 # --------------------------------------------------------------------------------------------
 # the table
 # --------------------------------------------------------------------------------------------
@@ -119,9 +180,15 @@ class OpSpec:
     """One fastconv op family as a forward and a backward custom op.
 
     ``kind`` fixes the tensor arguments: ``"dense"`` is ``(x, w, b?) -> y`` with gradients
-    ``(dx, dw, db)``; ``"pool"`` is ``x -> y``; ``"max_pool"`` is ``x -> (y, indices)``.
+    ``(dx, dw, db)``; ``"pool"`` is ``x -> y``; ``"max_pool"`` is ``x -> (y, indices)``;
+    ``"norm"`` is batch norm's ``(x, weight?, bias?, running_mean?, running_var?) -> (y, mean,
+    invstd, new running_mean, new running_var)`` with gradients ``(dx, dweight, dbias)``.
     ``params`` is the schema of the hyper-parameters (the same for forward and backward);
     ``to_fastconv`` turns their values into fastconv keyword arguments; ``shape`` gives y's shape.
+    ``bias_channels(w, *params)`` is the length of a dense op's b (C_out: ``w.shape[0]``, but
+    ``w.shape[1] * groups`` for a transposed convolution). ``spatial``: 4-d results follow the
+    inputs' memory format (see :func:`_memory_format`); linear's results are always contiguous, as
+    PyTorch's are.
     """
 
     name: str
@@ -129,6 +196,8 @@ class OpSpec:
     params: str
     to_fastconv: Callable[..., dict]
     shape: Callable
+    bias_channels: Callable = lambda w, *params: w.shape[0]
+    spatial: bool = True
 
     @property
     def qualname(self) -> str:
@@ -155,10 +224,19 @@ def _avg_pool2d_kwargs(kernel_size, stride, padding, ceil_mode, count_include_pa
                 divisor_override=divisor_override)
 
 
+def _conv1d_kwargs(stride, padding, dilation, groups):
+    return dict(stride=stride[0], padding=tuple(padding), dilation=dilation[0], groups=groups)
+
+
+def _conv_transpose2d_kwargs(stride, padding, output_padding, groups, dilation):
+    return dict(stride=tuple(stride), padding=tuple(padding), output_padding=tuple(output_padding),
+                groups=groups, dilation=tuple(dilation))
+
+
 SPECS: tuple[OpSpec, ...] = (
     OpSpec("conv2d", "dense", "SymInt[2] stride, SymInt[4] padding, SymInt[2] dilation, SymInt groups",
            _conv2d_kwargs, _conv2d_shape),
-    OpSpec("linear", "dense", "", dict, _linear_shape),
+    OpSpec("linear", "dense", "", dict, _linear_shape, spatial=False),
     OpSpec("max_pool2d", "max_pool",
            "SymInt[2] kernel_size, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, bool ceil_mode",
            _max_pool2d_kwargs, _max_pool2d_shape),
@@ -168,6 +246,16 @@ SPECS: tuple[OpSpec, ...] = (
            _avg_pool2d_kwargs, _avg_pool2d_shape),
     OpSpec("adaptive_avg_pool2d", "pool", "SymInt[2] output_size",
            lambda output_size: dict(output_size=tuple(output_size)), _adaptive_avg_pool2d_shape),
+    OpSpec("conv1d", "dense", "SymInt[1] stride, SymInt[2] padding, SymInt[1] dilation, SymInt groups",
+           _conv1d_kwargs, _conv1d_shape),
+    OpSpec("conv_transpose2d", "dense",
+           "SymInt[2] stride, SymInt[2] padding, SymInt[2] output_padding, SymInt groups, SymInt[2] dilation",
+           _conv_transpose2d_kwargs, _conv_transpose2d_shape,
+           bias_channels=lambda w, stride, padding, output_padding, groups, dilation: w.shape[1] * groups),
+    # momentum and eps reach the backward op only to keep one parameter list per row; it ignores them
+    OpSpec("batch_norm", "norm", "bool training, float momentum, float eps",
+           lambda training, momentum, eps: dict(training=training, momentum=momentum, eps=eps),
+           _batch_norm_shape),
 )
 
 #: per kind: (forward tensors, forward returns, backward tensors, backward extra params, backward returns)
@@ -176,6 +264,9 @@ _KINDS = {
               "bool[3] needs, ", "(Tensor, Tensor, Tensor)"),
     "pool": ("Tensor x", "Tensor", "Tensor dy, Tensor x", "", "Tensor"),
     "max_pool": ("Tensor x", "(Tensor, Tensor)", "Tensor dy, Tensor x, Tensor indices", "", "Tensor"),
+    "norm": ("Tensor x, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var",
+             "(Tensor, Tensor, Tensor, Tensor, Tensor)", "Tensor dy, Tensor x, Tensor? weight, Tensor mean, "
+             "Tensor invstd", "bool[3] needs, ", "(Tensor, Tensor, Tensor)"),
 }
 
 
@@ -192,7 +283,9 @@ def _schemas(spec: OpSpec) -> tuple[str, str]:
 
 _TENSOR_NAMES = {("dense", False): ("x", "w", "b"), ("dense", True): ("dy", "x", "w"),
                  ("pool", False): ("x",), ("pool", True): ("dy", "x"),
-                 ("max_pool", False): ("x",), ("max_pool", True): ("dy", "x", "indices")}
+                 ("max_pool", False): ("x",), ("max_pool", True): ("dy", "x", "indices"),
+                 ("norm", False): ("x", "weight", "bias", "running_mean", "running_var"),
+                 ("norm", True): ("dy", "x", "weight", "mean", "invstd")}
 
 
 def _check_tensors(op: str, names, tensors) -> None:
@@ -215,17 +308,68 @@ def _split(spec: OpSpec, backward: bool):
     return op, names, split
 
 
+def _memory_format(spec: OpSpec, names, tensors) -> torch.memory_format:
+    """The memory format of this call's 4-d results: ``torch.channels_last`` when a 4-d ``x`` or
+    ``w`` is channels_last (its strides are, and it is not also NCHW-contiguous, as a tensor with
+    one channel or a 1x1 image is), else ``torch.contiguous_format``.
+
+    PyTorch's own rule on the CPU: a convolution with x *or* w in channels_last gives y, dx and dw
+    in channels_last; pooling and batch norm follow x. dy never decides (autograd's dy comes in any
+    layout). Called by the real kernels and the fake ones, so both give the same strides.
+    """
+    if spec.spatial:
+        for name, t in zip(names, tensors):
+            if (name in ("x", "w") and t is not None and t.dim() == 4 and not t.is_contiguous()
+                    and t.is_contiguous(memory_format=torch.channels_last)):
+                return torch.channels_last
+    return torch.contiguous_format
+
+
+def _in_format(outputs, memory_format: torch.memory_format):
+    """The op's results with each 4-d one in ``memory_format``. For channels_last this is the one
+    copy on the way out (the kernels write NCHW); (C,) vectors and empty placeholders stay as they are."""
+    if memory_format == torch.contiguous_format:
+        return outputs
+    if isinstance(outputs, tuple):
+        return tuple(_in_format(o, memory_format) for o in outputs)
+    return outputs.contiguous(memory_format=memory_format) if outputs.dim() == 4 else outputs
+
+
+def _grads(like: torch.Tensor, grads) -> tuple:
+    # a custom op returns tensors, never None: an unneeded gradient is an empty tensor
+    return tuple(like.new_empty(0) if g is None else from_array(g) for g in grads)
+
+
+def _run_norm(backward: bool, tensors, arrays, params, args):
+    """fastconv's batch_norm / batch_norm_backward on the arrays of a ``"norm"`` op."""
+    training, momentum, eps = params
+    if backward:
+        dy, x, weight, mean, invstd = arrays
+        return _grads(tensors[1], fc.batch_norm_backward(dy, x, weight, mean=mean, invstd=invstd,
+                                                         training=training, needs=tuple(args[-2]),
+                                                         backend=args[-1]))
+    x, weight, bias, running_mean, running_var = arrays
+    r = fc.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, backend=args[-1])
+    # the new running statistics only when training updates them (eval returns copies; nobody needs those)
+    new = [from_array(a) if training and a is not None else tensors[0].new_empty(0)
+           for a in (r.running_mean, r.running_var)]
+    return (from_array(r.y), from_array(r.mean), from_array(r.invstd), *new)
+
+
 def _make_kernel(spec: OpSpec, backward: bool):
     op, names, split = _split(spec, backward)
 
     def kernel(*args):
         tensors, params = split(args)
         device = check_device(op, dict(zip(names, tensors)))
+        memory_format = _memory_format(spec, names, tensors)
         with on_stream(device, tensors[0]):
-            return run(device, tensors, params, args)
+            return _in_format(run(device, tensors, params, args), memory_format)
 
     def run(device, tensors, params, args):
-        arrays = [to_array(t, device=device) for t in tensors]
+        arrays = [to_array(t, device=device) for t in tensors]  # channels_last: the one copy in
+        if spec.kind == "norm":
+            return _run_norm(backward, tensors, arrays, params, args)
         kwargs = dict(spec.to_fastconv(*params), backend=args[-1])
         if not backward:
             if spec.kind == "max_pool":
@@ -233,10 +377,7 @@ def _make_kernel(spec: OpSpec, backward: bool):
                 return from_array(y), from_array(indices)
             return from_array(getattr(fc, spec.name)(*arrays, **kwargs))
         if spec.kind == "dense":
-            x = tensors[1]
-            grads = getattr(fc, spec.name + "_backward")(*arrays, needs=tuple(args[-2]), **kwargs)
-            # a custom op returns tensors, never None: an unneeded gradient is an empty tensor
-            return tuple(x.new_empty(0) if g is None else from_array(g) for g in grads)
+            return _grads(tensors[1], getattr(fc, spec.name + "_backward")(*arrays, needs=tuple(args[-2]), **kwargs))
         if spec.kind == "max_pool":
             dy, x, indices = arrays
             return from_array(getattr(fc, spec.name + "_backward")(dy, x, indices=indices, **kwargs))
@@ -247,25 +388,41 @@ def _make_kernel(spec: OpSpec, backward: bool):
 
 
 def _make_fake(spec: OpSpec, backward: bool):
-    op, _, split = _split(spec, backward)
+    op, names, split = _split(spec, backward)
 
     def fake(*args):
         tensors, params = split(args)
+        return _in_format(shapes(tensors, params, args), _memory_format(spec, names, tensors))
+
+    def shapes(tensors, params, args):
+        if spec.kind == "norm":
+            x, weight = tensors[1:3] if backward else tensors[:2]
+            C = x.shape[1]
+            if backward:
+                needs = args[-2]
+                return tuple(x.new_empty(shape if need else (0,)) for shape, need in
+                             zip((x.shape, (C,), (C,)), (needs[0], needs[1] and weight is not None, needs[2])))
+            y = x.new_empty(spec.shape(op, *tensors))
+            training = params[0]
+            new = [x.new_empty((C,) if training and r is not None else (0,)) for r in tensors[3:]]
+            return (y, x.new_empty((C,)), x.new_empty((C,)), *new)
         if not backward:
             x = tensors[0]
             w = tensors[1:2]  # dense kinds pass w to the shape function, pools do not
             y = x.new_empty(spec.shape(op, x, *w, *params))
             b = tensors[2] if spec.kind == "dense" else None
-            if b is not None and _static(b.shape, w[0].shape) and tuple(b.shape) != (w[0].shape[0],):
-                raise ValueError(f"{op}: expected b of shape ({w[0].shape[0]},), got {tuple(b.shape)}")
+            if b is not None and _static(b.shape, w[0].shape):
+                C_out = spec.bias_channels(w[0], *params)
+                if tuple(b.shape) != (C_out,):
+                    raise ValueError(f"{op}: expected b of shape ({C_out},), got {tuple(b.shape)}")
             if spec.kind == "max_pool":
                 return y, x.new_empty(y.shape, dtype=torch.int64)
             return y
         if spec.kind == "dense":
             _, x, w = tensors
             needs = args[-2]
-            shapes = (x.shape, w.shape, (w.shape[0],))
-            return tuple(x.new_empty(shape if need else (0,)) for shape, need in zip(shapes, needs))
+            sizes = (x.shape, w.shape, (spec.bias_channels(w, *params),))
+            return tuple(x.new_empty(size if need else (0,)) for size, need in zip(sizes, needs))
         return torch.empty_like(tensors[1], memory_format=torch.contiguous_format)
 
     return fake
@@ -283,6 +440,9 @@ def _make_autograd(spec: OpSpec, backward_op):
         ctx.params, ctx.backend = params, backend
         if spec.kind == "dense":
             ctx.save_for_backward(tensors[0], tensors[1])  # x, w (b is not needed for gradients)
+        elif spec.kind == "norm":
+            ctx.mark_non_differentiable(*output[1:])  # mean, invstd and the new running statistics
+            ctx.save_for_backward(tensors[0], tensors[1], output[1], output[2])  # x, weight, mean, invstd
         elif spec.kind == "max_pool":
             indices = output[1]
             ctx.mark_non_differentiable(indices)
@@ -291,14 +451,14 @@ def _make_autograd(spec: OpSpec, backward_op):
             ctx.save_for_backward(tensors[0])
 
     def backward(ctx, *grads):
-        dy = grads[0]  # max pooling's indices get no gradient
+        dy = grads[0]  # max pooling's indices and batch norm's statistics get no gradient
         none_for_rest = (None,) * (len(ctx.params) + 1)  # hyper-parameters and backend
-        if spec.kind == "dense":
-            x, w = ctx.saved_tensors
-            needs = [bool(n) for n in ctx.needs_input_grad[:3]]
-            dx, dw, db = backward_op(dy, x, w, *ctx.params, needs, ctx.backend)
+        if spec.kind in ("dense", "norm"):
+            needs = [bool(n) for n in ctx.needs_input_grad[:3]]  # x, w, b (x, weight, bias)
+            dx, dw, db = backward_op(dy, *ctx.saved_tensors, *ctx.params, needs, ctx.backend)
+            running = (None, None) if spec.kind == "norm" else ()  # running statistics: buffers
             return (dx if needs[0] else None, dw if needs[1] else None, db if needs[2] else None,
-                    *none_for_rest)
+                    *running, *none_for_rest)
         dx = backward_op(dy, *ctx.saved_tensors, *ctx.params, ctx.backend)
         return (dx, *none_for_rest)
 
@@ -329,15 +489,17 @@ del _spec
 # functional API: torch.nn.functional's signatures, plus backend=
 # --------------------------------------------------------------------------------------------
 
-def _batched(op, x, call):
-    """Run ``call`` on 4-d x; an unbatched (C, H, W) x runs as a batch of one, as in PyTorch."""
+def _batched(op, x, call, unbatched="C, H, W"):
+    """Run ``call`` on batched x; an ``unbatched`` x (one dim fewer) runs as a batch of one, as in PyTorch."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{op}: expected x to be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() == 3:
+    dims = unbatched.count(",") + 1
+    if x.dim() == dims:
         out = call(x.unsqueeze(0))
         return tuple(o.squeeze(0) for o in out) if isinstance(out, tuple) else out.squeeze(0)
-    if x.dim() != 4:
-        raise ValueError(f"{op}: expected x with 3 (C, H, W) or 4 (N, C, H, W) dims, got shape {tuple(x.shape)}")
+    if x.dim() != dims + 1:
+        raise ValueError(f"{op}: expected x with {dims} ({unbatched}) or {dims + 1} (N, {unbatched}) dims, "
+                         f"got shape {tuple(x.shape)}")
     return call(x)
 
 
@@ -361,6 +523,65 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend="
     sides = list(conv_padding(op, padding, tuple(w.shape[2:]), dilation, stride))
     return _batched(op, x, lambda x4: torch.ops.fastconv.conv2d(
         x4, w, b, list(stride), sides, list(dilation), groups, backend))
+
+
+def conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend="auto"):
+    """``torch.nn.functional.conv1d`` on fastconv: padding an int, ``(p,)``, ``'same'``, ``'valid'``
+    or per side ``(left, right)``; x (N, C_in, L) or unbatched (C_in, L)."""
+    op = "fastconv.torch.conv1d"
+    _check_name(backend)
+    stride = as_single(op, "stride", stride, minimum=1)
+    dilation = as_single(op, "dilation", dilation, minimum=1)
+    groups = as_int(op, "groups", groups, minimum=1)
+    if w.dim() != 3:
+        raise ValueError(f"{op}: expected w with 3 dims (C_out, C_in/groups, K), got shape {tuple(w.shape)}")
+    # the NumPy API's 1-d spellings, as conv2d's per-side padding over (1, L); keep (left, right)
+    sides = list(conv_padding(op, _padding_1d(op, padding), (1, w.shape[2]), (1, dilation), (1, stride))[2:])
+    return _batched(op, x, lambda x3: torch.ops.fastconv.conv1d(
+        x3, w, b, [stride], sides, [dilation], groups, backend), unbatched="C, L")
+
+
+def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+                     backend="auto"):
+    """``torch.nn.functional.conv_transpose2d`` on fastconv: x (N, C_in, H, W) or unbatched
+    (C_in, H, W), w (C_in, C_out/groups, KH, KW)."""
+    op = "fastconv.torch.conv_transpose2d"
+    _check_name(backend)
+    stride, padding, output_padding, dilation = (
+        list(as_pair(op, name, value, minimum=low)) for name, value, low in
+        (("stride", stride, 1), ("padding", padding, 0), ("output_padding", output_padding, 0),
+         ("dilation", dilation, 1)))
+    groups = as_int(op, "groups", groups, minimum=1)
+    if w.dim() != 4:
+        raise ValueError(f"{op}: expected w with 4 dims (C_in, C_out/groups, KH, KW), got shape {tuple(w.shape)}")
+    return _batched(op, x, lambda x4: torch.ops.fastconv.conv_transpose2d(
+        x4, w, b, stride, padding, output_padding, groups, dilation, backend))
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+               eps=1e-5, *, backend="auto"):
+    """``torch.nn.functional.batch_norm`` on fastconv, x (N, C, *) with 2 to 5 dims.
+
+    As in PyTorch, training normalises with the batch's statistics and updates ``running_mean``
+    and ``running_var`` (when given) *in place*: ``(1 - momentum) * running + momentum * batch``,
+    the unbiased batch variance for running_var. The op itself is pure (it returns the new
+    statistics); the copy into the buffers happens here, under ``torch.no_grad``.
+    """
+    op = "fastconv.torch.batch_norm"
+    _check_name(backend)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: expected x to be a torch.Tensor, got {type(x).__name__}")
+    momentum = check_float(op, "momentum", momentum)
+    eps = check_float(op, "eps", eps, low=0.0)
+    training = bool(training)
+    y, _, _, new_mean, new_var = torch.ops.fastconv.batch_norm(
+        x, weight, bias, running_mean, running_var, training, momentum, eps, backend)
+    if training:
+        with torch.no_grad():
+            for running, new in ((running_mean, new_mean), (running_var, new_var)):
+                if running is not None:
+                    running.copy_(new)
+    return y
 
 
 def linear(x, w, b=None, *, backend="auto"):
@@ -417,4 +638,5 @@ def adaptive_avg_pool2d(x, output_size, *, backend="auto"):
     return _batched(op, x, call)
 
 
-__all__ = ["OPS", "SPECS", "OpSpec", "adaptive_avg_pool2d", "avg_pool2d", "conv2d", "linear", "max_pool2d"]
+__all__ = ["OPS", "SPECS", "OpSpec", "adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "conv1d", "conv2d",
+           "conv_transpose2d", "linear", "max_pool2d"]

@@ -1,4 +1,4 @@
-"""``patch(model)``: run a model's conv, pooling and linear layers on fastconv, in place.
+"""``patch(model)``: run a model's conv, batch norm, pooling and linear layers on fastconv, in place.
 
 Decision: a patched module is the *same object* with its class changed to the fastconv
 drop-in (``module.__class__ = fastconv.torch.Conv2d``, which subclasses ``torch.nn.Conv2d`` and
@@ -11,8 +11,9 @@ only overrides ``forward``). Nothing is copied and nothing is re-created, so
 
 Only modules whose type is *exactly* one of :data:`fastconv.torch.modules.DROP_INS`' keys are
 swapped: a user subclass may override ``forward``, so it is left alone (and reported). Modules
-fastconv cannot serve as configured (``padding_mode`` other than ``'zeros'``, dtypes other than
-float32/float64, CUDA tensors while fastconv has no GPU backend) are left alone and reported too.
+fastconv cannot serve as configured (``padding_mode`` other than ``'zeros'``, parameters or batch
+norm running statistics of dtypes other than float32/float64, CUDA tensors while fastconv has no
+GPU backend) are left alone and reported too.
 :func:`unpatch` turns swapped modules back into their ``torch.nn`` classes.
 """
 
@@ -30,7 +31,7 @@ from .modules import DROP_INS, unsupported_reason
 @dataclass
 class PatchReport:
     """What :func:`patch` did: ``swapped`` lists ``(name, torch.nn class name)``, ``skipped``
-    lists ``(name, reason)`` for conv/pool/linear modules left on PyTorch."""
+    lists ``(name, reason)`` for conv/batch norm/pool/linear modules left on PyTorch."""
 
     swapped: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -45,16 +46,20 @@ class PatchReport:
 def _skip_reason(module: torch.nn.Module) -> str | None:
     reason = unsupported_reason(module)
     if reason is None:
-        for name, p in module.named_parameters(recurse=False):
+        # buffers too: an affine=False batch norm has only its running statistics
+        tensors = [("parameter", name, p) for name, p in module.named_parameters(recurse=False)]
+        tensors += [("buffer", name, b) for name, b in module.named_buffers(recurse=False)]
+        for what, name, p in tensors:
             if p.device.type == "cuda" and not has_gpu_backend():
-                return f"parameter {name!r} is on {p.device}, and fastconv's GPU backend cannot run here"
+                return f"{what} {name!r} is on {p.device}, and fastconv's GPU backend cannot run here"
             if p.device.type not in ("cpu", "cuda"):
-                return f"parameter {name!r} is on {p.device}: fastconv runs on the CPU and on CUDA GPUs"
+                return f"{what} {name!r} is on {p.device}: fastconv runs on the CPU and on CUDA GPUs"
     return reason
 
 
 def patch(model: torch.nn.Module, *, backend: str = "auto") -> PatchReport:
-    """Swap ``model``'s (and its submodules') torch.nn conv/pool/linear modules to fastconv's.
+    """Swap ``model``'s (and its submodules') torch.nn modules of :data:`DROP_INS` (Conv1d, Conv2d,
+    ConvTranspose2d, BatchNorm2d, Linear, the pools) to fastconv's.
 
     In place, keeping every Parameter object (see the module docstring); ``backend`` is set on
     each swapped module. Returns a :class:`PatchReport`. Patching an already patched model just
