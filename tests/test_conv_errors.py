@@ -15,7 +15,12 @@ def _x(shape=(2, 4, 6, 5), dtype=f32):
 
 
 CASES = [  # (id, op, args, kwargs, error type, text the message must contain)
-    ("x_3d", fastconv.conv2d, (_x((4, 6, 5)), W), {}, ValueError, "expected x with 4 dims (N, C_in, H, W), got shape (4, 6, 5)"),
+    ("x_2d", fastconv.conv2d, (_x((6, 5)), W), {}, ValueError,
+     "expected x with 3 dims (C_in, H, W) or 4 dims (N, C_in, H, W), got shape (6, 5)"),
+    ("empty_image", fastconv.conv2d, (_x((1, 4, 9, 0)), W), {"padding": 1}, ValueError,
+     "x of shape (1, 4, 9, 0) has an empty image; only the batch may be empty"),
+    ("transpose_empty_image", fastconv.conv_transpose2d, (_x((1, 4, 9, 0)), np.ones((4, 2, 3, 3), f32)), {},
+     ValueError, "has an empty image"),
     ("w_3d", fastconv.conv2d, (X, np.ones((6, 2, 3), f32)), {}, ValueError, "expected w with 4 dims"),
     ("channel_mismatch", fastconv.conv2d, (X, np.ones((6, 3, 3, 2), f32)), {}, ValueError, "input channels per group"),
     ("groups_not_dividing", fastconv.conv2d, (X, W), {"groups": 3}, ValueError, "groups=3 must divide"),
@@ -38,7 +43,7 @@ CASES = [  # (id, op, args, kwargs, error type, text the message must contain)
     ("dy_shape", fastconv.conv2d_backward, (np.ones((2, 6, 4, 3), f32), X, W), {}, ValueError, "expected dy of shape (2, 6, 4, 4)"),
     ("needs_short", fastconv.conv2d_backward, (np.ones((2, 6, 4, 4), f32), X, W), {"needs": (True, True)}, TypeError, "needs"),
     ("needs_not_bool", fastconv.conv2d_backward, (np.ones((2, 6, 4, 4), f32), X, W), {"needs": (1, 1, 1)}, TypeError, "needs"),
-    ("conv1d_4d", fastconv.conv1d, (X, W), {}, ValueError, "expected x with 3 dims (N, C_in, L)"),
+    ("conv1d_4d", fastconv.conv1d, (X, W), {}, ValueError, "expected x with 2 dims (C_in, L) or 3 dims (N, C_in, L)"),
     ("conv1d_negative_side", fastconv.conv1d, (_x((2, 4, 9)), np.ones((6, 4, 3), f32)), {"padding": (-1, 2)}, ValueError, "non-negative"),
     ("transpose_output_padding", fastconv.conv_transpose2d, (X, np.ones((4, 3, 3, 3), f32)), {"stride": 2, "output_padding": 2}, ValueError, "output_padding 2"),
     ("transpose_channels", fastconv.conv_transpose2d, (X, np.ones((3, 3, 3, 3), f32)), {}, ValueError, "x has C_in=4"),

@@ -580,9 +580,14 @@ def test_empty_batch(backend):
 
 
 def test_no_channels(backend):
+    """As in PyTorch: adaptive pooling takes an input without channels, max and average pooling
+    do not (only their batch may be empty)."""
     x = np.zeros((2, 0, 5, 5), np.float64)
-    assert fastconv.max_pool2d(x, 2, backend=backend).shape == (2, 0, 2, 2)
-    assert fastconv.avg_pool2d_backward(np.zeros((2, 0, 2, 2)), x, 2, backend=backend).shape == x.shape
+    assert fastconv.adaptive_avg_pool2d(x, 2, backend=backend).shape == (2, 0, 2, 2)
+    assert fastconv.adaptive_avg_pool2d_backward(np.zeros((2, 0, 2, 2)), x, 2, backend=backend).shape == x.shape
+    for op in (fastconv.max_pool2d, fastconv.avg_pool2d):
+        with pytest.raises(ValueError, match=r"non-empty C, H and W \(only the batch may be empty\), got shape \(2, 0, 5, 5\)"):
+            op(x, 2, backend=backend)
 
 
 @pytest.mark.parametrize("q", PROBLEMS)
@@ -683,7 +688,9 @@ ap, apb = fastconv.avg_pool2d, fastconv.avg_pool2d_backward
 aap, aapb = fastconv.adaptive_avg_pool2d, fastconv.adaptive_avg_pool2d_backward
 
 BAD = [  # (id, op, args, kwargs, error type, text the message must contain)
-    ("x_3d", mp, (np.ones((3, 6, 5), f32), 2), {}, ValueError, "x with 4 dims (N, C, H, W), got shape (3, 6, 5)"),
+    ("x_2d", mp, (np.ones((6, 5), f32), 2), {}, ValueError,
+     "x with 3 dims (C, H, W) or 4 dims (N, C, H, W), got shape (6, 5)"),
+    ("empty_image", mp, (np.ones((2, 3, 6, 0), f32), 2), {}, ValueError, "non-empty C, H and W"),
     ("x_int", mp, (np.ones((2, 3, 6, 5), np.int64), 2), {}, TypeError, "float32 or float64, got int64"),
     ("x_float16", ap, (np.ones((2, 3, 6, 5), np.float16), 2), {}, TypeError, "float16"),
     ("x_list", mp, (X.tolist(), 2), {}, TypeError, "numpy.ndarray"),
@@ -705,10 +712,12 @@ BAD = [  # (id, op, args, kwargs, error type, text the message must contain)
     ("count_include_pad_none", ap, (X, 2), {"count_include_pad": None}, TypeError, "count_include_pad"),
     ("divisor_zero", ap, (X, 2), {"divisor_override": 0}, ValueError, "non-zero"),
     ("divisor_float", ap, (X, 2), {"divisor_override": 2.5}, TypeError, "divisor_override"),
-    ("adaptive_zero", aap, (X, 0), {}, ValueError, "output_size >= 1"),
+    ("adaptive_negative", aap, (X, (-1, 2)), {}, ValueError, "output_size >= 0"),
+    ("adaptive_single", aap, (X, (2,)), {}, TypeError, "output_size"),
     ("adaptive_triple", aap, (X, (1, 2, 3)), {}, TypeError, "output_size"),
     ("adaptive_float", aap, (X, (2, 1.5)), {}, TypeError, "output_size"),
-    ("adaptive_3d", aap, (np.ones((3, 6, 5), f32), 2), {}, ValueError, "expected x with 4 dims"),
+    ("adaptive_5d", aap, (np.ones((1, 3, 6, 5, 1), f32), 2), {}, ValueError, "expected x with 3 dims (C, H, W) or 4 dims"),
+    ("max_dy_unbatched_for_batched_x", mpb, (np.ones((3, 3, 2), f32), X, 2), {}, ValueError, "expected dy with 4 dims"),
     ("adaptive_int", aap, (np.ones((2, 3, 6, 5), np.int32), 2), {}, TypeError, "int32"),
     ("adaptive_empty_image", aap, (np.ones((2, 3, 0, 5), f32), 2), {}, ValueError, "non-empty image"),
     ("max_dy_shape", mpb, (np.ones((2, 3, 2, 3), f32), X, 2), {}, ValueError, "expected dy of shape (2, 3, 3, 2)"),

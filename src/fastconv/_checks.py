@@ -58,6 +58,31 @@ def check_array(op: str, name: str, a, *, dims: str | None = None, ndim: int | N
     return a
 
 
+def check_batched(op: str, name: str, a, dims: str, *, unbatched: bool | None = None,
+                  float_only: bool = True):
+    """``a`` with the axes ``dims`` (``"(N, C, H, W)"``, the batch first), or unbatched, without
+    the N, as PyTorch's conv and pooling ops take it. Returns ``(a4, unbatched)``: ``a`` with its
+    batch axis (for an unbatched ``a`` a view of one item, never a copy) and whether it was added;
+    :func:`unbatch` takes it off a result again. ``unbatched`` given (True/False) allows only that
+    rank: a backward's dy and indices follow what its x was.
+    """
+    check_array(op, name, a, float_only=float_only)  # the type and dtype; the rank is checked here
+    ndim = len(dims.strip("()").split(","))
+    single = f"({dims.strip('()').split(',', 1)[1].strip()})"  # "(C, H, W)"
+    ranks = {False: ndim, True: ndim - 1} if unbatched is None else {unbatched: ndim - 1 if unbatched else ndim}
+    for is_unbatched, rank in ranks.items():
+        if a.ndim == rank:
+            return (a[None] if is_unbatched else a), is_unbatched
+    spelled = " or ".join(f"{rank} dims {single if u else dims}" for u, rank in sorted(ranks.items(), key=lambda r: r[1]))
+    raise ValueError(f"{op}: expected {name} with {spelled}, got shape {tuple(a.shape)}")
+
+
+def unbatch(y, unbatched: bool):
+    """``y`` without the batch axis :func:`check_batched` added (a view: ``y[0]`` of a C-contiguous
+    result is C-contiguous); None stays None."""
+    return y[0] if unbatched and y is not None else y
+
+
 def check_same_kind(op: str, **arrays) -> None:
     """All given arrays (None entries skipped) share one dtype and one device."""
     given = {k: v for k, v in arrays.items() if v is not None}

@@ -30,14 +30,18 @@ def as_int(op: str, name: str, value, *, minimum: int | None = None) -> int:
     return value
 
 
-def as_pair(op: str, name: str, value, *, minimum: int | None = None) -> tuple[int, int]:
-    """An int or a sequence of two ints, as a pair ``(h, w)``."""
+def as_pair(op: str, name: str, value, *, minimum: int | None = None,
+            single: bool = True) -> tuple[int, int]:
+    """An int, a sequence of two ints, or (with ``single``) a sequence of one int, as a pair
+    ``(h, w)``. PyTorch's 2-d conv and pooling ops expand a 1-sequence like an int
+    (``padding=(1,)`` is ``padding=1``), so every such parameter takes it."""
     if _is_int(value):
         pair = (value, value)
-    elif isinstance(value, (tuple, list)) and len(value) == 2:
-        pair = tuple(value)
+    elif isinstance(value, (tuple, list)) and (len(value) == 2 or (single and len(value) == 1)):
+        pair = tuple(value) * (3 - len(value))  # (k,) -> (k, k)
     else:
-        raise TypeError(f"{op}: expected {name} to be an int or a pair of ints, got {value!r}")
+        expected = "an int or a pair of ints" + (" (or a 1-tuple)" if single else "")
+        raise TypeError(f"{op}: expected {name} to be {expected}, got {value!r}")
     return tuple(as_int(op, name, v, minimum=minimum) for v in pair)
 
 
@@ -117,7 +121,8 @@ def conv_padding(op: str, padding, K: tuple[int, int], dilation: tuple[int, int]
                          f"((top, bottom), (left, right)), got {padding!r}")
     if (isinstance(padding, (tuple, list)) and len(padding) == 2
             and all(isinstance(p, (tuple, list)) for p in padding)):
-        (t, b), (l, r) = (as_pair(op, "padding", p) for p in padding)
+        # explicit sides: a 1-tuple here would read as a side count, so pairs only
+        (t, b), (l, r) = (as_pair(op, "padding", p, single=False) for p in padding)
         sides = (t, b, l, r)
     else:
         ph, pw = as_pair(op, "padding", padding)
@@ -153,6 +158,11 @@ def conv_params(op: str, x_shape, w_shape, stride, padding, dilation, groups) ->
     if span_h > Hp or span_w > Wp:
         raise ValueError(f"{op}: kernel {KH}x{KW} with dilation {dilation} spans {span_h}x{span_w}, "
                          f"larger than the padded input {Hp}x{Wp}")
+    if N > 0 and H * W == 0:
+        # PyTorch: "only zero batch or zero channel inputs are supported"; padding would otherwise
+        # make windows over an image that has no pixels
+        raise ValueError(f"{op}: x of shape {tuple(x_shape)} has an empty image; only the batch "
+                         f"may be empty")
     OH = conv_output_size(H, KH, pad_t, pad_b, stride[0], dilation[0])
     OW = conv_output_size(W, KW, pad_l, pad_r, stride[1], dilation[1])
     return ConvParams(N, C_in, H, W, C_out, KH, KW, OH, OW, stride[0], stride[1],
@@ -211,6 +221,10 @@ def pool_output_size(size: int, k: int, pad: int, stride: int, dilation: int, ce
 def pool_params(op: str, x_shape, kernel_size, stride, padding, dilation, ceil_mode,
                 count_include_pad=True, divisor_override=None) -> PoolParams:
     N, C, H, W = x_shape
+    if min(C, H, W) < 1:
+        # PyTorch: "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size"
+        raise ValueError(f"{op}: expected x with non-empty C, H and W (only the batch may be "
+                         f"empty), got shape {tuple(x_shape)}")
     KH, KW = as_pair(op, "kernel_size", kernel_size, minimum=1)
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
         stride = (KH, KW)  # PyTorch: stride defaults to the kernel size
@@ -265,15 +279,23 @@ class AdaptivePoolParams:
         return (self.N, self.C, self.OH, self.OW)
 
 
-def adaptive_pool_params(op: str, x_shape, output_size) -> AdaptivePoolParams:
-    """``output_size`` an int or a pair; ``None`` in the pair keeps that input size (PyTorch)."""
-    N, C, H, W = x_shape
+def adaptive_output_size(op: str, output_size, image) -> tuple[int, int]:
+    """``output_size`` (an int, or a pair whose ``None`` entries keep that size of ``image``, the
+    input's (H, W)) as ``(OH, OW)``. As in PyTorch, a size may be 0 (an empty output), and a
+    1-tuple is refused (unlike the conv and pooling windows, PyTorch does not expand it here)."""
     if _is_int(output_size):
         output_size = (output_size, output_size)
     if not isinstance(output_size, (tuple, list)) or len(output_size) != 2:
         raise TypeError(f"{op}: expected output_size to be an int or a pair, got {output_size!r}")
-    OH, OW = (size if o is None else as_int(op, "output_size", o, minimum=1)
-              for o, size in zip(output_size, (H, W)))
+    return tuple(size if o is None else as_int(op, "output_size", o, minimum=0)
+                 for o, size in zip(output_size, image))
+
+
+def adaptive_pool_params(op: str, x_shape, output_size) -> AdaptivePoolParams:
+    """``output_size`` an int or a pair; ``None`` in the pair keeps that input size (PyTorch).
+    The batch and the channels may be empty, the image may not (PyTorch's rule)."""
+    N, C, H, W = x_shape
+    OH, OW = adaptive_output_size(op, output_size, (H, W))
     if H < 1 or W < 1:
         raise ValueError(f"{op}: expected a non-empty image, got {H}x{W}")
     return AdaptivePoolParams(N, C, H, W, OH, OW)
@@ -311,7 +333,12 @@ def conv_transpose_params(op: str, x_shape, w_shape, stride, padding, output_pad
                              f"stride {s} or dilation {d}")
     OH = (H - 1) * stride[0] - 2 * ph + dilation[0] * (KH - 1) + oph + 1
     OW = (W - 1) * stride[1] - 2 * pw + dilation[1] * (KW - 1) + opw + 1
-    if OH < 1 or OW < 1 or H < 1 or W < 1:
+    # PyTorch's rule: an empty batch may have an empty image and an empty output; otherwise both
+    # must have pixels
+    if N > 0 and (H < 1 or W < 1):
+        raise ValueError(f"{op}: x of shape {tuple(x_shape)} has an empty image; only the batch "
+                         f"may be empty")
+    if min(OH, OW) < (0 if N == 0 else 1):
         raise ValueError(f"{op}: input {H}x{W} with padding {(ph, pw)} gives output {OH}x{OW}, which is too small")
     return ConvParams(N, C_out_g * groups, OH, OW, C_in, KH, KW, H, W, stride[0], stride[1],
                       ph, ph, pw, pw, dilation[0], dilation[1], groups)

@@ -1,7 +1,8 @@
 """Public batch normalisation ops, as ``torch.nn.functional.batch_norm``.
 
-x is (N, C, *) with 2 to 5 dims; it is viewed here, once, as (N, C, L) with L the product of the
-spatial dims, and the backend's ``norm`` module sees only that 3-d view and (C,) vectors:
+x is (N, C, *) with 2 or more dims (``torch.nn.functional.batch_norm`` takes any; an empty 1-d x
+too, which has no channel axis: C = 0, as in PyTorch); it is viewed here, once, as (N, C, L) with
+L the product of the spatial dims, and the backend's ``norm`` module sees only that 3-d view and (C,) vectors:
 
 - ``batch_norm_stats(x) -> (mean, var)``: per-channel batch mean and biased variance;
 - ``batch_norm_forward(x, mean, invstd, weight, bias) -> y`` (weight and bias may be None);
@@ -33,10 +34,24 @@ class BatchNormResult(NamedTuple):
     running_var: Any
 
 
-def _check_x(op, name, x):
+def _check_x(op, name, x) -> int:
+    """x (N, C, *) with 2 or more dims, or empty and 1-d; returns C (0 for the 1-d x, which PyTorch
+    takes as having no channels)."""
     check_array(op, name, x)
-    if not 2 <= x.ndim <= 5:
-        raise ValueError(f"{op}: expected {name} with 2 to 5 dims (N, C, *), got shape {tuple(x.shape)}")
+    if x.ndim >= 2:
+        return x.shape[1]
+    if x.ndim == 1 and x.size == 0:
+        return 0
+    raise ValueError(f"{op}: expected {name} with 2 or more dims (N, C, *) (or an empty 1-d array), "
+                     f"got shape {tuple(x.shape)}")
+
+
+def _check_no_affine_without_channels(op, x, C, weight, bias):
+    """With no channels (C = 0, an empty 1-d x among them) there is nothing for weight and bias to
+    scale: PyTorch refuses them (an IndexError), so does this."""
+    if C == 0 and (weight is not None or bias is not None):
+        raise ValueError(f"{op}: x of shape {tuple(x.shape)} has no channels; expected weight and "
+                         f"bias None")
 
 
 def _check_channels(op, C, **vectors):
@@ -48,7 +63,7 @@ def _check_channels(op, C, **vectors):
 
 
 def _as_3d(x):
-    """(N, C, *) -> (N, C, L); reshape, not -1: L may be 0."""
+    """(N, C, *) -> (N, C, L) (a non-empty x, so at least 2-d)."""
     return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
 
 
@@ -63,7 +78,7 @@ def _momentum_update(running, batch, momentum):
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, backend="auto"):
-    """Batch normalisation of x (N, C, *), 2 to 5 dims: ``(x - mean) * invstd * weight + bias``.
+    """Batch normalisation of x (N, C, *), 2 or more dims: ``(x - mean) * invstd * weight + bias``.
 
     In training, mean and invstd = 1/sqrt(var + eps) come from the batch (biased variance), and
     the returned running statistics are new arrays ``(1 - momentum) * running + momentum * batch``
@@ -72,15 +87,14 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     :class:`BatchNormResult`.
     """
     op = "batch_norm"
-    _check_x(op, "x", x)
-    N, C = x.shape[:2]
+    C = _check_x(op, "x", x)
+    _check_no_affine_without_channels(op, x, C, weight, bias)
     _check_channels(op, C, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     check_same_kind(op, x=x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     check_bool(op, "training", training)
     momentum = check_float(op, "momentum", momentum)
     eps = check_float(op, "eps", eps, low=0.0)
-    x3 = _as_3d(x)  # (N, C, L)
-    n = N * x3.shape[2]  # values per channel
+    n = x.shape[0] * math.prod(x.shape[2:])  # values per channel
     if training:
         if n == 1:
             raise ValueError(f"{op}: expected more than 1 value per channel when training, "
@@ -90,6 +104,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
             new_mean = None if running_mean is None else running_mean.copy()
             new_var = None if running_var is None else running_var.copy()
         else:
+            x3 = _as_3d(x)  # (N, C, L)
             mean, var = lookup(op, "norm", "batch_norm_stats", backend, x3)(x3)
             new_mean = None if running_mean is None else _momentum_update(running_mean, mean, momentum)
             new_var = None if running_var is None else _momentum_update(running_var, var * (n / (n - 1)), momentum)
@@ -103,6 +118,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     if x.size == 0:
         y = zeros(x, x.shape)
     else:
+        x3 = _as_3d(x)  # (N, C, L)
         y = lookup(op, "norm", "batch_norm_forward", backend, x3)(x3, mean, invstd, weight, bias).reshape(x.shape)
     return BatchNormResult(y, mean, invstd, new_mean, new_var)
 
@@ -119,10 +135,10 @@ def batch_norm_backward(dy, x, weight=None, *, mean, invstd, training, needs=(Tr
     """
     op = "batch_norm_backward"
     need_dx, need_dw, need_db = check_needs(op, needs, 3)
-    _check_x(op, "x", x)
+    C = _check_x(op, "x", x)
+    _check_no_affine_without_channels(op, x, C, weight, None)
     check_array(op, "dy", dy)
     check_shape(op, "dy", dy, x.shape)
-    C = x.shape[1]
     _check_channels(op, C, weight=weight, mean=mean, invstd=invstd)
     if mean is None or invstd is None:
         raise ValueError(f"{op}: mean and invstd (from the forward's result) are required")

@@ -5,25 +5,27 @@ Every op validates here, once, builds a :class:`~fastconv._params.PoolParams` (o
 ``max_pool2d_forward(x, p, with_indices=True) -> (y, indices)`` (indices None when not asked
 for: a backend may then skip them), ``max_pool2d_backward(dy, indices, p)``,
 ``avg_pool2d_forward(x, p)``, ``avg_pool2d_backward(dy, p)``, ``adaptive_avg_pool2d_forward(x, p)``,
-``adaptive_avg_pool2d_backward(dy, p)``. Semantics are ``torch.nn.functional``'s.
+``adaptive_avg_pool2d_backward(dy, p)``. Semantics are ``torch.nn.functional``'s, unbatched
+inputs (C, H, W) included: they run as a batch of one (a view) and the results lose the axis again.
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from .._checks import (
-    check_array,
-    check_bool,
+    check_batched,
     check_same_kind,
     check_shape,
     is_cupy,
+    unbatch,
     zeros,
 )
 from .._dispatch import lookup
-from .._params import AdaptivePoolParams, PoolParams, adaptive_pool_params, pool_params
+from .._params import PoolParams, adaptive_pool_params, pool_params
 
 _X = "(N, C, H, W)"
 _Y = "(N, C, OH, OW)"
@@ -37,49 +39,65 @@ class MaxPool2dResult(NamedTuple):
     indices: Any
 
 
-def _check_dy(op, dy, x, shape):
-    check_array(op, "dy", dy, dims=_Y)
+def _check_x(op, x):
+    """``(x4, unbatched)``: x (N, C, H, W), or (C, H, W) given a batch axis (a view)."""
+    return check_batched(op, "x", x, _X)
+
+
+def _check_dy(op, dy, x, shape, unbatched):
+    """dy of y's ``shape``, unbatched exactly when x was; returned with its batch axis."""
+    dy4, _ = check_batched(op, "dy", dy, _Y, unbatched=unbatched)
     check_same_kind(op, dy=dy, x=x)
-    check_shape(op, "dy", dy, shape)
+    check_shape(op, "dy", dy, shape[1:] if unbatched else shape)
+    return dy4
 
 
 # --------------------------------------------------------------------------------------------
 # max pooling
 # --------------------------------------------------------------------------------------------
 
-def _max_params(op, x, kernel_size, stride, padding, dilation, ceil_mode) -> PoolParams:
-    check_array(op, "x", x, dims=_X)
-    return pool_params(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+def _max_params(op, x, kernel_size, stride, padding, dilation, ceil_mode):
+    """``(x4, unbatched, p)``."""
+    x, unbatched = _check_x(op, x)
+    return x, unbatched, pool_params(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode)
 
 
-def _check_indices(op, indices, x, p: PoolParams) -> None:
-    """User-given indices: int64, on x's device, of y's shape. Their values must lie in the plane,
-    [0, H*W): every backend's backward checks each one as it scatters through it and raises
-    ``_checks.indices_out_of_range`` (a pass here cost a fifth of the op)."""
-    check_array(op, "indices", indices, dims=_Y, float_only=False)
+def _check_indices(op, indices, x, p: PoolParams, unbatched):
+    """User-given indices: int64, on x's device, of y's shape (unbatched exactly when x was).
+    Their values must lie in the plane, [0, H*W): every backend's backward checks each one as it
+    scatters through it and raises ``_checks.indices_out_of_range`` (a pass here cost a fifth of
+    the op). Returned with their batch axis."""
+    indices4, _ = check_batched(op, "indices", indices, _Y, unbatched=unbatched, float_only=False)
     if indices.dtype != np.int64:
         raise TypeError(f"{op}: expected indices of dtype int64, got {indices.dtype}")
     if is_cupy(indices) != is_cupy(x):
         raise TypeError(f"{op}: expected indices on the device of x")
-    check_shape(op, "indices", indices, p.y_shape)
+    check_shape(op, "indices", indices, p.y_shape[1:] if unbatched else p.y_shape)
+    return indices4
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False, *, backend="auto"):
-    """2-d max pooling, as ``torch.nn.functional.max_pool2d``: x (N, C, H, W) -> y (N, C, OH, OW).
+    """2-d max pooling, as ``torch.nn.functional.max_pool2d``: x (N, C, H, W) -> y (N, C, OH, OW),
+    or unbatched (C, H, W) -> (C, OH, OW).
 
     ``stride`` defaults to ``kernel_size``; ``padding`` is at most half the kernel and never wins;
     with ``ceil_mode`` the last window may hang over the bottom/right but never starts in the
     right padding. Ties keep the first position in row-major window order; a NaN always wins (the
     last NaN's position is kept). With ``return_indices`` the result is ``MaxPool2dResult(y, indices)``.
+    ``return_indices`` is a flag: a bool, or an int read as one (``torch.nn.functional`` branches
+    on its truth in Python, so ``1`` works there too).
     """
     op = "max_pool2d"
-    p = _max_params(op, x, kernel_size, stride, padding, dilation, ceil_mode)
-    check_bool(op, "return_indices", return_indices)
-    if x.size == 0:  # an empty batch (or no channels): empty results, no kernel call
+    x, unbatched, p = _max_params(op, x, kernel_size, stride, padding, dilation, ceil_mode)
+    if not isinstance(return_indices, (bool, np.bool_, numbers.Integral)):
+        raise TypeError(f"{op}: expected return_indices to be a bool, got {return_indices!r}")
+    return_indices = bool(return_indices)
+    if x.size == 0:  # an empty batch: empty results, no kernel call
         y, indices = zeros(x, p.y_shape), zeros(x, p.y_shape, dtype=np.int64)
     else:
         y, indices = lookup(op, "pool", "max_pool2d_forward", backend, x)(x, p, with_indices=return_indices)
+    y, indices = unbatch(y, unbatched), unbatch(indices, unbatched)
     return MaxPool2dResult(y, indices) if return_indices else y
 
 
@@ -91,83 +109,89 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, dilation=1, 
     are checked to be int64, of y's shape and inside the H*W plane.
     """
     op = "max_pool2d_backward"
-    p = _max_params(op, x, kernel_size, stride, padding, dilation, ceil_mode)
-    _check_dy(op, dy, x, p.y_shape)
+    x, unbatched, p = _max_params(op, x, kernel_size, stride, padding, dilation, ceil_mode)
+    dy = _check_dy(op, dy, x, p.y_shape, unbatched)
     if indices is not None:
-        _check_indices(op, indices, x, p)
+        indices = _check_indices(op, indices, x, p, unbatched)
     if x.size == 0:
         return zeros(x, p.x_shape)
     if indices is None:
         _, indices = lookup(op, "pool", "max_pool2d_forward", backend, x)(x, p)
-    return lookup(op, "pool", "max_pool2d_backward", backend, dy, indices)(dy, indices, p)
+    return unbatch(lookup(op, "pool", "max_pool2d_backward", backend, dy, indices)(dy, indices, p), unbatched)
 
 
 # --------------------------------------------------------------------------------------------
 # average pooling
 # --------------------------------------------------------------------------------------------
 
-def _avg_params(op, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                divisor_override) -> PoolParams:
-    check_array(op, "x", x, dims=_X)
-    return pool_params(op, x.shape, kernel_size, stride, padding, 1, ceil_mode, count_include_pad,
-                       divisor_override)
+def _avg_params(op, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    """``(x4, unbatched, p)``."""
+    x, unbatched = _check_x(op, x)
+    return x, unbatched, pool_params(op, x.shape, kernel_size, stride, padding, 1, ceil_mode,
+                                     count_include_pad, divisor_override)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None, *, backend="auto"):
-    """2-d average pooling, as ``torch.nn.functional.avg_pool2d``: x (N, C, H, W) -> y (N, C, OH, OW).
+    """2-d average pooling, as ``torch.nn.functional.avg_pool2d``: x (N, C, H, W) -> y (N, C, OH, OW),
+    or unbatched (C, H, W) -> (C, OH, OW).
 
     Each window's sum is divided by ``divisor_override`` if given, else by the window size cut at
     the end of the padding (``count_include_pad=True``) or by its count of image pixels.
     """
     op = "avg_pool2d"
-    p = _avg_params(op, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    x, unbatched, p = _avg_params(op, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                  divisor_override)
     if x.size == 0:
         return zeros(x, p.y_shape)
-    return lookup(op, "pool", "avg_pool2d_forward", backend, x)(x, p)
+    return unbatch(lookup(op, "pool", "avg_pool2d_forward", backend, x)(x, p), unbatched)
 
 
 def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, ceil_mode=False,
                         count_include_pad=True, divisor_override=None, *, backend="auto"):
     """dx of :func:`avg_pool2d` given dy (N, C, OH, OW); x gives only the shape and dtype."""
     op = "avg_pool2d_backward"
-    p = _avg_params(op, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
-    _check_dy(op, dy, x, p.y_shape)
+    x, unbatched, p = _avg_params(op, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                  divisor_override)
+    dy = _check_dy(op, dy, x, p.y_shape, unbatched)
     if x.size == 0:
         return zeros(x, p.x_shape)
-    return lookup(op, "pool", "avg_pool2d_backward", backend, dy)(dy, p)
+    return unbatch(lookup(op, "pool", "avg_pool2d_backward", backend, dy)(dy, p), unbatched)
 
 
 # --------------------------------------------------------------------------------------------
 # adaptive average pooling
 # --------------------------------------------------------------------------------------------
 
-def _adaptive_params(op, x, output_size) -> AdaptivePoolParams:
-    check_array(op, "x", x, dims=_X)
-    return adaptive_pool_params(op, x.shape, output_size)
+def _adaptive_params(op, x, output_size):
+    """``(x4, unbatched, p)``."""
+    x, unbatched = _check_x(op, x)
+    return x, unbatched, adaptive_pool_params(op, x.shape, output_size)
 
 
 def adaptive_avg_pool2d(x, output_size, *, backend="auto"):
     """Adaptive average pooling, as ``torch.nn.functional.adaptive_avg_pool2d``.
 
-    ``output_size``: an int, or a pair whose None entries keep that input size; ``1`` is global
-    average pooling. Output row i averages input rows ``[floor(i*H/OH), ceil((i+1)*H/OH))``.
+    x (N, C, H, W) -> y (N, C, OH, OW), or unbatched (C, H, W) -> (C, OH, OW). ``output_size``:
+    an int, or a pair whose None entries keep that input size; ``1`` is global average pooling; 0
+    gives an empty result (as in PyTorch). Output row i averages input rows
+    ``[floor(i*H/OH), ceil((i+1)*H/OH))``.
     """
     op = "adaptive_avg_pool2d"
-    p = _adaptive_params(op, x, output_size)
-    if x.size == 0:
-        return zeros(x, p.y_shape)
-    return lookup(op, "pool", "adaptive_avg_pool2d_forward", backend, x)(x, p)
+    x, unbatched, p = _adaptive_params(op, x, output_size)
+    if x.size == 0 or p.OH * p.OW == 0:
+        return unbatch(zeros(x, p.y_shape), unbatched)
+    return unbatch(lookup(op, "pool", "adaptive_avg_pool2d_forward", backend, x)(x, p), unbatched)
 
 
 def adaptive_avg_pool2d_backward(dy, x, output_size, *, backend="auto"):
     """dx of :func:`adaptive_avg_pool2d` given dy (N, C, OH, OW); x gives only the shape and dtype."""
     op = "adaptive_avg_pool2d_backward"
-    p = _adaptive_params(op, x, output_size)
-    _check_dy(op, dy, x, p.y_shape)
-    if x.size == 0:
-        return zeros(x, p.x_shape)
-    return lookup(op, "pool", "adaptive_avg_pool2d_backward", backend, dy)(dy, p)
+    x, unbatched, p = _adaptive_params(op, x, output_size)
+    dy = _check_dy(op, dy, x, p.y_shape, unbatched)
+    if x.size == 0 or dy.size == 0:  # an empty output: no x pixel reaches y, so dx is 0
+        return unbatch(zeros(x, p.x_shape), unbatched)
+    return unbatch(lookup(op, "pool", "adaptive_avg_pool2d_backward", backend, dy)(dy, p), unbatched)
 
 
 __all__ = ["MaxPool2dResult", "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",

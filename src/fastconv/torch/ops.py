@@ -64,9 +64,10 @@ import torch
 
 import fastconv as fc
 
-from .._checks import check_float
+from .._checks import check_bool, check_float
 from .._dispatch import _check_name
 from .._params import (
+    adaptive_output_size,
     as_int,
     as_pair,
     as_single,
@@ -605,7 +606,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     kernel_size, stride, padding = _pool_window(op, backend, kernel_size, stride, padding)
     dilation = list(as_pair(op, "dilation", dilation, minimum=1))
     y, indices = _batched(op, x, lambda x4: torch.ops.fastconv.max_pool2d(
-        x4, kernel_size, stride, padding, dilation, bool(ceil_mode), backend))
+        x4, kernel_size, stride, padding, dilation, check_bool(op, "ceil_mode", ceil_mode), backend))
     return (y, indices) if return_indices else y
 
 
@@ -616,8 +617,10 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     kernel_size, stride, padding = _pool_window(op, backend, kernel_size, stride, padding)
     if divisor_override is not None:
         divisor_override = as_int(op, "divisor_override", divisor_override)
+    ceil_mode, count_include_pad = (check_bool(op, name, flag) for name, flag in
+                                    (("ceil_mode", ceil_mode), ("count_include_pad", count_include_pad)))
     return _batched(op, x, lambda x4: torch.ops.fastconv.avg_pool2d(
-        x4, kernel_size, stride, padding, bool(ceil_mode), bool(count_include_pad), divisor_override, backend))
+        x4, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, backend))
 
 
 def adaptive_avg_pool2d(x, output_size, *, backend="auto"):
@@ -625,14 +628,9 @@ def adaptive_avg_pool2d(x, output_size, *, backend="auto"):
     that input size."""
     op = "fastconv.torch.adaptive_avg_pool2d"
     _check_name(backend)
-    if isinstance(output_size, int):
-        output_size = (output_size, output_size)
-    if not isinstance(output_size, (tuple, list)) or len(output_size) != 2:
-        raise TypeError(f"{op}: expected output_size to be an int or a pair, got {output_size!r}")
 
     def call(x4):
-        size = [x4.shape[2 + i] if o is None else as_int(op, "output_size", o, minimum=1)
-                for i, o in enumerate(output_size)]
+        size = list(adaptive_output_size(op, output_size, tuple(x4.shape[2:])))
         return torch.ops.fastconv.adaptive_avg_pool2d(x4, size, backend)
 
     return _batched(op, x, call)
