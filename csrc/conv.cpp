@@ -25,6 +25,9 @@
 //     cols dy^T on the same flat layout (the micro-kernel reads cols' rows in place, pixel by
 //     pixel), for weights under 4 MiB (1 MiB pointwise); otherwise GEMM dW += dY cols^T with
 //     cols^T packed from x, the batch folded into the reduction (both conv_gemm_wgrad.cpp);
+//   * dilated layers at stride 1 whose sizes and paddings are multiples of the dilation (the usual
+//     "same" padding): where the undilated layer their phase images form is one Winograd serves,
+//     that layer, every pass, on copies of the phases (conv_phases.cpp);
 //   * depthwise (one input channel per group): direct loops over rows, no GEMM (conv_depthwise.cpp),
 //     but for the forward and stride-1 dgrad of planes over the chunk bound (they pad a whole plane
 //     per thread): those take the flat GEMM, in bands of rows.
@@ -44,6 +47,8 @@
 //               packed dy chunks); packed wgrad with S > 1 reduction slices S copies of dw (S <= 8,
 //               chosen by the shape);
 //   Winograd:   see winograd.cpp (the transformed weight, a chunk of padded planes, per-thread blocks);
+//   phases:     the phase copies of a chunk of whole images (in and out), at most 4 x the chunk
+//               bound, plus what the undilated layer's path takes; for wgrad one dW more;
 //   dot wgrad:  8 copies of dw (a round's slices), and per thread the flat copies and dy rows of one
 //               slice of images (at most 512 KiB, kDotSliceBytes, or one image);
 //   depthwise:  per thread one zero-padded input plane, at most about the chunk bound (the window
@@ -86,6 +91,15 @@ namespace {
 // a named algorithm only its own (conv2d_algorithms lists it, so it applies).
 bool takes(ConvAlgo algo, ConvAlgo entry) { return algo == ConvAlgo::kAuto || algo == entry; }
 
+// Whether pass `pass` of s runs on its phase images (conv_phases.cpp): named, or for the heuristics
+// where the undilated layer they form takes Winograd (elsewhere both run the same GEMMs, and the
+// copies are extra).
+bool takes_phases(const ConvShape& s, const char* pass, index_t elem_bytes, ConvAlgo algo) {
+  if (algo == ConvAlgo::kPhases) return true;
+  return algo == ConvAlgo::kAuto && phases_apply(s, elem_bytes) &&
+         conv2d_uses_winograd(phase_shape(s, elem_bytes), pass, elem_bytes) != 0;
+}
+
 // The forward of a layer that is not depthwise, its weight read through wa: as it lies
 // (conv2d_forward), or as dgrad's flipped, transposed weight (dgrad_as_forward).
 template <typename T>
@@ -117,6 +131,7 @@ template <typename T>
 void conv2d_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads, ConvAlgo algo) {
   // depthwise, planes within the bound: direct loops
   if (is_depthwise(s) && depthwise_planes_fit<T>(s)) return depthwise_forward(s, x, w, b, y, nthreads);
+  if (takes_phases(s, "fwd", sizeof(T), algo)) return phases_forward(s, x, w, b, y, nthreads);
   const index_t Kg = s.C_in / s.groups * s.KH * s.KW;
   std::vector<index_t> off(static_cast<std::size_t>(Kg));  // the weight's rows as they lie
   for (index_t p = 0; p < Kg; ++p) off[p] = p;
@@ -187,6 +202,7 @@ void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, i
     // any depthwise layer: scattered adds
     return depthwise_backward_input(s, dy, w, dx, nthreads);
   }
+  if (takes_phases(s, "dgrad", sizeof(T), algo)) return phases_backward_input(s, dy, w, dx, nthreads);
   // at stride 1: the forward's paths (Winograd, the flat GEMM) on dy, but for the heuristics not
   // where col2im measured faster (2-core AMD EPYC, AVX2, interleaved, null control 1.00-1.01): a
   // dgrad of fewer than 16 input channels per group, whose forward has as few GEMM rows
@@ -217,6 +233,7 @@ template <typename T>
 void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads, ConvAlgo algo) {
   // depthwise: direct loops
   if (is_depthwise(s)) return depthwise_backward_weight(s, dy, x, dw, nthreads);
+  if (takes_phases(s, "wgrad", sizeof(T), algo)) return phases_backward_weight(s, dy, x, dw, nthreads);
   // Winograd, on the 3x3 layers of 128+ channels where it pays, fp32 (see winograd_wgrad_tile); it
   // declines data that holds an Inf or NaN (named, it hands on to the heuristics)
   if (takes(algo, ConvAlgo::kWinograd) && winograd_wgrad_tile(s, sizeof(T))) {
@@ -284,6 +301,7 @@ std::vector<std::string> conv2d_algorithms(const ConvShape& s, const std::string
     throw std::invalid_argument("conv2d_algorithms: pass must be 'fwd', 'dgrad' or 'wgrad', got '" + pass + "'");
   if (is_depthwise(s)) return {"direct"};
   std::vector<std::string> names;
+  if (phases_apply(s, elem_bytes)) names.push_back("phases");
   if (conv2d_uses_winograd(s, pass, elem_bytes)) names.push_back("winograd");
   if (pass == "fwd") {
     names.push_back("gemm");
@@ -308,9 +326,9 @@ ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_
     throw std::invalid_argument("conv2d " + pass + ": algorithm '" + name + "' does not apply to this layer (it takes " +
                                 listed + " or 'auto')");
   static const std::pair<const char*, ConvAlgo> kByName[] = {
-      {"winograd", ConvAlgo::kWinograd}, {"gemm", ConvAlgo::kGemm}, {"col2im", ConvAlgo::kCol2im},
-      {"dot", ConvAlgo::kDot},           {"flat", ConvAlgo::kFlat}, {"packed", ConvAlgo::kPacked},
-      {"direct", ConvAlgo::kDirect}};
+      {"phases", ConvAlgo::kPhases}, {"winograd", ConvAlgo::kWinograd}, {"gemm", ConvAlgo::kGemm},
+      {"col2im", ConvAlgo::kCol2im}, {"dot", ConvAlgo::kDot},           {"flat", ConvAlgo::kFlat},
+      {"packed", ConvAlgo::kPacked}, {"direct", ConvAlgo::kDirect}};
   for (const auto& [n, a] : kByName)
     if (name == n) return a;
   throw std::logic_error("conv2d: algorithm '" + name + "' has no enum");  // a name listed above without one

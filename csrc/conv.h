@@ -29,7 +29,8 @@ bool conv2d_wgrad_uses_dot(const ConvShape& s);
 //   "fwd":   "winograd", "gemm"
 //   "dgrad": "winograd", "gemm" (both as a forward of dy, at stride 1), "col2im"
 //   "wgrad": "winograd", "dot", "flat", "packed"
-//   depthwise layers: "direct", every pass.
+//   depthwise layers: "direct", every pass;
+//   dilated layers that split into undilated ones (conv_phases.cpp): "phases" too, every pass.
 // conv2d_algorithms lists those that apply to s in elements of elem_bytes (4 or 8), in the order
 // the heuristics try them (Winograd and the dot wgrad where their heuristics take them; the
 // others wherever they run). Each algorithm is bit-identical for any thread count.
@@ -39,7 +40,7 @@ std::vector<std::string> conv2d_algorithms(const ConvShape& s, const std::string
 // must be one conv2d_algorithms lists (algorithm_of checks: std::invalid_argument otherwise). A
 // named Winograd or dot wgrad that declines at run time (data holding an Inf or NaN) hands the
 // call on as kAuto would.
-enum class ConvAlgo { kAuto, kWinograd, kGemm, kCol2im, kDot, kFlat, kPacked, kDirect };
+enum class ConvAlgo { kAuto, kPhases, kWinograd, kGemm, kCol2im, kDot, kFlat, kPacked, kDirect };
 ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_bytes, const std::string& name);
 
 // Bound each chunk of flat copies (forward, stride-1 dgrad, flat wgrad) and each plane that the

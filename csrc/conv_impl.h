@@ -8,6 +8,7 @@
 //   conv_col2im.cpp      dgrad at any stride: GEMM (cols = W^T dy) + col2im
 //   conv_gemm_wgrad.cpp  wgrad as a GEMM: on the flat layout, or with cols^T packed from x
 //   conv_dot_wgrad.cpp   wgrad as dot products along the pixels (few output channels, fp32)
+//   conv_phases.cpp      dilated layers as undilated ones on the phase images, every pass
 // The function templates declared here are defined in their file and instantiated there, for float
 // and double.
 #pragma once
@@ -249,5 +250,22 @@ bool dot_wgrad_applies(const ConvShape& s);
 // dw from dy and x for a layer dot_wgrad_applies accepts; false, dw unfinished, when x holds an Inf
 // or NaN (the flat path takes it).
 bool dot_backward_weight(const ConvShape& s, const float* dy, const float* x, float* dw, int nthreads);
+
+// ---------------------------------------------------------------------------------------------
+// dilated layers as undilated ones on their phase images (conv_phases.cpp)
+// ---------------------------------------------------------------------------------------------
+
+// Whether s (dilated, stride 1, not depthwise) splits into dil_h x dil_w equal undilated layers,
+// with one image's phase copies within the bound.
+bool phases_apply(const ConvShape& s, index_t elem_bytes);
+// The undilated layer that one chunk of s's images forms (a batch of images x dil_h x dil_w phase
+// images), where phases_apply.
+ConvShape phase_shape(const ConvShape& s, index_t elem_bytes);
+template <typename T>
+void phases_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads);
+template <typename T>
+void phases_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads);
+template <typename T>
+void phases_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads);
 
 }  // namespace fastconv

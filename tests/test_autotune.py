@@ -22,13 +22,15 @@ pytest.importorskip("fastconv._cpp", reason="the C++ backend is not built")
 from fastconv import _cpp  # noqa: E402
 
 # layers whose lists differ: Winograd in every pass (64 and 128 channels, stride 1), a strided
-# layer (dgrad: col2im only), pointwise, groups with ragged sizes, few output channels (the dot
+# layer (dgrad: col2im only), pointwise, groups with ragged sizes, a dilated layer that splits into
+# phases, few output channels (the dot
 # wgrad where AVX-512 runs it), depthwise ("direct" only)
 LAYERS = [
     Conv("winograd_all_passes", 2, 128, 10, 13, 128, 3, 3, padding=1),
     Conv("strided", 2, 12, 11, 9, 10, 3, 3, stride=2, padding=(1, 0)),
     Conv("pointwise", 2, 40, 7, 9, 24, 1, 1),
     Conv("groups_dilated", 2, 6, 12, 10, 9, 3, 2, padding=(2, 1), dilation=(2, 1), groups=3),
+    Conv("dilated_phases", 2, 8, 12, 9, 6, 3, 3, padding=(2, 3), dilation=(2, 3), groups=2),
     Conv("few_out_channels", 3, 16, 9, 11, 8, 3, 3, padding=1),
     Conv("depthwise", 2, 5, 9, 11, 5, 3, 3, padding=1, groups=5),
 ]

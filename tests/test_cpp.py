@@ -861,3 +861,56 @@ def test_cache_sizes_report():
     assert _cpp.gemm_blocking("float64")["kc"] == _cpp.gemm_blocking()["kc"] == 256  # kc splits sums: fixed
     with pytest.raises(ValueError, match="gemm_blocking: dtype must be"):
         _cpp.gemm_blocking("float16")
+
+
+# Dilated layers as undilated ones on their phase images (csrc/conv_phases.cpp): regular layers
+# (sizes and paddings multiples of the dilation, output as large as the input) list "phases" in every
+# pass; the heuristics take it where the phase layer is one Winograd serves.
+PHASES = Conv("phases", 5, 8, 12, 9, 6, 3, 3, padding=(2, 3), dilation=(2, 3))
+PHASES_WINOGRAD = Conv("phases_winograd", 1, 64, 16, 16, 64, 3, 3, padding=2, dilation=2)
+
+
+def _named(c, algo, x, w, b, dy):
+    p = _params(c)
+    y, dx, dw = np.empty(p.y_shape, x.dtype), np.empty(p.x_shape, x.dtype), np.empty(p.w_shape, x.dtype)
+    _cpp.conv2d_forward(x, w, b, y, p, fastconv.get_num_threads(), algo)
+    _cpp.conv2d_backward_input(dy, w, dx, p, fastconv.get_num_threads(), algo)
+    _cpp.conv2d_backward_weight(dy, x, dw, p, fastconv.get_num_threads(), algo)
+    return y, dx, dw
+
+
+@pytest.mark.parametrize("bound", [0, 3100], ids=["one_chunk", "chunks"])
+def test_phases_exact_on_small_integers(bound, dtype, rng):
+    """Every pass on the phase images equals the reference, in one chunk of images or in chunks of
+    two images (fp32) or one (fp64; wgrad then adds the chunks' dW), on any number of threads."""
+    x, w, b, dy = _inputs(rng, PHASES, small_ints, dtype)
+    want = _all_passes(PHASES, x, w, b, dy, "reference")[:3]
+    _cpp.set_conv_chunk_bytes(bound)
+    try:
+        assert all("phases" in _cpp.conv2d_algorithms(_params(PHASES), p, np.dtype(dtype)) for p in ("fwd", "dgrad", "wgrad"))
+        for threads in (1, 2, 3):
+            with num_threads(threads):
+                for name, got, ref in zip(NAMES, _named(PHASES, "phases", x, w, b, dy), want):
+                    assert_equal(got, ref, f"phases {name}, bound {bound}, {threads} threads")
+    finally:
+        _cpp.set_conv_chunk_bytes(0)
+
+
+def test_phases_where_they_apply(rng):
+    """The heuristics take the phases where the phase layer takes Winograd (the same bits as named;
+    forward and dgrad: its wgrad takes Winograd from 128 channels); not where one image's copies
+    are over the bound, nor on irregular layers."""
+    x, w, b, dy = _inputs(rng, PHASES_WINOGRAD, randn, np.float32)
+    for name, auto, named in zip(NAMES[:2], _named(PHASES_WINOGRAD, "auto", x, w, b, dy),
+                                 _named(PHASES_WINOGRAD, "phases", x, w, b, dy)):
+        assert_equal(auto, named, f"{name}: the heuristics' choice")
+    _cpp.set_conv_chunk_bytes(256)
+    try:
+        assert "phases" not in _cpp.conv2d_algorithms(_params(PHASES_WINOGRAD), "fwd", F32)
+    finally:
+        _cpp.set_conv_chunk_bytes(0)
+    for c in (Conv("odd_width", 1, 8, 12, 9, 6, 3, 3, padding=2, dilation=2),
+              Conv("padding_not_a_multiple", 1, 8, 12, 10, 6, 3, 3, padding=(1, 2), dilation=2),
+              Conv("strided", 1, 8, 12, 10, 6, 3, 3, stride=2, padding=2, dilation=2),
+              Conv("depthwise", 1, 8, 12, 10, 8, 3, 3, padding=2, dilation=2, groups=8)):
+        assert "phases" not in _cpp.conv2d_algorithms(_params(c), "fwd", F32), c.name
