@@ -188,28 +188,31 @@ class Op:
     kernel: tuple | None = None
     every: int = 1  # beyond the reference backend's NumPy API, run every ``every``-th sample
     skips: tuple = ()
-    extra_outputs: Callable = field(default=lambda s: [])  # tensors PyTorch updates in place
+    extra_outputs: Callable = field(default=lambda args: [])  # of the call's args: tensors updated in place
 
 
 _NORM = ("norm", "batch_norm_forward")
 
 
-def _bn_stats(s):
-    return [a for a in s.args[:2] if a is not None]
+def _bn_stats(args):
+    """The running statistics F.batch_norm (and fastconv.torch.batch_norm) update in place."""
+    return [a for a in args[:2] if a is not None]
 
 
 OPS: dict[str, Op] = {
     "nn.functional.conv2d": Op(_conv("conv2d"), (30, {}), wrapper="conv2d"),
-    "nn.functional.conv1d": Op(_conv("conv1d"), (10, {})),
-    "nn.functional.conv_transpose2d": Op(_conv("conv_transpose2d"), (12, {})),
+    "nn.functional.conv1d": Op(_conv("conv1d"), (10, {}), wrapper="conv1d"),
+    "nn.functional.conv_transpose2d": Op(_conv("conv_transpose2d"), (12, {}), wrapper="conv_transpose2d"),
     # 10 inputs x 144 hyper-parameter combinations; 7 is coprime to 144, so every 7th sample (206)
     # still holds every combination and every input (test_selection_covers_every_call_form)
     "nn.functional.max_pool2d": Op(_max_pool2d, (1440, {}), wrapper="max_pool2d", every=7),
     "nn.functional.avg_pool2d": Op(_pool("avg_pool2d"), (7, {}), wrapper="avg_pool2d"),
     "nn.functional.adaptive_avg_pool2d": Op(_pool("adaptive_avg_pool2d"), (10, {}), wrapper="adaptive_avg_pool2d"),
     "nn.functional.linear": Op(_linear, (18, {}), wrapper="linear"),
-    "nn.functional.batch_norm": Op(_batch_norm, (12, {}), kernel=_NORM, extra_outputs=_bn_stats),
-    "nn.functional.batch_norm.without_cudnn": Op(_batch_norm, (12, {}), kernel=_NORM, extra_outputs=_bn_stats),
+    "nn.functional.batch_norm": Op(_batch_norm, (12, {}), wrapper="batch_norm", kernel=_NORM,
+                                   extra_outputs=_bn_stats),
+    "nn.functional.batch_norm.without_cudnn": Op(_batch_norm, (12, {}), wrapper="batch_norm", kernel=_NORM,
+                                                 extra_outputs=_bn_stats),
     **{f"nn.functional.{name}": Op(_elementwise(name), (n, {}))
        for name, n in (("relu", 4), ("leaky_relu", 9), ("elu", 3), ("selu", 3), ("gelu", 8),
                        ("softplus", 3), ("silu", 3))},
@@ -301,7 +304,7 @@ def _references(name) -> tuple[list[Reference], dict[str, int]]:
             continue
         numpy = _numpy_sample(s)
         out = opinfo.op(s.input, *s.args, **s.kwargs)
-        outputs = [*(out if isinstance(out, tuple) else (out,)), *spec.extra_outputs(s)]
+        outputs = [*(out if isinstance(out, tuple) else (out,)), *spec.extra_outputs(s.args)]
         dy = torch.randn_like(outputs[0])
         paths = _grad_paths(s)
         grads = {}
@@ -376,19 +379,33 @@ def test_samples_numpy_api(name, backend):
 def test_samples_torch_functional(name, backend):
     """Every sample through the fastconv.torch functional on ``backend``, forward and autograd
     backward: PyTorch's outputs and gradients."""
+    if OPS[name].kernel:
+        require(backend, *OPS[name].kernel)
     wrapper = getattr(ft, OPS[name].wrapper)
     refs = _selection(name)
     failures = []
     for ref in refs:
         s = ref.sample
-        leaves = {path: t.detach().clone().requires_grad_(True) for path, t in _grad_paths(s)}
-        pick = lambda path, t: leaves.get(path, t)  # noqa: E731
-        x = pick("input", s.input)
-        args = [pick(f"args[{i}]", a) for i, a in enumerate(s.args)]
-        kwargs = {k: pick(f"kwargs[{k}]", v) for k, v in s.kwargs.items()}
+        # the sample's tensors as they were before PyTorch ran (it updated batch norm's running
+        # statistics in place), fresh, with their strides; the differentiable ones as leaves
+        grad_paths = {path for path, _ in _grad_paths(s)}
+        leaves = {}
+
+        def pick(path, a):
+            if not isinstance(a, np.ndarray):
+                return a
+            t = torch.from_numpy(a.copy(order="K"))
+            if path in grad_paths:
+                leaves[path] = t.requires_grad_(True)
+            return t
+
+        x_np, args_np, kwargs_np = ref.numpy
+        x = pick("input", x_np)
+        args = [pick(f"args[{i}]", a) for i, a in enumerate(args_np)]
+        kwargs = {k: pick(f"kwargs[{k}]", v) for k, v in kwargs_np.items()}
         try:
             out = wrapper(x, *args, backend=backend, **kwargs)
-            outputs = list(out) if isinstance(out, tuple) else [out]
+            outputs = [*(out if isinstance(out, tuple) else (out,)), *OPS[name].extra_outputs(args)]
             assert len(outputs) == len(ref.outputs), f"{len(outputs)} outputs, PyTorch gives {len(ref.outputs)}"
             for i, (got, expected) in enumerate(zip(outputs, ref.outputs)):
                 _compare(f"output {i}", got, expected)
@@ -524,7 +541,9 @@ def test_call_forms_accepted_and_refused_as_pytorch(form):
     expected = list(expected) if isinstance(expected, tuple) else [expected]
     for api, call in calls.items():
         got = call()
-        got = [got.y] if op == "batch_norm" else list(got) if isinstance(got, tuple) else [got]
+        if op == "batch_norm" and api == "numpy":
+            got = got.y  # the NumPy API also returns the statistics; the torch functional, y as F does
+        got = list(got) if isinstance(got, tuple) else [got]
         assert len(got) == len(expected), api
         for g, e in zip(got, expected):
             _compare(f"{api} {_form_id(form)}", g, e.detach())

@@ -69,6 +69,7 @@ BN_CASES = {
     "train_bare": ((4, 3, 2, 3), "", False, True, 0.1, 1e-3),
     "train_weight_only_2d": ((6, 3), "w", True, True, 0.5, 1e-5),
     "eval_affine": ((2, 3, 4, 5), "wb", True, False, 0.1, 1e-2),
+    "train_6d": ((2, 3, 2, 1, 2, 2), "wb", True, True, 0.2, 1e-5),  # F.batch_norm takes any rank >= 2
 }
 
 
@@ -361,6 +362,14 @@ def test_user_errors_name_the_op_and_values():
         ft.batch_norm(torch.ones(1, 2), None, None, training=True)
     with pytest.raises(ValueError, match=r"fastconv::batch_norm: expected running_var of shape \(2,\), got \(3,\)"):
         ft.batch_norm(x.to("meta"), torch.ones(2, device="meta"), torch.ones(3, device="meta"))
+    # the fake kernel applies the NumPy API's rules: an empty 1-d x has no channels, a 1-d x with
+    # values is refused, and inference needs the running statistics
+    meta = lambda *shape: torch.ones(*shape, device="meta")  # noqa: E731
+    assert ft.batch_norm(meta(0), meta(0), meta(0), training=True).shape == (0,)
+    with pytest.raises(ValueError, match=r"fastconv::batch_norm: expected x with 2 or more dims .* got shape \(5,\)"):
+        ft.batch_norm(meta(5), meta(5), meta(5))
+    with pytest.raises(ValueError, match=r"fastconv::batch_norm: running_mean and running_var are required"):
+        ft.batch_norm(meta(2, 3), None, None)
     with pytest.raises(TypeError, match=r"fastconv.torch.batch_norm: expected momentum to be a number, got None"):
         ft.batch_norm(x, None, None, training=True, momentum=None)
 

@@ -7,6 +7,7 @@ receive these objects and never re-derive a size, so a shape bug can only live h
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -342,3 +343,49 @@ def conv_transpose_params(op: str, x_shape, w_shape, stride, padding, output_pad
         raise ValueError(f"{op}: input {H}x{W} with padding {(ph, pw)} gives output {OH}x{OW}, which is too small")
     return ConvParams(N, C_out_g * groups, OH, OW, C_in, KH, KW, H, W, stride[0], stride[1],
                       ph, ph, pw, pw, dilation[0], dilation[1], groups)
+
+
+# --------------------------------------------------------------------------------------------
+# batch normalisation
+# --------------------------------------------------------------------------------------------
+
+def batch_norm_channels(op: str, x_shape, *, name: str = "x", **vectors) -> int:
+    """The channel count C of a batch-norm x (N, C, *), after checking x and each given (C,)
+    vector (``vectors``: name -> shape, or None when not given) against it; shapes only, so the
+    NumPy API and fastconv.torch's fake kernels share these rules.
+
+    x has 2 or more dims, or is an empty 1-d x, which PyTorch takes as having no channels
+    (C = 0); with no channels there is nothing for weight and bias to scale, and PyTorch refuses
+    them (an IndexError), so this does too.
+    """
+    if len(x_shape) >= 2:
+        C = x_shape[1]
+    elif len(x_shape) == 1 and x_shape[0] == 0:
+        C = 0
+    else:
+        raise ValueError(f"{op}: expected {name} with 2 or more dims (N, C, *) (or an empty 1-d array), "
+                         f"got shape {tuple(x_shape)}")
+    if C == 0 and (vectors.get("weight") is not None or vectors.get("bias") is not None):
+        raise ValueError(f"{op}: x of shape {tuple(x_shape)} has no channels; expected weight and "
+                         f"bias None")
+    for vector, shape in vectors.items():
+        if shape is not None and tuple(shape) != (C,):
+            raise ValueError(f"{op}: expected {vector} of shape ({C},), got {tuple(shape)}")
+    return C
+
+
+def batch_norm_forward_channels(op: str, x_shape, training: bool, *, running_mean=None,
+                                running_var=None, weight=None, bias=None) -> int:
+    """:func:`batch_norm_channels` plus the forward's own rules, PyTorch's: training needs more
+    than one value per channel (the unbiased variance divides by n - 1), and inference normalises
+    with the running statistics, so both are required."""
+    C = batch_norm_channels(op, x_shape, running_mean=running_mean, running_var=running_var,
+                            weight=weight, bias=bias)
+    if training:
+        if x_shape[0] * math.prod(x_shape[2:]) == 1:  # values per channel
+            raise ValueError(f"{op}: expected more than 1 value per channel when training, "
+                             f"got x of shape {tuple(x_shape)}")
+    elif running_mean is None or running_var is None:
+        raise ValueError(f"{op}: running_mean and running_var are required in inference "
+                         f"(training=False)")
+    return C

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from .._checks import check_array, check_bool, check_float, check_needs, check_same_kind, check_shape, zeros
 from .._dispatch import lookup
+from .._params import batch_norm_channels, batch_norm_forward_channels
 
 
 class BatchNormResult(NamedTuple):
@@ -34,32 +35,13 @@ class BatchNormResult(NamedTuple):
     running_var: Any
 
 
-def _check_x(op, name, x) -> int:
-    """x (N, C, *) with 2 or more dims, or empty and 1-d; returns C (0 for the 1-d x, which PyTorch
-    takes as having no channels)."""
-    check_array(op, name, x)
-    if x.ndim >= 2:
-        return x.shape[1]
-    if x.ndim == 1 and x.size == 0:
-        return 0
-    raise ValueError(f"{op}: expected {name} with 2 or more dims (N, C, *) (or an empty 1-d array), "
-                     f"got shape {tuple(x.shape)}")
-
-
-def _check_no_affine_without_channels(op, x, C, weight, bias):
-    """With no channels (C = 0, an empty 1-d x among them) there is nothing for weight and bias to
-    scale: PyTorch refuses them (an IndexError), so does this."""
-    if C == 0 and (weight is not None or bias is not None):
-        raise ValueError(f"{op}: x of shape {tuple(x.shape)} has no channels; expected weight and "
-                         f"bias None")
-
-
-def _check_channels(op, C, **vectors):
-    """Each given vector is a (C,) array."""
+def _check_vectors(op, **vectors) -> dict:
+    """Each given vector is a 1-d array (its length is checked against x's C with the shapes, in
+    ``_params``); returns ``{name: shape or None}``."""
     for name, v in vectors.items():
         if v is not None:
             check_array(op, name, v, dims="(C,)")
-            check_shape(op, name, v, (C,))
+    return {name: None if v is None else v.shape for name, v in vectors.items()}
 
 
 def _as_3d(x):
@@ -87,18 +69,15 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     :class:`BatchNormResult`.
     """
     op = "batch_norm"
-    C = _check_x(op, "x", x)
-    _check_no_affine_without_channels(op, x, C, weight, bias)
-    _check_channels(op, C, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    check_array(op, "x", x)
+    shapes = _check_vectors(op, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     check_same_kind(op, x=x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     check_bool(op, "training", training)
     momentum = check_float(op, "momentum", momentum)
     eps = check_float(op, "eps", eps, low=0.0)
+    C = batch_norm_forward_channels(op, x.shape, training, **shapes)
     n = x.shape[0] * math.prod(x.shape[2:])  # values per channel
     if training:
-        if n == 1:
-            raise ValueError(f"{op}: expected more than 1 value per channel when training, "
-                             f"got x of shape {tuple(x.shape)}")
         if x.size == 0:  # an empty batch has no statistics: mean 0, variance 0, running stats kept
             mean, var = zeros(x, (C,)), zeros(x, (C,))
             new_mean = None if running_mean is None else running_mean.copy()
@@ -109,9 +88,6 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
             new_mean = None if running_mean is None else _momentum_update(running_mean, mean, momentum)
             new_var = None if running_var is None else _momentum_update(running_var, var * (n / (n - 1)), momentum)
     else:
-        if running_mean is None or running_var is None:
-            raise ValueError(f"{op}: running_mean and running_var are required in inference "
-                             f"(training=False)")
         mean, var = running_mean.copy(), running_var
         new_mean, new_var = running_mean.copy(), running_var.copy()
     invstd = _invstd(var, eps)
@@ -135,11 +111,10 @@ def batch_norm_backward(dy, x, weight=None, *, mean, invstd, training, needs=(Tr
     """
     op = "batch_norm_backward"
     need_dx, need_dw, need_db = check_needs(op, needs, 3)
-    C = _check_x(op, "x", x)
-    _check_no_affine_without_channels(op, x, C, weight, None)
+    check_array(op, "x", x)
     check_array(op, "dy", dy)
+    C = batch_norm_channels(op, x.shape, **_check_vectors(op, weight=weight, mean=mean, invstd=invstd))
     check_shape(op, "dy", dy, x.shape)
-    _check_channels(op, C, weight=weight, mean=mean, invstd=invstd)
     if mean is None or invstd is None:
         raise ValueError(f"{op}: mean and invstd (from the forward's result) are required")
     check_same_kind(op, dy=dy, x=x, weight=weight, mean=mean, invstd=invstd)

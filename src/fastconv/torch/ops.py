@@ -71,6 +71,8 @@ from .._params import (
     as_int,
     as_pair,
     as_single,
+    batch_norm_channels,
+    batch_norm_forward_channels,
     conv_output_size,
     conv_padding,
     conv_params,
@@ -161,15 +163,16 @@ def _conv_transpose2d_shape(op, x, w, stride, padding, output_padding, groups, d
               zip(x.shape[2:], w.shape[2:], stride, padding, output_padding, dilation)))
 
 
-def _batch_norm_shape(op, x, *vectors):
-    """x's shape, after checking x has 2 to 5 dims and each given (C,) vector matches x's channels."""
-    if not 2 <= x.dim() <= 5:
-        raise ValueError(f"{op}: expected x with 2 to 5 dims (N, C, *), got shape {tuple(x.shape)}")
-    names = ("weight", "bias", "running_mean", "running_var")
-    for name, v in zip(names, vectors):
-        if v is not None and _static(x.shape, v.shape) and tuple(v.shape) != (x.shape[1],):
-            raise ValueError(f"{op}: expected {name} of shape ({x.shape[1]},), got {tuple(v.shape)}")
-    return tuple(x.shape)
+def _batch_norm_channels(op, x, training=None, **vectors):
+    """Batch norm's C, after fastconv's own checks of x and the given (C,) vectors (``_params``,
+    the rules the NumPy API applies; ``training`` given: the forward's too). With symbolic sizes
+    only what needs no size is checked."""
+    if _static(x.shape, *(v.shape for v in vectors.values() if v is not None)):
+        shapes = {name: None if v is None else tuple(v.shape) for name, v in vectors.items()}
+        if training is None:
+            return batch_norm_channels(op, tuple(x.shape), **shapes)
+        return batch_norm_forward_channels(op, tuple(x.shape), training, **shapes)
+    return x.shape[1] if x.dim() >= 2 else 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,7 +259,7 @@ SPECS: tuple[OpSpec, ...] = (
     # momentum and eps reach the backward op only to keep one parameter list per row; it ignores them
     OpSpec("batch_norm", "norm", "bool training, float momentum, float eps",
            lambda training, momentum, eps: dict(training=training, momentum=momentum, eps=eps),
-           _batch_norm_shape),
+           lambda op, x, *vectors: tuple(x.shape)),
 )
 
 #: per kind: (forward tensors, forward returns, backward tensors, backward extra params, backward returns)
@@ -397,14 +400,17 @@ def _make_fake(spec: OpSpec, backward: bool):
 
     def shapes(tensors, params, args):
         if spec.kind == "norm":
-            x, weight = tensors[1:3] if backward else tensors[:2]
-            C = x.shape[1]
             if backward:
+                _, x, weight, mean, invstd = tensors
+                C = _batch_norm_channels(op, x, weight=weight, mean=mean, invstd=invstd)
                 needs = args[-2]
                 return tuple(x.new_empty(shape if need else (0,)) for shape, need in
                              zip((x.shape, (C,), (C,)), (needs[0], needs[1] and weight is not None, needs[2])))
-            y = x.new_empty(spec.shape(op, *tensors))
+            x, weight, bias, running_mean, running_var = tensors
             training = params[0]
+            C = _batch_norm_channels(op, x, training, running_mean=running_mean, running_var=running_var,
+                                     weight=weight, bias=bias)
+            y = x.new_empty(spec.shape(op, *tensors))
             new = [x.new_empty((C,) if training and r is not None else (0,)) for r in tensors[3:]]
             return (y, x.new_empty((C,)), x.new_empty((C,)), *new)
         if not backward:
