@@ -104,6 +104,26 @@ def test_a_wrong_layer_fails_verification_and_is_named(wrong_second_conv, tmp_pa
     assert [b["verdict"] for b in json.loads((tmp_path / "e2e.json").read_text())["bars"]] == ["n/a"]
 
 
+def test_a_step_that_raises_is_an_error_and_the_others_go_on(monkeypatch, tmp_path, capsys):
+    run = e2e.Subject.run
+
+    def flaky(self, pass_name):
+        if pass_name == "inference" and self.patch_report is not None and self.batches[0][0].is_contiguous():
+            raise RuntimeError("no inference today")
+        return run(self, pass_name)
+
+    monkeypatch.setattr(e2e.Subject, "run", flaky)
+    status = e2e.bench_e2e(models=["lenet5"], batch=2, threads=1, quick=True, repeat=1, out=tmp_path,
+                           in_process=True, progress=False)
+    assert status == 1
+    by_name = {r["contender"]: r for r in json.loads((tmp_path / "e2e.json").read_text())["results"]}
+    broken = by_name["patched-nchw"]  # its training step was timed; its inference raised in the warm-up
+    assert broken["status"] == "error" and broken["reason"] == "inference: RuntimeError: no inference today"
+    assert list(broken["passes"]) == ["train"]
+    assert all(list(by_name[n]["passes"]) == ["train", "inference"] for n in ("torch-nchw", "torch-cl", "patched-cl"))
+    assert "lenet5 patched-nchw: error: inference: RuntimeError" in capsys.readouterr().out
+
+
 def test_compare_calibrates_on_the_null():
     want = {"grad:a": np.array([1.0, -2.0]), "grad:b": np.array([0.0, 1e-9]), "loss:loss": np.array(3.0)}
     null = {"grad:a": np.array([1.1, -2.0]), "grad:b": np.array([0.0, 1e-9]), "loss:loss": np.array(3.0)}

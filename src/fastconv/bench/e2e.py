@@ -278,12 +278,20 @@ class E2ESession:
                                                  skipped=[f"{n}: {r}" for n, r in report.skipped])
         return "ok", arrays, dict(parameters=sum(p.numel() for p in self.subject.model.parameters()), patch=patch)
 
-    def warmup(self, pass_name: str) -> list[float]:
-        self.subject.set_mode(pass_name)
-        return [self.subject.run(pass_name) for _ in range(self.policy.warmup)]
+    def warmup(self, pass_name: str):
+        """``("ok", seconds of each warm-up step)`` or ``("error", why)``."""
+        try:
+            self.subject.set_mode(pass_name)
+            return "ok", [self.subject.run(pass_name) for _ in range(self.policy.warmup)]
+        except Exception as exc:  # reported against the contender; the others go on
+            return "error", f"{type(exc).__name__}: {exc}"
 
-    def step(self, pass_name: str) -> float:
-        return self.subject.run(pass_name)
+    def step(self, pass_name: str):
+        """``("ok", seconds)`` or ``("error", why)``."""
+        try:
+            return "ok", self.subject.run(pass_name)
+        except Exception as exc:
+            return "error", f"{type(exc).__name__}: {exc}"
 
     def trace(self, model: str, batch: int, seed: int):
         return Subject(self.contender, model, batch, seed).trace()
@@ -413,6 +421,8 @@ def run_model(model: str, workers: list, batch: int, seed: int, policy: E2EPolic
             rec.update(status="ok", reason="", verification="the null: the tolerance is calibrated on it")
         else:
             verdict = compare(arrays, want, null if null_status == "ok" else {})
+            if null_status != "ok":
+                verdict.note = f"({NULL} could not run: the tolerance is its floor alone) " + verdict.note
             rec.update(verification_ratio=verdict.ratio, worst_tensor=verdict.worst)
             if verdict.ok:
                 rec.update(status="ok", reason="", verification=f"ok: worst {verdict.ratio:.2f} of the tolerance "
@@ -428,7 +438,8 @@ def run_model(model: str, workers: list, batch: int, seed: int, policy: E2EPolic
                 more = len(verdict.failing) - 8
                 rec.update(status="FAIL", failing=[[k, r] for k, r in verdict.failing],
                            reason=f"differs from {ORACLE} beyond the tolerance in {len(verdict.failing)} "
-                                  f"tensor(s): {shown}{f' and {more} more' if more > 0 else ''}; {where}")
+                                  f"tensor(s): {shown}{f' and {more} more' if more > 0 else ''}; {where}"
+                                  + (f" {verdict.note}" if verdict.note else ""))
         records.append(rec)
         if rec["status"] == "ok":
             ready.append((rec, w))
@@ -436,14 +447,18 @@ def run_model(model: str, workers: list, batch: int, seed: int, policy: E2EPolic
         times = {}
         for rec, w in ready:
             log(f"{model}: {pass_name}: {w.contender.name}: {policy.warmup} warm-up step(s)")
-            times[w.contender.name] = w.call("warmup", pass_name)
+            times[w.contender.name] = _or_error(rec, pass_name, w.call("warmup", pass_name))
+        ready = [(rec, w) for rec, w in ready if rec["status"] == "ok"]
         round_s = sum(float(np.median(t)) for t in times.values() if t)
         rounds = policy.rounds_for(round_s)
         log(f"{model}: {pass_name}: {rounds} rounds of {len(ready)} contenders")
         timed = {w.contender.name: [] for _, w in ready}
         for _ in range(rounds):
-            for _, w in ready:
-                timed[w.contender.name].append(w.call("step", pass_name))
+            for rec, w in ready:
+                if rec["status"] == "ok":
+                    timed[w.contender.name].append(_or_error(rec, pass_name, w.call("step", pass_name)))
+        ready = [(rec, w) for rec, w in ready if rec["status"] == "ok"]
+        timed = {name: t for name, t in timed.items() if name in {w.contender.name for _, w in ready}}
         for rec, w in ready:
             rec.setdefault("passes", {})[pass_name] = dict(_stats(timed[w.contender.name]),
                                                            warmup_ms=[t * 1e3 for t in times[w.contender.name]])
@@ -456,6 +471,15 @@ def run_model(model: str, workers: list, batch: int, seed: int, policy: E2EPolic
     for w in workers:
         w.call("release")
     return records, info
+
+
+def _or_error(rec: dict, pass_name: str, reply):
+    """A session's ``(status, value)`` reply: the value, or None after marking ``rec`` an error."""
+    status, value = reply
+    if status == "ok":
+        return value
+    rec.update(status="error", reason=f"{pass_name}: {value}")  # passes timed before it stay reported
+    return None
 
 
 def bars(results: list[dict]) -> list[dict]:
@@ -617,7 +641,10 @@ def format_summary(doc: dict) -> str:
 def format_markdown(doc: dict) -> str:
     s, m = doc["settings"], doc["machine"]
     columns, rows = table(doc)
+    from .report import noise_warnings
+
     lines = ["# fastconv bench --e2e", "", f"{s['started_at']}: {_settings_line(doc)}.", ""]
+    lines += [line for w in noise_warnings(doc) for line in (f"**Warning**: {w}.", "")]
     lines += ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" if 3 <= i <= 7 else "---" for i in range(len(columns))) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     lines += ["", "## Issue 21's bars", "", "Patched NCHW model, training step, speed-up over PyTorch (its median "
@@ -640,7 +667,7 @@ def format_markdown(doc: dict) -> str:
               + ("" if s["isolate"] else " (not here: --in-process)") + ".",
               f"- Threads: {s['threads_set']}. {_threads_line(doc)}.",
               f"- CPU: {m['cpu']['model']}; features {' '.join(m['cpu']['simd'])}; 1-minute load average "
-              f"{s['load_before']} before, {s['load_after']} after; fp32 GEMM micro-kernel on one core "
+              f"{_load(s['load_before'])} before, {_load(s['load_after'])} after; fp32 GEMM micro-kernel on one core "
               f"{s['cpu_gflops_before']} GFLOP/s before, {s['cpu_gflops_after']} after.",
               "- Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
               f"- Command: `{s.get('command') or 'fastconv bench --e2e'}`", ""]
@@ -649,6 +676,10 @@ def format_markdown(doc: dict) -> str:
         lines += ["## Failed (not timed)", ""] + [f"- {r['model']} {r['contender']}: {r['status']}: {r['reason']}"
                                                   for r in failures] + [""]
     return "\n".join(lines)
+
+
+def _load(v) -> str:
+    return "unknown" if v is None else f"{v:.2f}"
 
 
 def bench_e2e(models=None, batch=None, threads=None, quick=False, repeat=None, budget=None, seed=0,
