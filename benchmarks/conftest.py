@@ -13,6 +13,10 @@ Not part of the plain test run (``testpaths = ["tests"]``). From the repository 
 
 Options (besides pytest-benchmark's own --benchmark-*): --shapes FILE, --quick, --match TEXT,
 --backends a,b, --passes forward,backward, --dtype, --threads N, --no-torch.
+
+test_kernels.py holds the kernel cases; test_e2e.py whole networks, PyTorch against the same model
+patched (``fastconv bench --e2e``'s models and verification; --quick, --match and --threads apply
+to it too; --shapes, --backends and --no-torch leave it out).
 """
 
 import numpy as np

@@ -1,7 +1,9 @@
 """The ``fastconv`` command line: one sub-command per job, each in its own module.
 
 - ``fastconv bench``: verify every backend against the reference, then time it next to PyTorch;
-  writes ``bench-results/`` (``bench.json``, ``report.md``, ``speedup.png``).
+  writes ``bench-results/`` (``bench.json``, ``report.md``, ``speedup.png``). ``fastconv bench --e2e``:
+  whole networks (ResNet-18, MobileNetV2, LeNet-5), a training step and an inference pass, PyTorch
+  eager against the same model patched with ``fastconv.torch.patch()``; writes ``e2e.json``, ``e2e.md``.
 - ``fastconv check``: verify every backend against the reference (and the reference against PyTorch).
 - ``fastconv info``: backends (available or why not), versions, CPU features, threads, GPUs.
 - ``fastconv train``: train a LeNet-style CNN on scikit-learn's digits with ``fastconv.nn``; writes
@@ -54,6 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     bench.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
     bench.add_argument("--seed", type=int, default=0, help="seed of the input values (default 0)")
+    e2e = bench.add_argument_group(
+        "end to end (--e2e)",
+        "Whole networks on 32x32 images: one SGD step and one inference pass of a CIFAR-size ResNet-18, "
+        "a CIFAR-size MobileNetV2 and LeNet-5, PyTorch eager (NCHW and channels_last) against the same "
+        "model patched with fastconv.torch.patch() (NCHW and channels_last); every contender verified "
+        "against PyTorch NCHW first, then timed in interleaved rounds. Takes --threads (default 2 here), "
+        "--quick, --repeat (rounds), --budget (seconds per model and pass, default 10), --seed, --out "
+        "and --in-process; writes e2e.json and e2e.md. Exit status 1 when a contender failed verification.")
+    e2e.add_argument("--e2e", action="store_true", help="run the end-to-end benchmark instead of the kernels'")
+    e2e.add_argument("--models", help="comma-separated: resnet18, mobilenetv2, lenet5 (default: all)")
+    e2e.add_argument("--batch-size", type=int, help="images per step (default 32)")
     bench.set_defaults(run=_run_bench)
 
     info = commands.add_parser("info", help="backends, versions, CPU features, threads, GPUs")
@@ -73,9 +86,20 @@ def _run_check(args) -> int:
     return run_check(names, out=sys.stdout)
 
 
+#: ``fastconv bench`` options that choose kernel cases, meaningless with --e2e: (dest, its flag)
+_KERNEL_ONLY = (("shapes", "--shapes"), ("backends", "--backends"), ("passes", "--passes"), ("match", "--match"),
+                ("dtype", "--dtype"), ("no_torch", "--no-torch"))
+
+
 def _run_bench(args) -> int:
     from .bench import bench
 
+    if args.e2e:
+        return _run_e2e(args)
+    for dest, flag in (("models", "--models"), ("batch_size", "--batch-size")):
+        if getattr(args, dest) is not None:
+            print(f"fastconv bench: {flag} is an option of --e2e", file=sys.stderr)
+            return 2
     try:
         return bench(shapes=args.shapes, backends=args.backends.split(",") if args.backends else None,
                      passes=args.passes, threads=args.threads, dtype=args.dtype, repeat=args.repeat,
@@ -83,6 +107,26 @@ def _run_bench(args) -> int:
                      torch=not args.no_torch, chart=not args.no_chart, seed=args.seed,
                      command=shlex.join(["fastconv"] + sys.argv[1:]), device=args.device,
                      isolate=not args.in_process)
+    except ValueError as exc:
+        print(f"fastconv {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_e2e(args) -> int:
+    from .bench.e2e import bench_e2e
+
+    given = [flag for dest, flag in _KERNEL_ONLY if getattr(args, dest) not in (None, False)]
+    if args.device != "all":
+        given.append("--device")
+    if given:
+        print(f"fastconv bench: --e2e runs whole networks on the CPU; {', '.join(given)} choose kernel cases",
+              file=sys.stderr)
+        return 2
+    try:
+        return bench_e2e(models=args.models.split(",") if args.models else None, batch=args.batch_size,
+                         threads=args.threads, quick=args.quick, repeat=args.repeat, budget=args.budget,
+                         seed=args.seed, out=args.out, in_process=args.in_process,
+                         command=shlex.join(["fastconv"] + sys.argv[1:]))
     except ValueError as exc:
         print(f"fastconv {exc}", file=sys.stderr)
         return 2

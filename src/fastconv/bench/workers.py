@@ -87,9 +87,9 @@ class Session:
 class LocalWorker:
     """A contender's session in this process."""
 
-    def __init__(self, contender: Contender, threads: int, policy: Policy):
+    def __init__(self, contender: Contender, threads: int, policy: Policy, session=Session):
         self.contender = contender
-        self.session = Session(contender, threads, policy)
+        self.session = session(contender, threads, policy)
 
     def call(self, method: str, *args):
         return getattr(self.session, method)(*args)
@@ -98,7 +98,7 @@ class LocalWorker:
         pass
 
 
-def _serve(conn, contender, threads, policy):
+def _serve(conn, contender, threads, policy, session_class):
     """A worker process's loop: calls on its session, one message at a time, until ``close`` (or
     until the parent is gone: the pipe's end)."""
     # A stopped process in a process group that becomes orphaned (the shell that started the bench
@@ -106,7 +106,7 @@ def _serve(conn, contender, threads, policy):
     # the parent gone.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        session = Session(contender, threads, policy)
+        session = session_class(contender, threads, policy)
     except Exception:
         conn.send(("crash", traceback.format_exc()))
         return
@@ -125,17 +125,28 @@ def _serve(conn, contender, threads, policy):
 
 
 class ProcessWorker:
-    """A contender's session in a process of its own, stopped whenever it is not being called."""
+    """A contender's session in a process of its own, stopped whenever it is not being called.
 
-    def __init__(self, contender: Contender, threads: int, policy: Policy, context=None):
+    ``session``: the class whose instance serves the calls (:class:`Session` for the kernel cases;
+    the end-to-end benchmark passes its own), built in the worker as ``session(contender, threads,
+    policy)``; with the spawn start method it must be importable by name."""
+
+    def __init__(self, contender, threads: int, policy, context=None, session=Session, wait=True):
         context = context or multiprocessing.get_context("spawn")  # no fork: the parent may hold CUDA
         self.contender = contender
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, contender, threads, policy), daemon=True,
+        self.process = context.Process(target=_serve, args=(child, contender, threads, policy, session),
+                                       daemon=True,
                                        name=f"fastconv bench: {contender.name}")
         self.process.start()
         child.close()
-        self._reply()  # started (its imports done) before it is stopped for the first time
+        if wait:
+            self.started()
+
+    def started(self):
+        """Wait until the worker has started (its imports done), then stop it for the first time.
+        ``wait=False`` leaves this to the caller, so that several workers import at once."""
+        self._reply()
         self._stop()
 
     def _reply(self):
@@ -175,10 +186,21 @@ def can_stop_processes() -> bool:
     return hasattr(signal, "SIGSTOP") and hasattr(os, "WUNTRACED")
 
 
-def start_workers(contenders, threads: int, policy: Policy, isolate: bool = True) -> list:
-    """A worker per contender: processes that are stopped while others run (``isolate`` and the
-    platform allow), else sessions in this process."""
+def start_workers(contenders, threads: int, policy, isolate: bool = True, session=Session) -> list:
+    """A worker per contender, serving calls with ``session`` (see :class:`ProcessWorker`):
+    processes that are stopped while others run (``isolate`` and the platform allow), else
+    sessions in this process."""
     if isolate and can_stop_processes():
         context = multiprocessing.get_context("spawn")
-        return [ProcessWorker(c, threads, policy, context) for c in contenders]
-    return [LocalWorker(c, threads, policy) for c in contenders]
+        workers = []
+        try:
+            for c in contenders:  # all start importing at once (each import takes seconds) ...
+                workers.append(ProcessWorker(c, threads, policy, context, session, wait=False))
+            for w in workers:  # ... and each is stopped once it is ready
+                w.started()
+        except BaseException:  # one failed to start: the ones already started must not outlive the run
+            for w in workers:
+                w.close()
+            raise
+        return workers
+    return [LocalWorker(c, threads, policy, session) for c in contenders]
