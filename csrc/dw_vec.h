@@ -87,7 +87,9 @@ struct DwWgradSteps {
     }
     // columns v*L + off[0] >= 0 and v*L + L-1 + off[KW-1] < W, and (v+1)*L <= OW
     const index_t last_col = s.W - off[KW - 1] - L;
-    plain_lo = ceil_div(max_i(0, -off[0]), L);
+    // (at most `steps`: a left padding wider than the row's steps would otherwise send the masked
+    // loop past the last step, reading masks that do not exist)
+    plain_lo = min_i(steps, ceil_div(max_i(0, -off[0]), L));
     plain_hi = max_i(plain_lo, min_i(s.OW / L, last_col < 0 ? 0 : last_col / L + 1));
     const index_t last_row = s.H - 1 + s.pad_t - (s.KH - 1) * s.dil_h;
     rows_in_lo = ceil_div(s.pad_t, s.stride_h);

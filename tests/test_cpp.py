@@ -747,6 +747,20 @@ def test_depthwise_wgrad_inf_and_nan_as_the_portable_loops(c, rng):
     assert_equal(results["avx512"], results["generic"], c.name)
 
 
+# Depthwise wgrad's vector kernel (stride_w 1) where the left padding spans more vector steps than
+# the output row has (found by the property test: fp64 on AVX2, 4 lanes, read masks past the last
+# step): exact on small integers against the reference, with the kernel set the CPU runs.
+@pytest.mark.parametrize("c", [
+    Conv("pad_wider_than_row", 1, 1, 1, 1, 1, 3, 3, padding=((3, 0), (6, 0)), dilation=(1, 2)),
+    Conv("pad_two_rows_of_steps", 2, 3, 4, 5, 3, 5, 5, padding=(2, 21), groups=3),
+], ids=lambda c: c.name)
+def test_depthwise_wgrad_left_padding_past_the_row(c, dtype, rng):
+    x, w, _, dy = _inputs(rng, c, small_ints, dtype)
+    got = fastconv.conv2d_backward(dy, x, w, **c.kwargs, needs=(False, True, False), backend="cpp")[1]
+    want = fastconv.conv2d_backward(dy, x, w, **c.kwargs, needs=(False, True, False), backend="reference")[1]
+    assert_equal(got, want, c.name)
+
+
 # Max pooling backward's one-pass vector kernel (fp32, AVX-512): windows 2 columns wide at stride 2
 # without padding that do not overlap vertically. Rows of whole vectors (8 windows), ragged rows
 # with a scalar tail and an uncovered last column, ceil_mode's half-outside last window, rows in
