@@ -24,7 +24,6 @@ import contextlib
 import contextvars
 import functools
 import importlib
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,16 +155,21 @@ def _function(name: str, family: str, func: str):
     """The function ``func`` of backend ``name``'s ``family`` module, or None if it has none."""
     package = _load(name)
     module_name = f"{package.__name__}.{family}"
-    module = sys.modules.get(module_name)  # imported before: skip the import machinery
-    if module is not None:
-        return getattr(module, func, None)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:  # the family exists but something it needs is missing
-            raise BackendUnavailableError(f"backend {name!r} cannot load {family} ops: {exc}") from exc
-        return None
+    module = _modules.get(module_name)  # imported before: skip the import machinery
+    if module is None:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:  # the family exists but something it needs is missing
+                raise BackendUnavailableError(f"backend {name!r} cannot load {family} ops: {exc}") from exc
+            return None
+        _modules[module_name] = module
     return getattr(module, func, None)
+
+
+#: family modules whose import has completed (not sys.modules: there a module another thread is
+#: still importing is visible half-initialised, without the functions it is about to define)
+_modules: dict[str, object] = {}
 
 
 def implementers(family: str, func: str) -> list[str]:

@@ -36,9 +36,10 @@ def _plain(value):
     if kind is int or kind is str or value is None:
         return value
     if kind is tuple:
-        if all(type(v) is int for v in value):  # the common (h, w): no new tuple
-            return value
-        return tuple(map(_plain, value))
+        for v in value:
+            if type(v) is not int:
+                return tuple(map(_plain, value))
+        return value  # the common case, a shape or an (h, w) of ints: no new tuple
     if kind is bool:
         return (_BOOL, value)
     if kind is list:
@@ -84,8 +85,9 @@ def remembered(fn):
 # --------------------------------------------------------------------------------------------
 
 def _is_int(value) -> bool:
-    # bool is an int subclass, but `stride=True` is a mistake, not a stride of 1
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    # bool is an int subclass, but `stride=True` is a mistake, not a stride of 1; a plain int
+    # first, without the ABC check (the common case, several times a call)
+    return type(value) is int or (isinstance(value, numbers.Integral) and not isinstance(value, bool))
 
 
 def as_int(op: str, name: str, value, *, minimum: int | None = None) -> int:
@@ -103,6 +105,13 @@ def as_pair(op: str, name: str, value, *, minimum: int | None = None,
     """An int, a sequence of two ints, or (with ``single``) a sequence of one int, as a pair
     ``(h, w)``. PyTorch's 2-d conv and pooling ops expand a 1-sequence like an int
     (``padding=(1,)`` is ``padding=1``), so every such parameter takes it."""
+    kind = type(value)  # the common spellings first, without the general checks
+    if kind is int:
+        if minimum is None or value >= minimum:
+            return (value, value)
+    elif kind is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        if minimum is None or min(value) >= minimum:
+            return value
     if _is_int(value):
         pair = (value, value)
     elif isinstance(value, (tuple, list)) and (len(value) == 2 or (single and len(value) == 1)):
