@@ -63,3 +63,29 @@ def test_read_only_and_huge_channel_counts_do_not_crash(backend):
     w = np.ones((3, 4096, 1, 1), f32)
     y = fastconv.conv2d(x, w, backend=backend)
     assert y.shape == (1, 3, 1, 1) and (y == 4096).all()
+
+
+def test_remembered_configurations_are_still_validated():
+    """conv_params and pool_params remember what they computed per argument list (a model's layers
+    repeat theirs every step), keyed so that arguments which compare equal to a remembered good
+    one but are mistakes (True for 1, 1.0 for 1) still raise; errors are never remembered."""
+    from fastconv._params import conv_params
+
+    good = fastconv.conv2d(X, W, stride=1, padding=(1, 1), dilation=1, groups=1, backend="reference")
+    key = ("conv2d", X.shape, W.shape, 1, (1, 1), 1, 1)
+    assert key in conv_params.cache
+    for bad, error in [({"stride": True}, TypeError), ({"padding": (1.0, 1)}, TypeError),
+                       ({"padding": (True, 1)}, TypeError), ({"groups": True}, TypeError),
+                       ({"dilation": 0}, ValueError)]:
+        for _ in range(2):  # the second time too: nothing of the first failure is remembered
+            with pytest.raises(error):
+                fastconv.conv2d(X, W, **{"stride": 1, "padding": (1, 1), "dilation": 1, "groups": 1, **bad},
+                                backend="reference")
+    # a spelling the cache does not key (a NumPy integer, a list) takes the full path: same result
+    for spelled in [{"padding": [1, 1]}, {"padding": np.int64(1)}, {"stride": (np.int32(1), 1)}]:
+        np.testing.assert_array_equal(fastconv.conv2d(X, W, **{"padding": 1, **spelled}, backend="reference"), good)
+    with pytest.raises(ValueError, match="kernel_size >= 1"):
+        fastconv.max_pool2d(X, 0)
+    fastconv.max_pool2d(X, 2)
+    with pytest.raises(TypeError, match="ceil_mode"):
+        fastconv.max_pool2d(X, 2, ceil_mode=1)  # ceil_mode=True would be remembered; 1 is refused

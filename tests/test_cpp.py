@@ -22,6 +22,7 @@ if fastconv.backend_status()["cpp"] is not None:
     pytest.skip(fastconv.backend_status()["cpp"], allow_module_level=True)
 
 from fastconv import _cpp  # noqa: E402
+from fastconv.backends.cpp import _util as cpp_util  # noqa: E402
 
 NAMES = ("y", "dx", "dw", "db")
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
@@ -384,8 +385,35 @@ def test_isa_report_and_bad_name():
         _cpp.set_gemm_isa("sse9")
 
 
+@pytest.fixture
+def threads_at_any_size(monkeypatch):
+    """Tiny passes run on the thread count in force too (not on one thread, as by default), so that
+    the thread-count tests below reach the threaded kernels on their small problems."""
+    monkeypatch.setattr(cpp_util, "SERIAL_FLOPS", 0)
+
+
+def test_tiny_passes_run_on_one_thread(monkeypatch, rng):
+    """Below SERIAL_FLOPS a conv or dense pass gets one thread whatever the count in force (a team
+    of two costs more than it gives there); at and above it, the count in force."""
+    seen = []
+    for name in ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "linear_forward"):
+        real = getattr(_cpp, name)
+        # the conv passes end with (nthreads, algorithm), linear with nthreads
+        monkeypatch.setattr(_cpp, name, lambda *a, _real=real: seen.append(a[-2] if isinstance(a[-1], str) else a[-1])
+                            or _real(*a))
+    tiny = randn(rng, (1, 3, 8, 8), np.float32), randn(rng, (4, 3, 3, 3), np.float32)
+    large = randn(rng, (2, 16, 16, 16), np.float32), randn(rng, (16, 16, 3, 3), np.float32)
+    assert 2 * 16 * 16 * 16 * 16 * 16 * 9 >= cpp_util.SERIAL_FLOPS > 2 * 4 * 36 * 27
+    with num_threads(2):
+        for x, w in (tiny, large):
+            y = fastconv.conv2d(x, w, backend="cpp")
+            fastconv.conv2d_backward(y, x, w, needs=(True, True, False), backend="cpp")
+        fastconv.linear(tiny[0].reshape(3, 64), randn(rng, (5, 64), np.float32), backend="cpp")
+    assert seen == [1, 1, 1, 2, 2, 2, 1]
+
+
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in FAST_PATHS + [CONV_PROBLEMS[5]]])
-def test_results_identical_for_1_and_2_threads(c, rng):
+def test_results_identical_for_1_and_2_threads(c, rng, threads_at_any_size):
     """wgrad splits its batch reduction by the shape alone, so dw is bit-identical on any number of
     threads; the other passes never split a reduction at all."""
     x, w, b, dy = _inputs(rng, c, randn, np.float32)
@@ -570,7 +598,7 @@ def test_bands_exact_on_small_integers(c, small_chunks, dtype, rng):
 
 
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in BAND_PROBLEMS])
-def test_bands_bit_identical_to_whole_images(c, small_chunks, rng):
+def test_bands_bit_identical_to_whole_images(c, small_chunks, rng, threads_at_any_size):
     """A band split changes no output's sum (the same depth in the same order), on any number of
     threads: y and dx bit-identical to the whole-image copy on random data. Depthwise layers change
     path (the GEMM's bands instead of direct loops), so they are only close, to the reference. dw's

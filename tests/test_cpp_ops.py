@@ -18,6 +18,7 @@ if fastconv.backend_status()["cpp"] is not None:
     pytest.skip(fastconv.backend_status()["cpp"], allow_module_level=True)
 
 from fastconv import _cpp  # noqa: E402
+from fastconv.backends.cpp import _util as cpp_util  # noqa: E402
 
 BIG = 3 * 2**15 + 77  # elements: split among threads (32 Ki per thread), with a ragged end
 
@@ -33,10 +34,12 @@ def _activation(name, params, x, dy, backend):
 
 
 def _on_threads(run, counts=(1, 2, 3)):
-    """run() under each thread count; the results must be bit-identical."""
+    """run() under each thread count; the results must be bit-identical. Tiny conv and dense
+    passes run threaded too here (by default they take one thread below SERIAL_FLOPS)."""
     results = []
     for n in counts:
-        with num_threads(n):
+        with num_threads(n), pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cpp_util, "SERIAL_FLOPS", 0)
             results.append(run())
     for n, other in zip(counts[1:], results[1:]):
         for a, b in zip(results[0], other):

@@ -517,3 +517,56 @@ def test_double_backward_is_refused_clearly(gen):
     dx, = torch.autograd.grad(ft.conv2d(x, randn(gen, 3, 2, 3, 3)).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="fastconv.conv2d_backward.* no autograd formula"):
         dx.sum().backward()
+
+
+# --------------------------------------------------------------------------------------------
+# the eager path: plain tensors skip the dispatcher, anything that intercepts ops does not
+# --------------------------------------------------------------------------------------------
+
+def test_eager_path_only_where_the_dispatcher_would_go_straight_to_the_kernel(gen):
+    """``fastconv.torch.ops._eager`` lets plain CPU tensors call the op's kernels directly; a fake
+    or meta tensor, a dispatch mode, a torch-function mode, vmap and jit tracing take the
+    registered op, so they see ``fastconv::conv2d`` as they would without the eager path."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    eager = ft.ops._eager
+    x, w = randn(gen, 1, 2, 5, 5), torch.nn.Parameter(randn(gen, 3, 2, 3, 3))
+    assert eager((x, w, None))
+    with torch.no_grad():
+        assert eager((x, w))
+    with torch.inference_mode():
+        assert eager((x, w))
+    assert not eager((x.to("meta"), w))
+
+    seen = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Log():
+        assert not eager((x, w))
+        ft.conv2d(x, w)
+    assert "fastconv.conv2d.default" in seen
+
+    class Functions(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Functions():
+        assert not eager((x, w))
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(x)
+        assert not eager((fake, w))
+        assert ft.conv2d(fake, mode.from_tensor(w)).shape == (1, 3, 3, 3)
+    flags = []
+    torch.vmap(lambda xi: flags.append(eager((xi, w))) or xi)(x)
+    assert flags == [False]
+    # under vmap the op runs through the dispatcher: with no batching rule, PyTorch's fallback
+    # loops over the batch, and the result is the per-sample one
+    xs = randn(gen, 2, 1, 2, 5, 5)
+    y = torch.vmap(lambda xi: ft.conv2d(xi, w))(xs)
+    torch.testing.assert_close(y, torch.stack([F.conv2d(xi, w) for xi in xs]).detach())

@@ -23,7 +23,11 @@ def _float_dtypes() -> tuple[np.dtype, ...]:
 
 def is_cupy(a) -> bool:
     """True for a CuPy array, without importing CuPy (``import fastconv`` must not)."""
-    return type(a).__module__.split(".")[0] == "cupy"
+    kind = type(a)
+    if kind is np.ndarray:  # the common case, on every call: no string work
+        return False
+    module = kind.__module__
+    return module == "cupy" or module.startswith("cupy.")
 
 
 def array_module(a):
@@ -33,6 +37,12 @@ def array_module(a):
 
         return cupy
     return np
+
+
+@functools.cache
+def _rank(dims: str) -> int:
+    """The number of axes a spelling such as ``"(N, C_in, H, W)"`` names."""
+    return len([axis for axis in dims.strip("()").split(",") if axis.strip()])
 
 
 def check_array(op: str, name: str, a, *, dims: str | None = None, ndim: int | None = None,
@@ -46,7 +56,7 @@ def check_array(op: str, name: str, a, *, dims: str | None = None, ndim: int | N
         raise TypeError(f"{op}: expected {name} to be a numpy.ndarray (or a cupy.ndarray), "
                         f"got {type(a).__name__}")
     if ndim is None and dims is not None:
-        ndim = len([axis for axis in dims.strip("()").split(",") if axis.strip()])
+        ndim = _rank(dims)
     if ndim is not None and a.ndim != ndim:
         what = f"{ndim} dims {dims}" if dims else f"{ndim} dims"
         raise ValueError(f"{op}: expected {name} with {what}, got shape {tuple(a.shape)}")
@@ -67,12 +77,13 @@ def check_batched(op: str, name: str, a, dims: str, *, unbatched: bool | None = 
     rank: a backward's dy and indices follow what its x was.
     """
     check_array(op, name, a, float_only=float_only)  # the type and dtype; the rank is checked here
-    ndim = len(dims.strip("()").split(","))
+    ndim = _rank(dims)
+    if a.ndim == ndim and unbatched is not True:
+        return a, False
+    if a.ndim == ndim - 1 and unbatched is not False:
+        return a[None], True
     single = f"({dims.strip('()').split(',', 1)[1].strip()})"  # "(C, H, W)"
     ranks = {False: ndim, True: ndim - 1} if unbatched is None else {unbatched: ndim - 1 if unbatched else ndim}
-    for is_unbatched, rank in ranks.items():
-        if a.ndim == rank:
-            return (a[None] if is_unbatched else a), is_unbatched
     spelled = " or ".join(f"{rank} dims {single if u else dims}" for u, rank in sorted(ranks.items(), key=lambda r: r[1]))
     raise ValueError(f"{op}: expected {name} with {spelled}, got shape {tuple(a.shape)}")
 
@@ -85,6 +96,15 @@ def unbatch(y, unbatched: bool):
 
 def check_same_kind(op: str, **arrays) -> None:
     """All given arrays (None entries skipped) share one dtype and one device."""
+    first = None
+    for v in arrays.values():  # the common case first: NumPy arrays of one dtype
+        if v is None:
+            continue
+        if type(v) is not np.ndarray or (first is not None and v.dtype != first):
+            break
+        first = v.dtype
+    else:
+        return
     given = {k: v for k, v in arrays.items() if v is not None}
     dtypes = {k: v.dtype for k, v in given.items()}
     if len(set(dtypes.values())) > 1:

@@ -155,13 +155,21 @@ def _function(name: str, family: str, func: str):
     """The function ``func`` of backend ``name``'s ``family`` module, or None if it has none."""
     package = _load(name)
     module_name = f"{package.__name__}.{family}"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:  # the family exists but something it needs is missing
-            raise BackendUnavailableError(f"backend {name!r} cannot load {family} ops: {exc}") from exc
-        return None
+    module = _modules.get(module_name)  # imported before: skip the import machinery
+    if module is None:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:  # the family exists but something it needs is missing
+                raise BackendUnavailableError(f"backend {name!r} cannot load {family} ops: {exc}") from exc
+            return None
+        _modules[module_name] = module
     return getattr(module, func, None)
+
+
+#: family modules whose import has completed (not sys.modules: there a module another thread is
+#: still importing is visible half-initialised, without the functions it is about to define)
+_modules: dict[str, object] = {}
 
 
 def implementers(family: str, func: str) -> list[str]:
@@ -187,20 +195,28 @@ def select(op: str, family: str, func: str, backend, *arrays) -> tuple[str, obje
     name = _check_name("auto" if backend is None else backend)
     if name == "auto":
         name = _current.get()
-    on_gpu = any(is_cupy(a) for a in arrays if a is not None)
+    on_gpu = False
+    for a in arrays:
+        if a is not None and is_cupy(a):
+            on_gpu = True
+            break
     if name == "auto":
-        candidates = ["cupy"] if on_gpu else [n for n in AUTO_ORDER if _usable(n)]
+        # the CPU backends in order, each tried only when the ones before it lack the function
+        candidates = ["cupy"] if on_gpu else (n for n in AUTO_ORDER if _usable(n))
     else:
         device = REGISTRY[name].device
         if on_gpu != (device == "gpu"):
             where = "CuPy (GPU)" if on_gpu else "NumPy (CPU)"
             raise TypeError(f"{op}: backend {name!r} runs on the {device.upper()} but got {where} arrays")
         candidates = [name]
+    first = None
     for candidate in candidates:
+        first = first or candidate
         fn = _function(candidate, family, func)
         if fn is not None:
             check_dtypes(op, candidate, family, arrays)
             return candidate, fn
+    candidates = [first]
     raise NotImplementedError(f"{op}: backend {candidates[0]!r} does not implement {family}.{func}; "
                               f"backends that do: {', '.join(implementers(family, func)) or 'none'}")
 
@@ -213,9 +229,10 @@ def _taken(name: str, family: str) -> frozenset:
 
 def check_dtypes(op: str, name: str, family: str, arrays) -> None:
     """Every float array is of a dtype backend ``name`` takes for ``family`` (TypeError if not)."""
-    taken = REGISTRY[name].dtypes(family)
+    taken = _taken(name, family)
     for a in arrays:
-        if a is not None and a.dtype.kind == "f" and a.dtype not in _taken(name, family):
+        if a is not None and a.dtype.kind == "f" and a.dtype not in taken:
+            taken = REGISTRY[name].dtypes(family)
             others = [n for n, spec in REGISTRY.items() if a.dtype.name in spec.dtypes(family)]
             where = f"; {a.dtype} {family} ops run on: {', '.join(others)}" if others else ""
             raise TypeError(f"{op}: backend {name!r} takes {family} arrays of dtype {' or '.join(taken)}, "

@@ -7,9 +7,77 @@ receive these objects and never re-derive a size, so a shape bug can only live h
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
+
+
+# --------------------------------------------------------------------------------------------
+# results remembered per configuration: validation once per layer, not once per call
+# --------------------------------------------------------------------------------------------
+
+class _NotPlain(Exception):
+    """An argument :func:`_plain` does not key a cache with (the call takes the full path)."""
+
+
+_BOOL, _LIST = object(), object()  # tags no user value can spell
+
+
+def _plain(value):
+    """``value`` as a cache key that equals another only for an argument of the same types.
+
+    Plain Python ints, strs and None key as themselves; tuples element by element; a bool and a
+    list get a private tag, so ``stride=True`` can never meet the entry of ``stride=1`` (which
+    compare equal) nor a list that of a tuple. Anything else (a float, a NumPy integer, ...) is not
+    cached: it takes the full path, whose validation decides about it every time.
+    """
+    kind = type(value)
+    if kind is int or kind is str or value is None:
+        return value
+    if kind is tuple:
+        for v in value:
+            if type(v) is not int:
+                return tuple(map(_plain, value))
+        return value  # the common case, a shape or an (h, w) of ints: no new tuple
+    if kind is bool:
+        return (_BOOL, value)
+    if kind is list:
+        return (_LIST, tuple(map(_plain, value)))
+    raise _NotPlain
+
+
+#: entries per cached function before it starts over (a model has a few dozen configurations)
+CACHE_SIZE = 4096
+
+
+def remembered(fn):
+    """``fn(op, *args)``, a pure function of its arguments that validates them (raising
+    ValueError/TypeError) and returns an immutable result, remembered per argument list.
+
+    The call a model makes on every step (the same layer shapes and hyper-parameters) then costs
+    a dict lookup instead of the validation: a fast path for inputs already known to be valid.
+    Only results are kept, never errors, so a bad call raises its full message every time; and
+    arguments of other types than :func:`_plain` takes always run the full validation.
+    """
+    cache: dict = {}
+
+    @functools.wraps(fn)
+    def cached(op, *args):
+        try:
+            key = (op, *map(_plain, args))
+        except _NotPlain:
+            return fn(op, *args)
+        result = cache.get(key)
+        if result is None:
+            result = fn(op, *args)
+            if len(cache) >= CACHE_SIZE:
+                cache.clear()
+            cache[key] = result
+        return result
+
+    cached.cache = cache  # for tests
+    return cached
 
 
 # --------------------------------------------------------------------------------------------
@@ -17,8 +85,9 @@ from dataclasses import dataclass
 # --------------------------------------------------------------------------------------------
 
 def _is_int(value) -> bool:
-    # bool is an int subclass, but `stride=True` is a mistake, not a stride of 1
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    # bool is an int subclass, but `stride=True` is a mistake, not a stride of 1; a plain int
+    # first, without the ABC check (the common case, several times a call)
+    return type(value) is int or (isinstance(value, numbers.Integral) and not isinstance(value, bool))
 
 
 def as_int(op: str, name: str, value, *, minimum: int | None = None) -> int:
@@ -36,6 +105,13 @@ def as_pair(op: str, name: str, value, *, minimum: int | None = None,
     """An int, a sequence of two ints, or (with ``single``) a sequence of one int, as a pair
     ``(h, w)``. PyTorch's 2-d conv and pooling ops expand a 1-sequence like an int
     (``padding=(1,)`` is ``padding=1``), so every such parameter takes it."""
+    kind = type(value)  # the common spellings first, without the general checks
+    if kind is int:
+        if minimum is None or value >= minimum:
+            return (value, value)
+    elif kind is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        if minimum is None or min(value) >= minimum:
+            return value
     if _is_int(value):
         pair = (value, value)
     elif isinstance(value, (tuple, list)) and (len(value) == 2 or (single and len(value) == 1)):
@@ -103,6 +179,7 @@ class ConvParams:
         return 2 * self.N * self.C_out * self.OH * self.OW * (self.C_in // self.groups) * self.KH * self.KW
 
 
+@remembered
 def conv_padding(op: str, padding, K: tuple[int, int], dilation: tuple[int, int],
                  stride: tuple[int, int]) -> tuple[int, int, int, int]:
     """Any accepted padding spelling as ``(top, bottom, left, right)``."""
@@ -139,6 +216,7 @@ def conv_output_size(size, k, pad_lo, pad_hi, stride, dilation):
     return (size + pad_lo + pad_hi - dilation * (k - 1) - 1) // stride + 1
 
 
+@remembered
 def conv_params(op: str, x_shape, w_shape, stride, padding, dilation, groups) -> ConvParams:
     """Validate the hyper-parameters against the shapes and compute the output size."""
     N, C_in, H, W = x_shape
@@ -219,6 +297,7 @@ def pool_output_size(size: int, k: int, pad: int, stride: int, dilation: int, ce
     return out
 
 
+@remembered
 def pool_params(op: str, x_shape, kernel_size, stride, padding, dilation, ceil_mode,
                 count_include_pad=True, divisor_override=None) -> PoolParams:
     N, C, H, W = x_shape
@@ -280,6 +359,7 @@ class AdaptivePoolParams:
         return (self.N, self.C, self.OH, self.OW)
 
 
+@remembered
 def adaptive_output_size(op: str, output_size, image) -> tuple[int, int]:
     """``output_size`` (an int, or a pair whose ``None`` entries keep that size of ``image``, the
     input's (H, W)) as ``(OH, OW)``. As in PyTorch, a size may be 0 (an empty output), and a
@@ -292,6 +372,7 @@ def adaptive_output_size(op: str, output_size, image) -> tuple[int, int]:
                  for o, size in zip(output_size, image))
 
 
+@remembered
 def adaptive_pool_params(op: str, x_shape, output_size) -> AdaptivePoolParams:
     """``output_size`` an int or a pair; ``None`` in the pair keeps that input size (PyTorch).
     The batch and the channels may be empty, the image may not (PyTorch's rule)."""
@@ -302,6 +383,7 @@ def adaptive_pool_params(op: str, x_shape, output_size) -> AdaptivePoolParams:
     return AdaptivePoolParams(N, C, H, W, OH, OW)
 
 
+@remembered
 def conv_transpose_params(op: str, x_shape, w_shape, stride, padding, output_padding, groups,
                           dilation) -> ConvParams:
     """A transposed convolution as the convolution whose backward-input it is.

@@ -4,7 +4,7 @@ Imported explicitly (``import fastconv.torch``); ``import fastconv`` never impor
 
 - ``torch.ops.fastconv.{conv2d, conv1d, conv_transpose2d, linear, max_pool2d, avg_pool2d,
   adaptive_avg_pool2d, batch_norm}`` and their ``*_backward`` ops, registered with
-  ``torch.library.custom_op`` (fake kernels, autograd), so they work under autograd,
+  ``torch.library.Library`` (fake kernels, autograd), so they work under autograd,
   ``torch.compile`` and ``torch.library.opcheck`` (:mod:`.ops`);
 - functional wrappers with ``torch.nn.functional``'s signatures plus ``backend=``:
   :func:`conv2d`, :func:`conv1d`, :func:`conv_transpose2d`, :func:`linear`, :func:`max_pool2d`,

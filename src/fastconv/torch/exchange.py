@@ -27,6 +27,7 @@ import torch
 
 import contextlib
 
+from .._checks import is_cupy
 from .._dispatch import REGISTRY, BackendUnavailableError, backend_status
 
 #: the float dtypes fastconv's kernels take for the ops here (conv, linear, pooling), per device
@@ -64,6 +65,14 @@ def check_dtype(op: str, name: str, t: torch.Tensor, allowed) -> None:
 
 def check_device(op: str, tensors: dict[str, torch.Tensor | None]) -> str:
     """The one device type (``"cpu"`` or ``"cuda"``) of the given tensors, or a clear error."""
+    device = None
+    for t in tensors.values():  # the common case first: every tensor on the CPU
+        if t is not None:
+            device = t.device
+            if device.type != "cpu":
+                break
+    else:
+        return "cpu"
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     kinds = {d.type for d in devices.values()}
     if len(kinds) > 1 or len(set(devices.values())) > 1:
@@ -87,7 +96,8 @@ def to_array(t: torch.Tensor | None, *, device: str = "cpu"):
     """
     if t is None:
         return None
-    t = t.detach()  # the kernels run below autograd; detach() is a view, not a copy
+    if t.requires_grad:
+        t = t.detach()  # the kernels run below autograd; detach() is a view, not a copy
     if not t.is_contiguous():
         t = t.contiguous()
     if device == "cuda":
@@ -99,7 +109,7 @@ def to_array(t: torch.Tensor | None, *, device: str = "cpu"):
 
 def from_array(a) -> torch.Tensor:
     """A NumPy or CuPy array as a tensor sharing its memory (``torch.from_numpy`` / DLPack)."""
-    if type(a).__module__.split(".")[0] == "cupy":
+    if is_cupy(a):
         return torch.from_dlpack(a)
     return torch.from_numpy(a)
 

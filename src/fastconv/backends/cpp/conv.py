@@ -26,7 +26,7 @@ def _cython(func):
 
 def conv2d_forward(x, w, b, p):
     x, w, b = contiguous(x), contiguous(w), contiguous(b)
-    nt = nthreads()
+    nt = nthreads(p.flops)
 
     def run(algo):
         if algo == IM2COL:
@@ -39,7 +39,7 @@ def conv2d_forward(x, w, b, p):
 
 def conv2d_backward_input(dy, w, p):
     dy, w = contiguous(dy), contiguous(w)
-    nt = nthreads()
+    nt = nthreads(p.flops)
 
     def run(algo):
         if algo == IM2COL:
@@ -52,7 +52,7 @@ def conv2d_backward_input(dy, w, p):
 
 def conv2d_backward_weight(dy, x, p):
     dy, x = contiguous(dy), contiguous(x)
-    nt = nthreads()
+    nt = nthreads(p.flops)
 
     def run(algo):
         if algo == IM2COL:
@@ -65,5 +65,5 @@ def conv2d_backward_weight(dy, x, p):
 
 def conv2d_backward_bias(dy):
     db = empty((dy.shape[1],), dy.dtype)  # (C_out,)
-    _cpp.conv2d_backward_bias(contiguous(dy), db, nthreads())
+    _cpp.conv2d_backward_bias(contiguous(dy), db, nthreads(dy.size))
     return db
