@@ -58,34 +58,34 @@ def _check_supported(module: torch.nn.Module) -> None:
         raise ValueError(f"fastconv.torch.{type(module).__name__}: unsupported configuration: {reason}")
 
 
-class Conv2d(_Fastconv, torch.nn.Conv2d):
+class _Conv(_Fastconv):
+    """What Conv1d and Conv2d share: PyTorch's constructor (the same arguments for both), checked,
+    and a forward through the fastconv.torch function named ``_op``."""
+
+    _op: str
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None, *, backend="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         bias, padding_mode, device, dtype)
+        _check_supported(self)
+        self._set_backend(backend)
+
+    def forward(self, input):
+        return getattr(ops, self._op)(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                      self.groups, backend=self.backend)
+
+
+class Conv2d(_Conv, torch.nn.Conv2d):
     """``torch.nn.Conv2d`` on fastconv. ``padding_mode`` must be ``'zeros'`` (ValueError otherwise)."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None, *, backend="auto"):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                         bias, padding_mode, device, dtype)
-        _check_supported(self)
-        self._set_backend(backend)
-
-    def forward(self, input):
-        return ops.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                          self.groups, backend=self.backend)
+    _op = "conv2d"
 
 
-class Conv1d(_Fastconv, torch.nn.Conv1d):
+class Conv1d(_Conv, torch.nn.Conv1d):
     """``torch.nn.Conv1d`` on fastconv. ``padding_mode`` must be ``'zeros'`` (ValueError otherwise)."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None, *, backend="auto"):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                         bias, padding_mode, device, dtype)
-        _check_supported(self)
-        self._set_backend(backend)
-
-    def forward(self, input):
-        return ops.conv1d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                          self.groups, backend=self.backend)
+    _op = "conv1d"
 
 
 class ConvTranspose2d(_Fastconv, torch.nn.ConvTranspose2d):
