@@ -68,7 +68,7 @@ struct Tile<2, T> {
   }
   template <class In, class Out>
   static void weight(In g, Out o) {  // G g
-    const T g0 = g(0), g1 = g(1), g2 = g(2);
+    const auto g0 = g(0), g1 = g(1), g2 = g(2);
     o(0, g0);
     o(1, T(0.5) * (g0 + g1 + g2));
     o(2, T(0.5) * (g0 - g1 + g2));
@@ -76,13 +76,13 @@ struct Tile<2, T> {
   }
   template <class In, class Out>
   static void output(In s, Out o) {  // A^T s
-    const T s1 = s(1), s2 = s(2);
+    const auto s1 = s(1), s2 = s(2);
     o(0, s(0) + s1 + s2);
     o(1, s1 - s2 - s(3));
   }
   template <class In, class Out>
   static void dy(In e, Out o) {  // A e (wgrad)
-    const T e0 = e(0), e1 = e(1);
+    const auto e0 = e(0), e1 = e(1);
     o(0, e0);
     o(1, e0 + e1);
     o(2, e0 - e1);
@@ -90,7 +90,7 @@ struct Tile<2, T> {
   }
   template <class In, class Out>
   static void weight_grad(In s, Out o) {  // G^T s (wgrad)
-    const T s1 = s(1), s2 = s(2);
+    const auto s1 = s(1), s2 = s(2);
     o(0, s(0) + T(0.5) * (s1 + s2));
     o(1, T(0.5) * (s1 - s2));
     o(2, T(0.5) * (s1 + s2) + s(3));
@@ -121,8 +121,8 @@ struct Tile<4, T> {
   static constexpr T gb = T(1) / (T(2) * pb2 * (pb2 - pa2));  // ... of (+-b - p')
   template <class In, class Out>
   static void input(In d, Out o) {  // B^T d
-    const T d1 = d(1), d2 = d(2), d3 = d(3), d4 = d(4);
-    const T ea = d4 - pb2 * d2, oa = pa * (pb2 * d1 - d3), eb = d4 - pa2 * d2, ob = pb * (pa2 * d1 - d3);
+    const auto d1 = d(1), d2 = d(2), d3 = d(3), d4 = d(4);
+    const auto ea = d4 - pb2 * d2, oa = pa * (pb2 * d1 - d3), eb = d4 - pa2 * d2, ob = pb * (pa2 * d1 - d3);
     o(0, pa2 * pb2 * d(0) - (pa2 + pb2) * d2 + d4);
     o(1, ea - oa);
     o(2, ea + oa);
@@ -132,8 +132,8 @@ struct Tile<4, T> {
   }
   template <class In, class Out>
   static void weight(In g, Out o) {  // G g
-    const T f0 = g(0), f1 = g(1), f2 = g(2);
-    const T ea = f0 + pa2 * f2, oa = pa * f1, eb = f0 + pb2 * f2, ob = pb * f1;
+    const auto f0 = g(0), f1 = g(1), f2 = g(2);
+    const auto ea = f0 + pa2 * f2, oa = pa * f1, eb = f0 + pb2 * f2, ob = pb * f1;
     o(0, g0 * f0);
     o(1, ga * (ea + oa));
     o(2, ga * (ea - oa));
@@ -143,7 +143,7 @@ struct Tile<4, T> {
   }
   template <class In, class Out>
   static void output(In s, Out o) {  // A^T s
-    const T p12 = s(1) + s(2), m12 = s(1) - s(2), p34 = s(3) + s(4), m34 = s(3) - s(4);
+    const auto p12 = s(1) + s(2), m12 = s(1) - s(2), p34 = s(3) + s(4), m34 = s(3) - s(4);
     o(0, s(0) + p12 + p34);
     o(1, pa * m12 + pb * m34);
     o(2, pa2 * p12 + pb2 * p34);
@@ -151,8 +151,8 @@ struct Tile<4, T> {
   }
   template <class In, class Out>
   static void dy(In e, Out o) {  // A e (wgrad)
-    const T e0 = e(0), e1 = e(1), e2 = e(2), e3 = e(3);
-    const T ea = e0 + pa2 * e2, oa = pa * (e1 + pa2 * e3), eb = e0 + pb2 * e2, ob = pb * (e1 + pb2 * e3);
+    const auto e0 = e(0), e1 = e(1), e2 = e(2), e3 = e(3);
+    const auto ea = e0 + pa2 * e2, oa = pa * (e1 + pa2 * e3), eb = e0 + pb2 * e2, ob = pb * (e1 + pb2 * e3);
     o(0, e0);
     o(1, ea + oa);
     o(2, ea - oa);
@@ -162,7 +162,7 @@ struct Tile<4, T> {
   }
   template <class In, class Out>
   static void weight_grad(In s, Out o) {  // G^T s (wgrad)
-    const T p12 = s(1) + s(2), m12 = s(1) - s(2), p34 = s(3) + s(4), m34 = s(3) - s(4);
+    const auto p12 = s(1) + s(2), m12 = s(1) - s(2), p34 = s(3) + s(4), m34 = s(3) - s(4);
     o(0, g0 * s(0) + ga * p12 + gb * p34);
     o(1, ga * pa * m12 + gb * pb * m34);
     o(2, ga * pa2 * p12 + gb * pb2 * p34 + s(5));
@@ -179,6 +179,108 @@ __attribute__((always_inline)) inline void transform_2d(F f, Src src, Dst dst) {
     f([&](int r) { return src(r, j); }, [&](int i, T v) { t[i][j] = v; });
   for (int i = 0; i < Out; ++i)  // (F X) F^T, row i
     f([&](int r) { return t[i][r]; }, [&](int k, T v) { dst(i, k, v); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// vectors of tiles: the transforms of L consecutive tiles at once, lane l for tile l
+// ---------------------------------------------------------------------------------------------
+
+// 32-byte vectors of GCC's vector extension (ymm under the avx2 and avx512f clones, pairs of xmm
+// under the default one), and the shuffles that move between a run of tiles' m-element rows (lane
+// t*m + k: element k of tile t) and one vector per element k. Left to the vectoriser, the strided
+// loads and stores of `#pragma omp simd` came out as 2-lane vectors filled by scalar inserts: the
+// output transform took 30% of ResNet-50's 3x3x64 forward at 56x56 (the GEMMs 43%).
+template <typename T>
+struct Lanes;
+template <>
+struct Lanes<float> {
+  typedef float V __attribute__((vector_size(32)));
+  typedef std::int32_t I __attribute__((vector_size(32)));
+  static constexpr int L = 8;
+  static V even(V a, V b) { return __builtin_shuffle(a, b, I{0, 2, 4, 6, 8, 10, 12, 14}); }
+  static V odd(V a, V b) { return __builtin_shuffle(a, b, I{1, 3, 5, 7, 9, 11, 13, 15}); }
+  static V zip_lo(V a, V b) { return __builtin_shuffle(a, b, I{0, 8, 1, 9, 2, 10, 3, 11}); }
+  static V zip_hi(V a, V b) { return __builtin_shuffle(a, b, I{4, 12, 5, 13, 6, 14, 7, 15}); }
+};
+template <>
+struct Lanes<double> {
+  typedef double V __attribute__((vector_size(32)));
+  typedef std::int64_t I __attribute__((vector_size(32)));
+  static constexpr int L = 4;
+  static V even(V a, V b) { return __builtin_shuffle(a, b, I{0, 2, 4, 6}); }
+  static V odd(V a, V b) { return __builtin_shuffle(a, b, I{1, 3, 5, 7}); }
+  static V zip_lo(V a, V b) { return __builtin_shuffle(a, b, I{0, 4, 1, 5}); }
+  static V zip_hi(V a, V b) { return __builtin_shuffle(a, b, I{2, 6, 3, 7}); }
+};
+
+template <typename T>
+__attribute__((always_inline)) inline typename Lanes<T>::V load_lanes(const T* p) {
+  typename Lanes<T>::V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void store_lanes(T* p, typename Lanes<T>::V v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// The rows of L tiles m apart, m*L elements from p: d[j], lane t = p[m*t + j], for j < m (the m
+// vectors of the run), by one (m = 2) or two (m = 4) rounds of even/odd splits.
+template <int M, typename T>
+__attribute__((always_inline)) inline void split_lanes(const T* p, typename Lanes<T>::V (&d)[M]) {
+  using Ln = Lanes<T>;
+  constexpr int L = Ln::L;
+  if constexpr (M == 2) {
+    const auto a = load_lanes(p), b = load_lanes(p + L);
+    d[0] = Ln::even(a, b);
+    d[1] = Ln::odd(a, b);
+  } else {
+    static_assert(M == 4, "tiles of 2 or 4");
+    const auto a = load_lanes(p), b = load_lanes(p + L), c = load_lanes(p + 2 * L), e = load_lanes(p + 3 * L);
+    const auto ev = Ln::even(a, b), od = Ln::odd(a, b), ev2 = Ln::even(c, e), od2 = Ln::odd(c, e);
+    d[0] = Ln::even(ev, ev2);  // elements 0 mod 4
+    d[1] = Ln::even(od, od2);  // 1 mod 4
+    d[2] = Ln::odd(ev, ev2);   // 2 mod 4
+    d[3] = Ln::odd(od, od2);   // 3 mod 4
+  }
+}
+
+// The inverse: vectors o[k] (lane t: element k of tile t) into the m*L elements at p, tile t's m
+// at p + m*t.
+template <int M, typename T>
+__attribute__((always_inline)) inline void join_lanes(const typename Lanes<T>::V (&o)[M], T* p) {
+  using Ln = Lanes<T>;
+  constexpr int L = Ln::L;
+  if constexpr (M == 2) {
+    store_lanes(p, Ln::zip_lo(o[0], o[1]));
+    store_lanes(p + L, Ln::zip_hi(o[0], o[1]));
+  } else {
+    static_assert(M == 4, "tiles of 2 or 4");
+    // (0, 2) and (1, 3) interleaved, then the two: 0 1 2 3 of each tile in turn
+    const auto a0 = Ln::zip_lo(o[0], o[2]), a1 = Ln::zip_hi(o[0], o[2]);
+    const auto b0 = Ln::zip_lo(o[1], o[3]), b1 = Ln::zip_hi(o[1], o[3]);
+    store_lanes(p, Ln::zip_lo(a0, b0));
+    store_lanes(p + L, Ln::zip_hi(a0, b0));
+    store_lanes(p + 2 * L, Ln::zip_lo(a1, b1));
+    store_lanes(p + 3 * L, Ln::zip_hi(a1, b1));
+  }
+}
+
+// An L x L transpose in place: a[t] lane j becomes a[j] lane t. Each round of zips rotates the
+// bits of the element index (t, j) left by one; log2(L) rounds turn (t, j) into (j, t).
+template <typename T>
+__attribute__((always_inline)) inline void transpose_lanes(typename Lanes<T>::V (&a)[Lanes<T>::L]) {
+  using Ln = Lanes<T>;
+  constexpr int L = Ln::L;
+  for (int round = 1; round < L; round *= 2) {
+    typename Ln::V b[L];
+    for (int i = 0; i < L / 2; ++i) {
+      b[2 * i] = Ln::zip_lo(a[i], a[i + L / 2]);
+      b[2 * i + 1] = Ln::zip_hi(a[i], a[i + L / 2]);
+    }
+    for (int i = 0; i < L; ++i) a[i] = b[i];
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,32 +417,82 @@ struct Table {
 };
 
 // V = B^T d B for tiles l < n of one column panel of V: tile l's window d (a x a) at x + where.at(l),
-// its row r at + (r % m)*sub + (r / m)*Wp (see Planes); element xi to v[xi*ldv + l].
+// its row r at + (r % m)*sub + (r / m)*Wp (see Planes); element xi to v[xi*ldv + l]. L tiles at a
+// time: a window row of strided tiles split from one run (split_lanes), of tiles through a table
+// by a transpose of the tiles' rows (rows of L elements: up to L - a past a window's row); F(4x4)
+// reads 2 elements past the last window either way. The rest one lane each.
 template <int M, typename T, class Where>
 __attribute__((always_inline)) inline void input_panel_impl(Tile<M, T>, const T* x, Where where, index_t Wp,
                                                             index_t sub, index_t n, T* v, index_t ldv) {
   using W = Tile<M, T>;
+  using V = typename Lanes<T>::V;
+  constexpr int L = Lanes<T>::L;
+  index_t l = 0;
+  for (; l + L <= n; l += L) {
+    V d[W::a][W::a];  // d[r][j], lane t: element (r, j) of tile l + t's window
+    for (int r = 0; r < W::a; ++r) {
+      const index_t row = (r % M) * sub + (r / M) * Wp;
+      if constexpr (std::is_same_v<Where, Strided<M>>) {
+        V lo[M], hi[M];
+        split_lanes<M>(x + where.at(l) + row, lo);
+        split_lanes<M>(x + where.at(l) + row + M, hi);
+        for (int j = 0; j < M; ++j) d[r][j] = lo[j];
+        d[r][M] = hi[0];
+        d[r][M + 1] = hi[1];
+      } else {
+        for (int h = 0; h < W::a; h += L) {  // fp64's F(4x4): 6 elements, two vectors of 4
+          V e[L];
+          for (int t = 0; t < L; ++t) e[t] = load_lanes(x + where.at(l + t) + row + h);
+          transpose_lanes<T>(e);
+          for (int j = h; j < W::a && j < h + L; ++j) d[r][j] = e[j - h];
+        }
+      }
+    }
+    transform_2d<V, W::a, W::a>([](auto in, auto out) { W::input(in, out); },
+                                [&](int r, int j) { return d[r][j]; },
+                                [&](int i, int k, V val) { store_lanes(v + (W::a * i + k) * ldv + l, val); });
+  }
   // v never overlaps x: tell the vectoriser, which would not version a*a + 1 streams
 #pragma omp simd
-  for (index_t l = 0; l < n; ++l) {
-    const T* p = x + where.at(l);
+  for (index_t t = l; t < n; ++t) {
+    const T* p = x + where.at(t);
     transform_2d<T, W::a, W::a>([](auto in, auto out) { W::input(in, out); },
                                 [&](int r, int j) { return p[(r % M) * sub + (r / M) * Wp + j]; },
-                                [&](int i, int k, T val) { v[(W::a * i + k) * ldv + l] = val; });
+                                [&](int i, int k, T val) { v[(W::a * i + k) * ldv + t] = val; });
   }
 }
 
 // Y = A^T s A + bias for tiles l < n of one output channel, element xi of tile l at s[xi*lds + l]:
-// tile l's m x m outputs to y + where.at(l), rows OWp apart.
+// tile l's m x m outputs to y + where.at(l), rows OWp apart. L tiles at a time (join_lanes puts
+// each output row's m*L elements in order: one run for strided tiles, m each through a table), the
+// rest one lane each.
 template <int M, typename T, class Where>
 __attribute__((always_inline)) inline void output_panel_impl(Tile<M, T>, const T* s, index_t lds, Where where,
                                                              index_t OWp, index_t n, T bias, T* y) {
   using W = Tile<M, T>;
+  using V = typename Lanes<T>::V;
+  constexpr int L = Lanes<T>::L;
+  index_t l = 0;
+  for (; l + L <= n; l += L) {
+    V o[M][M];  // o[i][k], lane t: output (i, k) of tile l + t
+    transform_2d<V, W::a, M>([](auto in, auto out) { W::output(in, out); },
+                             [&](int r, int j) { return load_lanes(s + (W::a * r + j) * lds + l); },
+                             [&](int i, int k, V val) { o[i][k] = val + bias; });
+    for (int i = 0; i < M; ++i) {
+      if constexpr (std::is_same_v<Where, Strided<M>>) {
+        join_lanes<M>(o[i], y + where.at(l) + i * OWp);
+      } else {
+        T row[M * L];
+        join_lanes<M>(o[i], row);
+        for (int t = 0; t < L; ++t) std::memcpy(y + where.at(l + t) + i * OWp, row + M * t, M * sizeof(T));
+      }
+    }
+  }
 #pragma omp simd
-  for (index_t l = 0; l < n; ++l) {
-    T* q = y + where.at(l);
+  for (index_t t = l; t < n; ++t) {
+    T* q = y + where.at(t);
     transform_2d<T, W::a, M>([](auto in, auto out) { W::output(in, out); },
-                             [&](int r, int j) { return s[(W::a * r + j) * lds + l]; },
+                             [&](int r, int j) { return s[(W::a * r + j) * lds + t]; },
                              [&](int i, int k, T val) { q[i * OWp + k] = val + bias; });
   }
 }
@@ -482,13 +634,15 @@ int forced_tile = 0;  // set_winograd_tile's: 0, the chooser's; 1, none (the dir
 bool f4_allowed = false;  // set_winograd_f4's: whether the chooser may take F(4x4)
 
 // Whether s is a layer Winograd serves and pays on (measured with F(2x2)). Enough tiles to amortise
-// the weight's transform, and channels enough that the GEMMs outweigh the input and output
-// transforms: per tile the GEMMs grow with C_in x C_out, the transforms with C_in + C_out. Time
-// against the direct GEMM path, forward and dgrad (2-core AMD EPYC Zen 1, AVX2): 0.58-0.78x at
-// 64-256 channels on 56x56 and 224x224, 0.87-0.91x at 64 on 8x8; at 32 channels 0.76-0.83x with 64
-// or 256 on the other side (28x28), 0.80-0.86x at 40 -> 40 (32x32), but 32 -> 32 only on small
-// images (the direct path's junk columns weigh there): 0.70-0.92x on 8x8 and 16x16, 1.06-1.29x on
-// 32x32 and 56x56; at 16 channels 1.12-1.25x. In fp64 only along rows: through the tables
+// the weight's transform, and work enough for the fixed costs of a call (the weight's transform,
+// the blocks' set-up): tiles x C_in x C_out, which the GEMMs grow with, at least 2^19. Time against
+// the direct GEMM path, forward and dgrad (2-core AMD EPYC Zen 1, AVX2, transforms in vectors):
+// 0.69x at 32 -> 32 on 32x32 (batch 128) and 56x56 (batch 16); 0.72-0.82x at 16 -> 64, 64 -> 16,
+// 16 -> 32 and 32 -> 16 (28x28, 32x32); 0.91-0.95x at 16 -> 16 (32x32 batch 128, 56x56 batch 16),
+// 0.72-0.76x at 16 -> 16 on 8x8 batch 128; but 1.07-1.41x with less work (16 -> 16 on 32x32 at
+// batch 2 and 4: 2^17 and 2^18; 32 -> 32 at batch 1: 2^16 on 16x16, 2^18 on 32x32), and at 8 -> 8
+// (32x32, batch 64) 0.98x forward, 1.18x dgrad. Before the transforms were vectors, 16 channels
+// and 32 -> 32 on images over 16 wide took 1.06-1.29x. In fp64 only along rows: through the tables
 // ResNet-50's 3x3x512 at 7x7 took 1.13-1.18x the time (fp32: 0.65x with AVX2, 0.87x AVX-512),
 // along rows 0.58-0.74x.
 bool winograd_serves(const ConvShape& s, index_t elem_bytes) {
@@ -496,8 +650,8 @@ bool winograd_serves(const ConvShape& s, index_t elem_bytes) {
         s.groups == 1))
     return false;
   const TileGrid g = tile_grid(s, 2);
-  const bool channels = min_i(s.C_in, s.C_out) >= 32 && (s.C_in + s.C_out > 64 || s.OW <= 16);
-  return g.total >= 64 && channels && (elem_bytes == 4 || along_rows(g));
+  const bool work = g.total * s.C_in * s.C_out >= (index_t(1) << 19);
+  return g.total >= 64 && min_i(s.C_in, s.C_out) >= 16 && work && (elem_bytes == 4 || along_rows(g));
 }
 
 // Whether tile m's offset tables (int32) reach all of one image's padded planes.
@@ -572,7 +726,12 @@ bool forward_tiles(const ConvShape& s, const T* x, const T* w, index_t lda, cons
   const MicroKernel<T> uk = tile_kernel<M>(winograd_kernel<T>(s.C_out));
   const TileGrid g = tile_grid(s, M);
   const Planes pl = planes(g);
-  const index_t nt = block_tiles<M>(uk, s), chunk = chunk_images<T>(s, pl);
+  const index_t chunk = chunk_images<T>(s, pl);
+  // Blocks of a chunk's columns, at least two per thread (of one column panel at least): a small
+  // layer's one block left a thread idle (1 x 64 x 16x16, 64 filters: a third of the time in
+  // libgomp's wait).
+  const index_t columns = chunk * (along_rows(g) ? g.TH * (g.TW + 1) : g.TH * g.TW);
+  const index_t nt = min_i(block_tiles<M>(uk, s), max_i(uk.nr, round_up(ceil_div(columns, 2 * nthreads), uk.nr)));
   const Columns cols(g, nt);
   const bool rows_mode = cols.rows;
   // The kXi operands of each kind lie one cache line more than their size apart: a size that is a
@@ -587,10 +746,10 @@ bool forward_tiles(const ConvShape& s, const T* x, const T* w, index_t lda, cons
   const bool direct = rows_mode || (M * g.TH == s.OH && M * g.TW == s.OW);
   Buffer<T> u(kXi * usize);  // shared: the transformed weight
   // shared: a chunk's padded input planes; rows mode reads up to M*NR elements past a plane's end
-  // (a last panel's columns past the image's last tile)
-  Buffer<T> xp(chunk * s.C_in * pl.in + M * uk.nr);
+  // (a last panel's columns past the image's last tile), and F(4x4)'s vectors 2 more
+  Buffer<T> xp(chunk * s.C_in * pl.in + M * uk.nr + line);
   Buffer<T> yp(direct ? 0 : chunk * s.C_out * pl.out);  // shared: its padded output planes
-  fill_zero(xp.data() + chunk * s.C_in * pl.in, M * uk.nr);
+  fill_zero(xp.data() + chunk * s.C_in * pl.in, M * uk.nr + line);
   bool w_finite = true, x_finite = true;
 #pragma omp parallel num_threads(nthreads)
   {
@@ -698,8 +857,9 @@ bool backward_weight_tiles(const ConvShape& s, const T* dy, const T* x, T* dw, i
   const bool rows_mode = cols.rows;
   const index_t line = 64 / index_t(sizeof(T));  // the operands of a kind a line more apart (see the forward)
   const index_t xsize = s.C_in * nt + line, dsize = s.C_out * nt + line, ssize = s.C_out * s.C_in + line;
-  // shared: a chunk's padded x and dy planes (rows mode reads 2 elements past x's last plane), the
-  // block's transforms V (kXi x C_in x nt) and D (kXi x C_out x nt), S and the block's tables
+  // shared: a chunk's padded x and dy planes (rows mode reads 2 elements past x's last plane, 4 with
+  // F(4x4)'s vectors: `line` covers them), the block's transforms V (kXi x C_in x nt) and D (kXi x
+  // C_out x nt), S and the block's tables
   Buffer<T> xp(chunk * s.C_in * pl.in + line), dp(chunk * s.C_out * dplane);
   Buffer<T> v(kXi * xsize), d(kXi * dsize), sum(kXi * ssize);
   Buffer<std::int32_t> win(rows_mode ? 0 : nt), dwin(rows_mode ? 0 : nt);

@@ -104,12 +104,12 @@ FAST_PATHS = [
 # output channels than one row panel of the general kernel); ragged row panels
 WINOGRAD = [
     Conv("winograd_rows_clipped", 2, 64, 9, 35, 64, 3, 3, padding=1),
-    Conv("winograd_tables_cropped", 5, 65, 7, 7, 72, 3, 3, padding=1),
-    Conv("winograd_tables_direct", 4, 64, 8, 10, 64, 3, 3, padding=1),
+    Conv("winograd_tables_cropped", 8, 65, 7, 7, 72, 3, 3, padding=1),
+    Conv("winograd_tables_direct", 7, 64, 8, 10, 64, 3, 3, padding=1),
     Conv("winograd_pad_3", 1, 64, 20, 34, 66, 3, 3, padding=3),
     Conv("winograd_asymmetric_pad", 1, 64, 12, 40, 96, 3, 3, padding=(0, 2)),
     Conv("winograd_two_depth_blocks", 1, 300, 19, 13, 64, 3, 3, padding=1),
-    Conv("winograd_32_channels_in", 3, 32, 11, 13, 48, 3, 3, padding=1),
+    Conv("winograd_32_channels_in", 9, 32, 11, 13, 48, 3, 3, padding=1),
 ]
 # Winograd wgrad (128+ channels each way): along rows, two blocks per image; through tables, over
 # three chunks of images; dy's clipped tiles (odd OH, OW) and rows mode's junk tiles add nothing
@@ -138,7 +138,7 @@ WINOGRAD_F4 = [
     Conv("winograd_f4_rows_pad_0", 1, 64, 13, 67, 80, 3, 3),
     Conv("winograd_f4_tables_direct", 6, 64, 8, 12, 64, 3, 3, padding=1),
     Conv("winograd_f4_tables_two_chunks", 13, 65, 30, 29, 72, 3, 3, padding=1),
-    Conv("winograd_f4_pad_2_3", 1, 64, 18, 22, 66, 3, 3, padding=(2, 3)),
+    Conv("winograd_f4_pad_2_3", 2, 64, 18, 22, 66, 3, 3, padding=(2, 3)),
     Conv("winograd_f4_pad_per_side", 2, 96, 11, 30, 64, 3, 3, padding=((0, 2), (1, 0))),
 ]
 # its wgrad (128+ channels each way, up to 4096 pixels): along rows, two blocks in an image; through
@@ -265,6 +265,18 @@ def test_winograd_f4_close_to_the_reference(c, make, rng):
         assert_close(got, want.astype(np.float32), f"{c.name} {name}", scale=scale)
 
 
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in WINOGRAD_F4[:2]])
+def test_winograd_f4_forced_in_fp64(c, rng):
+    """F(4x4) forced in fp64 (the chooser takes F(2x2) there; fp64 runs Winograd along rows only):
+    its vectors of 4 lanes take a window row of 6 in two, within the fp64 tolerance."""
+    x, w, b, dy = _inputs(rng, c, randn, np.float64)
+    with _winograd_tile(4):
+        assert _cpp.conv2d_uses_winograd(_params(c), "fwd", F64) == 4
+        got_all = _all_passes(c, x, w, b, dy, "cpp")
+    for name, got, want in zip(NAMES, got_all, _all_passes(c, x, w, b, dy, "reference")):
+        assert_close(got, want, f"{c.name} {name}, F(4x4) in fp64")
+
+
 def test_winograd_tile_hook(rng):
     """set_winograd_tile forces either tile, or none (1: the direct paths), wherever Winograd runs;
     the results agree with each other within the tolerance."""
@@ -319,8 +331,8 @@ def test_winograd_in_fp64_only_along_rows_and_not_for_wgrad():
     Conv("strided", 2, 64, 20, 20, 64, 3, 3, stride=2, padding=1),
     Conv("dilated", 2, 64, 20, 20, 64, 3, 3, padding=2, dilation=2),
     Conv("grouped", 2, 128, 20, 20, 128, 3, 3, padding=1, groups=2),
-    Conv("few_channels", 2, 16, 20, 20, 64, 3, 3, padding=1),
-    Conv("thirty_two_each_way_wide", 2, 32, 20, 20, 32, 3, 3, padding=1),
+    Conv("few_channels", 2, 8, 20, 20, 64, 3, 3, padding=1),
+    Conv("little_work", 2, 32, 20, 20, 32, 3, 3, padding=1),  # 200 tiles x 32 x 32 < 2^19
     Conv("few_tiles", 1, 512, 7, 7, 512, 3, 3, padding=1),
     Conv("five_by_five", 2, 64, 20, 20, 64, 5, 5, padding=2),
 ], ids=lambda c: c.name)
@@ -909,7 +921,7 @@ def test_cache_sizes_report():
 # (sizes and paddings multiples of the dilation, output as large as the input) list "phases" in every
 # pass; the heuristics take it where the phase layer is one Winograd serves.
 PHASES = Conv("phases", 5, 8, 12, 9, 6, 3, 3, padding=(2, 3), dilation=(2, 3))
-PHASES_WINOGRAD = Conv("phases_winograd", 1, 64, 16, 16, 64, 3, 3, padding=2, dilation=2)
+PHASES_WINOGRAD = Conv("phases_winograd", 2, 64, 16, 16, 64, 3, 3, padding=2, dilation=2)
 
 
 def _named(c, algo, x, w, b, dy):
