@@ -77,13 +77,15 @@ def _max_pool2d(x, args, kwargs, dy, backend):
     return [y] if indices is None else [y, indices], {"input": dx}
 
 
-def _pool(name):
-    """avg_pool2d / adaptive_avg_pool2d: the backward takes (dy, x, *hyper)."""
+def _unary(name, *, takes_output=False):
+    """An op of one array x (the pools but max, activations, softmaxes, flatten, cross-entropy):
+    ``name(x, *args, **kwargs)``; its backward ``name_backward(dy, x, *args, **kwargs)``, or with
+    ``takes_output`` (softmax, log_softmax) ``name_backward(dy, y, ...)``."""
     forward, backward = getattr(fc, name), getattr(fc, name + "_backward")
 
     def run(x, args, kwargs, dy, backend):
         y = forward(x, *args, backend=backend, **kwargs)
-        return [y], {"input": backward(dy, x, *args, backend=backend, **kwargs)}
+        return [y], {"input": backward(dy, y if takes_output else x, *args, backend=backend, **kwargs)}
 
     return run
 
@@ -107,42 +109,10 @@ def _batch_norm(x, args, kwargs, dy, backend):
     return [r.y, *stats], {"input": dx, "args[2]": dw, "args[3]": db}
 
 
-def _elementwise(name):
-    """An activation: ``name(x, **params)``, ``name_backward(dy, x, **params)``."""
-    forward, backward = getattr(fc, name), getattr(fc, name + "_backward")
-
-    def run(x, args, kwargs, dy, backend):
-        return [forward(x, *args, backend=backend, **kwargs)], \
-            {"input": backward(dy, x, *args, backend=backend, **kwargs)}
-
-    return run
-
-
-def _softmax(name):
-    """softmax / log_softmax: the backward takes the output."""
-    forward, backward = getattr(fc, name), getattr(fc, name + "_backward")
-
-    def run(x, args, kwargs, dy, backend):
-        y = forward(x, *args, backend=backend, **kwargs)
-        return [y], {"input": backward(dy, y, *args, backend=backend, **kwargs)}
-
-    return run
-
-
-def _cross_entropy(x, args, kwargs, dy, backend):
-    loss = fc.cross_entropy(x, *args, backend=backend, **kwargs)
-    return [loss], {"input": fc.cross_entropy_backward(dy, x, *args, backend=backend, **kwargs)}
-
-
 def _mse_loss(x, args, kwargs, dy, backend):
     loss = fc.mse_loss(x, *args, backend=backend, **kwargs)
     dx = fc.mse_loss_backward(dy, x, *args, backend=backend, **kwargs)
     return [loss], {"input": dx, "args[0]": -dx}  # (x - t)^2 is antisymmetric in x and t
-
-
-def _flatten(x, args, kwargs, dy, backend):
-    y = fc.flatten(x, *args, backend=backend, **kwargs)
-    return [y], {"input": fc.flatten_backward(dy, x, *args, backend=backend, **kwargs)}
 
 
 def _dropout(x, args, kwargs, dy, backend):
@@ -208,25 +178,25 @@ OPS: dict[str, Op] = {
     # 10 inputs x 144 hyper-parameter combinations; 7 is coprime to 144, so every 7th sample (206)
     # still holds every combination and every input (test_selection_covers_every_call_form)
     "nn.functional.max_pool2d": Op(_max_pool2d, (1440, {}), wrapper="max_pool2d", every=7),
-    "nn.functional.avg_pool2d": Op(_pool("avg_pool2d"), (7, {}), wrapper="avg_pool2d"),
-    "nn.functional.adaptive_avg_pool2d": Op(_pool("adaptive_avg_pool2d"), (10, {}), wrapper="adaptive_avg_pool2d"),
+    "nn.functional.avg_pool2d": Op(_unary("avg_pool2d"), (7, {}), wrapper="avg_pool2d"),
+    "nn.functional.adaptive_avg_pool2d": Op(_unary("adaptive_avg_pool2d"), (10, {}), wrapper="adaptive_avg_pool2d"),
     "nn.functional.linear": Op(_linear, (18, {}), wrapper="linear"),
     "nn.functional.batch_norm": Op(_batch_norm, (12, {}), wrapper="batch_norm", kernel=_NORM,
                                    extra_outputs=_bn_stats),
     "nn.functional.batch_norm.without_cudnn": Op(_batch_norm, (12, {}), wrapper="batch_norm", kernel=_NORM,
                                                  extra_outputs=_bn_stats),
-    **{f"nn.functional.{name}": Op(_elementwise(name), (n, {}))
+    **{f"nn.functional.{name}": Op(_unary(name), (n, {}))
        for name, n in (("relu", 4), ("leaky_relu", 9), ("elu", 3), ("selu", 3), ("gelu", 8),
                        ("softplus", 3), ("silu", 3))},
-    "sigmoid": Op(_elementwise("sigmoid"), (3, {})),
-    "tanh": Op(_elementwise("tanh"), (1, {})),
-    "softmax": Op(_softmax("softmax"), (7, {})),
-    "log_softmax": Op(_softmax("log_softmax"), (7, {})),
-    "softmax.with_dtype": Op(_softmax("softmax"), (0, {_DTYPE_ARG: 7}), skips=(_DTYPE_ARG,)),
-    "log_softmax.with_dtype": Op(_softmax("log_softmax"), (0, {_DTYPE_ARG: 7}), skips=(_DTYPE_ARG,)),
-    "nn.functional.cross_entropy": Op(_cross_entropy, (21, {}), kernel=("loss", "cross_entropy_index_forward")),
+    "sigmoid": Op(_unary("sigmoid"), (3, {})),
+    "tanh": Op(_unary("tanh"), (1, {})),
+    "softmax": Op(_unary("softmax", takes_output=True), (7, {})),
+    "log_softmax": Op(_unary("log_softmax", takes_output=True), (7, {})),
+    "softmax.with_dtype": Op(_unary("softmax", takes_output=True), (0, {_DTYPE_ARG: 7}), skips=(_DTYPE_ARG,)),
+    "log_softmax.with_dtype": Op(_unary("log_softmax", takes_output=True), (0, {_DTYPE_ARG: 7}), skips=(_DTYPE_ARG,)),
+    "nn.functional.cross_entropy": Op(_unary("cross_entropy"), (21, {}), kernel=("loss", "cross_entropy_index_forward")),
     "nn.functional.mse_loss": Op(_mse_loss, (6, {}), kernel=("loss", "mse_loss_forward")),
-    "flatten": Op(_flatten, (2, {_FLATTEN_DEFAULT: 4}), skips=(_FLATTEN_DEFAULT,)),
+    "flatten": Op(_unary("flatten"), (2, {_FLATTEN_DEFAULT: 4}), skips=(_FLATTEN_DEFAULT,)),
     "nn.functional.dropout": Op(_dropout, (15, {_RANDOM: 4}), skips=(_RANDOM,), kernel=("dropout", "dropout_forward")),
 }
 
