@@ -148,6 +148,8 @@ def test_compare_calibrates_on_the_null():
     (["--models", "lenet5"], "--models is an option of --e2e"),
     (["--e2e", "--models", "lenet5,vgg"], "unknown model(s) vgg"),
     (["--e2e", "--batch-size", "0"], "batch size must be a positive integer"),
+    (["--e2e", "--repeat", "0"], "bench --e2e: repeat must be a positive integer, got 0"),
+    (["--e2e", "--budget", "0"], "bench --e2e: budget must be positive seconds, got 0"),
 ])
 def test_e2e_bad_options(args, message, tmp_path, capsys):
     assert main(["bench", *args, "--out", str(tmp_path)]) == 2

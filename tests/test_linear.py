@@ -1,6 +1,8 @@
 """linear: the reference against direct loops, finite differences and PyTorch (1-d to 4-d x);
 every backend against the reference (exact on small integers, close on random data); bad input."""
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -229,6 +231,72 @@ def test_float16_matches_reference_on_upcast_inputs(x_shape, out_features, with_
 
 
 # --------------------------------------------------------------------------------------------
+# every w and bias shape F.linear takes, on every backend
+# --------------------------------------------------------------------------------------------
+
+def _layout(a, contiguous):
+    """``a`` itself, or a non-contiguous array of the same values (F-order, or a strided vector)."""
+    if contiguous or a.ndim == 0:
+        return a
+    return np.asfortranarray(a) if a.ndim > 1 else np.repeat(a, 2)[::2]
+
+
+#: (x shape, w shape, b shape or None): a 1-d w, and biases that broadcast, in both of PyTorch's
+#: frames (x's rows, y's shape); with x and b each contiguous or not, since that picks the frame
+_BIAS_FORMS = [(x, w, b) for x in [(3,), (1, 1, 3), (2, 3), (4, 2, 3), (0, 3)] for w in [(3,), (5, 3)]
+               for b in [None, (), (1,), (5,), (2,), (1, 1), (2, 5), (2, 1), (1, 5), (4, 2, 5), (8, 5)]]
+
+
+def test_w_and_bias_forms_as_pytorch(linear_backend, rng):
+    """Each form is accepted exactly where F.linear accepts it, with its result and gradients (db
+    of b's shape, through ``b_shape``); where PyTorch refuses, a ValueError."""
+    torch = pytest.importorskip("torch")
+    # the layouts decide acceptance, in the validation every backend shares: all of them on the
+    # reference, contiguous arrays on the others (whose kernels see the same 2-d products)
+    layouts = (True, False) if linear_backend == "reference" else (True,)
+    failures = []
+    for (x_shape, w_shape, b_shape), x_contiguous, b_contiguous in itertools.product(_BIAS_FORMS, layouts, layouts):
+        if b_shape is None and not b_contiguous:
+            continue
+        x = _layout(randn(rng, x_shape, np.float64), x_contiguous)
+        w = randn(rng, w_shape, np.float64)
+        b = None if b_shape is None else _layout(randn(rng, b_shape, np.float64), b_contiguous)
+        what = f"x{x_shape}{'' if x_contiguous else ' non-contiguous'}, w{w_shape}, b{b_shape}{'' if b_contiguous else ' non-contiguous'}"
+        ts = [None if a is None else torch.from_numpy(a).requires_grad_() for a in (x, w, b)]  # the same strides
+        try:
+            yt = torch.nn.functional.linear(*ts)
+        except RuntimeError:
+            with pytest.raises(ValueError):
+                fastconv.linear(x, w, b, backend=linear_backend)
+            continue
+        try:
+            y = fastconv.linear(x, w, b, backend=linear_backend)
+            dy = randn(rng, y.shape, np.float64)
+            want = torch.autograd.grad(yt, [t for t in ts if t is not None], torch.from_numpy(dy))
+            got = fastconv.linear_backward(dy, x, w, b_shape=b_shape, needs=(True, True, b is not None),
+                                           backend=linear_backend)
+            assert_close(y, yt.detach().numpy(), "forward")
+            assert_fresh_output(y, np.float64, x, w, b)
+            for name, g, r in zip(NAMES[1:], got, want):
+                assert g.shape == r.shape, f"{name} of shape {g.shape}, PyTorch's {tuple(r.shape)}"
+                assert_close(g, r.numpy(), name)
+        except Exception as e:  # every failing form, not just the first
+            failures.append(f"{what}: {type(e).__name__}: {e}")
+    assert not failures, "\n".join(failures)
+
+
+def test_backward_default_bias_grad_of_a_1d_w(linear_backend, rng):
+    """Without b_shape, db is the gradient of the bias linear takes by default: (out_features,), or
+    a scalar for a 1-d w (each row of y has one output)."""
+    x, w = randn(rng, (4, 2, 3), np.float64), randn(rng, (3,), np.float64)
+    dy = randn(rng, (4, 2), np.float64)
+    dx, dw, db = fastconv.linear_backward(dy, x, w, backend=linear_backend)
+    assert db.shape == () and np.allclose(db, dy.sum())
+    assert_close(dx, dy[..., None] * w, "dx")
+    assert_close(dw, np.einsum("ab,abk->k", dy, x), "dw")
+
+
+# --------------------------------------------------------------------------------------------
 # bad input
 # --------------------------------------------------------------------------------------------
 
@@ -236,12 +304,16 @@ f32 = np.float32
 X, W, DY = np.ones((2, 3, 5), f32), np.ones((4, 5), f32), np.ones((2, 3, 4), f32)
 
 BAD = [  # (id, op, args, kwargs, error type, text the message must contain)
-    ("x_0d", fastconv.linear, (np.ones((), f32), W), {}, ValueError, "expected x with at least 1 dims"),
-    ("w_1d", fastconv.linear, (X, np.ones(5, f32)), {}, ValueError, "expected w with 2 dims (out_features, in_features)"),
-    ("w_3d", fastconv.linear, (X, np.ones((4, 5, 1), f32)), {}, ValueError, "expected w with 2 dims"),
+    ("x_0d", fastconv.linear, (np.ones((), f32), W), {}, ValueError, "expected x and w with at least 1 dim"),
+    ("w_0d", fastconv.linear, (X, np.ones((), f32)), {}, ValueError, "expected x and w with at least 1 dim"),
+    ("w_3d", fastconv.linear, (X, np.ones((4, 5, 1), f32)), {}, ValueError, "expected w with 2 dims (out_features, in_features) or 1 dim"),
     ("features_mismatch", fastconv.linear, (X, np.ones((4, 6), f32)), {}, ValueError, "expects in_features=6"),
-    ("bias_shape", fastconv.linear, (X, W, np.ones(3, f32)), {}, ValueError, "expected b of shape (4,)"),
-    ("bias_2d", fastconv.linear, (X, W, np.ones((4, 1), f32)), {}, ValueError, "expected b with 1 dims"),
+    ("w_1d_features_mismatch", fastconv.linear, (X, np.ones(6, f32)), {}, ValueError, "expects in_features=6"),
+    ("bias_shape", fastconv.linear, (X, W, np.ones(3, f32)), {}, ValueError, "expected b that broadcasts to (6, 4)"),
+    # a vector bias on a contiguous x goes to PyTorch's addmm on x's 6 rows, which (4, 1) does not fit
+    ("bias_column", fastconv.linear, (X, W, np.ones((4, 1), f32)), {}, ValueError, "expected b that broadcasts to (6, 4)"),
+    ("bias_too_many_dims", fastconv.linear, (X, W, np.ones((1, 2, 3, 4), f32)), {}, ValueError, "broadcasts to (2, 3, 4) (y's shape)"),
+    ("w_1d_vector_bias", fastconv.linear, (X, np.ones(5, f32), np.ones(1, f32)), {}, ValueError, "takes no b of shape (1,)"),
     ("integer_x", fastconv.linear, (X.astype(np.int64), W), {}, TypeError, "float32 or float64, got int64"),
     ("integer_w", fastconv.linear, (X, W.astype(np.int32)), {}, TypeError, "got int32"),
     ("mixed_dtypes", fastconv.linear, (X.astype(np.float64), W), {}, TypeError, "one dtype"),
@@ -252,6 +324,8 @@ BAD = [  # (id, op, args, kwargs, error type, text the message must contain)
     ("backward_features", fastconv.linear_backward, (DY, X, np.ones((4, 2), f32)), {}, ValueError, "in_features=2"),
     ("needs_short", fastconv.linear_backward, (DY, X, W), {"needs": (True,)}, TypeError, "needs"),
     ("needs_not_bool", fastconv.linear_backward, (DY, X, W), {"needs": (1, 0, 1)}, TypeError, "needs"),
+    ("b_shape_not_sizes", fastconv.linear_backward, (DY, X, W), {"b_shape": 4}, TypeError, "b_shape"),
+    ("b_shape_bad", fastconv.linear_backward, (DY, X, W), {"b_shape": (3,)}, ValueError, "expected b that broadcasts"),
 ]
 
 

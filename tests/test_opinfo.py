@@ -13,7 +13,8 @@ A sample fastconv leaves out by design is classified in :data:`SKIPS` with its r
 :func:`test_sample_counts` pins how many samples run and how many are skipped per op and reason,
 so a skip cannot grow silently. Below the OpInfo tests, :func:`test_call_forms_accepted_and_refused_as_pytorch`
 checks spellings and empty shapes the samples leave out (``padding=(1,)``, ``kernel_size=(3,)``,
-images with a zero-size side) for acceptance and refusal against PyTorch.
+images with a zero-size side, linear's 1-d w and broadcast biases, tensors passed by keyword) for
+acceptance and refusal against PyTorch.
 """
 
 from __future__ import annotations
@@ -76,13 +77,15 @@ def _max_pool2d(x, args, kwargs, dy, backend):
     return [y] if indices is None else [y, indices], {"input": dx}
 
 
-def _pool(name):
-    """avg_pool2d / adaptive_avg_pool2d: the backward takes (dy, x, *hyper)."""
+def _unary(name, *, takes_output=False):
+    """An op of one array x (the pools but max, activations, softmaxes, flatten, cross-entropy):
+    ``name(x, *args, **kwargs)``; its backward ``name_backward(dy, x, *args, **kwargs)``, or with
+    ``takes_output`` (softmax, log_softmax) ``name_backward(dy, y, ...)``."""
     forward, backward = getattr(fc, name), getattr(fc, name + "_backward")
 
     def run(x, args, kwargs, dy, backend):
         y = forward(x, *args, backend=backend, **kwargs)
-        return [y], {"input": backward(dy, x, *args, backend=backend, **kwargs)}
+        return [y], {"input": backward(dy, y if takes_output else x, *args, backend=backend, **kwargs)}
 
     return run
 
@@ -90,7 +93,8 @@ def _pool(name):
 def _linear(x, args, kwargs, dy, backend):
     w, b = args[0], (args[1] if len(args) > 1 else None)
     y = fc.linear(x, w, b, backend=backend)
-    dx, dw, db = fc.linear_backward(dy, x, w, needs=(True, True, b is not None), backend=backend)
+    dx, dw, db = fc.linear_backward(dy, x, w, b_shape=None if b is None else b.shape,
+                                    needs=(True, True, b is not None), backend=backend)
     return [y], {"input": dx, "args[0]": dw, "args[1]": db}
 
 
@@ -105,42 +109,10 @@ def _batch_norm(x, args, kwargs, dy, backend):
     return [r.y, *stats], {"input": dx, "args[2]": dw, "args[3]": db}
 
 
-def _elementwise(name):
-    """An activation: ``name(x, **params)``, ``name_backward(dy, x, **params)``."""
-    forward, backward = getattr(fc, name), getattr(fc, name + "_backward")
-
-    def run(x, args, kwargs, dy, backend):
-        return [forward(x, *args, backend=backend, **kwargs)], \
-            {"input": backward(dy, x, *args, backend=backend, **kwargs)}
-
-    return run
-
-
-def _softmax(name):
-    """softmax / log_softmax: the backward takes the output."""
-    forward, backward = getattr(fc, name), getattr(fc, name + "_backward")
-
-    def run(x, args, kwargs, dy, backend):
-        y = forward(x, *args, backend=backend, **kwargs)
-        return [y], {"input": backward(dy, y, *args, backend=backend, **kwargs)}
-
-    return run
-
-
-def _cross_entropy(x, args, kwargs, dy, backend):
-    loss = fc.cross_entropy(x, *args, backend=backend, **kwargs)
-    return [loss], {"input": fc.cross_entropy_backward(dy, x, *args, backend=backend, **kwargs)}
-
-
 def _mse_loss(x, args, kwargs, dy, backend):
     loss = fc.mse_loss(x, *args, backend=backend, **kwargs)
     dx = fc.mse_loss_backward(dy, x, *args, backend=backend, **kwargs)
     return [loss], {"input": dx, "args[0]": -dx}  # (x - t)^2 is antisymmetric in x and t
-
-
-def _flatten(x, args, kwargs, dy, backend):
-    y = fc.flatten(x, *args, backend=backend, **kwargs)
-    return [y], {"input": fc.flatten_backward(dy, x, *args, backend=backend, **kwargs)}
 
 
 def _dropout(x, args, kwargs, dy, backend):
@@ -206,25 +178,25 @@ OPS: dict[str, Op] = {
     # 10 inputs x 144 hyper-parameter combinations; 7 is coprime to 144, so every 7th sample (206)
     # still holds every combination and every input (test_selection_covers_every_call_form)
     "nn.functional.max_pool2d": Op(_max_pool2d, (1440, {}), wrapper="max_pool2d", every=7),
-    "nn.functional.avg_pool2d": Op(_pool("avg_pool2d"), (7, {}), wrapper="avg_pool2d"),
-    "nn.functional.adaptive_avg_pool2d": Op(_pool("adaptive_avg_pool2d"), (10, {}), wrapper="adaptive_avg_pool2d"),
+    "nn.functional.avg_pool2d": Op(_unary("avg_pool2d"), (7, {}), wrapper="avg_pool2d"),
+    "nn.functional.adaptive_avg_pool2d": Op(_unary("adaptive_avg_pool2d"), (10, {}), wrapper="adaptive_avg_pool2d"),
     "nn.functional.linear": Op(_linear, (18, {}), wrapper="linear"),
     "nn.functional.batch_norm": Op(_batch_norm, (12, {}), wrapper="batch_norm", kernel=_NORM,
                                    extra_outputs=_bn_stats),
     "nn.functional.batch_norm.without_cudnn": Op(_batch_norm, (12, {}), wrapper="batch_norm", kernel=_NORM,
                                                  extra_outputs=_bn_stats),
-    **{f"nn.functional.{name}": Op(_elementwise(name), (n, {}))
+    **{f"nn.functional.{name}": Op(_unary(name), (n, {}))
        for name, n in (("relu", 4), ("leaky_relu", 9), ("elu", 3), ("selu", 3), ("gelu", 8),
                        ("softplus", 3), ("silu", 3))},
-    "sigmoid": Op(_elementwise("sigmoid"), (3, {})),
-    "tanh": Op(_elementwise("tanh"), (1, {})),
-    "softmax": Op(_softmax("softmax"), (7, {})),
-    "log_softmax": Op(_softmax("log_softmax"), (7, {})),
-    "softmax.with_dtype": Op(_softmax("softmax"), (0, {_DTYPE_ARG: 7}), skips=(_DTYPE_ARG,)),
-    "log_softmax.with_dtype": Op(_softmax("log_softmax"), (0, {_DTYPE_ARG: 7}), skips=(_DTYPE_ARG,)),
-    "nn.functional.cross_entropy": Op(_cross_entropy, (21, {}), kernel=("loss", "cross_entropy_index_forward")),
+    "sigmoid": Op(_unary("sigmoid"), (3, {})),
+    "tanh": Op(_unary("tanh"), (1, {})),
+    "softmax": Op(_unary("softmax", takes_output=True), (7, {})),
+    "log_softmax": Op(_unary("log_softmax", takes_output=True), (7, {})),
+    "softmax.with_dtype": Op(_unary("softmax", takes_output=True), (0, {_DTYPE_ARG: 7}), skips=(_DTYPE_ARG,)),
+    "log_softmax.with_dtype": Op(_unary("log_softmax", takes_output=True), (0, {_DTYPE_ARG: 7}), skips=(_DTYPE_ARG,)),
+    "nn.functional.cross_entropy": Op(_unary("cross_entropy"), (21, {}), kernel=("loss", "cross_entropy_index_forward")),
     "nn.functional.mse_loss": Op(_mse_loss, (6, {}), kernel=("loss", "mse_loss_forward")),
-    "flatten": Op(_flatten, (2, {_FLATTEN_DEFAULT: 4}), skips=(_FLATTEN_DEFAULT,)),
+    "flatten": Op(_unary("flatten"), (2, {_FLATTEN_DEFAULT: 4}), skips=(_FLATTEN_DEFAULT,)),
     "nn.functional.dropout": Op(_dropout, (15, {_RANDOM: 4}), skips=(_RANDOM,), kernel=("dropout", "dropout_forward")),
 }
 
@@ -511,6 +483,37 @@ _FORMS = [
                    ((2, 3, 0), 3), ((1, 3, 1, 1), 3), ((2, 3, 4, 5, 6, 7), 3)]
       for affine in (0, 2) for training in (True, False)),
     *(("linear", x, [(4, 3)], {}) for x in [(3,), (0, 3), (2, 0, 3), (2, 3, 3), (3, 4)]),
+    # a 1-d w, and the bias shapes F.linear broadcasts (or refuses: which depends on x's rank)
+    *(("linear", x, others, {}) for x in [(3,), (2, 3), (4, 2, 3), (0, 3)]
+      for others in [[(3,)], [(3,), ()], [(3,), (1,)], [(3,), (1, 1)], [(4, 3), ()], [(4, 3), (1,)],
+                     [(4, 3), (1, 4)], [(4, 3), (2, 4)], [(4, 3), (2, 1)], [(4, 3), (4, 2, 4)], [(4, 3), (1, 1)]]),
+]
+
+#: each op's tensor parameters by name: torch.nn.functional's (fastconv.torch's too), and the
+#: NumPy API's (fastconv's vocabulary, DESIGN.md: x, w, b)
+_TENSOR_NAMES = {
+    **dict.fromkeys(["conv2d", "conv1d", "conv_transpose2d", "linear"], (("input", "weight", "bias"), ("x", "w", "b"))),
+    **dict.fromkeys(["max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"], (("input",), ("x",))),
+    "batch_norm": (("input", "running_mean", "running_var", "weight", "bias"),
+                   ("x", "running_mean", "running_var", "weight", "bias")),
+}
+
+#: forms whose tensors are passed by keyword: F.conv2d(input=x, weight=w, bias=b, ...)
+_KEYWORD_FORMS = [
+    ("conv2d", (2, 4, 5, 5), [(2, 4, 3, 3), (2,)], {"padding": 1}),
+    ("conv2d", (4, 5, 5), [(2, 4, 3, 3)], {}),
+    ("conv2d", (2, 4, 5, 5), [(2, 3, 3, 3)], {}),  # refused: 3 input channels in w for 4 in x
+    ("conv1d", (2, 4, 7), [(2, 4, 3), (2,)], {"stride": 2}),
+    ("conv_transpose2d", (2, 4, 5, 5), [(4, 2, 3, 3), (2,)], {"stride": 2}),
+    ("linear", (2, 3), [(4, 3), (4,)], {}),
+    ("linear", (4, 2, 3), [(3,)], {}),
+    ("linear", (2, 3), [(4, 3), (2, 1)], {}),
+    ("max_pool2d", (2, 3, 6, 6), [], {"kernel_size": 2}),
+    ("max_pool2d", (3, 6, 6), [], {"kernel_size": 3, "stride": 2, "return_indices": True}),
+    ("avg_pool2d", (2, 3, 6, 6), [], {"kernel_size": (3, 2), "count_include_pad": False}),
+    ("adaptive_avg_pool2d", (2, 3, 6, 6), [], {"output_size": (2, 3)}),
+    ("batch_norm", (2, 3, 4, 4), [(3,), (3,), (3,), (3,)], {"training": True}),
+    ("batch_norm", (2, 3), [(3,), (3,)], {}),
 ]
 
 
@@ -519,20 +522,32 @@ def _form_id(form):
     return f"{op}-x{x}-{others}-{kw}".replace(" ", "")
 
 
-@pytest.mark.parametrize("form", [pytest.param(f, id=_form_id(f)) for f in _FORMS])
-def test_call_forms_accepted_and_refused_as_pytorch(form):
+def _call(function, tensors, names, kw, **more):
+    """``function`` with ``tensors`` positional, or by the keywords ``names`` when given."""
+    if names is None:
+        return function(*tensors, **kw, **more)
+    return function(**dict(zip(names, tensors)), **kw, **more)
+
+
+@pytest.mark.parametrize("form, by_name", [pytest.param(f, False, id=_form_id(f)) for f in _FORMS]
+                         + [pytest.param(f, True, id=_form_id(f) + "-by_name") for f in _KEYWORD_FORMS])
+def test_call_forms_accepted_and_refused_as_pytorch(form, by_name):
     """One spelling or shape: if PyTorch accepts it, fastconv's NumPy API and the fastconv.torch
     functional (where there is one) give PyTorch's result; if PyTorch refuses it, they raise
-    ValueError or TypeError."""
+    ValueError or TypeError. ``by_name``: the tensors go by keyword, each API's own names
+    (PyTorch's in fastconv.torch, fastconv's x, w, b in the NumPy API)."""
     op, x_shape, others, kw = form
+    torch_names, numpy_names = _TENSOR_NAMES[op] if by_name else (None, None)
     tensors = [torch.randn(x_shape)] + [torch.randn(s) for s in others]
     if op == "batch_norm":
         tensors[2] = tensors[2].abs() + 0.5  # a variance
-    calls = {"numpy": lambda: getattr(fc, op)(*[t.numpy().copy() for t in tensors], backend="reference", **kw)}
+    calls = {"numpy": lambda: _call(getattr(fc, op), [t.numpy().copy() for t in tensors], numpy_names, kw,
+                                    backend="reference")}
     if hasattr(ft, op):
-        calls["fastconv.torch"] = lambda: getattr(ft, op)(*[t.clone() for t in tensors], backend="reference", **kw)
+        calls["fastconv.torch"] = lambda: _call(getattr(ft, op), [t.clone() for t in tensors], torch_names, kw,
+                                                backend="reference")
     try:
-        expected = getattr(F, op)(*[t.clone() for t in tensors], **kw)
+        expected = _call(getattr(F, op), [t.clone() for t in tensors], torch_names, kw)
     except Exception as e:  # noqa: BLE001  (PyTorch refuses with RuntimeError, IndexError, ...)
         for api, call in calls.items():
             with pytest.raises((ValueError, TypeError)):

@@ -315,6 +315,23 @@ def test_small_resnet_trains_the_same_with_and_without_patch(seed):
 # torch.compile
 # --------------------------------------------------------------------------------------------
 
+def _compiled_step_as_eager(model, x, before_compiling=lambda: None):
+    """One training step (forward, backward of the squared sum) of a copy of ``model`` in eager
+    mode, then one of ``model`` compiled by inductor with fullgraph (no graph breaks), after
+    ``before_compiling()``: outputs and parameter gradients must match. Returns the eager copy."""
+    eager = copy.deepcopy(model)
+    y_eager = eager(x)
+    y_eager.square().sum().backward()
+    before_compiling()
+    compiled = torch.compile(model, fullgraph=True, backend="inductor")
+    y = compiled(x)
+    y.square().sum().backward()
+    torch.testing.assert_close(y, y_eager)
+    for p, q in zip(model.parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    return eager
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # inside inductor
 def test_torch_compile_fullgraph_inductor_matches_eager(seed, monkeypatch):
     """Inductor (C++ codegen for the glue, fastconv ops called as opaque custom ops), fullgraph:
@@ -323,21 +340,14 @@ def test_torch_compile_fullgraph_inductor_matches_eager(seed, monkeypatch):
     model = nn.Sequential(ft.Conv2d(3, 8, 3, padding=1), nn.ReLU(), ft.MaxPool2d(2),
                           ft.Conv2d(8, 8, (3, 1), stride=(2, 1)), ft.AvgPool2d(2), nn.Flatten(),
                           ft.Linear(32, 5))
-    x = torch.randn(4, 3, 16, 16)
-    eager = copy.deepcopy(model)
-    y_eager = eager(x)
-    y_eager.square().sum().backward()
-
     calls = []
-    for name in ("conv2d", "conv2d_backward", "linear_backward"):
-        real = getattr(fastconv, name)
-        monkeypatch.setattr(fastconv, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
-    compiled = torch.compile(model, fullgraph=True, backend="inductor")
-    y = compiled(x)
-    y.square().sum().backward()
-    torch.testing.assert_close(y, y_eager)
-    for p, q in zip(model.parameters(), eager.parameters()):
-        torch.testing.assert_close(p.grad, q.grad)
+
+    def count_calls():  # from the compiled model's step on, not eager's
+        for name in ("conv2d", "conv2d_backward", "linear_backward"):
+            real = getattr(fastconv, name)
+            monkeypatch.setattr(fastconv, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+
+    _compiled_step_as_eager(model, torch.randn(4, 3, 16, 16), before_compiling=count_calls)
     assert calls.count("conv2d") == 2 and calls.count("conv2d_backward") == 2 and "linear_backward" in calls
 
 
@@ -349,16 +359,7 @@ def test_torch_compile_conv1d_conv_transpose_batchnorm(seed):
     model = nn.Sequential(ft.Conv1d(3, 8, 3, padding=1), nn.Unflatten(2, (4, 4)),
                           ft.ConvTranspose2d(8, 6, 3, stride=2, output_padding=1), ft.BatchNorm2d(6),
                           nn.ReLU(), nn.Flatten(), ft.Linear(6 * 10 * 10, 5))
-    x = torch.randn(4, 3, 16)
-    eager = copy.deepcopy(model)
-    y_eager = eager(x)
-    y_eager.square().sum().backward()
-    compiled = torch.compile(model, fullgraph=True, backend="inductor")
-    y = compiled(x)
-    y.square().sum().backward()
-    torch.testing.assert_close(y, y_eager)
-    for p, q in zip(model.parameters(), eager.parameters()):
-        torch.testing.assert_close(p.grad, q.grad)
+    eager = _compiled_step_as_eager(model, torch.randn(4, 3, 16))
     for (name, b), c in zip(model.named_buffers(), eager.buffers()):
         torch.testing.assert_close(b, c, msg=name)
     assert model[3].num_batches_tracked.item() == 1

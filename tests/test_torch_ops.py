@@ -347,11 +347,11 @@ def test_user_errors_name_the_op_and_values():
         ft.conv2d(torch.ones(1, 3, 4, 4), w)
     with pytest.raises(ValueError, match=r"fastconv.torch.max_pool2d: expected x with 3 .* or 4 .* got shape \(4, 4\)"):
         ft.max_pool2d(torch.ones(4, 4), 2)
-    with pytest.raises(ValueError, match=r"fastconv::linear: x of shape \(2, 3\) does not match w of shape \(3, 2\)"):
+    with pytest.raises(ValueError, match=r"fastconv::linear: x has 3 features in its last dim \(shape \(2, 3\)\), but w \(3, 2\) expects in_features=2"):
         ft.linear(torch.ones(2, 3, device="meta"), torch.ones(3, 2, device="meta"))  # the fake kernel's check
     with pytest.raises(ValueError, match=r"fastconv::conv2d: expected b of shape \(3,\), got \(2,\)"):
         ft.conv2d(x.to("meta"), w.to("meta"), torch.ones(2, device="meta"))
-    with pytest.raises(ValueError, match=r"conv1d: expected w with 3 dims \(C_out, C_in/groups, K\), got shape"):
+    with pytest.raises(ValueError, match=r"conv1d: expected weight with 3 dims \(C_out, C_in/groups, K\), got shape"):
         ft.conv1d(torch.ones(1, 2, 5), w)
     with pytest.raises(ValueError, match=r"conv_transpose2d: w has 3 input channels \(dim 0\), x has C_in=2"):
         ft.conv_transpose2d(x, w)

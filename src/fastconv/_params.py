@@ -428,6 +428,93 @@ def conv_transpose_params(op: str, x_shape, w_shape, stride, padding, output_pad
 
 
 # --------------------------------------------------------------------------------------------
+# linear
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LinearParams:
+    """A linear call's shapes: x as the 2-d ``x2_shape`` (M, in_features) the backends take, w as
+    the 2-d ``w2_shape`` (out_features, in_features) (a 1-d w is one output feature), y's shape,
+    and where the bias goes: ``b_frame`` None when there is no b or it is the ``(out_features,)``
+    vector the backends add themselves, else the shape b is broadcast into and added to (the
+    2-d ``(M, out_features)``, or ``y_shape``: see :func:`linear_params`)."""
+
+    x2_shape: tuple[int, int]
+    w2_shape: tuple[int, int]
+    y_shape: tuple[int, ...]
+    b_frame: tuple[int, ...] | None
+
+
+def _broadcasts_into(shape, frame) -> bool:
+    """True when an array of ``shape`` broadcasts to ``frame`` without changing it (NumPy's and
+    PyTorch's rule: trailing axes aligned, each of the same size or 1)."""
+    return len(shape) <= len(frame) and all(s in (1, f) for s, f in zip(reversed(shape), reversed(frame)))
+
+
+@remembered
+def linear_params(op: str, x_shape, w_shape, b_shape, x_contiguous: bool,
+                  b_contiguous: bool | None) -> LinearParams:
+    """``torch.nn.functional.linear``'s rules (PyTorch 2.13's ``at::linear``), shapes and layout only,
+    so the NumPy API and fastconv.torch share them.
+
+    x is (*, in_features) with at least 1 dim; w is (out_features, in_features) or (in_features,),
+    which gives y (*, out_features) or (*). ``b_shape`` None is no bias. PyTorch adds a bias in one
+    of two frames, and which bias shapes it takes depends on the frame:
+
+    - a 2-d x, or a C-contiguous x with a bias that is a vector up to axes of size 1 (1-d, or
+      ``(1, out_features)``, ``(M, 1)``, ... and itself C-contiguous): the product is one
+      ``addmm`` on x's rows, so b must broadcast to ``(M, out_features)`` (M: the rows of x
+      flattened; 1 for a 1-d x), and w must be 2-d;
+    - otherwise b is added to y, and must broadcast to y's shape (a 1-d w takes a bias here only).
+
+    Where both frames take a bias, they add it to the same elements (both take a b with more than
+    one entry outside its last axis only when x's leading axes are one), so ``b_contiguous`` None,
+    b's layout unknown (a backward given b's shape only), takes the first frame that fits.
+    """
+    if len(x_shape) < 1 or len(w_shape) < 1:
+        raise ValueError(f"{op}: expected x and w with at least 1 dim, got shapes {tuple(x_shape)} and "
+                         f"{tuple(w_shape)}")
+    if len(w_shape) > 2:
+        raise ValueError(f"{op}: expected w with 2 dims (out_features, in_features) or 1 dim (in_features,), "
+                         f"got shape {tuple(w_shape)}")
+    K = x_shape[-1]
+    if K != w_shape[-1]:
+        raise ValueError(f"{op}: x has {K} features in its last dim (shape {tuple(x_shape)}), "
+                         f"but w {tuple(w_shape)} expects in_features={w_shape[-1]}")
+    lead = tuple(x_shape[:-1])
+    C_out = w_shape[0] if len(w_shape) == 2 else 1
+    rows = (math.prod(lead), C_out)  # (M, out_features); M without -1: with M = 0 and K = 0 it would be ambiguous
+    y_shape = (*lead, *w_shape[:-1])
+    frame = None
+    if b_shape is not None:
+        if not isinstance(b_shape, (tuple, list)) or not all(_is_int(s) and s >= 0 for s in b_shape):
+            raise TypeError(f"{op}: expected b_shape to be a tuple of sizes, got {b_shape!r}")
+        b_shape = tuple(b_shape)
+        vector = len(b_shape) == 1 or sum(s != 1 for s in b_shape) == 1
+        addmm = (rows, True)  # PyTorch's addmm on the rows: needs a 2-d w
+        added = (y_shape, False)  # b added to y
+        if len(x_shape) == 2 or (vector and x_contiguous and b_contiguous):
+            frames = (addmm,)
+        elif vector and x_contiguous and b_contiguous is None:
+            frames = (addmm, added)  # b's layout unknown: either of PyTorch's frames
+        else:
+            frames = (added,)
+        frame = next((f for f, needs_matrix in frames
+                      if _broadcasts_into(b_shape, f) and (len(w_shape) == 2 or not needs_matrix)), None)
+        if frame is None and frames[0] is addmm and len(w_shape) != 2:
+            raise ValueError(f"{op}: a w of 1 dim {tuple(w_shape)} takes no b of shape {b_shape} with an x "
+                             f"of shape {tuple(x_shape)} (PyTorch adds this b in an addmm of x's rows, "
+                             f"which needs a 2-d w)")
+        if frame is None:
+            into = "x's rows, out_features" if frames[0] is addmm else "y's shape"
+            raise ValueError(f"{op}: expected b that broadcasts to {frames[0][0]} ({into}), got shape {b_shape} "
+                             f"with x of shape {tuple(x_shape)}")
+        if b_shape == (C_out,):  # the vector the backends add to each row themselves
+            frame = None
+    return LinearParams((rows[0], K), (C_out, K), y_shape, frame)
+
+
+# --------------------------------------------------------------------------------------------
 # batch normalisation
 # --------------------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from .machine import format_info, machine_info
 from .report import format_summary, write_reports
 from .runner import FAILED, Config, import_torch, resolve_backends, run
 from .suite import load_suite, parse_passes, quick_subset, select
-from .timing import QUICK, Policy
+from .timing import QUICK, Policy, check_count, with_budget
 
 __all__ = ["bench", "info", "load_suite", "machine_info", "run", "Config", "Policy"]
 
@@ -52,16 +52,10 @@ def bench(shapes=None, backends=None, passes=None, threads=None, dtype=None, rep
     dtype = dtype or suite.dtype
     if dtype not in ("float32", "float64"):
         raise ValueError(f"bench: dtype must be float32 or float64, got {dtype!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"bench: threads must be a positive integer, got {threads!r}")
-    policy = QUICK if quick else Policy()
-    if budget is not None:
-        if not budget > 0:
-            raise ValueError(f"bench: budget must be positive seconds, got {budget!r}")
-        policy = replace(policy, budget_s=budget)
+    check_count("bench", "threads", threads)
+    policy = with_budget("bench", QUICK if quick else Policy(), budget)
+    check_count("bench", "repeat", repeat)
     if repeat is not None:
-        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-            raise ValueError(f"bench: repeat must be a positive integer, got {repeat!r}")
         policy = replace(policy, repeat=repeat)
     if device not in DEVICES:
         raise ValueError(f"bench: device must be one of {', '.join(DEVICES)}, got {device!r}")

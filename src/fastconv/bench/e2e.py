@@ -690,6 +690,7 @@ def bench_e2e(models=None, batch=None, threads=None, quick=False, repeat=None, b
 
     from .models import MODELS
     from .runner import import_torch
+    from .timing import check_count, with_budget
 
     stdout = sys.stdout if stdout is None else stdout
     if import_torch() is None:
@@ -702,13 +703,8 @@ def bench_e2e(models=None, batch=None, threads=None, quick=False, repeat=None, b
     batch = DEFAULT_BATCH if batch is None else batch
     threads = DEFAULT_THREADS if threads is None else threads
     for name, value in (("batch size", batch), ("threads", threads), ("repeat", repeat)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"bench --e2e: {name} must be a positive integer, got {value!r}")
-    policy = QUICK if quick else E2EPolicy()
-    if budget is not None:
-        if not budget > 0:
-            raise ValueError(f"bench --e2e: budget must be positive seconds, got {budget!r}")
-        policy = replace(policy, budget_s=budget)
+        check_count("bench --e2e", name, value)
+    policy = with_budget("bench --e2e", QUICK if quick else E2EPolicy(), budget)
     if repeat is not None:
         policy = replace(policy, rounds=repeat)
     doc = run(models, batch, threads, policy, seed, not in_process, command,

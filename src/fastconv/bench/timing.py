@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -48,6 +48,23 @@ class Policy:
 
 #: The policy of ``--quick``: the pipeline end to end in seconds, timings only indicative.
 QUICK = Policy(budget_s=0.05, min_repeats=3, max_repeats=20)
+
+
+def check_count(command: str, name: str, value) -> None:
+    """A count option (threads, repeat, batch size) given to ``command``: None (the default) or a
+    positive int (not a bool). Else a ValueError naming the command and the option."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{command}: {name} must be a positive integer, got {value!r}")
+
+
+def with_budget(command: str, policy, budget):
+    """``policy`` (a :class:`Policy` or the e2e one) with its timing budget set to ``budget``
+    seconds, which must be positive; ``budget`` None leaves it as it is."""
+    if budget is None:
+        return policy
+    if not budget > 0:
+        raise ValueError(f"{command}: budget must be positive seconds, got {budget!r}")
+    return replace(policy, budget_s=budget)
 
 
 def cpu_timer(fn) -> float:

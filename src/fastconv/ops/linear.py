@@ -3,33 +3,30 @@
 x is (*, in_features) with any number of leading dims; they are flattened here, once, so the
 backend's ``linear`` module sees 2-d arrays only: ``linear_forward(x, w, b)``,
 ``linear_backward_input(dy, w)``, ``linear_backward_weight(dy, x)``, ``linear_backward_bias(dy)``
-(the same four passes as convolution). Backends never see an empty array: a product with an empty
-operand is a sum over nothing, i.e. zeros, and is made here.
+(the same four passes as convolution). A 1-d w (in_features,) reaches them as one output feature
+(1, in_features). Backends never see an empty array: a product with an empty operand is a sum over
+nothing, i.e. zeros, and is made here.
+
+The bias: the backends add an ``(out_features,)`` b to each row. Any other shape PyTorch takes
+(``()``, ``(1,)``, ``(M, out_features)``, ``(*, 1)``, ...; the rules are in
+:func:`fastconv._params.linear_params`) is broadcast and added here, in the frame PyTorch adds it
+in, and its gradient is dy summed to b's shape.
 """
 
 from __future__ import annotations
 
-import math
-
 from .._checks import check_array, check_needs, check_same_kind, check_shape, zeros
 from .._dispatch import lookup
+from .._params import linear_params
 
-_W = "(out_features, in_features)"
 
-
-def _check_linear(op, x, w, b):
-    """Validate x (*, in_features), w, b; return x as 2-d (M, in_features)."""
-    check_array(op, "x", x, min_ndim=1)
-    check_array(op, "w", w, dims=_W)
-    if b is not None:
-        check_array(op, "b", b, dims="(out_features,)")
+def _check_linear(op, x, w, b, b_shape, b_contiguous):
+    """Validate x, w (and b's shape and layout, which decide how PyTorch adds it); return the
+    :class:`~fastconv._params.LinearParams`."""
+    check_array(op, "x", x)
+    check_array(op, "w", w)  # their ranks: linear_params, with the shapes
     check_same_kind(op, x=x, w=w, b=b)
-    if x.shape[-1] != w.shape[1]:
-        raise ValueError(f"{op}: x has {x.shape[-1]} features in its last dim (shape {tuple(x.shape)}), "
-                         f"but w {tuple(w.shape)} expects in_features={w.shape[1]}")
-    check_shape(op, "b", b, (w.shape[0],))
-    # reshape, not reshape(-1, K): with M = 0 and K = 0 the -1 would be ambiguous
-    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (M, in_features)
+    return linear_params(op, x.shape, w.shape, b_shape, x.flags.c_contiguous, b_contiguous)
 
 
 def _product(op, func, backend, shape, like, *arrays):
@@ -39,37 +36,61 @@ def _product(op, func, backend, shape, like, *arrays):
     return lookup(op, "linear", func, backend, *arrays)(*arrays)
 
 
+def _sum_to(a, shape):
+    """``a`` summed over the axes a broadcast of an array of ``shape`` to ``a.shape`` repeats it
+    along: the gradient of a broadcast bias (a fresh array)."""
+    lead = a.ndim - len(shape)
+    axes = (*range(lead), *(lead + i for i, s in enumerate(shape) if s == 1 and a.shape[lead + i] != 1))
+    return a.sum(axis=axes, keepdims=True).reshape(shape)
+
+
 def linear(x, w, b=None, *, backend="auto"):
-    """``y = x @ w.T + b``: x (*, in_features), w (out_features, in_features), b (out_features,)
-    or None -> y (*, out_features)."""
+    """``y = x @ w.T + b``: x (*, in_features), w (out_features, in_features) -> y (*, out_features),
+    or w (in_features,) -> y (*). b: None, ``(out_features,)``, or any shape
+    ``torch.nn.functional.linear`` broadcasts (see :func:`fastconv._params.linear_params`)."""
     op = "linear"
-    x2 = _check_linear(op, x, w, b)
-    out_shape = (*x.shape[:-1], w.shape[0])
-    if x2.size == 0 or w.size == 0:
-        y = zeros(x, out_shape)
-        if b is not None:  # with in_features = 0 the bias is all there is
-            y += b
-        return y
-    y = lookup(op, "linear", "linear_forward", backend, x2, w, b)(x2, w, b)  # (M, out_features)
-    return y.reshape(out_shape)
+    if b is not None:
+        check_array(op, "b", b)
+    p = _check_linear(op, x, w, b, None if b is None else b.shape, b is None or b.flags.c_contiguous)
+    x2, w2 = x.reshape(p.x2_shape), w.reshape(p.w2_shape)  # (M, in_features), (out_features, in_features)
+    fused = b if p.b_frame is None else None  # the (out_features,) bias the backends add
+    if x2.size == 0 or w2.size == 0:
+        y = zeros(x, (x2.shape[0], w2.shape[0]))
+        if fused is not None:  # with in_features = 0 the bias is all there is
+            y += fused
+    else:
+        y = lookup(op, "linear", "linear_forward", backend, x2, w2, fused)(x2, w2, fused)  # (M, out_features)
+    if p.b_frame is not None:
+        framed = y.reshape(p.b_frame)  # a view of the fresh y, in the frame PyTorch adds b in
+        framed += b
+    return y.reshape(p.y_shape)
 
 
-def linear_backward(dy, x, w, *, needs=(True, True, True), backend="auto"):
-    """Gradients ``(dx, dw, db)`` of :func:`linear` given dy (*, out_features).
+def linear_backward(dy, x, w, *, b_shape=None, needs=(True, True, True), backend="auto"):
+    """Gradients ``(dx, dw, db)`` of :func:`linear` given dy (y's shape).
 
-    ``needs`` picks which of the three to compute; the others are None.
+    ``b_shape``: the shape of the forward's b (in whichever frame takes it, see
+    :func:`fastconv._params.linear_params`), which
+    db has; None: ``(out_features,)``, or ``()`` for a 1-d w. ``needs`` picks which of the three
+    to compute; the others are None.
     """
     op = "linear_backward"
     need_dx, need_dw, need_db = check_needs(op, needs, 3)
-    x2 = _check_linear(op, x, w, None)
-    check_array(op, "dy", dy, min_ndim=1)
-    check_same_kind(op, dy=dy, x=x)
-    check_shape(op, "dy", dy, (*x.shape[:-1], w.shape[0]))
-    dy2 = dy.reshape(x2.shape[0], w.shape[0])  # (M, out_features)
-    M, (C_out, C_in) = x2.shape[0], w.shape
-    dx = _product(op, "linear_backward_input", backend, (M, C_in), x, dy2, w).reshape(x.shape) if need_dx else None
-    dw = _product(op, "linear_backward_weight", backend, w.shape, w, dy2, x2) if need_dw else None
-    db = _product(op, "linear_backward_bias", backend, (C_out,), w, dy2) if need_db else None
+    check_array(op, "dy", dy)
+    p = _check_linear(op, x, w, None, b_shape, None)
+    check_same_kind(op, dy=dy, x=x, w=w)
+    check_shape(op, "dy", dy, p.y_shape)
+    (M, C_in), C_out = p.x2_shape, p.w2_shape[0]
+    x2, w2, dy2 = x.reshape(p.x2_shape), w.reshape(p.w2_shape), dy.reshape(M, C_out)  # dy2: (M, out_features)
+    dx = _product(op, "linear_backward_input", backend, (M, C_in), x, dy2, w2).reshape(x.shape) if need_dx else None
+    dw = _product(op, "linear_backward_weight", backend, p.w2_shape, w, dy2, x2).reshape(w.shape) if need_dw else None
+    db = None
+    if need_db:
+        if p.b_frame is None:  # an (out_features,) bias (or none given): the backend's column sums
+            db = _product(op, "linear_backward_bias", backend, (C_out,), w, dy2)
+            db = db.reshape(w.shape[:-1] if b_shape is None else b_shape)
+        else:
+            db = _sum_to(dy.reshape(p.b_frame), tuple(b_shape))
     return dx, dw, db
 
 

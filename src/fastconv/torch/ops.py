@@ -84,6 +84,7 @@ from .._params import (
     conv_padding,
     conv_params,
     conv_transpose_params,
+    linear_params,
     pool_output_size,
     pool_params,
     remembered,
@@ -115,10 +116,9 @@ def _conv2d_shape(op, x, w, stride, padding, dilation, groups):
 
 
 def _linear_shape(op, x, w):
-    if _static(x.shape, w.shape) and (x.dim() < 1 or x.shape[-1] != w.shape[1]):
-        raise ValueError(f"{op}: x of shape {tuple(x.shape)} does not match w of shape "
-                         f"{tuple(w.shape)} (in_features={w.shape[1]})")
-    return (*x.shape[:-1], w.shape[0])
+    if _static(x.shape, w.shape):  # fastconv's validation and shape (the op's b is checked apart)
+        return linear_params(op, tuple(x.shape), tuple(w.shape), None, True, True).y_shape
+    return (*x.shape[:-1], *w.shape[:-1])  # w (out_features, in_features) or (in_features,)
 
 
 def _pool_shape(op, x, kernel_size, stride, padding, dilation, ceil_mode, count_include_pad=True,
@@ -619,6 +619,10 @@ del _spec
 # --------------------------------------------------------------------------------------------
 # functional API: torch.nn.functional's signatures, plus backend=
 # --------------------------------------------------------------------------------------------
+#
+# The parameters carry torch.nn.functional's names (input, weight, bias), so a call that names
+# them, F.conv2d(input=x, weight=w), runs unchanged here; the NumPy API keeps fastconv's own
+# vocabulary (x, w, b: DESIGN.md).
 
 def _batched(op, x, call, unbatched="C, H, W"):
     """Run ``call`` on batched x; an ``unbatched`` x (one dim fewer) runs as a batch of one, as in PyTorch."""
@@ -641,15 +645,15 @@ def _pool_stride(op, kernel_size, stride):
     return as_pair(op, "stride", stride, minimum=1)
 
 
-def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend="auto"):
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend="auto"):
     """``torch.nn.functional.conv2d`` on fastconv: padding an int, a pair, ``'same'``, ``'valid'``
-    or ``((top, bottom), (left, right))``; x (N, C_in, H, W) or unbatched (C_in, H, W)."""
+    or ``((top, bottom), (left, right))``; input (N, C_in, H, W) or unbatched (C_in, H, W)."""
     op = "fastconv.torch.conv2d"
     _check_name(backend)
-    if w.dim() != 4:
-        raise ValueError(f"{op}: expected w with 4 dims (C_out, C_in/groups, KH, KW), got shape {tuple(w.shape)}")
-    stride, sides, dilation, groups = _conv2d_hyper(op, stride, padding, dilation, groups, tuple(w.shape[2:]))
-    return _batched(op, x, lambda x4: CALL["conv2d"](x4, w, b, stride, sides, dilation, groups, backend))
+    if weight.dim() != 4:
+        raise ValueError(f"{op}: expected weight with 4 dims (C_out, C_in/groups, KH, KW), got shape {tuple(weight.shape)}")
+    stride, sides, dilation, groups = _conv2d_hyper(op, stride, padding, dilation, groups, tuple(weight.shape[2:]))
+    return _batched(op, input, lambda x4: CALL["conv2d"](x4, weight, bias, stride, sides, dilation, groups, backend))
 
 
 @remembered
@@ -662,26 +666,26 @@ def _conv2d_hyper(op, stride, padding, dilation, groups, K):
     return stride, conv_padding(op, padding, K, dilation, stride), dilation, groups
 
 
-def conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend="auto"):
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, backend="auto"):
     """``torch.nn.functional.conv1d`` on fastconv: padding an int, ``(p,)``, ``'same'``, ``'valid'``
-    or per side ``(left, right)``; x (N, C_in, L) or unbatched (C_in, L)."""
+    or per side ``(left, right)``; input (N, C_in, L) or unbatched (C_in, L)."""
     op = "fastconv.torch.conv1d"
     _check_name(backend)
     stride = as_single(op, "stride", stride, minimum=1)
     dilation = as_single(op, "dilation", dilation, minimum=1)
     groups = as_int(op, "groups", groups, minimum=1)
-    if w.dim() != 3:
-        raise ValueError(f"{op}: expected w with 3 dims (C_out, C_in/groups, K), got shape {tuple(w.shape)}")
+    if weight.dim() != 3:
+        raise ValueError(f"{op}: expected weight with 3 dims (C_out, C_in/groups, K), got shape {tuple(weight.shape)}")
     # the NumPy API's 1-d spellings, as conv2d's per-side padding over (1, L); keep (left, right)
-    sides = list(conv_padding(op, _padding_1d(op, padding), (1, w.shape[2]), (1, dilation), (1, stride))[2:])
-    return _batched(op, x, lambda x3: CALL["conv1d"](
-        x3, w, b, [stride], sides, [dilation], groups, backend), unbatched="C, L")
+    sides = list(conv_padding(op, _padding_1d(op, padding), (1, weight.shape[2]), (1, dilation), (1, stride))[2:])
+    return _batched(op, input, lambda x3: CALL["conv1d"](
+        x3, weight, bias, [stride], sides, [dilation], groups, backend), unbatched="C, L")
 
 
-def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
                      backend="auto"):
-    """``torch.nn.functional.conv_transpose2d`` on fastconv: x (N, C_in, H, W) or unbatched
-    (C_in, H, W), w (C_in, C_out/groups, KH, KW)."""
+    """``torch.nn.functional.conv_transpose2d`` on fastconv: input (N, C_in, H, W) or unbatched
+    (C_in, H, W), weight (C_in, C_out/groups, KH, KW)."""
     op = "fastconv.torch.conv_transpose2d"
     _check_name(backend)
     stride, padding, output_padding, dilation = (
@@ -689,15 +693,15 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups
         (("stride", stride, 1), ("padding", padding, 0), ("output_padding", output_padding, 0),
          ("dilation", dilation, 1)))
     groups = as_int(op, "groups", groups, minimum=1)
-    if w.dim() != 4:
-        raise ValueError(f"{op}: expected w with 4 dims (C_in, C_out/groups, KH, KW), got shape {tuple(w.shape)}")
-    return _batched(op, x, lambda x4: CALL["conv_transpose2d"](
-        x4, w, b, stride, padding, output_padding, groups, dilation, backend))
+    if weight.dim() != 4:
+        raise ValueError(f"{op}: expected weight with 4 dims (C_in, C_out/groups, KH, KW), got shape {tuple(weight.shape)}")
+    return _batched(op, input, lambda x4: CALL["conv_transpose2d"](
+        x4, weight, bias, stride, padding, output_padding, groups, dilation, backend))
 
 
-def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                eps=1e-5, *, backend="auto"):
-    """``torch.nn.functional.batch_norm`` on fastconv, x (N, C, *) with 2 to 5 dims.
+    """``torch.nn.functional.batch_norm`` on fastconv, input (N, C, *) with 2 to 5 dims.
 
     As in PyTorch, training normalises with the batch's statistics and updates ``running_mean``
     and ``running_var`` (when given) *in place*: ``(1 - momentum) * running + momentum * batch``,
@@ -706,13 +710,13 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     """
     op = "fastconv.torch.batch_norm"
     _check_name(backend)
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op}: expected x to be a torch.Tensor, got {type(x).__name__}")
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{op}: expected input to be a torch.Tensor, got {type(input).__name__}")
     momentum = check_float(op, "momentum", momentum)
     eps = check_float(op, "eps", eps, low=0.0)
     training = bool(training)
     y, _, _, new_mean, new_var = CALL["batch_norm"](
-        x, weight, bias, running_mean, running_var, training, momentum, eps, backend)
+        input, weight, bias, running_mean, running_var, training, momentum, eps, backend)
     if training:
         with torch.no_grad():
             for running, new in ((running_mean, new_mean), (running_var, new_var)):
@@ -721,10 +725,30 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     return y
 
 
-def linear(x, w, b=None, *, backend="auto"):
-    """``torch.nn.functional.linear`` on fastconv: x (*, in_features) -> (*, out_features)."""
+def linear(input, weight, bias=None, *, backend="auto"):
+    """``torch.nn.functional.linear`` on fastconv: input (*, in_features) and weight (out_features,
+    in_features) -> (*, out_features), or weight (in_features,) -> (*).
+
+    The op takes a bias of shape (out_features,). Any other bias PyTorch takes (``()``, ``(1,)``,
+    ``(M, out_features)``, ...: :func:`fastconv._params.linear_params`, the NumPy API's rules) is
+    added to the op's result here, by PyTorch, in the frame ``F.linear`` adds it in, so autograd
+    sums its gradient to its shape.
+    """
     _check_name(backend)
-    return CALL["linear"](x, w, b, backend)
+    if bias is None or (isinstance(bias, torch.Tensor) and isinstance(weight, torch.Tensor) and weight.dim() == 2
+                        and bias.shape == weight.shape[:1]):
+        return CALL["linear"](input, weight, bias, backend)
+    op = "fastconv.torch.linear"
+    for name, t in (("input", input), ("weight", weight), ("bias", bias)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: expected {name} to be a torch.Tensor, got {type(t).__name__}")
+    if (bias.dtype, bias.device) != (input.dtype, input.device):  # F.linear would not promote either
+        raise TypeError(f"{op}: expected bias of input's dtype and device ({input.dtype}, {input.device}), "
+                        f"got {bias.dtype}, {bias.device}")
+    p = linear_params(op, tuple(input.shape), tuple(weight.shape), tuple(bias.shape), input.is_contiguous(),
+                      bias.is_contiguous())
+    y = CALL["linear"](input, weight, None, backend)
+    return (y.reshape(p.y_shape if p.b_frame is None else p.b_frame) + bias).reshape(p.y_shape)
 
 
 def _pool_window(op, backend, kernel_size, stride, padding):
@@ -735,18 +759,18 @@ def _pool_window(op, backend, kernel_size, stride, padding):
     return list(kernel_size), list(stride), list(as_pair(op, "padding", padding, minimum=0))
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False, *, backend="auto"):
     """``torch.nn.functional.max_pool2d`` on fastconv; ``return_indices`` gives ``(y, indices)``."""
     op = "fastconv.torch.max_pool2d"
     kernel_size, stride, padding = _pool_window(op, backend, kernel_size, stride, padding)
     dilation = list(as_pair(op, "dilation", dilation, minimum=1))
-    y, indices = _batched(op, x, lambda x4: CALL["max_pool2d"](
+    y, indices = _batched(op, input, lambda x4: CALL["max_pool2d"](
         x4, kernel_size, stride, padding, dilation, check_bool(op, "ceil_mode", ceil_mode), backend))
     return (y, indices) if return_indices else y
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None, *, backend="auto"):
     """``torch.nn.functional.avg_pool2d`` on fastconv."""
     op = "fastconv.torch.avg_pool2d"
@@ -755,11 +779,11 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
         divisor_override = as_int(op, "divisor_override", divisor_override)
     ceil_mode, count_include_pad = (check_bool(op, name, flag) for name, flag in
                                     (("ceil_mode", ceil_mode), ("count_include_pad", count_include_pad)))
-    return _batched(op, x, lambda x4: CALL["avg_pool2d"](
+    return _batched(op, input, lambda x4: CALL["avg_pool2d"](
         x4, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, backend))
 
 
-def adaptive_avg_pool2d(x, output_size, *, backend="auto"):
+def adaptive_avg_pool2d(input, output_size, *, backend="auto"):
     """``torch.nn.functional.adaptive_avg_pool2d`` on fastconv; a None in ``output_size`` keeps
     that input size."""
     op = "fastconv.torch.adaptive_avg_pool2d"
@@ -769,7 +793,7 @@ def adaptive_avg_pool2d(x, output_size, *, backend="auto"):
         size = list(adaptive_output_size(op, output_size, tuple(x4.shape[2:])))
         return CALL["adaptive_avg_pool2d"](x4, size, backend)
 
-    return _batched(op, x, call)
+    return _batched(op, input, call)
 
 
 __all__ = ["OPS", "SPECS", "OpSpec", "adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "conv1d", "conv2d",
