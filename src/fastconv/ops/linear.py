@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from .._checks import check_array, check_needs, check_same_kind, check_shape, zeros
-from .._dispatch import lookup
+from .._dispatch import lookup, planned
 
 _W = "(out_features, in_features)"
 
@@ -42,16 +42,26 @@ def _product(op, func, backend, shape, like, *arrays):
 def linear(x, w, b=None, *, backend="auto"):
     """``y = x @ w.T + b``: x (*, in_features), w (out_features, in_features), b (out_features,)
     or None -> y (*, out_features)."""
+    return _linear_plan(x, w, b, backend)(x, w, b)
+
+
+@planned
+def _linear_plan(x, w, b, backend):
+    """linear validated and dispatched: the run for arrays of these shapes and dtypes."""
     op = "linear"
     x2 = _check_linear(op, x, w, b)
     out_shape = (*x.shape[:-1], w.shape[0])
     if x2.size == 0 or w.size == 0:
-        y = zeros(x, out_shape)
-        if b is not None:  # with in_features = 0 the bias is all there is
-            y += b
-        return y
-    y = lookup(op, "linear", "linear_forward", backend, x2, w, b)(x2, w, b)  # (M, out_features)
-    return y.reshape(out_shape)
+        def empty(x, w, b):
+            y = zeros(x, out_shape)
+            if b is not None:  # with in_features = 0 the bias is all there is
+                y += b
+            return y
+        return empty
+    forward = lookup(op, "linear", "linear_forward", backend, x2, w, b)
+    if x.ndim == 2:
+        return forward
+    return lambda x, w, b: forward(x.reshape(x2.shape), w, b).reshape(out_shape)  # (M, out_features)
 
 
 def linear_backward(dy, x, w, *, needs=(True, True, True), backend="auto"):
