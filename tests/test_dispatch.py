@@ -9,6 +9,16 @@ import fastconv
 from fastconv import _dispatch
 
 
+@pytest.fixture(autouse=True)
+def forget_choices():
+    """Tests here swap AUTO_ORDER, the registry and the loaded backends: the remembered choices
+    (select's memo, the ops' plans) are dropped before and after each, as a program that changed
+    them at run time would call _dispatch.forget()."""
+    _dispatch.forget()
+    yield
+    _dispatch.forget()
+
+
 def test_reference_is_always_available():
     assert "reference" in fastconv.available_backends()
     assert fastconv.backend_status()["reference"] is None
@@ -142,3 +152,30 @@ def test_import_fastconv_loads_no_optional_heavy_module():
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_plans_are_kept_per_signature_and_errors_never():
+    """An op's validation and dispatch run once per call signature (issue 21: per-call overhead);
+    a call whose arguments only compare equal to a valid one's (True, 1.0 for 1) and every bad
+    call still get the full checks, every time."""
+    from fastconv.ops.conv import _conv2d_plan
+
+    x, w = np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 2, 2), np.float32)
+    assert fastconv.conv2d(x, w, stride=1).shape == (1, 1, 3, 3)
+    assert len(_conv2d_plan.plans) == 1
+    assert (fastconv.conv2d(2 * x, w, stride=1) == 8).all()  # same signature, new values
+    assert len(_conv2d_plan.plans) == 1
+    for _ in range(2):
+        for bad in (True, 1.0):
+            with pytest.raises(TypeError, match="conv2d: expected stride to be an int or a pair"):
+                fastconv.conv2d(x, w, stride=bad)
+        with pytest.raises(ValueError, match="conv2d"):
+            fastconv.conv2d(x[:, :, :1, :1], w)  # kernel larger than the image
+        with pytest.raises(TypeError, match="conv2d"):
+            fastconv.conv2d(x.astype(np.int32), w)
+    assert len(_conv2d_plan.plans) == 1
+    with fastconv.use_backend("reference"):  # the backend in force is part of the signature
+        assert (fastconv.conv2d(x, w) == 4).all()
+    assert {key[0] for key in _conv2d_plan.plans} == {"auto", "reference"}
+    _dispatch.forget()
+    assert not _conv2d_plan.plans and not _dispatch._chosen

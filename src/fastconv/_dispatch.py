@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._checks import is_cupy
+from ._params import CACHE_SIZE, _NotPlain, _plain
 
 
 class BackendUnavailableError(RuntimeError):
@@ -195,6 +196,13 @@ def select(op: str, family: str, func: str, backend, *arrays) -> tuple[str, obje
     name = _check_name("auto" if backend is None else backend)
     if name == "auto":
         name = _current.get()
+    # the common call, NumPy arrays, answered from the memo: its key holds everything the choice
+    # below depends on (the name, the function, and each array's dtype, which the check tests)
+    key = _memo_key(name, family, func, arrays)
+    if key is not None:
+        chosen = _chosen.get(key)
+        if chosen is not None:
+            return chosen
     on_gpu = False
     for a in arrays:
         if a is not None and is_cupy(a):
@@ -215,10 +223,40 @@ def select(op: str, family: str, func: str, backend, *arrays) -> tuple[str, obje
         fn = _function(candidate, family, func)
         if fn is not None:
             check_dtypes(op, candidate, family, arrays)
+            if key is not None:  # only choices that passed: an error is raised afresh every time
+                _chosen[key] = candidate, fn
             return candidate, fn
     candidates = [first]
     raise NotImplementedError(f"{op}: backend {candidates[0]!r} does not implement {family}.{func}; "
                               f"backends that do: {', '.join(implementers(family, func)) or 'none'}")
+
+
+#: select's memo: ``{(name, family, func, dtypes...): (backend, function)}``. The registry,
+#: AUTO_ORDER and the loaded backends do not change in a running program; code that changes
+#: them (tests with stand-in backends) calls :func:`forget` afterwards.
+_chosen: dict = {}
+
+
+def _memo_key(name, family, func, arrays):
+    """select's memo key for a call on NumPy arrays (or None entries), else None: CuPy arrays
+    and anything else take the full path (their device and type decide too)."""
+    key = [name, family, func]
+    for a in arrays:
+        if a is None:
+            key.append(None)
+        elif type(a) is np.ndarray:
+            key.append(a.dtype)
+        else:
+            return None
+    return tuple(key)
+
+
+def forget() -> None:
+    """Drop every remembered choice: select's memo and the per-signature plans of the ops
+    (:func:`planned`). Needed only after changing the registry, AUTO_ORDER or a backend at run time."""
+    _chosen.clear()
+    for plans in _PLANS:
+        plans.clear()
 
 
 @functools.cache
@@ -242,3 +280,57 @@ def check_dtypes(op: str, name: str, family: str, arrays) -> None:
 def lookup(op: str, family: str, func: str, backend, *arrays):
     """The function that runs ``family.func`` for this call (see :func:`select`)."""
     return select(op, family, func, backend, *arrays)[1]
+
+
+# --------------------------------------------------------------------------------------------
+# plans: an op's validation and dispatch, done once per call signature
+# --------------------------------------------------------------------------------------------
+
+#: every planned op's plans, for :func:`forget`
+_PLANS: list[dict] = []
+
+_ARRAY = object()  # tags an array's entry in a plan key: no user value can spell it
+
+
+def planned(build):
+    """``build(*args) -> plan``: the part of a public op that validates its arguments (raising
+    ValueError/TypeError) and picks the backend function, returning a callable that runs the op
+    on arrays of the same shapes and dtypes. The plan is remembered per call signature: each
+    NumPy array as its (shape, dtype), each other argument as :func:`_params._plain` keys it, the
+    ``use_backend`` context in force. A model repeats a handful of signatures, so its calls then
+    cost a dict lookup instead of the validation and the dispatch (issue 21: per-call overhead).
+
+    What validation reads is exactly what the key holds: array types, ranks, shapes and dtypes,
+    never values, so a plan holds for every call of its signature. Errors are never kept (a bad
+    call raises its full message every time); arguments ``_plain`` does not key (CuPy arrays,
+    NumPy scalars, ...) run ``build`` on every call. A plan must not keep the arrays it was built
+    from: it receives them again at each call.
+    """
+    plans: dict = {}
+    _PLANS.append(plans)
+
+    @functools.wraps(build)
+    def plan(*args):
+        key = [_current.get()]
+        try:
+            for a in args:
+                kind = type(a)
+                if kind is np.ndarray:
+                    key.append((_ARRAY, a.shape, a.dtype))
+                elif kind is int or kind is str or a is None:
+                    key.append(a)
+                else:
+                    key.append(_plain(a))
+        except _NotPlain:
+            return build(*args)
+        key = tuple(key)
+        found = plans.get(key)
+        if found is None:
+            found = build(*args)
+            if len(plans) >= CACHE_SIZE:
+                plans.clear()
+            plans[key] = found
+        return found
+
+    plan.plans = plans  # for tests
+    return plan

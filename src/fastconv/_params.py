@@ -21,16 +21,17 @@ class _NotPlain(Exception):
     """An argument :func:`_plain` does not key a cache with (the call takes the full path)."""
 
 
-_BOOL, _LIST = object(), object()  # tags no user value can spell
+_BOOL, _LIST, _FLOAT = object(), object(), object()  # tags no user value can spell
 
 
 def _plain(value):
     """``value`` as a cache key that equals another only for an argument of the same types.
 
-    Plain Python ints, strs and None key as themselves; tuples element by element; a bool and a
-    list get a private tag, so ``stride=True`` can never meet the entry of ``stride=1`` (which
-    compare equal) nor a list that of a tuple. Anything else (a float, a NumPy integer, ...) is not
-    cached: it takes the full path, whose validation decides about it every time.
+    Plain Python ints, strs and None key as themselves; tuples element by element; a bool, a float
+    and a list get a private tag, so ``stride=True`` or ``stride=1.0`` can never meet the entry of
+    ``stride=1`` (which compare equal) nor a list that of a tuple (a NaN never meets any entry).
+    Anything else (a NumPy integer, ...) is not cached: it takes the full path, whose validation
+    decides about it every time.
     """
     kind = type(value)
     if kind is int or kind is str or value is None:
@@ -42,6 +43,8 @@ def _plain(value):
         return value  # the common case, a shape or an (h, w) of ints: no new tuple
     if kind is bool:
         return (_BOOL, value)
+    if kind is float:  # momentum, eps: a float never meets an int's entry (1.0 == 1)
+        return (_FLOAT, value)
     if kind is list:
         return (_LIST, tuple(map(_plain, value)))
     raise _NotPlain

@@ -1,6 +1,7 @@
 """Public convolution ops: conv2d, conv1d, conv_transpose2d, each with its backward.
 
-Every op validates here, once, builds a :class:`~fastconv._params.ConvParams`, and dispatches to
+Every op validates here, once per call signature (its plan, see
+:func:`fastconv._dispatch.planned`), builds a :class:`~fastconv._params.ConvParams`, and dispatches to
 the backend's ``conv`` module (``conv2d_forward``, ``conv2d_backward_input``,
 ``conv2d_backward_weight``, ``conv2d_backward_bias``). conv1d is conv2d with H = 1, and a
 transposed convolution is the backward-input of the convolution it transposes, so three ops share
@@ -11,7 +12,7 @@ four kernels per backend. As in PyTorch, x may come without its batch axis ((C_i
 from __future__ import annotations
 
 from .._checks import check_array, check_batched, check_needs, check_same_kind, check_shape, unbatch, zeros
-from .._dispatch import lookup
+from .._dispatch import lookup, planned
 from .._params import as_int, as_single, conv_params, conv_transpose_params
 
 _X = "(N, C_in, H, W)"
@@ -66,8 +67,19 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend="
     x (N, C_in, H, W), w (C_out, C_in/groups, KH, KW), b (C_out,) or None -> y (N, C_out, OH, OW);
     an unbatched x (C_in, H, W) gives y (C_out, OH, OW). ``padding``: an int, a pair (ph, pw), ``'same'``, ``'valid'`` or ``((top, bottom), (left, right))``.
     """
-    x, unbatched, p = _check_conv2d("conv2d", x, w, b, stride, padding, dilation, groups)
-    return unbatch(_forward("conv2d", x, w, b, p, backend), unbatched)
+    return _conv2d_plan(x, w, b, stride, padding, dilation, groups, backend)(x, w, b)
+
+
+@planned
+def _conv2d_plan(x, w, b, stride, padding, dilation, groups, backend):
+    """conv2d validated and dispatched: the run for arrays of these shapes and dtypes."""
+    x4, unbatched, p = _check_conv2d("conv2d", x, w, b, stride, padding, dilation, groups)
+    if p.N == 0:
+        return lambda x, w, b: unbatch(zeros(x, p.y_shape), unbatched)
+    forward = lookup("conv2d", "conv", "conv2d_forward", backend, x4, w, b)
+    if unbatched:
+        return lambda x, w, b: forward(x[None], w, b, p)[0]
+    return lambda x, w, b: forward(x, w, b, p)
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, *,
@@ -76,12 +88,23 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, *,
 
     ``needs`` picks which of the three to compute; the others are None.
     """
+    return _conv2d_backward_plan(dy, x, w, stride, padding, dilation, groups, needs, backend)(dy, x, w)
+
+
+@planned
+def _conv2d_backward_plan(dy, x, w, stride, padding, dilation, groups, needs, backend):
     op = "conv2d_backward"
     needs = check_needs(op, needs, 3)
-    x, unbatched, p = _check_conv2d(op, x, w, None, stride, padding, dilation, groups)
-    dy = _check_dy(op, dy, x, p.y_shape, unbatched, "(N, C_out, OH, OW)")
-    dx, dw, db = _backward(op, dy, x, w, p, needs, backend)
-    return unbatch(dx, unbatched), dw, db
+    x4, unbatched, p = _check_conv2d(op, x, w, None, stride, padding, dilation, groups)
+    _check_dy(op, dy, x4, p.y_shape, unbatched, "(N, C_out, OH, OW)")
+
+    def run(dy, x, w):
+        if unbatched:
+            dy, x = dy[None], x[None]
+        dx, dw, db = _backward(op, dy, x, w, p, needs, backend)
+        return unbatch(dx, unbatched), dw, db
+
+    return run
 
 
 # --------------------------------------------------------------------------------------------

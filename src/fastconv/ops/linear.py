@@ -16,7 +16,7 @@ in, and its gradient is dy summed to b's shape.
 from __future__ import annotations
 
 from .._checks import check_array, check_needs, check_same_kind, check_shape, zeros
-from .._dispatch import lookup
+from .._dispatch import lookup, planned
 from .._params import linear_params
 
 
@@ -48,22 +48,45 @@ def linear(x, w, b=None, *, backend="auto"):
     """``y = x @ w.T + b``: x (*, in_features), w (out_features, in_features) -> y (*, out_features),
     or w (in_features,) -> y (*). b: None, ``(out_features,)``, or any shape
     ``torch.nn.functional.linear`` broadcasts (see :func:`fastconv._params.linear_params`)."""
+    return _linear_plan(x, w, b, backend, _c_contiguous(x), _c_contiguous(b))(x, w, b)
+
+
+def _c_contiguous(a):
+    """Whether ``a`` is C-contiguous (None and what is not an array: True, validation names them):
+    where PyTorch adds a bias depends on x's and b's layouts, so a plan is kept per layout too."""
+    flags = getattr(a, "flags", None)
+    return True if flags is None else bool(flags.c_contiguous)
+
+
+@planned
+def _linear_plan(x, w, b, backend, x_contiguous, b_contiguous):
+    """linear validated and dispatched: the run for arrays of these shapes, dtypes and layouts."""
     op = "linear"
     if b is not None:
         check_array(op, "b", b)
-    p = _check_linear(op, x, w, b, None if b is None else b.shape, b is None or b.flags.c_contiguous)
+    p = _check_linear(op, x, w, b, None if b is None else b.shape, b_contiguous)
+    framed = p.b_frame is not None  # b added here, in the frame PyTorch adds it in; else by the backends
     x2, w2 = x.reshape(p.x2_shape), w.reshape(p.w2_shape)  # (M, in_features), (out_features, in_features)
-    fused = b if p.b_frame is None else None  # the (out_features,) bias the backends add
-    if x2.size == 0 or w2.size == 0:
-        y = zeros(x, (x2.shape[0], w2.shape[0]))
-        if fused is not None:  # with in_features = 0 the bias is all there is
-            y += fused
-    else:
-        y = lookup(op, "linear", "linear_forward", backend, x2, w2, fused)(x2, w2, fused)  # (M, out_features)
-    if p.b_frame is not None:
-        framed = y.reshape(p.b_frame)  # a view of the fresh y, in the frame PyTorch adds b in
-        framed += b
-    return y.reshape(p.y_shape)
+    forward = None
+    if x2.size and w2.size:
+        forward = lookup(op, "linear", "linear_forward", backend, x2, w2, None if framed else b)
+        if x.ndim == 2 and w.ndim == 2 and not framed:
+            return forward
+
+    def run(x, w, b):
+        x2, w2 = x.reshape(p.x2_shape), w.reshape(p.w2_shape)
+        fused = None if framed else b
+        if forward is None:
+            y = zeros(x, (x2.shape[0], w2.shape[0]))
+            if fused is not None:  # with in_features = 0 the bias is all there is
+                y += fused
+        else:
+            y = forward(x2, w2, fused)  # (M, out_features)
+        if framed:
+            in_frame = y.reshape(p.b_frame)  # a view of the fresh y
+            in_frame += b
+        return y.reshape(p.y_shape)
+    return run
 
 
 def linear_backward(dy, x, w, *, b_shape=None, needs=(True, True, True), backend="auto"):

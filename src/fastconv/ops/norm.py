@@ -20,7 +20,7 @@ import math
 from typing import Any, NamedTuple
 
 from .._checks import check_array, check_bool, check_float, check_needs, check_same_kind, check_shape, zeros
-from .._dispatch import lookup
+from .._dispatch import lookup, planned
 from .._params import batch_norm_channels, batch_norm_forward_channels
 
 
@@ -68,6 +68,13 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     running statistics normalise x and are required; they are returned as copies. Returns
     :class:`BatchNormResult`.
     """
+    return _batch_norm_plan(x, running_mean, running_var, weight, bias, training, momentum, eps, backend)(
+        x, running_mean, running_var, weight, bias)
+
+
+@planned
+def _batch_norm_plan(x, running_mean, running_var, weight, bias, training, momentum, eps, backend):
+    """batch_norm validated: the run for arrays of these shapes and dtypes."""
     op = "batch_norm"
     check_array(op, "x", x)
     shapes = _check_vectors(op, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
@@ -77,26 +84,30 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     eps = check_float(op, "eps", eps, low=0.0)
     C = batch_norm_forward_channels(op, x.shape, training, **shapes)
     n = x.shape[0] * math.prod(x.shape[2:])  # values per channel
-    if training:
-        if x.size == 0:  # an empty batch has no statistics: mean 0, variance 0, running stats kept
-            mean, var = zeros(x, (C,)), zeros(x, (C,))
-            new_mean = None if running_mean is None else running_mean.copy()
-            new_var = None if running_var is None else running_var.copy()
+
+    def run(x, running_mean, running_var, weight, bias):
+        if training:
+            if x.size == 0:  # an empty batch has no statistics: mean 0, variance 0, running stats kept
+                mean, var = zeros(x, (C,)), zeros(x, (C,))
+                new_mean = None if running_mean is None else running_mean.copy()
+                new_var = None if running_var is None else running_var.copy()
+            else:
+                x3 = _as_3d(x)  # (N, C, L)
+                mean, var = lookup(op, "norm", "batch_norm_stats", backend, x3)(x3)
+                new_mean = None if running_mean is None else _momentum_update(running_mean, mean, momentum)
+                new_var = None if running_var is None else _momentum_update(running_var, var * (n / (n - 1)), momentum)
+        else:
+            mean, var = running_mean.copy(), running_var
+            new_mean, new_var = running_mean.copy(), running_var.copy()
+        invstd = _invstd(var, eps)
+        if x.size == 0:
+            y = zeros(x, x.shape)
         else:
             x3 = _as_3d(x)  # (N, C, L)
-            mean, var = lookup(op, "norm", "batch_norm_stats", backend, x3)(x3)
-            new_mean = None if running_mean is None else _momentum_update(running_mean, mean, momentum)
-            new_var = None if running_var is None else _momentum_update(running_var, var * (n / (n - 1)), momentum)
-    else:
-        mean, var = running_mean.copy(), running_var
-        new_mean, new_var = running_mean.copy(), running_var.copy()
-    invstd = _invstd(var, eps)
-    if x.size == 0:
-        y = zeros(x, x.shape)
-    else:
-        x3 = _as_3d(x)  # (N, C, L)
-        y = lookup(op, "norm", "batch_norm_forward", backend, x3)(x3, mean, invstd, weight, bias).reshape(x.shape)
-    return BatchNormResult(y, mean, invstd, new_mean, new_var)
+            y = lookup(op, "norm", "batch_norm_forward", backend, x3)(x3, mean, invstd, weight, bias).reshape(x.shape)
+        return BatchNormResult(y, mean, invstd, new_mean, new_var)
+
+    return run
 
 
 def batch_norm_backward(dy, x, weight=None, *, mean, invstd, training, needs=(True, True, True),
@@ -109,6 +120,12 @@ def batch_norm_backward(dy, x, weight=None, *, mean, invstd, training, needs=(Tr
     it out; dbias (the sum of dy per channel) follows ``needs`` alone, since a bias may be given
     without a weight, as in PyTorch.
     """
+    return _batch_norm_backward_plan(dy, x, weight, mean, invstd, training, needs, backend)(
+        dy, x, weight, mean, invstd)
+
+
+@planned
+def _batch_norm_backward_plan(dy, x, weight, mean, invstd, training, needs, backend):
     op = "batch_norm_backward"
     need_dx, need_dw, need_db = check_needs(op, needs, 3)
     check_array(op, "x", x)
@@ -120,24 +137,28 @@ def batch_norm_backward(dy, x, weight=None, *, mean, invstd, training, needs=(Tr
     check_same_kind(op, dy=dy, x=x, weight=weight, mean=mean, invstd=invstd)
     check_bool(op, "training", training)
     need_dw = need_dw and weight is not None
-    if x.size == 0:  # nothing flows back from an empty batch
-        return (zeros(x, x.shape) if need_dx else None, zeros(x, (C,)) if need_dw else None,
-                zeros(x, (C,)) if need_db else None)
-    x3, dy3 = _as_3d(x), _as_3d(dy)  # (N, C, L)
-    sum_dy = sum_dy_xhat = None
-    if need_dw or need_db or (need_dx and training):
-        reduce = lookup(op, "norm", "batch_norm_backward_reduce", backend, dy3, x3)
-        sum_dy, sum_dy_xhat = reduce(dy3, x3, mean, invstd)
-    dx = None
-    if need_dx and training:
-        backward_input = lookup(op, "norm", "batch_norm_backward_input", backend, dy3, x3)
-        dx = backward_input(dy3, x3, mean, invstd, weight, sum_dy, sum_dy_xhat).reshape(x.shape)
-    elif need_dx:
-        # in inference batch norm is the per-channel affine map x * (invstd * weight) + const,
-        # so dx is the forward applied to dy with a zero mean and no bias
-        forward = lookup(op, "norm", "batch_norm_forward", backend, dy3)
-        dx = forward(dy3, zeros(x, (C,)), invstd, weight, None).reshape(x.shape)
-    return dx, sum_dy_xhat if need_dw else None, sum_dy if need_db else None
+
+    def run(dy, x, weight, mean, invstd):
+        if x.size == 0:  # nothing flows back from an empty batch
+            return (zeros(x, x.shape) if need_dx else None, zeros(x, (C,)) if need_dw else None,
+                    zeros(x, (C,)) if need_db else None)
+        x3, dy3 = _as_3d(x), _as_3d(dy)  # (N, C, L)
+        sum_dy = sum_dy_xhat = None
+        if need_dw or need_db or (need_dx and training):
+            reduce = lookup(op, "norm", "batch_norm_backward_reduce", backend, dy3, x3)
+            sum_dy, sum_dy_xhat = reduce(dy3, x3, mean, invstd)
+        dx = None
+        if need_dx and training:
+            backward_input = lookup(op, "norm", "batch_norm_backward_input", backend, dy3, x3)
+            dx = backward_input(dy3, x3, mean, invstd, weight, sum_dy, sum_dy_xhat).reshape(x.shape)
+        elif need_dx:
+            # in inference batch norm is the per-channel affine map x * (invstd * weight) + const,
+            # so dx is the forward applied to dy with a zero mean and no bias
+            forward = lookup(op, "norm", "batch_norm_forward", backend, dy3)
+            dx = forward(dy3, zeros(x, (C,)), invstd, weight, None).reshape(x.shape)
+        return dx, sum_dy_xhat if need_dw else None, sum_dy if need_db else None
+
+    return run
 
 
 __all__ = ["BatchNormResult", "batch_norm", "batch_norm_backward"]

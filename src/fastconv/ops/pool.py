@@ -1,6 +1,7 @@
 """Public pooling ops: max_pool2d, avg_pool2d, adaptive_avg_pool2d, each with its backward.
 
-Every op validates here, once, builds a :class:`~fastconv._params.PoolParams` (or
+Every op validates here, once per call signature (its plan, see
+:func:`fastconv._dispatch.planned`), builds a :class:`~fastconv._params.PoolParams` (or
 :class:`~fastconv._params.AdaptivePoolParams`), and dispatches to the backend's ``pool`` module:
 ``max_pool2d_forward(x, p, with_indices=True) -> (y, indices)`` (indices None when not asked
 for: a backend may then skip them), ``max_pool2d_backward(dy, indices, p)``,
@@ -24,7 +25,7 @@ from .._checks import (
     unbatch,
     zeros,
 )
-from .._dispatch import lookup
+from .._dispatch import lookup, planned
 from .._params import PoolParams, adaptive_pool_params, pool_params
 
 _X = "(N, C, H, W)"
@@ -88,17 +89,30 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     ``return_indices`` is a flag: a bool, or an int read as one (``torch.nn.functional`` branches
     on its truth in Python, so ``1`` works there too).
     """
+    return _max_pool2d_plan(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend)(x)
+
+
+@planned
+def _max_pool2d_plan(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend):
+    """max_pool2d validated and dispatched: the run for x of this shape and dtype."""
     op = "max_pool2d"
-    x, unbatched, p = _max_params(op, x, kernel_size, stride, padding, dilation, ceil_mode)
+    x4, unbatched, p = _max_params(op, x, kernel_size, stride, padding, dilation, ceil_mode)
     if not isinstance(return_indices, (bool, np.bool_, numbers.Integral)):
         raise TypeError(f"{op}: expected return_indices to be a bool, got {return_indices!r}")
     return_indices = bool(return_indices)
-    if x.size == 0:  # an empty batch: empty results, no kernel call
-        y, indices = zeros(x, p.y_shape), zeros(x, p.y_shape, dtype=np.int64)
-    else:
-        y, indices = lookup(op, "pool", "max_pool2d_forward", backend, x)(x, p, with_indices=return_indices)
-    y, indices = unbatch(y, unbatched), unbatch(indices, unbatched)
-    return MaxPool2dResult(y, indices) if return_indices else y
+    empty = x4.size == 0  # an empty batch: empty results, no kernel call
+    forward = None if empty else lookup(op, "pool", "max_pool2d_forward", backend, x4)
+
+    def run(x):
+        x = x[None] if unbatched else x
+        if empty:
+            y, indices = zeros(x, p.y_shape), zeros(x, p.y_shape, dtype=np.int64)
+        else:
+            y, indices = forward(x, p, with_indices=return_indices)
+        y, indices = unbatch(y, unbatched), unbatch(indices, unbatched)
+        return MaxPool2dResult(y, indices) if return_indices else y
+
+    return run
 
 
 def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
@@ -108,16 +122,30 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, dilation=1, 
     ``indices`` from ``max_pool2d(..., return_indices=True)`` skip recomputing them from x; they
     are checked to be int64, of y's shape and inside the H*W plane.
     """
+    return _max_pool2d_backward_plan(dy, x, kernel_size, stride, padding, dilation, ceil_mode, indices,
+                                     backend)(dy, x, indices)
+
+
+@planned
+def _max_pool2d_backward_plan(dy, x, kernel_size, stride, padding, dilation, ceil_mode, indices, backend):
     op = "max_pool2d_backward"
-    x, unbatched, p = _max_params(op, x, kernel_size, stride, padding, dilation, ceil_mode)
-    dy = _check_dy(op, dy, x, p.y_shape, unbatched)
+    x4, unbatched, p = _max_params(op, x, kernel_size, stride, padding, dilation, ceil_mode)
+    dy4 = _check_dy(op, dy, x4, p.y_shape, unbatched)
     if indices is not None:
-        indices = _check_indices(op, indices, x, p, unbatched)
-    if x.size == 0:
-        return zeros(x, p.x_shape)
-    if indices is None:
-        _, indices = lookup(op, "pool", "max_pool2d_forward", backend, x)(x, p)
-    return unbatch(lookup(op, "pool", "max_pool2d_backward", backend, dy, indices)(dy, indices, p), unbatched)
+        indices = _check_indices(op, indices, x4, p, unbatched)
+    if x4.size == 0:
+        return lambda dy, x, indices: zeros(x, p.x_shape)
+    forward = lookup(op, "pool", "max_pool2d_forward", backend, x4) if indices is None else None
+    backward = lookup(op, "pool", "max_pool2d_backward", backend, dy4)  # int64 indices: dy decides
+
+    def run(dy, x, indices):
+        if unbatched:
+            dy, x, indices = dy[None], x[None], None if indices is None else indices[None]
+        if indices is None:
+            _, indices = forward(x, p)
+        return unbatch(backward(dy, indices, p), unbatched)
+
+    return run
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,24 +167,43 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     Each window's sum is divided by ``divisor_override`` if given, else by the window size cut at
     the end of the padding (``count_include_pad=True``) or by its count of image pixels.
     """
+    return _avg_pool2d_plan(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                            backend)(x)
+
+
+@planned
+def _avg_pool2d_plan(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, backend):
     op = "avg_pool2d"
-    x, unbatched, p = _avg_params(op, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                                  divisor_override)
-    if x.size == 0:
-        return zeros(x, p.y_shape)
-    return unbatch(lookup(op, "pool", "avg_pool2d_forward", backend, x)(x, p), unbatched)
+    x4, unbatched, p = _avg_params(op, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                   divisor_override)
+    if x4.size == 0:
+        return lambda x: zeros(x, p.y_shape)  # y of a batched x: an empty batch stays batched
+    forward = lookup(op, "pool", "avg_pool2d_forward", backend, x4)
+    if unbatched:
+        return lambda x: forward(x[None], p)[0]
+    return lambda x: forward(x, p)
 
 
 def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, ceil_mode=False,
                         count_include_pad=True, divisor_override=None, *, backend="auto"):
     """dx of :func:`avg_pool2d` given dy (N, C, OH, OW); x gives only the shape and dtype."""
+    return _avg_pool2d_backward_plan(dy, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                     divisor_override, backend)(dy)
+
+
+@planned
+def _avg_pool2d_backward_plan(dy, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                              divisor_override, backend):
     op = "avg_pool2d_backward"
-    x, unbatched, p = _avg_params(op, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                                  divisor_override)
-    dy = _check_dy(op, dy, x, p.y_shape, unbatched)
-    if x.size == 0:
-        return zeros(x, p.x_shape)
-    return unbatch(lookup(op, "pool", "avg_pool2d_backward", backend, dy)(dy, p), unbatched)
+    x4, unbatched, p = _avg_params(op, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                   divisor_override)
+    dy4 = _check_dy(op, dy, x4, p.y_shape, unbatched)
+    if x4.size == 0:
+        return lambda dy: zeros(dy, p.x_shape)
+    backward = lookup(op, "pool", "avg_pool2d_backward", backend, dy4)
+    if unbatched:
+        return lambda dy: backward(dy[None], p)[0]
+    return lambda dy: backward(dy, p)
 
 
 # --------------------------------------------------------------------------------------------
