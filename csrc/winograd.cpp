@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "gemm.h"
+#include "lanes.h"
 
 namespace fastconv {
 namespace {
@@ -185,45 +186,10 @@ __attribute__((always_inline)) inline void transform_2d(F f, Src src, Dst dst) {
 // vectors of tiles: the transforms of L consecutive tiles at once, lane l for tile l
 // ---------------------------------------------------------------------------------------------
 
-// 32-byte vectors of GCC's vector extension (ymm under the avx2 and avx512f clones, pairs of xmm
-// under the default one), and the shuffles that move between a run of tiles' m-element rows (lane
-// t*m + k: element k of tile t) and one vector per element k. Left to the vectoriser, the strided
-// loads and stores of `#pragma omp simd` came out as 2-lane vectors filled by scalar inserts: the
-// output transform took 30% of ResNet-50's 3x3x64 forward at 56x56 (the GEMMs 43%).
-template <typename T>
-struct Lanes;
-template <>
-struct Lanes<float> {
-  typedef float V __attribute__((vector_size(32)));
-  typedef std::int32_t I __attribute__((vector_size(32)));
-  static constexpr int L = 8;
-  static V even(V a, V b) { return __builtin_shuffle(a, b, I{0, 2, 4, 6, 8, 10, 12, 14}); }
-  static V odd(V a, V b) { return __builtin_shuffle(a, b, I{1, 3, 5, 7, 9, 11, 13, 15}); }
-  static V zip_lo(V a, V b) { return __builtin_shuffle(a, b, I{0, 8, 1, 9, 2, 10, 3, 11}); }
-  static V zip_hi(V a, V b) { return __builtin_shuffle(a, b, I{4, 12, 5, 13, 6, 14, 7, 15}); }
-};
-template <>
-struct Lanes<double> {
-  typedef double V __attribute__((vector_size(32)));
-  typedef std::int64_t I __attribute__((vector_size(32)));
-  static constexpr int L = 4;
-  static V even(V a, V b) { return __builtin_shuffle(a, b, I{0, 2, 4, 6}); }
-  static V odd(V a, V b) { return __builtin_shuffle(a, b, I{1, 3, 5, 7}); }
-  static V zip_lo(V a, V b) { return __builtin_shuffle(a, b, I{0, 4, 1, 5}); }
-  static V zip_hi(V a, V b) { return __builtin_shuffle(a, b, I{2, 6, 3, 7}); }
-};
-
-template <typename T>
-__attribute__((always_inline)) inline typename Lanes<T>::V load_lanes(const T* p) {
-  typename Lanes<T>::V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-template <typename T>
-__attribute__((always_inline)) inline void store_lanes(T* p, typename Lanes<T>::V v) {
-  std::memcpy(p, &v, sizeof v);
-}
+// Vectors of L tiles (lanes.h) and the shuffles that move between a run of tiles' m-element rows
+// (lane t*m + k: element k of tile t) and one vector per element k. Left to the vectoriser, the
+// strided loads and stores of `#pragma omp simd` came out as 2-lane vectors filled by scalar
+// inserts: the output transform took 30% of ResNet-50's 3x3x64 forward at 56x56 (the GEMMs 43%).
 
 // The rows of L tiles m apart, m*L elements from p: d[j], lane t = p[m*t + j], for j < m (the m
 // vectors of the run), by one (m = 2) or two (m = 4) rounds of even/odd splits.
