@@ -172,6 +172,76 @@ void dw_wgrad_plane_vec(const ConvShape& s, const DwWgradSteps<T, KW>& st, const
   for (int k = 0; k < KH * KW; ++k) acc[k] = a[k];
 }
 
+// The steps of a depthwise wgrad on small planes at stride 1 with OW == W (the "same" layers of
+// MobileNet's later stages: 16x16 down to 4x4): an output row and its input row then have the
+// same length, so tap t of output pixel p (flattened, p = oh*OW + ow) reads input pixel
+// p + shift[t], and a plane's sums run over whole L-lane steps of the flattened plane, one row or
+// several per step, with no per-row work. Rows of a few lanes wasted most of DwWgradSteps' steps
+// (a 4-wide row: one masked step of 8 lanes per row) and paid its row setup every 4-16 pixels:
+// 1.6-4x PyTorch's time there. masks[v*KH*KW + t]: the lanes of step v whose pixel is in the plane
+// and whose tap-t input pixel lies in the image (its row and its column: a step spans rows).
+template <typename T, int KH, int KW>
+struct DwWgradFlat {
+  using M = typename Vec<T>::M;
+  static constexpr int L = Vec<T>::L, KK = KH * KW;
+  index_t steps;
+  index_t shift_bytes[KK];
+  Buffer<M> masks;
+
+  // Where it applies: stride 1, OW == W, and rows of at most two steps (longer rows take
+  // DwWgradSteps, whose plain steps need no mask) in planes of at most 64 steps (the masks,
+  // 64 * KK of them, stay in L1 beside the data).
+  static bool applies(const ConvShape& s) {
+    return s.stride_h == 1 && s.stride_w == 1 && s.OW == s.W && s.OW <= 2 * L && ceil_div(s.OH * s.OW, L) <= 64;
+  }
+
+  explicit DwWgradFlat(const ConvShape& s) : steps(ceil_div(s.OH * s.OW, L)), masks(steps * KK) {
+    for (int kh = 0; kh < KH; ++kh)
+      for (int kw = 0; kw < KW; ++kw)
+        shift_bytes[kh * KW + kw] = ((kh * s.dil_h - s.pad_t) * s.W + kw * s.dil_w - s.pad_l) * index_t(sizeof(T));
+    for (index_t v = 0; v < steps; ++v)
+      for (int kh = 0; kh < KH; ++kh)
+        for (int kw = 0; kw < KW; ++kw) {
+          unsigned bits = 0;
+          for (int l = 0; l < L; ++l) {
+            const index_t p = v * L + l, oh = p / s.OW, ow = p % s.OW;
+            const index_t ih = oh + kh * s.dil_h - s.pad_t, iw = ow + kw * s.dil_w - s.pad_l;
+            if (p < s.OH * s.OW && ih >= 0 && ih < s.H && iw >= 0 && iw < s.W) bits |= 1u << l;
+          }
+          masks.data()[v * KK + kh * KW + kw] = Vec<T>::from_bits(bits);
+        }
+  }
+};
+
+// Adds one image's plane of one output channel to its sums acc[] (see DwWgradFlat), in a fixed
+// order: steps, and within one the taps. Lanes outside the plane or whose tap falls in the padding
+// are masked out of the loads and the FMAs, as in the row-by-row dw_wgrad_plane_vec above; dy's
+// ragged last step is loaded under the mask of the plane's lanes.
+template <typename T, int KH, int KW>
+void dw_wgrad_plane_vec(const ConvShape& s, const DwWgradFlat<T, KH, KW>& st, const T* dy, const T* x,
+                        typename Vec<T>::V* acc) {
+  using A = Vec<T>;
+  using M = typename A::M;
+  constexpr int L = A::L, KK = KH * KW;
+  const M* masks = st.masks.data();
+  typename A::V a[KK];  // in registers (see dw_wgrad_plane_vec above)
+#pragma GCC unroll 25
+  for (int k = 0; k < KK; ++k) a[k] = acc[k];
+  const index_t P = s.OH * s.OW, whole = P / L;
+  auto step = [&](index_t v, typename A::V d) {
+    const std::uintptr_t xv = reinterpret_cast<std::uintptr_t>(x + v * L);  // integers: lanes may sit outside x
+    const M* m = masks + v * KK;
+#pragma GCC unroll 25
+    for (int k = 0; k < KK; ++k)
+      a[k] = A::fmadd(d, A::load(m[k], reinterpret_cast<const T*>(xv + st.shift_bytes[k])), a[k], m[k]);
+  };
+  index_t v = 0;
+  for (; v < whole; ++v) step(v, A::load(dy + v * L));
+  if (v < st.steps) step(v, A::load(A::first(P - v * L), dy + v * L));  // the ragged last step
+#pragma GCC unroll 25
+  for (int k = 0; k < KK; ++k) acc[k] = a[k];
+}
+
 // Every channel of a depthwise wgrad with stride_w 1 and a KH x KW the kernel is instantiated
 // for. Each thread takes a run of channels and walks the images in memory order, image by image
 // and, within one, its channels' planes one after the other (a stream the prefetchers follow;
@@ -179,11 +249,13 @@ void dw_wgrad_plane_vec(const ConvShape& s, const DwWgradSteps<T, KW>& st, const
 // AVX2 at MobileNetV2's 3x3 at 144 x 56 x 56, batch 16);
 // each channel's sums stay in the order images, rows, steps, and the lanes are summed at the end
 // in a fixed order: the same bits on any thread count.
-template <typename T, int KH, int KW>
+// Steps: DwWgradSteps (row by row) or DwWgradFlat (small planes, flattened); the plane kernel is
+// the dw_wgrad_plane_vec overload of its type.
+template <typename T, int KH, int KW, typename Steps>
 void dw_wgrad_channels(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
   using A = Vec<T>;
   const index_t mult = s.C_out / s.groups;
-  const DwWgradSteps<T, KW> st(s);
+  const Steps st(s);
 #pragma omp parallel num_threads(nthreads)
   {
     const index_t per = ceil_div(s.C_out, omp_get_num_threads());
@@ -199,11 +271,18 @@ void dw_wgrad_channels(const ConvShape& s, const T* dy, const T* x, T* dw, int n
   }
 }
 
+template <typename T, int KH, int KW>
+void dw_wgrad_sized(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+  if (DwWgradFlat<T, KH, KW>::applies(s))
+    return dw_wgrad_channels<T, KH, KW, DwWgradFlat<T, KH, KW>>(s, dy, x, dw, nthreads);
+  dw_wgrad_channels<T, KH, KW, DwWgradSteps<T, KW>>(s, dy, x, dw, nthreads);
+}
+
 // The wgrad by the kernel of its size (3x3 or 5x5; at 5x5 AVX2 spills accumulators and still
 // takes 0.61x the portable time); false: the caller takes the portable path.
 template <typename T>
 bool dw_wgrad(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
-  if (s.KH == 3 && s.KW == 3) return dw_wgrad_channels<T, 3, 3>(s, dy, x, dw, nthreads), true;
-  if (s.KH == 5 && s.KW == 5) return dw_wgrad_channels<T, 5, 5>(s, dy, x, dw, nthreads), true;
+  if (s.KH == 3 && s.KW == 3) return dw_wgrad_sized<T, 3, 3>(s, dy, x, dw, nthreads), true;
+  if (s.KH == 5 && s.KW == 5) return dw_wgrad_sized<T, 5, 5>(s, dy, x, dw, nthreads), true;
   return false;
 }
