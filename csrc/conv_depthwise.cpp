@@ -8,6 +8,7 @@
 #include <omp.h>
 
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "conv_impl.h"
@@ -331,6 +332,7 @@ struct Avx512<float> {
   static V load(M m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }  // masked lanes 0, never read
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V fmadd(V a, V b, V c, M m) { return _mm512_mask3_fmadd_ps(a, b, c, m); }  // masked lanes keep c
+  static V fmadd_any(V a, V b, V c, M m) { return fmadd(a, b, c, m); }  // whatever a and b hold there
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static void store(M m, float* p, V v) { _mm512_mask_storeu_ps(p, m, v); }
   static float sum(V v) { return _mm512_reduce_add_ps(v); }  // a fixed order of adds
@@ -354,6 +356,7 @@ struct Avx512<double> {
   static V load(M m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static V fmadd(V a, V b, V c, M m) { return _mm512_mask3_fmadd_pd(a, b, c, m); }
+  static V fmadd_any(V a, V b, V c, M m) { return fmadd(a, b, c, m); }
   static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
   static void store(M m, double* p, V v) { _mm512_mask_storeu_pd(p, m, v); }
   static double sum(V v) { return _mm512_reduce_add_pd(v); }
@@ -396,6 +399,9 @@ struct Avx2<float> {
   static V fmadd(V a, V b, V c, M m) {  // masked lanes add a 0 * 0 (a masked off: an Inf there adds no NaN)
     return _mm256_fmadd_ps(_mm256_and_ps(a, _mm256_castsi256_ps(m)), b, c);
   }
+  static V fmadd_any(V a, V b, V c, M m) {  // masked lanes add 0 * 0 whatever a and b hold there
+    return _mm256_fmadd_ps(_mm256_and_ps(a, _mm256_castsi256_ps(m)), _mm256_and_ps(b, _mm256_castsi256_ps(m)), c);
+  }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static void store(M m, float* p, V v) { _mm256_maskstore_ps(p, m, v); }
   static float sum(V v) {  // a fixed order of adds: the halves, then pairs
@@ -427,6 +433,9 @@ struct Avx2<double> {
   static V load(M m, const double* p) { return _mm256_maskload_pd(p, m); }
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static V fmadd(V a, V b, V c, M m) { return _mm256_fmadd_pd(_mm256_and_pd(a, _mm256_castsi256_pd(m)), b, c); }
+  static V fmadd_any(V a, V b, V c, M m) {
+    return _mm256_fmadd_pd(_mm256_and_pd(a, _mm256_castsi256_pd(m)), _mm256_and_pd(b, _mm256_castsi256_pd(m)), c);
+  }
   static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
   static void store(M m, double* p, V v) { _mm256_maskstore_pd(p, m, v); }
   static double sum(V v) {
