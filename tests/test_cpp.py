@@ -98,10 +98,10 @@ FAST_PATHS = [
     # its flattened kernel (stride 1, OW == W, planes of up to 128 vectors; plain loads but in the
     # planes at x's ends): rows narrower than a vector (a step spans rows) with a ragged last step,
     # a dilated 5x5, per-side padding with a channel multiplier, rows of two fp32 AVX2 vectors, a
-    # top padding whose taps reach past the plane before, planes over 128 vectors (row by row)
+    # top padding whose taps reach past the plane before (dw_wgrad_ragged, _narrow and _multiplier
+    # take it too; _5x5_stride_h, _dilated_wide_pad and _plain take the row-by-row kernel)
     Conv("dw_wgrad_flat_rows_span_steps", 3, 5, 5, 3, 5, 3, 3, padding=1, groups=5),
     Conv("dw_wgrad_flat_pad_past_planes", 3, 4, 2, 3, 4, 3, 3, padding=((3, 0), (1, 1)), groups=4),
-    Conv("dw_wgrad_flat_large_plane", 2, 3, 33, 32, 3, 3, 3, padding=1, groups=3),
     Conv("dw_wgrad_flat_5x5_dilated", 2, 3, 7, 6, 3, 5, 5, padding=(2, 4), dilation=(1, 2), groups=3),
     Conv("dw_wgrad_flat_multiplier_per_side", 2, 3, 4, 7, 6, 3, 3, padding=((0, 2), (2, 0)), groups=3),
     Conv("dw_wgrad_flat_two_steps_per_row", 2, 4, 3, 16, 4, 3, 3, padding=1, groups=4),
