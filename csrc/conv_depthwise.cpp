@@ -8,6 +8,7 @@
 #include <omp.h>
 
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "conv_impl.h"
@@ -83,8 +84,8 @@ __attribute__((always_inline)) inline void copy_window(const ConvShape& s, const
 
 // How a depthwise tile reads its padded plane: kDense (stride and dilation 1: tap (kh, kw) of
 // output (r, c) is element (r + kh, c + kw), so an input row serves KH output rows of the tile),
-// kRowStep (stride_w 1: each tap a vector load), kGather (strided columns, element by element).
-enum class DwRead { kDense, kRowStep, kGather };
+// kRowStep (stride_w 1: each tap a vector load). Strided columns take dw_forward_strided.
+enum class DwRead { kDense, kRowStep };
 
 // One output plane of a depthwise forward from its padded input plane: each tile of kDwRows x
 // kDwTile outputs is accumulated over all taps in registers (acc[]), then stored once (the padded
@@ -131,11 +132,7 @@ __attribute__((always_inline)) inline void dw_forward_tiles(const ConvShape& s, 
             for (index_t r = 0; r < kDwRows; ++r) {
               const T* xs = tile + (r * sh + kh * dh) * Wp + kw * dw;
               Vec xv;
-              if (Read == DwRead::kGather) {
-                for (index_t l = 0; l < kDwTile; ++l) xv[l] = xs[l * sw];
-              } else {
-                std::memcpy(&xv, xs, sizeof(Vec));
-              }
+              std::memcpy(&xv, xs, sizeof(Vec));
               acc[r] += wv * xv;
             }
           }
@@ -155,6 +152,31 @@ __attribute__((always_inline)) inline void dw_forward_tiles(const ConvShape& s, 
   }
 }
 
+// A strided (stride_w > 1) forward output by output: each sum over the taps in registers, in the
+// tiles' order (kh, then kw), stored once. Tiles (as dw_forward_tiles) computed whole 8 x 16 tiles,
+// gathering their columns lane by lane: on MobileNetV2's stride-2 3x3 layers (outputs 16x16 down to 4x4, where
+// most of a tile lies past the plane) they took 1.8-13x PyTorch's time. At SW_ = 2 (and dil_w 1)
+// the column stride is a constant, so GCC vectorises along ow with even/odd shuffles of plain loads.
+template <typename T, int KH_, int KW_, int SW_>
+__attribute__((always_inline)) inline void dw_forward_strided(const ConvShape& s, const PaddedPlane& pp, const T* xp,
+                                                              const T* w, T bias, T* y) {
+  const index_t KH = KH_ ? KH_ : s.KH, KW = KW_ ? KW_ : s.KW, Wp = pp.Wp;
+  const index_t sw = SW_ ? SW_ : s.stride_w, dw = SW_ ? 1 : s.dil_w;
+  for (index_t oh = 0; oh < s.OH; ++oh) {
+    const T* row = xp + oh * s.stride_h * Wp;
+    T* yr = y + oh * s.OW;
+    for (index_t ow = 0; ow < s.OW; ++ow) {
+      const T* t = row + ow * sw;
+      T acc = bias;
+#pragma GCC unroll 5
+      for (index_t kh = 0; kh < KH; ++kh)
+#pragma GCC unroll 5
+        for (index_t kw = 0; kw < KW; ++kw) acc += w[kh * KW + kw] * t[kh * s.dil_h * Wp + kw * dw];
+      yr[ow] = acc;
+    }
+  }
+}
+
 // The read modes are instantiated apart: with one loop body for stride 1 and strided columns,
 // GCC merged the vector load into the strided gather and ran the gather at stride 1 (5-10x
 // slower). The kernel sizes of MobileNet and EfficientNet (3x3, 5x5) get unrolled tap loops.
@@ -167,8 +189,10 @@ __attribute__((always_inline)) inline void dw_forward_sized(const ConvShape& s, 
   }
   if (s.stride_w == 1) {
     dw_forward_tiles<T, DwRead::kRowStep, KH_, KW_>(s, pp, xp, w, bias, y);
+  } else if (s.stride_w == 2 && s.dil_w == 1) {
+    dw_forward_strided<T, KH_, KW_, 2>(s, pp, xp, w, bias, y);
   } else {
-    dw_forward_tiles<T, DwRead::kGather, KH_, KW_>(s, pp, xp, w, bias, y);
+    dw_forward_strided<T, KH_, KW_, 0>(s, pp, xp, w, bias, y);
   }
 }
 
@@ -191,8 +215,8 @@ __attribute__((always_inline)) inline void dw_forward_plane_impl(const ConvShape
 // One input-gradient plane of a depthwise dgrad: dx (H x W) += taps of dy (OH x OW) for one
 // output channel (the caller zeroes dx and sums the channel multiplier's planes in order).
 template <typename T>
-__attribute__((always_inline)) inline void dw_dgrad_plane_impl(const ConvShape& s, const T* dy, const T* w, T* dx) {
-  ColRanges cr(s);
+__attribute__((always_inline)) inline void dw_dgrad_plane_impl(const ConvShape& s, const ColRanges& cr, const T* dy,
+                                                               const T* w, T* dx) {
   for (index_t oh = 0; oh < s.OH; ++oh) {
     const T* dyr = dy + oh * s.OW;
     for (index_t kh = 0; kh < s.KH; ++kh) {
@@ -212,30 +236,53 @@ __attribute__((always_inline)) inline void dw_dgrad_plane_impl(const ConvShape& 
   }
 }
 
-// dw (KH x KW) += taps of one (dy plane, x plane) pair.
-template <typename T>
-__attribute__((always_inline)) inline void dw_wgrad_plane_impl(const ConvShape& s, const T* dy, const T* x, T* dw) {
-  ColRanges cr(s);
-  for (index_t kh = 0; kh < s.KH; ++kh)
-    for (index_t kw = 0; kw < s.KW; ++kw) {
-      const index_t off = cr.off[kw], lo = cr.lo[kw], hi = cr.hi[kw];
-      T sum = T(0);
-      for (index_t oh = 0; oh < s.OH; ++oh) {
-        const index_t ih = oh * s.stride_h - s.pad_t + kh * s.dil_h;
-        if (ih < 0 || ih >= s.H) continue;
-        const T* dyr = dy + oh * s.OW;
-        const T* xr = x + ih * s.W;
-        // 8 independent partial sums: lets the compiler vectorise without reassociating a chain
-        T part[8] = {};
+// dw (KH x KW) += taps of one (dy plane, x plane) pair, row by row: each output row adds its
+// part to every tap's sum, so the KH*KW sums are independent chains the core overlaps (tap by
+// tap, all rows each, one sum was a chain of every pixel's FMA: strided layers, whose rows are too
+// short for the 8 partial sums below, ran at the FMA's latency, 2.5-3x PyTorch's time on
+// MobileNetV2's stride-2 layers). KH_ x KW_: the sums in registers (3x3, 5x5); 0: in dw itself.
+template <typename T, int KH_, int KW_>
+__attribute__((always_inline)) inline void dw_wgrad_plane_rows(const ConvShape& s, const ColRanges& cr, const T* dy,
+                                                               const T* x, T* dw) {
+  const index_t KH = KH_ ? KH_ : s.KH, KW = KW_ ? KW_ : s.KW, sw = s.stride_w;
+  T sized[KH_ * KW_ + 1];
+  T* acc = KH_ ? sized : dw;
+  if (KH_)
+    for (index_t k = 0; k < KH * KW; ++k) sized[k] = dw[k];
+  for (index_t oh = 0; oh < s.OH; ++oh) {
+    const T* dyr = dy + oh * s.OW;
+#pragma GCC unroll 5
+    for (index_t kh = 0; kh < KH; ++kh) {
+      const index_t ih = oh * s.stride_h - s.pad_t + kh * s.dil_h;
+      if (ih < 0 || ih >= s.H) continue;
+      const T* xr = x + ih * s.W;
+#pragma GCC unroll 5
+      for (index_t kw = 0; kw < KW; ++kw) {
+        const index_t off = cr.off[kw], lo = cr.lo[kw], hi = cr.hi[kw];
+        T row = T(0);
         index_t o = lo;
-        if (s.stride_w == 1)
+        if (sw == 1 && hi - lo >= 8) {
+          // 8 independent partial sums: lets the compiler vectorise without reassociating a chain
+          T part[8] = {};
           for (; o + 8 <= hi; o += 8)
             for (int l = 0; l < 8; ++l) part[l] += dyr[o + l] * xr[o + l + off];
-        for (; o < hi; ++o) part[0] += dyr[o] * xr[o * s.stride_w + off];
-        for (int l = 0; l < 8; ++l) sum += part[l];
+          for (int l = 0; l < 8; ++l) row += part[l];
+        }
+        for (; o < hi; ++o) row += dyr[o] * xr[o * sw + off];
+        acc[kh * KW + kw] += row;
       }
-      dw[kh * s.KW + kw] += sum;
     }
+  }
+  if (KH_)
+    for (index_t k = 0; k < KH * KW; ++k) dw[k] = sized[k];
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void dw_wgrad_plane_impl(const ConvShape& s, const ColRanges& cr, const T* dy,
+                                                               const T* x, T* dw) {
+  if (s.KH == 3 && s.KW == 3) return dw_wgrad_plane_rows<T, 3, 3>(s, cr, dy, x, dw);
+  if (s.KH == 5 && s.KW == 5) return dw_wgrad_plane_rows<T, 5, 5>(s, cr, dy, x, dw);
+  dw_wgrad_plane_rows<T, 0, 0>(s, cr, dy, x, dw);
 }
 
 FASTCONV_CLONES void dw_forward_plane(const ConvShape& s, const PaddedPlane& pp, const PlaneWindow& win,
@@ -246,17 +293,17 @@ FASTCONV_CLONES void dw_forward_plane(const ConvShape& s, const PaddedPlane& pp,
                                       const double* x, double* xp, const double* w, double b, double* y) {
   dw_forward_plane_impl(s, pp, win, x, xp, w, b, y);
 }
-FASTCONV_CLONES void dw_dgrad_plane(const ConvShape& s, const float* dy, const float* w, float* dx) {
-  dw_dgrad_plane_impl(s, dy, w, dx);
+FASTCONV_CLONES void dw_dgrad_plane(const ConvShape& s, const ColRanges& cr, const float* dy, const float* w, float* dx) {
+  dw_dgrad_plane_impl(s, cr, dy, w, dx);
 }
-FASTCONV_CLONES void dw_dgrad_plane(const ConvShape& s, const double* dy, const double* w, double* dx) {
-  dw_dgrad_plane_impl(s, dy, w, dx);
+FASTCONV_CLONES void dw_dgrad_plane(const ConvShape& s, const ColRanges& cr, const double* dy, const double* w, double* dx) {
+  dw_dgrad_plane_impl(s, cr, dy, w, dx);
 }
-FASTCONV_CLONES void dw_wgrad_plane(const ConvShape& s, const float* dy, const float* x, float* dw) {
-  dw_wgrad_plane_impl(s, dy, x, dw);
+FASTCONV_CLONES void dw_wgrad_plane(const ConvShape& s, const ColRanges& cr, const float* dy, const float* x, float* dw) {
+  dw_wgrad_plane_impl(s, cr, dy, x, dw);
 }
-FASTCONV_CLONES void dw_wgrad_plane(const ConvShape& s, const double* dy, const double* x, double* dw) {
-  dw_wgrad_plane_impl(s, dy, x, dw);
+FASTCONV_CLONES void dw_wgrad_plane(const ConvShape& s, const ColRanges& cr, const double* dy, const double* x, double* dw) {
+  dw_wgrad_plane_impl(s, cr, dy, x, dw);
 }
 
 // The vector kernels (dw_vec.h: the dense forward, the stride_w-1 wgrad) for AVX-512 and for
@@ -285,6 +332,7 @@ struct Avx512<float> {
   static V load(M m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }  // masked lanes 0, never read
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V fmadd(V a, V b, V c, M m) { return _mm512_mask3_fmadd_ps(a, b, c, m); }  // masked lanes keep c
+  static V fmadd_any(V a, V b, V c, M m) { return fmadd(a, b, c, m); }  // whatever a and b hold there
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static void store(M m, float* p, V v) { _mm512_mask_storeu_ps(p, m, v); }
   static float sum(V v) { return _mm512_reduce_add_ps(v); }  // a fixed order of adds
@@ -295,6 +343,7 @@ struct Avx512<float> {
   }
   static M all(bool on) { return on ? M(~0u) : M(0); }
   static M both(M a, M b) { return M(a & b); }
+  static M from_bits(unsigned bits) { return M(bits); }  // lane l on where bit l is set
 };
 template <>
 struct Avx512<double> {
@@ -307,6 +356,7 @@ struct Avx512<double> {
   static V load(M m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static V fmadd(V a, V b, V c, M m) { return _mm512_mask3_fmadd_pd(a, b, c, m); }
+  static V fmadd_any(V a, V b, V c, M m) { return fmadd(a, b, c, m); }
   static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
   static void store(M m, double* p, V v) { _mm512_mask_storeu_pd(p, m, v); }
   static double sum(V v) { return _mm512_reduce_add_pd(v); }
@@ -317,6 +367,7 @@ struct Avx512<double> {
   }
   static M all(bool on) { return on ? M(~0u) : M(0); }
   static M both(M a, M b) { return M(a & b); }
+  static M from_bits(unsigned bits) { return M(bits); }
 };
 
 namespace avx512 {
@@ -348,6 +399,9 @@ struct Avx2<float> {
   static V fmadd(V a, V b, V c, M m) {  // masked lanes add a 0 * 0 (a masked off: an Inf there adds no NaN)
     return _mm256_fmadd_ps(_mm256_and_ps(a, _mm256_castsi256_ps(m)), b, c);
   }
+  static V fmadd_any(V a, V b, V c, M m) {  // masked lanes add 0 * 0 whatever a and b hold there
+    return _mm256_fmadd_ps(_mm256_and_ps(a, _mm256_castsi256_ps(m)), _mm256_and_ps(b, _mm256_castsi256_ps(m)), c);
+  }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static void store(M m, float* p, V v) { _mm256_maskstore_ps(p, m, v); }
   static float sum(V v) {  // a fixed order of adds: the halves, then pairs
@@ -363,6 +417,10 @@ struct Avx2<float> {
   }
   static M all(bool on) { return _mm256_set1_epi32(on ? -1 : 0); }
   static M both(M a, M b) { return _mm256_and_si256(a, b); }
+  static M from_bits(unsigned bits) {  // lane l on where bit l is set
+    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), bit), bit);
+  }
 };
 template <>
 struct Avx2<double> {
@@ -375,6 +433,9 @@ struct Avx2<double> {
   static V load(M m, const double* p) { return _mm256_maskload_pd(p, m); }
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static V fmadd(V a, V b, V c, M m) { return _mm256_fmadd_pd(_mm256_and_pd(a, _mm256_castsi256_pd(m)), b, c); }
+  static V fmadd_any(V a, V b, V c, M m) {
+    return _mm256_fmadd_pd(_mm256_and_pd(a, _mm256_castsi256_pd(m)), _mm256_and_pd(b, _mm256_castsi256_pd(m)), c);
+  }
   static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
   static void store(M m, double* p, V v) { _mm256_maskstore_pd(p, m, v); }
   static double sum(V v) {
@@ -389,6 +450,10 @@ struct Avx2<double> {
   }
   static M all(bool on) { return _mm256_set1_epi64x(on ? -1 : 0); }
   static M both(M a, M b) { return _mm256_and_si256(a, b); }
+  static M from_bits(unsigned bits) {
+    const __m256i bit = _mm256_setr_epi64x(1, 2, 4, 8);
+    return _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_set1_epi64x(bits), bit), bit);
+  }
 };
 
 namespace avx2 {
@@ -466,6 +531,7 @@ void depthwise_dgrad_as_forward(const ConvShape& s, const T* dy, const T* w, T* 
 template <typename T>
 void depthwise_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads) {
   const index_t mult = s.C_out / s.groups, KK = s.KH * s.KW;
+  const ColRanges cr(s);  // once per call, not per plane (three vectors: heap allocations per plane)
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (index_t u = 0; u < s.N * s.C_in; ++u) {
     const index_t n = u / s.C_in, c = u % s.C_in;
@@ -473,7 +539,7 @@ void depthwise_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx
     fill_zero(plane, s.H * s.W);
     for (index_t m = 0; m < mult; ++m) {
       const index_t co = c * mult + m;
-      dw_dgrad_plane(s, dy + (n * s.C_out + co) * s.OH * s.OW, w + co * KK, plane);
+      dw_dgrad_plane(s, cr, dy + (n * s.C_out + co) * s.OH * s.OW, w + co * KK, plane);
     }
   }
 }
@@ -482,13 +548,14 @@ template <typename T>
 void depthwise_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
   if (dw_wgrad_vector(s, dy, x, dw, nthreads)) return;
   const index_t mult = s.C_out / s.groups, KK = s.KH * s.KW;
+  const ColRanges cr(s);  // once per call (see depthwise_backward_input)
   // one output channel per iteration, its batch summed in order: the same result on any thread count
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (index_t co = 0; co < s.C_out; ++co) {
     T* d = dw + co * KK;
     fill_zero(d, KK);
     for (index_t n = 0; n < s.N; ++n)
-      dw_wgrad_plane(s, dy + (n * s.C_out + co) * s.OH * s.OW, x + (n * s.C_in + co / mult) * s.H * s.W, d);
+      dw_wgrad_plane(s, cr, dy + (n * s.C_out + co) * s.OH * s.OW, x + (n * s.C_in + co / mult) * s.H * s.W, d);
   }
 }
 

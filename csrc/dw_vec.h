@@ -104,8 +104,9 @@ struct DwWgradSteps {
 // an Inf in dy into NaN); in between, plain loads and FMAs (the same sums; on AVX2 a masked step
 // costs a blend or an and besides).
 template <typename T, int KH, int KW>
-void dw_wgrad_plane_vec(const ConvShape& s, const DwWgradSteps<T, KW>& st, const T* dy, const T* x,
-                        typename Vec<T>::V* acc) {
+void dw_wgrad_plane_vec(const ConvShape& s, const DwWgradSteps<T, KW>& st, const T* dy, const T* x_all,
+                        index_t x_at, typename Vec<T>::V* acc) {
+  const T* x = x_all + x_at;
   using A = Vec<T>;
   using M = typename A::M;
   constexpr int L = A::L;
@@ -172,6 +173,100 @@ void dw_wgrad_plane_vec(const ConvShape& s, const DwWgradSteps<T, KW>& st, const
   for (int k = 0; k < KH * KW; ++k) acc[k] = a[k];
 }
 
+// The steps of a depthwise wgrad on planes of up to 128 vectors at stride 1 with OW == W (the
+// "same" layers of MobileNet on CIFAR-size images: 32x32 down to 4x4): an output row and its input
+// row then have the same length, so tap t of output pixel p (flattened, p = oh*OW + ow) reads input
+// pixel p + shift[t], and a plane's sums run over whole L-lane steps of the flattened plane, one
+// row or several per step, with no per-row work and, away from x's ends, plain loads (see
+// reach_lo). DwWgradSteps (row by row, masked loads at both ends of each row) took 1.6-4x PyTorch's
+// time on those layers (fp32, AVX2, Zen 1); this, 0.5-0.9x. masks[v*KH*KW + t]: the lanes of step
+// v whose pixel is in the plane and whose tap-t input pixel lies in the image (its row and its
+// column: a step spans rows).
+template <typename T, int KH, int KW>
+struct DwWgradFlat {
+  using M = typename Vec<T>::M;
+  static constexpr int L = Vec<T>::L, KK = KH * KW;
+  index_t steps;
+  index_t shift_bytes[KK];
+  Buffer<M> masks;
+  // a plane at element `at` of x may load whole vectors unmasked where every tap's reach,
+  // [at + reach_lo, at + reach_hi), lies inside x (x_elems): all but the tensor's first and last
+  // planes, in practice. Masked loads (vmaskmovps) ran at ~10 cycles a tap and step on Zen 1
+  index_t reach_lo = 0, reach_hi = 0, x_elems;
+
+  // Where it applies: stride 1, OW == W, planes of at most 128 steps (the masks, 128 * KK of them,
+  // 37 KiB at 3x3 on AVX2, are read by every plane: they stay in L2; larger planes take DwWgradSteps).
+  static bool applies(const ConvShape& s) {
+    return s.stride_h == 1 && s.stride_w == 1 && s.OW == s.W && ceil_div(s.OH * s.OW, L) <= 128;
+  }
+
+  explicit DwWgradFlat(const ConvShape& s)
+      : steps(ceil_div(s.OH * s.OW, L)), masks(steps * KK), x_elems(s.N * s.C_in * s.H * s.W) {
+    for (int kh = 0; kh < KH; ++kh)
+      for (int kw = 0; kw < KW; ++kw) {
+        const index_t shift = (kh * s.dil_h - s.pad_t) * s.W + kw * s.dil_w - s.pad_l;
+        shift_bytes[kh * KW + kw] = shift * index_t(sizeof(T));
+        reach_lo = min_i(reach_lo, shift);
+        reach_hi = max_i(reach_hi, shift + steps * L);
+      }
+    for (index_t v = 0; v < steps; ++v)
+      for (int kh = 0; kh < KH; ++kh)
+        for (int kw = 0; kw < KW; ++kw) {
+          unsigned bits = 0;
+          for (int l = 0; l < L; ++l) {
+            const index_t p = v * L + l, oh = p / s.OW, ow = p % s.OW;
+            const index_t ih = oh + kh * s.dil_h - s.pad_t, iw = ow + kw * s.dil_w - s.pad_l;
+            if (p < s.OH * s.OW && ih >= 0 && ih < s.H && iw >= 0 && iw < s.W) bits |= 1u << l;
+          }
+          masks.data()[v * KK + kh * KW + kw] = Vec<T>::from_bits(bits);
+        }
+  }
+};
+
+// Adds one image's plane of one output channel to its sums acc[] (see DwWgradFlat), in a fixed
+// order: steps, and within one the taps. Lanes outside the plane or whose tap falls in the padding
+// are masked out of the loads and the FMAs, as in the row-by-row dw_wgrad_plane_vec above; dy's
+// ragged last step is loaded under the mask of the plane's lanes.
+template <typename T, int KH, int KW>
+void dw_wgrad_plane_vec(const ConvShape& s, const DwWgradFlat<T, KH, KW>& st, const T* dy, const T* x_all,
+                        index_t x_at, typename Vec<T>::V* acc) {
+  using A = Vec<T>;
+  using M = typename A::M;
+  constexpr int L = A::L, KK = KH * KW;
+  const M* masks = st.masks.data();
+  typename A::V a[KK];  // in registers (see dw_wgrad_plane_vec above)
+#pragma GCC unroll 25
+  for (int k = 0; k < KK; ++k) a[k] = acc[k];
+  const index_t P = s.OH * s.OW, whole = P / L;
+  const T* x = x_all + x_at;
+  // integers: lanes may sit outside the plane, or (masked) outside x
+  const std::uintptr_t x0 = reinterpret_cast<std::uintptr_t>(x);
+  auto step = [&](index_t v, typename A::V d, auto in_tensor) {
+    const M* m = masks + v * KK;
+#pragma GCC unroll 25
+    for (int k = 0; k < KK; ++k) {
+      const T* p = reinterpret_cast<const T*>(x0 + v * L * index_t(sizeof(T)) + st.shift_bytes[k]);
+      if constexpr (in_tensor) {  // lanes outside the plane read x's other planes: fmadd_any drops them
+        a[k] = A::fmadd_any(d, A::load(p), a[k], m[k]);
+      } else {
+        a[k] = A::fmadd(d, A::load(m[k], p), a[k], m[k]);
+      }
+    }
+  };
+  auto steps = [&](auto in_tensor) {
+    index_t v = 0;
+    for (; v < whole; ++v) step(v, A::load(dy + v * L), in_tensor);
+    if (v < st.steps) step(v, A::load(A::first(P - v * L), dy + v * L), in_tensor);  // the ragged last step
+  };
+  if (x_at + st.reach_lo >= 0 && x_at + st.reach_hi <= st.x_elems) {
+    steps(std::true_type{});
+  } else {
+    steps(std::false_type{});
+  }
+#pragma GCC unroll 25
+  for (int k = 0; k < KK; ++k) acc[k] = a[k];
+}
+
 // Every channel of a depthwise wgrad with stride_w 1 and a KH x KW the kernel is instantiated
 // for. Each thread takes a run of channels and walks the images in memory order, image by image
 // and, within one, its channels' planes one after the other (a stream the prefetchers follow;
@@ -179,11 +274,13 @@ void dw_wgrad_plane_vec(const ConvShape& s, const DwWgradSteps<T, KW>& st, const
 // AVX2 at MobileNetV2's 3x3 at 144 x 56 x 56, batch 16);
 // each channel's sums stay in the order images, rows, steps, and the lanes are summed at the end
 // in a fixed order: the same bits on any thread count.
-template <typename T, int KH, int KW>
+// Steps: DwWgradSteps (row by row) or DwWgradFlat (small planes, flattened); the plane kernel is
+// the dw_wgrad_plane_vec overload of its type.
+template <typename T, int KH, int KW, typename Steps>
 void dw_wgrad_channels(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
   using A = Vec<T>;
   const index_t mult = s.C_out / s.groups;
-  const DwWgradSteps<T, KW> st(s);
+  const Steps st(s);
 #pragma omp parallel num_threads(nthreads)
   {
     const index_t per = ceil_div(s.C_out, omp_get_num_threads());
@@ -192,18 +289,25 @@ void dw_wgrad_channels(const ConvShape& s, const T* dy, const T* x, T* dw, int n
     for (index_t k = 0; k < (c1 - c0) * KH * KW; ++k) acc.data()[k] = A::zero();
     for (index_t n = 0; n < s.N; ++n)
       for (index_t co = c0; co < c1; ++co)
-        dw_wgrad_plane_vec<T, KH, KW>(s, st, dy + (n * s.C_out + co) * s.OH * s.OW,
-                                      x + (n * s.C_in + co / mult) * s.H * s.W, acc.data() + (co - c0) * KH * KW);
+        dw_wgrad_plane_vec<T, KH, KW>(s, st, dy + (n * s.C_out + co) * s.OH * s.OW, x,
+                                      (n * s.C_in + co / mult) * s.H * s.W, acc.data() + (co - c0) * KH * KW);
     for (index_t co = c0; co < c1; ++co)
       for (int k = 0; k < KH * KW; ++k) dw[co * KH * KW + k] = A::sum(acc.data()[(co - c0) * KH * KW + k]);
   }
+}
+
+template <typename T, int KH, int KW>
+void dw_wgrad_sized(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+  if (DwWgradFlat<T, KH, KW>::applies(s))
+    return dw_wgrad_channels<T, KH, KW, DwWgradFlat<T, KH, KW>>(s, dy, x, dw, nthreads);
+  dw_wgrad_channels<T, KH, KW, DwWgradSteps<T, KW>>(s, dy, x, dw, nthreads);
 }
 
 // The wgrad by the kernel of its size (3x3 or 5x5; at 5x5 AVX2 spills accumulators and still
 // takes 0.61x the portable time); false: the caller takes the portable path.
 template <typename T>
 bool dw_wgrad(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
-  if (s.KH == 3 && s.KW == 3) return dw_wgrad_channels<T, 3, 3>(s, dy, x, dw, nthreads), true;
-  if (s.KH == 5 && s.KW == 5) return dw_wgrad_channels<T, 5, 5>(s, dy, x, dw, nthreads), true;
+  if (s.KH == 3 && s.KW == 3) return dw_wgrad_sized<T, 3, 3>(s, dy, x, dw, nthreads), true;
+  if (s.KH == 5 && s.KW == 5) return dw_wgrad_sized<T, 5, 5>(s, dy, x, dw, nthreads), true;
   return false;
 }
