@@ -245,6 +245,7 @@ def test_gradcheck_f64(op, case, gen):
 @pytest.mark.parametrize("requires", [(True, False, False), (False, True, True), (False, False, True)],
                          ids=["dx", "dw_db", "db"])
 def test_backward_computes_only_the_gradients_autograd_needs(requires, gen, monkeypatch):
+    fastconv._dispatch.forget()  # no plan kept from earlier calls: this call reaches fastconv.conv2d_backward
     seen = []
     real = fastconv.conv2d_backward
 
@@ -316,6 +317,7 @@ def test_conv1d_conv_transpose_batch_norm_wrappers_accept_torch_spellings(gen):
 def test_named_backend_reaches_fastconv(backend, gen, monkeypatch):
     if backend not in fastconv.available_backends():
         pytest.skip(fastconv.backend_status()[backend])
+    fastconv._dispatch.forget()  # no plan kept from earlier calls: this call reaches fastconv.conv2d
     seen = []
     real = fastconv.conv2d
     monkeypatch.setattr(fastconv, "conv2d", lambda *a, backend, **k: seen.append(backend) or real(*a, backend=backend, **k))
@@ -380,6 +382,7 @@ def test_user_errors_name_the_op_and_values():
 
 def _spy_on(monkeypatch, name):
     """Record the arrays fastconv.<name> receives and the array it returns."""
+    fastconv._dispatch.forget()  # no plan kept from earlier calls: this call reaches fastconv.<name>
     calls = []
     real = getattr(fastconv, name)
 
@@ -570,3 +573,50 @@ def test_eager_path_only_where_the_dispatcher_would_go_straight_to_the_kernel(ge
     xs = randn(gen, 2, 1, 2, 5, 5)
     y = torch.vmap(lambda xi: ft.conv2d(xi, w))(xs)
     torch.testing.assert_close(y, torch.stack([F.conv2d(xi, w) for xi in xs]).detach())
+
+
+def test_direct_path_runs_fastconvs_plan_after_a_signatures_first_call(gen, monkeypatch):
+    """After a signature's first call (the full path: every check, fastconv's public op), plain
+    NCHW-contiguous CPU tensors go straight to the NumPy API's plan for it
+    (``fastconv.torch.ops._make_kernel``): the same results and gradients, every error still
+    raised, channels_last inputs still on the full path, plans per ``use_backend`` context."""
+    fastconv._dispatch.forget()
+    call, call_backward = ft.ops.CALL["conv2d"], ft.ops.CALL["conv2d_backward"]
+    x = randn(gen, 2, 3, 6, 5, requires_grad=True)
+    w, b = torch.nn.Parameter(randn(gen, 4, 3, 3, 3)), torch.nn.Parameter(randn(gen, 4))
+    xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    F.conv2d(xr, wr, br, padding=1).sum().backward()
+    for step in range(3):  # the first call plans; the others run the plans (dy of sum(): not contiguous)
+        if step == 2:  # the direct path does not come back to fastconv's public ops
+            monkeypatch.setattr(fastconv, "conv2d", None)
+            monkeypatch.setattr(fastconv, "conv2d_backward", None)
+        for t in (x, w, b):
+            t.grad = None
+        y = ft.conv2d(x, w, b, padding=1)
+        y.sum().backward()
+        torch.testing.assert_close(y, F.conv2d(xr, wr, br, padding=1))
+        for t, ref in zip((x, w, b), (xr, wr, br)):
+            torch.testing.assert_close(t.grad, ref.grad)
+        assert (len(call.direct), len(call_backward.direct)) == (1, 1)
+    monkeypatch.undo()
+    # channels_last: the full path, results in channels_last
+    y = ft.conv2d(x.detach().contiguous(memory_format=torch.channels_last), w, b, padding=1)
+    assert y.is_contiguous(memory_format=torch.channels_last) and len(call.direct) == 1
+    # another use_backend context: a plan of its own
+    if "reference" in fastconv.available_backends():
+        with fastconv.use_backend("reference"):
+            ft.conv2d(x, w, b, padding=1)
+        assert len(call.direct) == 2
+    # errors are never kept: raised on every call
+    for _ in range(2):
+        with pytest.raises(TypeError, match=r"fastconv::max_pool2d: expected x of dtype"):
+            ft.max_pool2d(torch.ones(1, 2, 4, 4, dtype=torch.float16), 2)
+        with pytest.raises(ValueError, match=r"conv2d: expected b of shape \(4,\), got \(5,\)"):
+            ft.ops.CALL["conv2d"](x, w, torch.ones(5, dtype=x.dtype), (1, 1), (1, 1, 1, 1), (1, 1), 1, "auto")
+    assert len(ft.ops.CALL["max_pool2d"].direct) == 0
+    # hyper-parameters as lists (a direct caller of CALL): the full path, every call
+    for _ in range(2):
+        y, _ = ft.ops.CALL["max_pool2d"](x, [2, 2], [2, 2], [0, 0], [1, 1], False, "auto")
+        torch.testing.assert_close(y, F.max_pool2d(xr, 2))
+    fastconv._dispatch.forget()
+    assert len(call.direct) == 0

@@ -47,6 +47,10 @@ as ``CompositeExplicitAutograd``; the fake kernel with ``torch.library.register_
 through :data:`CALL`: plain CPU/CUDA tensors with nothing intercepting ops (see :func:`_eager`)
 go to the op's Autograd kernel directly, everything else (fake tensors, modes, torch.compile,
 vmap) through the dispatcher, so both run the same kernels and the same autograd.Function.
+On the eager path, a call whose tensors are plain NCHW-contiguous CPU tensors and whose signature
+(shapes, dtypes, hyper-parameters, backend, ``use_backend`` context) ran before goes from the
+tensors' NumPy views straight to the NumPy API's plan for that signature (:func:`_make_kernel`,
+:func:`_caller`); the first call of a signature, and every call that raises, take the full path.
 Autograd: setup_context saves the inputs (and max pooling's indices);
 backward calls the backward op with ``needs`` taken from ``ctx.needs_input_grad``, so fastconv skips
 gradients nobody asked for. A custom op cannot return ``None``, so an unneeded gradient comes back
@@ -72,7 +76,7 @@ import torch
 import fastconv as fc
 
 from .._checks import check_bool, check_float
-from .._dispatch import _check_name
+from .._dispatch import _PLANS, _check_name, _current
 from .._params import (
     adaptive_output_size,
     as_int,
@@ -87,8 +91,13 @@ from .._params import (
     linear_params,
     pool_output_size,
     pool_params,
+    CACHE_SIZE,
     remembered,
 )
+from ..ops import conv as _conv_ops
+from ..ops import linear as _linear_ops
+from ..ops import norm as _norm_ops
+from ..ops import pool as _pool_ops
 from ..ops.conv import _padding_1d
 from .exchange import check_device, check_dtype, float_dtypes, from_array, on_stream, to_array
 
@@ -210,6 +219,11 @@ class OpSpec:
     shape: Callable
     bias_channels: Callable = lambda w, *params: w.shape[0]
     spatial: bool = True
+    #: ``(arrays, kwargs, needs, backend) -> run``: the NumPy API's plan for a call (validated
+    #: there), ``run(*arrays)`` returning what the public op returns; arrays and results in this
+    #: spec's order. For the direct path (:func:`_make_kernel`); None: the public op is called.
+    plan: Callable | None = None
+    plan_backward: Callable | None = None
 
     @property
     def qualname(self) -> str:
@@ -245,17 +259,67 @@ def _conv_transpose2d_kwargs(stride, padding, output_padding, groups, dilation):
                 groups=groups, dilation=tuple(dilation))
 
 
+def _conv2d_plan(arrays, kw, needs, backend):
+    return _conv_ops._conv2d_plan(*arrays, kw["stride"], kw["padding"], kw["dilation"], kw["groups"], backend)
+
+
+def _conv2d_backward_plan(arrays, kw, needs, backend):
+    return _conv_ops._conv2d_backward_plan(*arrays, kw["stride"], kw["padding"], kw["dilation"], kw["groups"],
+                                           needs, backend)
+
+
+def _linear_plan(arrays, kw, needs, backend):
+    # the direct path's arrays are C-contiguous (views of contiguous tensors)
+    return _linear_ops._linear_plan(*arrays, backend, True, True)
+
+
+def _max_pool2d_plan(arrays, kw, needs, backend):
+    return _pool_ops._max_pool2d_plan(*arrays, kw["kernel_size"], kw["stride"], kw["padding"], kw["dilation"],
+                                      kw["ceil_mode"], True, backend)
+
+
+def _max_pool2d_backward_plan(arrays, kw, needs, backend):
+    dy, x, indices = arrays
+    return _pool_ops._max_pool2d_backward_plan(dy, x, kw["kernel_size"], kw["stride"], kw["padding"],
+                                               kw["dilation"], kw["ceil_mode"], indices, backend)
+
+
+def _avg_pool2d_args(kw):
+    return (kw["kernel_size"], kw["stride"], kw["padding"], kw["ceil_mode"], kw["count_include_pad"],
+            kw["divisor_override"])
+
+
+def _avg_pool2d_plan(arrays, kw, needs, backend):
+    return _pool_ops._avg_pool2d_plan(*arrays, *_avg_pool2d_args(kw), backend)
+
+
+def _avg_pool2d_backward_plan(arrays, kw, needs, backend):
+    run = _pool_ops._avg_pool2d_backward_plan(*arrays, *_avg_pool2d_args(kw), backend)
+    return lambda dy, x: run(dy)  # x gave the plan its shape; the run needs only dy
+
+
+def _batch_norm_plan(arrays, kw, needs, backend):
+    x, weight, bias, running_mean, running_var = arrays
+    run = _norm_ops._batch_norm_plan(x, running_mean, running_var, weight, bias, kw["training"],
+                                     kw["momentum"], kw["eps"], backend)
+    return lambda x, weight, bias, running_mean, running_var: run(x, running_mean, running_var, weight, bias)
+
+
+def _batch_norm_backward_plan(arrays, kw, needs, backend):
+    return _norm_ops._batch_norm_backward_plan(*arrays, kw["training"], needs, backend)
+
+
 SPECS: tuple[OpSpec, ...] = (
     OpSpec("conv2d", "dense", "SymInt[2] stride, SymInt[4] padding, SymInt[2] dilation, SymInt groups",
-           _conv2d_kwargs, _conv2d_shape),
-    OpSpec("linear", "dense", "", dict, _linear_shape, spatial=False),
+           _conv2d_kwargs, _conv2d_shape, plan=_conv2d_plan, plan_backward=_conv2d_backward_plan),
+    OpSpec("linear", "dense", "", dict, _linear_shape, spatial=False, plan=_linear_plan),
     OpSpec("max_pool2d", "max_pool",
            "SymInt[2] kernel_size, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, bool ceil_mode",
-           _max_pool2d_kwargs, _max_pool2d_shape),
+           _max_pool2d_kwargs, _max_pool2d_shape, plan=_max_pool2d_plan, plan_backward=_max_pool2d_backward_plan),
     OpSpec("avg_pool2d", "pool",
            "SymInt[2] kernel_size, SymInt[2] stride, SymInt[2] padding, bool ceil_mode, "
            "bool count_include_pad, SymInt? divisor_override",
-           _avg_pool2d_kwargs, _avg_pool2d_shape),
+           _avg_pool2d_kwargs, _avg_pool2d_shape, plan=_avg_pool2d_plan, plan_backward=_avg_pool2d_backward_plan),
     OpSpec("adaptive_avg_pool2d", "pool", "SymInt[2] output_size",
            lambda output_size: dict(output_size=tuple(output_size)), _adaptive_avg_pool2d_shape),
     OpSpec("conv1d", "dense", "SymInt[1] stride, SymInt[2] padding, SymInt[1] dilation, SymInt groups",
@@ -267,7 +331,7 @@ SPECS: tuple[OpSpec, ...] = (
     # momentum and eps reach the backward op only to keep one parameter list per row; it ignores them
     OpSpec("batch_norm", "norm", "bool training, float momentum, float eps",
            lambda training, momentum, eps: dict(training=training, momentum=momentum, eps=eps),
-           lambda op, x, *vectors: tuple(x.shape)),
+           lambda op, x, *vectors: tuple(x.shape), plan=_batch_norm_plan, plan_backward=_batch_norm_backward_plan),
 )
 
 #: per kind: (forward tensors, forward returns, backward tensors, backward extra params, backward returns)
@@ -358,52 +422,137 @@ def _grads(like: torch.Tensor, grads) -> tuple:
     return tuple(like.new_empty(0) if g is None else from_array(g) for g in grads)
 
 
-def _run_norm(backward: bool, tensors, arrays, params, args):
-    """fastconv's batch_norm / batch_norm_backward on the arrays of a ``"norm"`` op."""
-    training, momentum, eps = params
-    if backward:
-        dy, x, weight, mean, invstd = arrays
-        return _grads(tensors[1], fc.batch_norm_backward(dy, x, weight, mean=mean, invstd=invstd,
-                                                         training=training, needs=tuple(args[-2]),
-                                                         backend=args[-1]))
-    x, weight, bias, running_mean, running_var = arrays
-    r = fc.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, backend=args[-1])
-    # the new running statistics only when training updates them (eval returns copies; nobody needs those)
-    new = [from_array(a) if training and a is not None else tensors[0].new_empty(0)
-           for a in (r.running_mean, r.running_var)]
-    return (from_array(r.y), from_array(r.mean), from_array(r.invstd), *new)
+def _call_fastconv(spec: OpSpec, backward: bool, arrays, params, args):
+    """fastconv's public op for this spec on ``arrays`` (the spec's tensors as arrays), as it returns."""
+    if spec.kind == "norm":
+        training, momentum, eps = params
+        if backward:
+            dy, x, weight, mean, invstd = arrays
+            return fc.batch_norm_backward(dy, x, weight, mean=mean, invstd=invstd, training=training,
+                                          needs=tuple(args[-2]), backend=args[-1])
+        x, weight, bias, running_mean, running_var = arrays
+        return fc.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, backend=args[-1])
+    kwargs = dict(spec.to_fastconv(*params), backend=args[-1])
+    if not backward:
+        if spec.kind == "max_pool":
+            return getattr(fc, spec.name)(*arrays, return_indices=True, **kwargs)
+        return getattr(fc, spec.name)(*arrays, **kwargs)
+    if spec.kind == "dense":
+        return getattr(fc, spec.name + "_backward")(*arrays, needs=tuple(args[-2]), **kwargs)
+    if spec.kind == "max_pool":
+        dy, x, indices = arrays
+        return getattr(fc, spec.name + "_backward")(dy, x, indices=indices, **kwargs)
+    return getattr(fc, spec.name + "_backward")(*arrays, **kwargs)
+
+
+def _to_tensors(spec: OpSpec, backward: bool, tensors, result, params):
+    """What ``_call_fastconv`` returned, as the op's tensors (sharing the arrays' memory)."""
+    if spec.kind == "norm":
+        if backward:
+            return _grads(tensors[1], result)
+        # the new running statistics only when training updates them (eval returns copies; nobody needs those)
+        training = params[0]
+        new = [from_array(a) if training and a is not None else tensors[0].new_empty(0)
+               for a in (result.running_mean, result.running_var)]
+        return (from_array(result.y), from_array(result.mean), from_array(result.invstd), *new)
+    if backward and spec.kind == "dense":
+        return _grads(tensors[1], result)
+    if not backward and spec.kind == "max_pool":
+        return from_array(result[0]), from_array(result[1])
+    return from_array(result)
+
+
+def _direct_key(names, tensors, rest):
+    """The direct path's key for a call (see :func:`_make_kernel`), or None when it does not apply:
+    a tensor off the CPU, or an x, w, ... not NCHW-contiguous (the full path copies it and decides
+    the results' memory format from it; dy never decides, and the direct path makes it contiguous)."""
+    key = [_current.get(), rest]
+    for name, t in zip(names, tensors):
+        if t is None:
+            key.append(None)
+        elif t.is_cpu and (name == "dy" or t.is_contiguous()):
+            key.append(t.shape)
+            key.append(t.dtype)
+        else:
+            return None
+    return tuple(key)
+
+
+def _cpu_array(t):
+    """A CPU tensor as the NumPy array over its memory (detached: the kernels run below autograd);
+    a non-contiguous one (only dy takes the direct path so) is made contiguous first, one copy."""
+    if t.requires_grad:
+        t = t.detach()
+    return t.numpy() if t.is_contiguous() else t.contiguous().numpy()
 
 
 def _make_kernel(spec: OpSpec, backward: bool):
+    """The op's kernel for every device: tensors to arrays (zero-copy), fastconv, arrays to tensors.
+
+    Direct path: a call whose tensors are all CPU and NCHW-contiguous is keyed by its signature
+    (shapes, dtypes, hyper-parameters, backend, ``use_backend`` context). The first call of a
+    signature takes the full path below (the device, dtype and memory-format checks, and the NumPy
+    API's validation, raising as always), then keeps fastconv's plan for the signature
+    (:func:`fastconv._dispatch.planned`) and how its results become tensors; later calls run
+    that plan on ``t.numpy()`` views, skipping about ten Python layers (issue 21: a tiny
+    MaxPool2d's forward spent 60 us of 76 between the tensors and the kernel). Errors are never
+    kept, and ``fastconv._dispatch.forget`` drops the plans with the NumPy API's.
+    """
     op, names, split = _split(spec, backward)
+    n = len(names)
+    planner = spec.plan_backward if backward else spec.plan
+    direct: dict = {}
+    _PLANS.append(direct)
 
     def kernel(*args):
+        key = _direct_key(names, args[:n], args[n:])
+        if key is not None:
+            try:
+                found = direct.get(key)
+            except TypeError:  # an unhashable hyper-parameter (a list; the wrappers pass tuples)
+                found = key = None
+            if found is not None:
+                return found(args)
         tensors, params = split(args)
         device = check_device(op, dict(zip(names, tensors)))
         memory_format = _memory_format(spec, names, tensors)
         if device == "cpu":
-            return _in_format(run(device, tensors, params, args), memory_format)
+            result = _in_format(run(device, tensors, params, args), memory_format)
+            if key is not None:
+                if len(direct) >= CACHE_SIZE:
+                    direct.clear()
+                direct[key] = _direct_run(tensors, params, args)
+            return result
         with on_stream(device, tensors[0]):
             return _in_format(run(device, tensors, params, args), memory_format)
 
     def run(device, tensors, params, args):
         arrays = [to_array(t, device=device) for t in tensors]  # channels_last: the one copy in
-        if spec.kind == "norm":
-            return _run_norm(backward, tensors, arrays, params, args)
-        kwargs = dict(spec.to_fastconv(*params), backend=args[-1])
-        if not backward:
-            if spec.kind == "max_pool":
-                y, indices = getattr(fc, spec.name)(*arrays, return_indices=True, **kwargs)
-                return from_array(y), from_array(indices)
-            return from_array(getattr(fc, spec.name)(*arrays, **kwargs))
-        if spec.kind == "dense":
-            return _grads(tensors[1], getattr(fc, spec.name + "_backward")(*arrays, needs=tuple(args[-2]), **kwargs))
-        if spec.kind == "max_pool":
-            dy, x, indices = arrays
-            return from_array(getattr(fc, spec.name + "_backward")(dy, x, indices=indices, **kwargs))
-        return from_array(getattr(fc, spec.name + "_backward")(*arrays, **kwargs))
+        return _to_tensors(spec, backward, tensors, _call_fastconv(spec, backward, arrays, params, args), params)
+
+    def _direct_run(tensors, params, args):
+        """The direct path's run for this call's signature: fastconv's plan where the spec names
+        one, else the public op with these hyper-parameters."""
+        if planner is None:
+            def call(arrays):
+                return _call_fastconv(spec, backward, arrays, params, args)
+        else:
+            kwargs = spec.to_fastconv(*params)
+            needs = tuple(args[-2]) if backward and spec.kind in ("dense", "norm") else None
+            plan = planner([_cpu_array(t) if t is not None else None for t in tensors], kwargs, needs, args[-1])
+
+            def call(arrays):
+                return plan(*arrays)
+
+        def run_direct(args):
+            tensors = args[:n]
+            arrays = [None if t is None else _cpu_array(t) for t in tensors]
+            return _to_tensors(spec, backward, tensors, call(arrays), params)
+
+        return run_direct
 
     kernel.__name__ = kernel.__qualname__ = op.replace("::", "_")
+    kernel.direct, kernel.names = direct, names  # for the wrappers' calls (_caller)
     return kernel
 
 
@@ -457,12 +606,15 @@ def _make_fake(spec: OpSpec, backward: bool):
 
 def _below_autograd(op, kernel, keyset, args):
     """The op's result below autograd: redispatched with the dispatcher's ``keyset``, or, on the
-    eager path (``keyset`` None, see :func:`_eager`), from ``kernel`` called directly."""
+    eager path (see :func:`_eager`), from ``kernel`` called directly (``keyset`` None) or from the
+    kernel's direct run for this call's signature, which :func:`_caller` found (``keyset`` that run)."""
     if keyset is None:
         # nothing below autograd to reach: the kernel only moves tensors to arrays and back, and
         # runs either inside the autograd.Function's forward (grad mode off) or with no tensor
         # that requires grad, so there is nothing for autograd to record (the guard cost 1.3 us)
         return kernel(*args)
+    if type(keyset) is not torch._C.DispatchKeySet:
+        return keyset(args)
     with torch._C._AutoDispatchBelowAutograd():
         return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
 
@@ -483,8 +635,7 @@ def _eager(tensors) -> bool:
     costs more than a tiny conv itself (about 50 us of 150 on a 2-core EPYC); anything the test
     above does not vouch for takes the registered op.
     """
-    if (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
-            or torch._C._dispatch_tls_local_include_set().raw_repr() not in _BASE_TLS):
+    if _intercepted():
         return False
     for t in tensors:
         if t is not None and (type(t) not in _PLAIN_TYPES or t.is_meta):
@@ -527,7 +678,7 @@ def _make_autograd(spec: OpSpec, forward_op, kernel, call_backward):
         dy = grads[0]  # max pooling's indices and batch norm's statistics get no gradient
         none_for_rest = (None,) * (len(ctx.params) + 1)  # hyper-parameters and backend
         if spec.kind in ("dense", "norm"):
-            needs = [bool(n) for n in ctx.needs_input_grad[1:4]]  # x, w, b (x, weight, bias)
+            needs = tuple(bool(n) for n in ctx.needs_input_grad[1:4])  # x, w, b (x, weight, bias)
             dx, dw, db = call_backward(dy, *ctx.saved_tensors, *ctx.params, needs, ctx.backend)
             running = (None, None) if spec.kind == "norm" else ()  # running statistics: buffers
             return (None, dx if needs[0] else None, dw if needs[1] else None, db if needs[2] else None,
@@ -550,6 +701,7 @@ def _make_autograd(spec: OpSpec, forward_op, kernel, call_backward):
             return (eager_apply if keyset is None else function.apply)(keyset, *args)
         return _below_autograd(forward_op, kernel, keyset, args)
 
+    autograd_kernel.apply_eager = eager_apply
     return autograd_kernel
 
 
@@ -560,17 +712,52 @@ def _no_autograd(op, kernel):
             return _Refused.apply(op, kernel, keyset, *args)
         return _below_autograd(op, kernel, keyset, args)
 
+    autograd_kernel.apply_eager = lambda below, *args: _Refused.apply(op, kernel, below, *args)
     return autograd_kernel
 
 
-def _caller(op, autograd_kernel, n_tensors: int):
+def _intercepted() -> bool:
+    """Whether anything that intercepts ops is active (see :func:`_eager`)."""
+    return (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._dispatch_tls_local_include_set().raw_repr() not in _BASE_TLS)
+
+
+def _caller(op, autograd_kernel, kernel, n_tensors: int):
     """``op(*args)`` as the wrappers call it: on the eager path (:func:`_eager`) the op's own
-    Autograd kernel without the dispatcher, else through the dispatcher."""
+    Autograd kernel without the dispatcher, else through the dispatcher.
+
+    A call whose signature the kernel has a direct run for (:func:`_make_kernel`: plain CPU
+    tensors, x and w NCHW-contiguous) goes to that run at once, inside the autograd.Function when
+    a gradient is to be recorded: one look-up replaces the autograd kernel's and the kernel's
+    layers."""
+    direct, names = kernel.direct, kernel.names
+    apply_eager = autograd_kernel.apply_eager
+
     def call(*args):
-        if _eager(args[:n_tensors]):
+        if _intercepted():
+            return op(*args)
+        tensors = args[:n_tensors]
+        key = None
+        for t in tensors:
+            if t is not None and type(t) not in _PLAIN_TYPES:
+                break
+        else:  # plain tensors: the CPU ones (not meta, not CUDA) may take the direct path
+            key = _direct_key(names, tensors, args[n_tensors:])
+        if key is not None:
+            try:
+                found = direct.get(key)
+            except TypeError:  # an unhashable hyper-parameter: the kernel's full path
+                found = None
+            if found is not None:
+                if torch.is_grad_enabled() and torch._C._any_requires_grad(*tensors):
+                    return apply_eager(found, *args)
+                return found(args)
+            return autograd_kernel(None, *args)
+        if _eager(tensors):
             return autograd_kernel(None, *args)
         return op(*args)
 
+    call.direct = direct  # for tests
     return call
 
 
@@ -606,11 +793,11 @@ def _register(spec: OpSpec):
     forward_op, backward_op = ops
     n_fwd, n_bwd = (len(_TENSOR_NAMES[spec.kind, backward]) for backward in (False, True))
     backward_autograd = _no_autograd(backward_op, kernels[1])
-    call_backward = _caller(backward_op, backward_autograd, n_bwd)
+    call_backward = _caller(backward_op, backward_autograd, kernels[1], n_bwd)
     forward_autograd = _make_autograd(spec, forward_op, kernels[0], call_backward)
     _LIB.impl(spec.name, forward_autograd, "Autograd", with_keyset=True)
     _LIB.impl(spec.name + "_backward", backward_autograd, "Autograd", with_keyset=True)
-    CALL[spec.name] = _caller(forward_op, forward_autograd, n_fwd)
+    CALL[spec.name] = _caller(forward_op, forward_autograd, kernels[0], n_fwd)
     CALL[spec.name + "_backward"] = call_backward
     return forward_op, backward_op
 
@@ -726,9 +913,12 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     y, _, _, new_mean, new_var = CALL["batch_norm"](
         input, weight, bias, running_mean, running_var, training, momentum, eps, backend)
     if training:
-        with torch.no_grad():
-            for running, new in ((running_mean, new_mean), (running_var, new_var)):
-                if running is not None:
+        for running, new in ((running_mean, new_mean), (running_var, new_var)):
+            if running is not None:
+                if running.requires_grad:  # not a buffer: keep the update out of autograd's graph
+                    with torch.no_grad():
+                        running.copy_(new)
+                else:  # nothing for autograd to record (new never requires grad); no_grad cost 2 us
                     running.copy_(new)
     return y
 
