@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._checks import is_cupy
-from ._params import CACHE_SIZE, _NotPlain, _plain
+from ._params import _NotPlain, _plain, kept
 
 
 class BackendUnavailableError(RuntimeError):
@@ -323,14 +323,7 @@ def planned(build):
                     key.append(_plain(a))
         except _NotPlain:
             return build(*args)
-        key = tuple(key)
-        found = plans.get(key)
-        if found is None:
-            found = build(*args)
-            if len(plans) >= CACHE_SIZE:
-                plans.clear()
-            plans[key] = found
-        return found
+        return kept(plans, tuple(key), build, *args)
 
     plan.plans = plans  # for tests
     return plan

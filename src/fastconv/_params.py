@@ -71,16 +71,22 @@ def remembered(fn):
             key = (op, *map(_plain, args))
         except _NotPlain:
             return fn(op, *args)
-        result = cache.get(key)
-        if result is None:
-            result = fn(op, *args)
-            if len(cache) >= CACHE_SIZE:
-                cache.clear()
-            cache[key] = result
-        return result
+        return kept(cache, key, fn, op, *args)
 
     cached.cache = cache  # for tests
     return cached
+
+
+def kept(cache: dict, key, make, *args):
+    """``cache[key]``, made by ``make(*args)`` and kept on a miss (errors are never kept); a full
+    cache (CACHE_SIZE entries) is emptied first."""
+    found = cache.get(key)
+    if found is None:
+        found = make(*args)
+        if len(cache) >= CACHE_SIZE:
+            cache.clear()
+        cache[key] = found
+    return found
 
 
 # --------------------------------------------------------------------------------------------
