@@ -269,12 +269,12 @@ PYBIND11_MODULE(_cpp, m) {
         return fastconv::conv2d_uses_winograd(conv_shape(p), pass, dtype.itemsize());
       },
       py::arg("p"), py::arg("pass_"), py::arg("dtype"),
-      "the output tile m (2 or 4) of the Winograd F(m x m, 3x3) that pass 'fwd', 'dgrad' or 'wgrad' of ConvParams p "
+      "the output tile m (2, 3 or 4) of the Winograd F(m x m, 3x3) that pass 'fwd', 'dgrad' or 'wgrad' of ConvParams p "
       "in dtype runs as (given finite data), 0 where it does not run as Winograd");
   m.def("set_winograd_f4", &fastconv::set_winograd_f4, py::arg("allowed"),
         "whether Winograd may take F(4x4) where it pays (fastconv.set_float32_conv_precision('high'))");
   m.def("set_winograd_tile", &fastconv::set_winograd_tile, py::arg("m"),
-        "make every pass that runs as Winograd use tile m (2 or 4), or none (1), or the chooser's (0): for tests and "
+        "make every pass that runs as Winograd use tile m (2, 3 or 4), or none (1), or the chooser's (0): for tests and "
         "benchmarks");
   m.def(
       "conv2d_wgrad_uses_dot", [](const py::object& p) { return fastconv::conv2d_wgrad_uses_dot(conv_shape(p)); },

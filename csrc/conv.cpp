@@ -11,9 +11,10 @@
 //     would be 30% or more, pack B from the layout without it instead (see compact_forward).
 //     Tiles that straddle output rows are staged per unit and copied to y once (stage_tiling).
 //     The weight is read as it lies too (row i of A at w + off[p] + i*lda, see InPlaceA; conv_flat.cpp);
-//   * forward and stride-1 dgrad of 3x3 layers (stride 1, dilation 1, one group, 64+ channels each
-//     way, enough tiles; wgrad at 128+ channels), finite data: Winograd F(4x4, 3x3), 4x fewer
-//     multiplies, in fp32 on up to 128 channels summed (wgrad: 4096 pixels), else F(2x2, 3x3),
+//   * forward and stride-1 dgrad of 3x3 layers (stride 1, dilation 1, one group, 16+ channels each
+//     way, enough tiles; wgrad at 128+ channels), finite data: Winograd F(3x3, 3x3), 3.24x fewer
+//     multiplies, in fp32 on wide images of up to 256 channels in and out together; F(4x4, 3x3),
+//     4x, at precision "high" on up to 128 channels summed (wgrad: 4096 pixels); else F(2x2, 3x3),
 //     2.25x (winograd.cpp);
 //   * dgrad at stride 1, undilated, 16+ input channels per group: the forward convolution of dy
 //     with the flipped, transposed weight (no col2im, and that weight is w read at other offsets:

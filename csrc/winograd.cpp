@@ -1,8 +1,8 @@
-// Winograd F(m x m, 3x3), m = 2 or 4; see winograd.h for the algebra.
+// Winograd F(m x m, 3x3), m = 2, 3 or 4; see winograd.h for the algebra.
 //
 // Everything below is written once for the output tile m (a template on Tile<m>): the tiles differ
-// only in their 1-D transforms (Tile<2>, Tile<4>) and in the sizes that follow from m: windows of
-// a = m + 2, a*a GEMMs (16 or 36), planes split into m row phases.
+// only in their 1-D transforms (Tile<2>, Tile<3>, Tile<4>) and in the sizes that follow from m:
+// windows of a = m + 2, a*a GEMMs (16, 25 or 36), planes split into m row phases.
 //
 // Images are taken a chunk at a time. Each chunk is first copied, zero-padded, into planes of
 // m*(TH + 1) x m*(TW + 1) per channel (TH x TW tiles per image) in which every tile's a x a window
@@ -39,6 +39,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gemm.h"
@@ -60,6 +61,7 @@ struct Tile;
 template <typename T>
 struct Tile<2, T> {
   static constexpr int m = 2, a = 4;
+  static constexpr T denominator = T(1);
   template <class In, class Out>
   static void input(In d, Out o) {  // B^T d
     o(0, d(0) - d(2));
@@ -98,6 +100,64 @@ struct Tile<2, T> {
   }
 };
 
+// F(3, 3) on points 0, 1/2, 2, -1 and inf: of the sets of 0 and three of +-{1/4, 1/2, 3/4, 1, 5/4,
+// 3/2, 2, 5/2, 3} the least error factor (see Tile<4>): 14 against 34 with 1, -1, 2. Every point
+// is dyadic, so are B^T and A; G's rows hold ninths, so they are kept times 9 (integers), and the
+// 2-D results of the output transform (and of wgrad's G^T S G) are divided by 81 at the end: on
+// small integers every step but that division is exact, and it rounds once, so the results are
+// the exact ones. 25 products per 9 outputs (2.78 against F(2x2)'s 4).
+//   B^T = [1 -3/2 -3/2    1 0]   9G = [ 9  0  0]   A^T = [1   1 1  1 0]
+//         [0   -2   -1    1 0]        [-8 -4 -2]         [0 1/2 2 -1 0]
+//         [0 -1/2  1/2    1 0]        [ 1  2  4]         [0 1/4 4  1 1]
+//         [0    1 -5/2    1 0]        [-2  2 -2]
+//         [0    1 -3/2 -3/2 1]        [ 0  0  9]
+template <typename T>
+struct Tile<3, T> {
+  static constexpr int m = 3, a = 5;
+  static constexpr T denominator = T(81);  // of the 2-D output and weight-gradient transforms
+  template <class In, class Out>
+  static void input(In d, Out o) {  // B^T d
+    const auto d1 = d(1), d2 = d(2), d3 = d(3);
+    o(0, d(0) + d3 - T(1.5) * (d1 + d2));
+    o(1, d3 - d2 - T(2) * d1);
+    o(2, T(0.5) * (d2 - d1) + d3);
+    o(3, d1 + d3 - T(2.5) * d2);
+    o(4, d1 + d(4) - T(1.5) * (d2 + d3));
+  }
+  template <class In, class Out>
+  static void weight(In g, Out o) {  // 9 G g
+    const auto g0 = g(0), g1 = g(1), g2 = g(2);
+    o(0, T(9) * g0);
+    o(1, T(-2) * (T(4) * g0 + T(2) * g1 + g2));
+    o(2, g0 + T(2) * g1 + T(4) * g2);
+    o(3, T(-2) * (g0 - g1 + g2));
+    o(4, T(9) * g2);
+  }
+  template <class In, class Out>
+  static void output(In s, Out o) {  // A^T s
+    const auto s1 = s(1), s2 = s(2), s3 = s(3);
+    o(0, s(0) + s1 + s2 + s3);
+    o(1, T(0.5) * s1 + T(2) * s2 - s3);
+    o(2, T(0.25) * s1 + T(4) * s2 + s3 + s(4));
+  }
+  template <class In, class Out>
+  static void dy(In e, Out o) {  // A e (wgrad)
+    const auto e0 = e(0), e1 = e(1), e2 = e(2);
+    o(0, e0);
+    o(1, e0 + T(0.5) * e1 + T(0.25) * e2);
+    o(2, e0 + T(2) * e1 + T(4) * e2);
+    o(3, e0 - e1 + e2);
+    o(4, e2);
+  }
+  template <class In, class Out>
+  static void weight_grad(In s, Out o) {  // 9 G^T s (wgrad)
+    const auto s1 = s(1), s2 = s(2), s3 = s(3);
+    o(0, T(9) * s(0) - T(8) * s1 + s2 - T(2) * s3);
+    o(1, T(2) * (s2 + s3 - T(2) * s1));
+    o(2, T(2) * (T(2) * s2 - s1 - s3) + T(9) * s(4));
+  }
+};
+
 // F(4, 3) on points 0, +-a, +-b and inf, a = 3/4 and b = 3/2 rather than Lavin & Gray's 1 and 2: in
 // float32 the error is dominated by the GEMMs' sums over the channels, which the output transform
 // magnifies by about sum over xi of A^T[i][xi]^2 |G_xi|^2 |B^T_xi|^2 (rows xi of G and B^T); that
@@ -116,6 +176,7 @@ struct Tile<2, T> {
 template <typename T>
 struct Tile<4, T> {
   static constexpr int m = 4, a = 6;
+  static constexpr T denominator = T(1);
   static constexpr T pa = T(0.75), pb = T(1.5), pa2 = pa * pa, pb2 = pb * pb;  // exact
   static constexpr T g0 = T(1) / (pa2 * pb2);                 // 1 / prod over p' != 0 of (0 - p')
   static constexpr T ga = T(1) / (T(2) * pa2 * (pa2 - pb2));  // ... of (+-a - p'), the same for both
@@ -170,6 +231,17 @@ struct Tile<4, T> {
   }
 };
 
+// The 2-D result v of an output or weight-gradient transform, divided by the tile's denominator
+// (F(3x3)'s 36) once at the end.
+template <class W, class X>
+__attribute__((always_inline)) inline X finish(X v) {
+  if constexpr (W::denominator != 1) {
+    return v / W::denominator;
+  } else {
+    return v;
+  }
+}
+
 // The 2-D form of a 1-D transform f (In -> Out elements): Z = F X F^T, with X's element (r, j)
 // read as src(r, j) and Z's element (i, k) handed to dst(i, k, value); f down X's columns, then
 // along the rows of the result.
@@ -191,18 +263,47 @@ __attribute__((always_inline)) inline void transform_2d(F f, Src src, Dst dst) {
 // strided loads and stores of `#pragma omp simd` came out as 2-lane vectors filled by scalar
 // inserts: the output transform took 30% of ResNet-50's 3x3x64 forward at 56x56 (the GEMMs 43%).
 
+// m = 3: lane t of vector K of a run of three vectors a, b, c (element 3t + K of a|b|c): from a|b
+// where 3t + K < 2L, then from c over the rest; two two-source shuffles with constant indices.
+template <typename T, int K, std::size_t... t>
+__attribute__((always_inline)) inline typename Lanes<T>::V split_3(typename Lanes<T>::V a, typename Lanes<T>::V b,
+                                                                   typename Lanes<T>::V c, std::index_sequence<t...>) {
+  using I = typename Lanes<T>::I;
+  constexpr int L = Lanes<T>::L;
+  constexpr I from_ab{(3 * int(t) + K < 2 * L ? 3 * int(t) + K : 0)...};
+  constexpr I from_c{(3 * int(t) + K < 2 * L ? int(t) : 3 * int(t) + K - L)...};
+  return __builtin_shuffle(__builtin_shuffle(a, b, from_ab), c, from_c);
+}
+
+// The inverse: lane u of vector J of the run is element e = J*L + u, element e % 3 of tile e / 3.
+template <typename T, int J, std::size_t... u>
+__attribute__((always_inline)) inline typename Lanes<T>::V join_3(typename Lanes<T>::V o0, typename Lanes<T>::V o1,
+                                                                  typename Lanes<T>::V o2, std::index_sequence<u...>) {
+  using I = typename Lanes<T>::I;
+  constexpr int L = Lanes<T>::L;
+  constexpr I from_01{((J * L + int(u)) % 3 < 2 ? (J * L + int(u)) % 3 * L + (J * L + int(u)) / 3 : 0)...};
+  constexpr I from_2{((J * L + int(u)) % 3 < 2 ? int(u) : L + (J * L + int(u)) / 3)...};
+  return __builtin_shuffle(__builtin_shuffle(o0, o1, from_01), o2, from_2);
+}
+
 // The rows of L tiles m apart, m*L elements from p: d[j], lane t = p[m*t + j], for j < m (the m
-// vectors of the run), by one (m = 2) or two (m = 4) rounds of even/odd splits.
+// vectors of the run), by one (m = 2) or two (m = 4) rounds of even/odd splits, or (m = 3) two
+// shuffles each.
 template <int M, typename T>
 __attribute__((always_inline)) inline void split_lanes(const T* p, typename Lanes<T>::V (&d)[M]) {
   using Ln = Lanes<T>;
   constexpr int L = Ln::L;
-  if constexpr (M == 2) {
+  if constexpr (M == 3) {
+    const auto a = load_lanes(p), b = load_lanes(p + L), c = load_lanes(p + 2 * L);
+    d[0] = split_3<T, 0>(a, b, c, std::make_index_sequence<L>{});
+    d[1] = split_3<T, 1>(a, b, c, std::make_index_sequence<L>{});
+    d[2] = split_3<T, 2>(a, b, c, std::make_index_sequence<L>{});
+  } else if constexpr (M == 2) {
     const auto a = load_lanes(p), b = load_lanes(p + L);
     d[0] = Ln::even(a, b);
     d[1] = Ln::odd(a, b);
   } else {
-    static_assert(M == 4, "tiles of 2 or 4");
+    static_assert(M == 4, "tiles of 2, 3 or 4");
     const auto a = load_lanes(p), b = load_lanes(p + L), c = load_lanes(p + 2 * L), e = load_lanes(p + 3 * L);
     const auto ev = Ln::even(a, b), od = Ln::odd(a, b), ev2 = Ln::even(c, e), od2 = Ln::odd(c, e);
     d[0] = Ln::even(ev, ev2);  // elements 0 mod 4
@@ -218,11 +319,15 @@ template <int M, typename T>
 __attribute__((always_inline)) inline void join_lanes(const typename Lanes<T>::V (&o)[M], T* p) {
   using Ln = Lanes<T>;
   constexpr int L = Ln::L;
-  if constexpr (M == 2) {
+  if constexpr (M == 3) {
+    store_lanes(p, join_3<T, 0>(o[0], o[1], o[2], std::make_index_sequence<L>{}));
+    store_lanes(p + L, join_3<T, 1>(o[0], o[1], o[2], std::make_index_sequence<L>{}));
+    store_lanes(p + 2 * L, join_3<T, 2>(o[0], o[1], o[2], std::make_index_sequence<L>{}));
+  } else if constexpr (M == 2) {
     store_lanes(p, Ln::zip_lo(o[0], o[1]));
     store_lanes(p + L, Ln::zip_hi(o[0], o[1]));
   } else {
-    static_assert(M == 4, "tiles of 2 or 4");
+    static_assert(M == 4, "tiles of 2, 3 or 4");
     // (0, 2) and (1, 3) interleaved, then the two: 0 1 2 3 of each tile in turn
     const auto a0 = Ln::zip_lo(o[0], o[2]), a1 = Ln::zip_hi(o[0], o[2]);
     const auto b0 = Ln::zip_lo(o[1], o[3]), b1 = Ln::zip_hi(o[1], o[3]);
@@ -443,7 +548,7 @@ __attribute__((always_inline)) inline void output_panel_impl(Tile<M, T>, const T
     V o[M][M];  // o[i][k], lane t: output (i, k) of tile l + t
     transform_2d<V, W::a, M>([](auto in, auto out) { W::output(in, out); },
                              [&](int r, int j) { return load_lanes(s + (W::a * r + j) * lds + l); },
-                             [&](int i, int k, V val) { o[i][k] = val + bias; });
+                             [&](int i, int k, V val) { o[i][k] = finish<W>(val) + bias; });
     for (int i = 0; i < M; ++i) {
       if constexpr (std::is_same_v<Where, Strided<M>>) {
         join_lanes<M>(o[i], y + where.at(l) + i * OWp);
@@ -459,7 +564,7 @@ __attribute__((always_inline)) inline void output_panel_impl(Tile<M, T>, const T
     T* q = y + where.at(t);
     transform_2d<T, W::a, M>([](auto in, auto out) { W::output(in, out); },
                              [&](int r, int j) { return s[(W::a * r + j) * lds + t]; },
-                             [&](int i, int k, T val) { q[i * OWp + k] = val + bias; });
+                             [&](int i, int k, T val) { q[i * OWp + k] = finish<W>(val) + bias; });
   }
 }
 
@@ -488,7 +593,7 @@ __attribute__((always_inline)) inline void weight_grad_impl(Tile<M, T>, const T*
   for (index_t ci = 0; ci < n; ++ci)
     transform_2d<T, W::a, 3>([](auto in, auto out) { W::weight_grad(in, out); },
                              [&](int r, int j) { return s[(W::a * r + j) * lds + ci]; },
-                             [&](int i, int k, T val) { dw[ci * 9 + 3 * i + k] = val; });
+                             [&](int i, int k, T val) { dw[ci * 9 + 3 * i + k] = finish<W>(val); });
 }
 
 // Each transform compiled per instruction set (target_clones takes no templates): per element
@@ -517,6 +622,8 @@ __attribute__((always_inline)) inline void weight_grad_impl(Tile<M, T>, const T*
   }
 FASTCONV_WINOGRAD_TILE(float, 2)
 FASTCONV_WINOGRAD_TILE(double, 2)
+FASTCONV_WINOGRAD_TILE(float, 3)
+FASTCONV_WINOGRAD_TILE(double, 3)
 FASTCONV_WINOGRAD_TILE(float, 4)
 FASTCONV_WINOGRAD_TILE(double, 4)
 #undef FASTCONV_WINOGRAD_TILE
@@ -554,7 +661,7 @@ constexpr index_t kF4DepthBlock = 32;
 
 template <int M, typename T>
 MicroKernel<T> tile_kernel(MicroKernel<T> uk) {
-  if (M == 4) uk.kc = min_i(uk.kc, kF4DepthBlock);
+  if (M > 2) uk.kc = min_i(uk.kc, kF4DepthBlock);
   return uk;
 }
 
@@ -626,13 +733,13 @@ bool offsets_fit(const ConvShape& s, int m) {
   return max_i(s.C_in * pl.in, s.C_out * pl.out) < (index_t(1) << 31);
 }
 
-// The tile of a layer Winograd serves: the forced one, else 4 where `f4` (the pass's rule) says
-// so; 0 where Winograd is forced off or no tile's offsets fit.
-int pick_tile(const ConvShape& s, bool f4) {
+// The tile of a layer Winograd serves: the forced one, else the pass's rule's; F(2x2) where that
+// tile's offsets do not fit, 0 where Winograd is forced off or no tile's offsets fit.
+int pick_tile(const ConvShape& s, int rule) {
   if (forced_tile == 1) return 0;
-  const int m = forced_tile ? forced_tile : f4 && f4_allowed ? 4 : 2;
+  const int m = forced_tile ? forced_tile : rule;
   if (offsets_fit(s, m)) return m;
-  return m == 4 && offsets_fit(s, 2) ? 2 : 0;
+  return m != 2 && offsets_fit(s, 2) ? 2 : 0;
 }
 
 }  // namespace
@@ -647,7 +754,17 @@ int winograd_tile(const ConvShape& s, index_t elem_bytes) {
   // largest error / tolerance grows with the channels summed (random normal data, fp32, against
   // the fp64 reference): 0.35-0.60 at 64 input channels, 0.62 at 128, but 0.93 at 256 (28x28,
   // batch 16) and 1.16 at 512 (F(2x2): 0.13-0.56). fp64: F(2x2), F(4x4) not measured.
-  return pick_tile(s, elem_bytes == 4 && s.C_in <= 128 && s.C_in + s.C_out <= 384);
+  // Else F(3x3) in fp32 on layers of up to 256 channels in and out together whose images run along
+  // rows (46+ output columns: 16+ tiles of 3): exact on small integers, so taken at precision
+  // "highest" too. Time against F(2x2), 2-core AMD EPYC (AVX2), interleaved: 0.88-0.92x forward and
+  // dgrad at 64 channels (56x56 at batch 1 and 16, 224x224); but 0.99-1.04x at 128 -> 256 (56x56),
+  // 1.6x at 512 (7x7), 1.09-1.3x through the tables (ResNet-20's 32x32, 16x16, 8x8: up to 27% of
+  // its tiles' outputs past the image). Largest error / tolerance (random normal data, against the
+  // fp64 reference; F(2x2) in brackets): 0.17-0.40 at 16-64 channels (0.05-0.16), 0.58 summing 256
+  // (0.40), 0.75 summing 512 (0.56).
+  const bool f4_rule = elem_bytes == 4 && s.C_in <= 128 && s.C_in + s.C_out <= 384;
+  const bool f3_rule = elem_bytes == 4 && s.C_in + s.C_out <= 256 && along_rows(tile_grid(s, 3));
+  return pick_tile(s, f4_rule && f4_allowed ? 4 : f3_rule ? 3 : 2);
 }
 
 int winograd_wgrad_tile(const ConvShape& s, index_t elem_bytes) {
@@ -666,14 +783,14 @@ int winograd_wgrad_tile(const ConvShape& s, index_t elem_bytes) {
   // grows with the pixels summed (N*OH*OW), largest error / tolerance: 0.40-0.75
   // up to 3591, 0.89 at 8192, 1.54 at 12544 (F(2x2): 0.63), 3.3-4.4 at 50176 (F(2x2): 1.7-2.2).
   const index_t pixels = s.N * s.OH * s.OW;
-  return pick_tile(s, pixels <= 4096 && (s.C_in + s.C_out <= 384 || tile_grid(s, 4).total >= 128));
+  return pick_tile(s, f4_allowed && pixels <= 4096 && (s.C_in + s.C_out <= 384 || tile_grid(s, 4).total >= 128) ? 4 : 2);
 }
 
 void set_winograd_f4(bool allowed) { f4_allowed = allowed; }
 
 void set_winograd_tile(int m) {
-  if (m != 0 && m != 1 && m != 2 && m != 4)
-    throw std::invalid_argument("set_winograd_tile: the tile must be 0 (the chooser's), 1 (none), 2 or 4, got " +
+  if (m < 0 || m > 4)
+    throw std::invalid_argument("set_winograd_tile: the tile must be 0 (the chooser's), 1 (none), 2, 3 or 4, got " +
                                 std::to_string(m));
   forced_tile = m;
 }
@@ -775,15 +892,18 @@ bool forward_tiles(const ConvShape& s, const T* x, const T* w, index_t lda, cons
           for (index_t q = q0; q < q0 + count;) {
             const index_t th = q / (g.TW + 1), tw = q % (g.TW + 1);
             const index_t len = min_i(q0 + count - q, g.TW + 1 - tw), tiles = min_i(len, g.TW - tw);
-            const index_t run = min_i(M * tiles, s.OW - M * tw);  // output columns of the run
             const index_t out_rows = min_i(M, s.OH - M * th);
+            // the run's tiles that lie whole in y go there; the clipped rest (the last tile of a
+            // row, or a last tile row) through `edge`: every row of F(3x3) on 56x56 has one
+            const index_t whole = out_rows == M ? min_i(tiles, (s.OW - M * tw) / M) : 0;
             T* dst = yo + M * th * s.OW + M * tw;
-            if (tiles > 0 && out_rows == M && run == M * tiles) {
-              output_panel(W{}, mc + q - q0, msize, Strided<M>{}, s.OW, tiles, bias, dst);
-            } else if (tiles > 0) {
-              output_panel(W{}, mc + q - q0, msize, Strided<M>{}, M * tiles, tiles, bias, edge.data());
+            if (whole > 0) output_panel(W{}, mc + q - q0, msize, Strided<M>{}, s.OW, whole, bias, dst);
+            if (tiles > whole) {
+              const index_t rest = tiles - whole, run = min_i(M * rest, s.OW - M * (tw + whole));  // output columns
+              output_panel(W{}, mc + q - q0 + whole, msize, Strided<M>{}, M * rest, rest, bias, edge.data());
               for (index_t r = 0; r < out_rows; ++r)
-                std::memcpy(dst + r * s.OW, edge.data() + r * M * tiles, static_cast<std::size_t>(run) * sizeof(T));
+                std::memcpy(dst + M * whole + r * s.OW, edge.data() + r * M * rest,
+                            static_cast<std::size_t>(run) * sizeof(T));
             }
             q += len;
           }
@@ -899,14 +1019,20 @@ bool backward_weight_tiles(const ConvShape& s, const T* dy, const T* x, T* dw, i
 template <typename T>
 bool winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, const index_t* off, const T* b, T* y,
                       int nthreads) {
-  return winograd_tile(s, sizeof(T)) == 4 ? forward_tiles<4>(s, x, w, lda, off, b, y, nthreads)
-                                          : forward_tiles<2>(s, x, w, lda, off, b, y, nthreads);
+  switch (winograd_tile(s, sizeof(T))) {
+    case 4: return forward_tiles<4>(s, x, w, lda, off, b, y, nthreads);
+    case 3: return forward_tiles<3>(s, x, w, lda, off, b, y, nthreads);
+    default: return forward_tiles<2>(s, x, w, lda, off, b, y, nthreads);
+  }
 }
 
 template <typename T>
 bool winograd_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
-  return winograd_wgrad_tile(s, sizeof(T)) == 4 ? backward_weight_tiles<4>(s, dy, x, dw, nthreads)
-                                                : backward_weight_tiles<2>(s, dy, x, dw, nthreads);
+  switch (winograd_wgrad_tile(s, sizeof(T))) {
+    case 4: return backward_weight_tiles<4>(s, dy, x, dw, nthreads);
+    case 3: return backward_weight_tiles<3>(s, dy, x, dw, nthreads);
+    default: return backward_weight_tiles<2>(s, dy, x, dw, nthreads);
+  }
 }
 
 template bool winograd_forward<float>(const ConvShape&, const float*, const float*, index_t, const index_t*,

@@ -1,4 +1,4 @@
-// Winograd F(m x m, 3x3) convolution, m = 2 or 4 (Lavin & Gray, "Fast Algorithms for
+// Winograd F(m x m, 3x3) convolution, m = 2, 3 or 4 (Lavin & Gray, "Fast Algorithms for
 // Convolutional Neural Networks", 2015): each m x m block of output pixels ("tile") of each output
 // channel is
 //
@@ -8,11 +8,13 @@
 // and (.) the element-wise product. The sum is a*a independent GEMMs, one per element xi of the
 // transformed domain: M[xi] (C_out x tiles) = U[xi] (C_out x C_in) * V[xi] (C_in x tiles). That is
 // a*a products per m*m outputs against 9 each for the direct convolution: F(2x2) 16 per 4 (2.25x
-// fewer flops), F(4x4) 36 per 16 (4x fewer), paid for by the input, output and weight transforms
-// (a few operations per element; memory-bound). F(2x2)'s B, G and A hold 0, +-1 and +-1/2 only, so
-// small-integer data stays exact; F(4x4)'s G holds 1/81 and 1/243 and its transforms magnify the
-// rounding errors of the GEMMs' sums, so its float32 results carry a larger error (winograd_tile
-// says where it stays inside the tolerance; README.md lists the errors).
+// fewer flops), F(3x3) 25 per 9 (3.24x), F(4x4) 36 per 16 (4x fewer), paid for by the input, output
+// and weight transforms (a few operations per element; memory-bound). F(2x2)'s B, G and A hold 0,
+// +-1 and +-1/2 only, so small-integer data stays exact; so does F(3x3)'s, whose G (ninths) is kept
+// times 9 and its results divided by 81 once. F(4x4)'s G holds 1/81 and 1/243, which it rounds. The
+// larger tiles' transforms magnify the rounding errors of the GEMMs' sums, so their float32 results
+// carry a larger error (winograd_tile says where it stays inside the tolerance; README.md lists the
+// errors).
 //
 // It serves stride-1, dilation-1, ungrouped 3x3 layers, forward and (through dgrad_as_forward) the
 // stride-1 backward-input, with any padding, including the negative padding of a dgrad whose
@@ -23,7 +25,7 @@
 
 namespace fastconv {
 
-// The output tile m (2 or 4) of the Winograd algorithm that runs `s` (a forward, or dgrad's forward
+// The output tile m (2, 3 or 4) of the Winograd algorithm that runs `s` (a forward, or dgrad's forward
 // of dy) in elements of elem_bytes (4: float, 8: double), or 0 where Winograd does not pay: a 3x3
 // kernel at stride 1 and dilation 1, one group, channels and tiles enough (see winograd.cpp).
 int winograd_tile(const ConvShape& s, index_t elem_bytes);
@@ -50,13 +52,13 @@ int winograd_wgrad_tile(const ConvShape& s, index_t elem_bytes);
 template <typename T>
 bool winograd_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads);
 
-// Make every pass Winograd runs use tile m (2 or 4), or none (1: F(1x1, 3x3) is the direct
+// Make every pass Winograd runs use tile m (2, 3 or 4), or none (1: F(1x1, 3x3) is the direct
 // convolution; the other paths run), or the chooser's (0): for tests and benchmarks (A/B of the
 // tiles and the direct path). Throws std::invalid_argument for another m. Not meant to race with
 // running ops.
 void set_winograd_tile(int m);
 // Whether the chooser may take F(4x4) where its rules above do (fastconv's float32 conv precision
-// "high"; default false, "highest": F(2x2) only). F(4x4)'s error is 2-5x F(2x2)'s: inside the
+// "high"; default false, "highest": F(2x2) and F(3x3) only). F(4x4)'s error is 2-5x F(2x2)'s: inside the
 // tolerance on unit-scale data where the rules take it, but not on data of larger magnitude, such
 // as the bench's small integers (its absolute error grows with the products, the tolerance's atol
 // does not), so it is a choice of speed over accuracy, as PyTorch's float32 matmul precision.

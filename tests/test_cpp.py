@@ -162,7 +162,14 @@ WINOGRAD_F4_WGRAD = [
     Conv("winograd_f4_wgrad_rows", 1, 128, 30, 62, 128, 3, 3, padding=1),
     Conv("winograd_f4_wgrad_tables_chunks", 9, 129, 19, 21, 128, 3, 3, padding=1),
 ]
-FAST_PATHS += WINOGRAD + WINOGRAD_WGRAD + DOT_WGRAD + WINOGRAD_F4 + WINOGRAD_F4_WGRAD
+# Winograd F(3x3, 3x3), the fp32 tile of wide images (46+ output columns) of up to 256 channels in
+# and out together: OH and OW 1 and 2 past a multiple of 3 (a clipped last tile in every tile row,
+# and a clipped last tile row), padding 0 and 1
+WINOGRAD_F3 = [
+    Conv("winograd_f3_rows_clipped", 2, 64, 10, 50, 64, 3, 3, padding=1),
+    Conv("winograd_f3_rows_pad_0", 1, 64, 14, 61, 48, 3, 3),
+]
+FAST_PATHS += WINOGRAD + WINOGRAD_WGRAD + DOT_WGRAD + WINOGRAD_F4 + WINOGRAD_F4_WGRAD + WINOGRAD_F3
 
 
 @contextlib.contextmanager
@@ -198,8 +205,9 @@ def isa(request):
 
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in CONV_PROBLEMS + FAST_PATHS])
 def test_every_kernel_set_exact_on_small_integers(c, isa, dtype, rng):
-    """Winograd runs as F(2x2) here, whose transforms are exact: F(4x4)'s G holds 1/81 and 1/243,
-    so it rounds even small integers (test_winograd_f4_close_to_the_reference covers it)."""
+    """Winograd runs as F(2x2) here, whose transforms are exact (F(3x3): test_winograd_f3_exact_on_small_integers):
+    F(4x4)'s G holds 1/81 and 1/243, so it rounds even small integers
+    (test_winograd_f4_close_to_the_reference covers it)."""
     x, w, b, dy = _inputs(rng, c, small_ints, dtype)
     with _winograd_tile(2):
         got_all = _all_passes(c, x, w, b, dy, "cpp")
@@ -223,7 +231,7 @@ def test_winograd_wgrad_problems_take_winograd(c):
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in WINOGRAD_F4 + WINOGRAD_F4_WGRAD])
 def test_winograd_f4_problems_take_f4(c):
     """At precision "high", WINOGRAD_F4's forward and dgrad, WINOGRAD_F4_WGRAD's wgrad (129 input
-    channels: a forward of F(2x2)); at the default "highest", F(2x2)."""
+    channels: a forward of F(2x2)); at the default "highest", F(2x2) or F(3x3)."""
     assert 4 not in _tiles(c), c.name
     with _precision("high"):
         tiles = _tiles(c)
@@ -231,6 +239,40 @@ def test_winograd_f4_problems_take_f4(c):
         assert tiles[2] == 4, c.name
     else:
         assert tiles[:2] == [4, 4], c.name
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in WINOGRAD + WINOGRAD_WGRAD + WINOGRAD_F3])
+def test_winograd_f3_exact_on_small_integers(c, dtype, rng):
+    """F(3x3) forced on every Winograd problem, each pass (rows and tables, clipped tiles, cropped
+    planes, chunks, wgrad), fp32 and fp64: its transforms are exact on small integers (G kept times
+    9, the results divided by 81 once), so it equals the reference."""
+    x, w, b, dy = _inputs(rng, c, small_ints, dtype)
+    with _winograd_tile(3):
+        assert _cpp.conv2d_uses_winograd(_params(c), "fwd", np.dtype(dtype)) in (0, 3)
+        got_all = _all_passes(c, x, w, b, dy, "cpp")
+    for name, got, want in zip(NAMES, got_all, _all_passes(c, x, w, b, dy, "reference")):
+        assert_equal(got, want, f"{c.name} {name}, F(3x3), {np.dtype(dtype).name}")
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in WINOGRAD_F3])
+def test_winograd_f3_problems_take_f3(c):
+    """The chooser's tile at the default precision, forward and dgrad; wgrad stays direct (64
+    channels). At precision "high" these layers take F(4x4)."""
+    assert _tiles(c) == [3, 3, 0], c.name
+    with _precision("high"):
+        assert _tiles(c) == [4, 4, 0], c.name
+
+
+def test_winograd_f3_only_where_it_pays():
+    """F(3x3) on wide images (46+ output columns, so that 16+ tiles of 3 run along the rows) of up to
+    256 channels in and out together, fp32: not through the tables (45 columns), not at 128 -> 256
+    nor 512 (no faster than F(2x2)), not in fp64."""
+    assert _tiles(Conv("ow_46", 2, 64, 20, 46, 64, 3, 3, padding=1))[:2] == [3, 3]
+    assert _tiles(Conv("ow_45", 2, 64, 20, 45, 64, 3, 3, padding=1))[:2] == [2, 2]
+    assert _tiles(Conv("in_128_out_128", 1, 128, 56, 56, 128, 3, 3, padding=1))[:2] == [3, 3]
+    assert _tiles(Conv("in_128_out_256", 1, 128, 56, 56, 256, 3, 3, padding=1))[:2] == [2, 2]
+    assert _tiles(Conv("in_512_out_512", 1, 512, 56, 56, 512, 3, 3, padding=1)) == [2, 2, 2]
+    assert _cpp.conv2d_uses_winograd(_params(WINOGRAD_F3[0]), "fwd", F64) == 2
 
 
 def _tiles(c):
@@ -293,21 +335,21 @@ def test_winograd_f4_forced_in_fp64(c, rng):
 
 
 def test_winograd_tile_hook(rng):
-    """set_winograd_tile forces either tile, or none (1: the direct paths), wherever Winograd runs;
+    """set_winograd_tile forces any tile, or none (1: the direct paths), wherever Winograd runs;
     the results agree with each other within the tolerance."""
     c = WINOGRAD_F4[2]
     x, w, b, dy = _inputs(rng, c, randn, np.float32)
     results = {}
-    for m in (1, 2, 4):
+    for m in (1, 2, 3, 4):
         with _winograd_tile(m):
             assert _cpp.conv2d_uses_winograd(_params(c), "fwd", F32) == (0 if m == 1 else m)
             results[m] = _all_passes(c, x, w, b, dy, "cpp")
-    for m in (2, 4):
+    for m in (2, 3, 4):
         for name, got, want in zip(NAMES, results[m], results[1]):
             assert_close(got, want, f"F({m}x{m}) vs direct, {name}")
     assert _cpp.conv2d_uses_winograd(_params(c), "fwd", F32) == 2  # the chooser's again (precision "highest")
-    with pytest.raises(ValueError, match="got 3"):
-        _cpp.set_winograd_tile(3)
+    with pytest.raises(ValueError, match="got 5"):
+        _cpp.set_winograd_tile(5)
 
 
 def _dot_kernel_or_skip():
@@ -575,7 +617,7 @@ def test_stride1_dgrad_non_finite_w_as_the_reference(c, rng):
     assert_equal(got, want, "dx with Inf and NaN in w")
 
 
-@pytest.mark.parametrize("m, bound_mib", [(2, 8), (4, 12)], ids=["F2", "F4"])
+@pytest.mark.parametrize("m, bound_mib", [(2, 8), (3, 10), (4, 12)], ids=["F2", "F3", "F4"])
 def test_winograd_workspace_bounded_independent_of_batch(m, bound_mib, rng):
     """Winograd's workspace stops growing with the batch, every pass, either tile (a x a = 16 or 36
     transformed elements): the transformed weight (or wgrad's sums, a*a x C_in x C_out: 1 or 2.25
