@@ -158,76 +158,70 @@ struct Tile<3, T> {
   }
 };
 
-// F(4, 3) on points 0, +-a, +-b and inf, a = 3/4 and b = 3/2 rather than Lavin & Gray's 1 and 2: in
-// float32 the error is dominated by the GEMMs' sums over the channels, which the output transform
-// magnifies by about sum over xi of A^T[i][xi]^2 |G_xi|^2 |B^T_xi|^2 (rows xi of G and B^T); that
-// factor is 26 here against 94 with 1 and 2, the least of the 5-point sets of 0 and +-{1/4, 1/2,
-// 3/4, 1, 3/2, 2, 3, 4}. Measured, largest error 0.28-0.35x that with 1 and 2 (forward and dgrad
-// at 64-256 channels). Every point is dyadic, so are B^T and A; G holds 1/81 and 1/243, so results
-// are rounded even on small integers (see winograd_tile for where they stay inside the tolerance).
-//   B^T = [a^2 b^2      0  -(a^2+b^2)         0  1  0]   (row xi: the coefficients of
-//         [      0  -a b^2       -b^2         a  1  0]    prod over points p != p_xi of (x - p),
-//         [      0   a b^2       -b^2        -a  1  0]    the last row that over all five)
-//         [      0  -a^2 b       -a^2         b  1  0]
-//         [      0   a^2 b       -a^2        -b  1  0]
-//         [      0 a^2 b^2          0 -(a^2+b^2) 0  1]
-//   G row xi = (1, p, p^2) / prod over points p' != p of (p - p'), (0, 0, 1) for inf
-//   A^T column xi = (1, p, p^2, p^3), (0, 0, 0, 1) for inf
+// F(4, 3) on points 0, 1/2, 1, -1, -2 and inf: in float32 the error is dominated by the GEMMs' sums
+// over the channels, which the output transform magnifies by about sum over xi of
+// A^T[i][xi]^2 |G_xi|^2 |B^T_xi|^2 (rows xi of G and B^T); that factor is 31 here against 94 with
+// Lavin & Gray's +-1, +-2 (measured, 0.28-0.35x the error), and 26 for the least of the sets of 0
+// and +-{1/4, 1/2, 3/4, 1, 5/4, 3/2, 2, 5/2, 3, 4} (+-3/4, +-3/2), whose G holds 1/81 and 1/243 and
+// so rounds small integers. Here every point is dyadic, so are B^T and A; G's rows hold fifteenths
+// and thirds, so they are kept times 15 (integers), and the 2-D results of the output transform (and
+// of wgrad's G^T S G) are divided by 225 at the end: on small integers every step but that division
+// is exact (their magnitudes stay far inside float32's 24 bits), and it rounds once. Rows 1 and 3 of
+// B^T and G are negated (the same products).
+//   B^T = [1 -3/2   -2  3/2  1 0]   15G = [15  0  0]   A^T = [1   1 1  1  1 0]
+//         [0    2    1   -2 -1 0]         [16  8  4]         [0 1/2 1 -1 -2 0]
+//         [0   -1  1/2  5/2  1 0]         [ 5  5  5]         [0 1/4 1  1  4 0]
+//         [0   -1  5/2 -1/2 -1 0]         [ 5 -5  5]         [0 1/8 1 -1 -8 1]
+//         [0  1/2   -1 -1/2  1 0]         [ 1 -2  4]
+//         [0    1 -3/2   -2 3/2 1]        [ 0  0 15]
 template <typename T>
 struct Tile<4, T> {
   static constexpr int m = 4, a = 6;
-  static constexpr T denominator = T(1);
-  static constexpr T pa = T(0.75), pb = T(1.5), pa2 = pa * pa, pb2 = pb * pb;  // exact
-  static constexpr T g0 = T(1) / (pa2 * pb2);                 // 1 / prod over p' != 0 of (0 - p')
-  static constexpr T ga = T(1) / (T(2) * pa2 * (pa2 - pb2));  // ... of (+-a - p'), the same for both
-  static constexpr T gb = T(1) / (T(2) * pb2 * (pb2 - pa2));  // ... of (+-b - p')
+  static constexpr T denominator = T(225);  // of the 2-D output and weight-gradient transforms
   template <class In, class Out>
   static void input(In d, Out o) {  // B^T d
-    const auto d1 = d(1), d2 = d(2), d3 = d(3), d4 = d(4);
-    const auto ea = d4 - pb2 * d2, oa = pa * (pb2 * d1 - d3), eb = d4 - pa2 * d2, ob = pb * (pa2 * d1 - d3);
-    o(0, pa2 * pb2 * d(0) - (pa2 + pb2) * d2 + d4);
-    o(1, ea - oa);
-    o(2, ea + oa);
-    o(3, eb - ob);
-    o(4, eb + ob);
-    o(5, pa2 * pb2 * d1 - (pa2 + pb2) * d3 + d(5));
+    const auto d1 = d(1), d2 = d(2), d3 = d(3), d4 = d(4), u = d1 - d3, v = d4 - d2;
+    o(0, d(0) + v - d2 - T(1.5) * u);
+    o(1, T(2) * u - v);
+    o(2, d4 - d1 + T(0.5) * d2 + T(2.5) * d3);
+    o(3, T(2.5) * d2 - d1 - d4 - T(0.5) * d3);
+    o(4, T(0.5) * u + v);
+    o(5, d1 + d(5) - T(2) * d3 + T(1.5) * v);
   }
   template <class In, class Out>
-  static void weight(In g, Out o) {  // G g
-    const auto f0 = g(0), f1 = g(1), f2 = g(2);
-    const auto ea = f0 + pa2 * f2, oa = pa * f1, eb = f0 + pb2 * f2, ob = pb * f1;
-    o(0, g0 * f0);
-    o(1, ga * (ea + oa));
-    o(2, ga * (ea - oa));
-    o(3, gb * (eb + ob));
-    o(4, gb * (eb - ob));
-    o(5, f2);
+  static void weight(In g, Out o) {  // 15 G g
+    const auto g0 = g(0), g1 = g(1), g2 = g(2), e = g0 + g2;
+    o(0, T(15) * g0);
+    o(1, T(4) * (T(4) * g0 + T(2) * g1 + g2));
+    o(2, T(5) * (e + g1));
+    o(3, T(5) * (e - g1));
+    o(4, g0 - T(2) * g1 + T(4) * g2);
+    o(5, T(15) * g2);
   }
   template <class In, class Out>
   static void output(In s, Out o) {  // A^T s
-    const auto p12 = s(1) + s(2), m12 = s(1) - s(2), p34 = s(3) + s(4), m34 = s(3) - s(4);
-    o(0, s(0) + p12 + p34);
-    o(1, pa * m12 + pb * m34);
-    o(2, pa2 * p12 + pb2 * p34);
-    o(3, pa2 * pa * m12 + pb2 * pb * m34 + s(5));
+    const auto s1 = s(1), s4 = s(4), p23 = s(2) + s(3), m23 = s(2) - s(3);
+    o(0, s(0) + s1 + p23 + s4);
+    o(1, T(0.5) * s1 + m23 - T(2) * s4);
+    o(2, T(0.25) * s1 + p23 + T(4) * s4);
+    o(3, T(0.125) * s1 + m23 - T(8) * s4 + s(5));
   }
   template <class In, class Out>
   static void dy(In e, Out o) {  // A e (wgrad)
-    const auto e0 = e(0), e1 = e(1), e2 = e(2), e3 = e(3);
-    const auto ea = e0 + pa2 * e2, oa = pa * (e1 + pa2 * e3), eb = e0 + pb2 * e2, ob = pb * (e1 + pb2 * e3);
+    const auto e0 = e(0), e1 = e(1), e2 = e(2), e3 = e(3), p = e0 + e2, q = e1 + e3;
     o(0, e0);
-    o(1, ea + oa);
-    o(2, ea - oa);
-    o(3, eb + ob);
-    o(4, eb - ob);
+    o(1, e0 + T(0.5) * e1 + T(0.25) * e2 + T(0.125) * e3);
+    o(2, p + q);
+    o(3, p - q);
+    o(4, e0 - T(2) * e1 + T(4) * e2 - T(8) * e3);
     o(5, e3);
   }
   template <class In, class Out>
-  static void weight_grad(In s, Out o) {  // G^T s (wgrad)
-    const auto p12 = s(1) + s(2), m12 = s(1) - s(2), p34 = s(3) + s(4), m34 = s(3) - s(4);
-    o(0, g0 * s(0) + ga * p12 + gb * p34);
-    o(1, ga * pa * m12 + gb * pb * m34);
-    o(2, ga * pa2 * p12 + gb * pb2 * p34 + s(5));
+  static void weight_grad(In s, Out o) {  // 15 G^T s (wgrad)
+    const auto s1 = s(1), s4 = s(4), p23 = s(2) + s(3), m23 = s(2) - s(3);
+    o(0, T(15) * s(0) + T(16) * s1 + T(5) * p23 + s4);
+    o(1, T(8) * s1 + T(5) * m23 - T(2) * s4);
+    o(2, T(4) * s1 + T(5) * p23 + T(4) * s4 + T(15) * s(5));
   }
 };
 
@@ -704,7 +698,7 @@ struct Columns {
 // ---------------------------------------------------------------------------------------------
 
 int forced_tile = 0;  // set_winograd_tile's: 0, the chooser's; 1, none (the direct paths)
-bool f4_allowed = false;  // set_winograd_f4's: whether the chooser may take F(4x4)
+bool f4_allowed = false;  // set_winograd_f4's: whether the chooser may take F(4x4) on larger layers
 
 // Whether s is a layer Winograd serves and pays on (measured with F(2x2)). Enough tiles to amortise
 // the weight's transform, and work enough for the fixed costs of a call (the weight's transform,
@@ -746,25 +740,25 @@ int pick_tile(const ConvShape& s, int rule) {
 
 int winograd_tile(const ConvShape& s, index_t elem_bytes) {
   if (!winograd_serves(s, elem_bytes)) return 0;
-  // F(4x4) in fp32 (at precision "high", see set_winograd_f4) where it pays and its error stays
-  // inside the tolerance on unit-scale data. Time against
-  // F(2x2) on a 2-core AMD EPYC (AVX2): 0.52-0.74x at 64 channels (56x56, 224x224), 0.72-0.75x on
-  // ResNet-20's 8x8 at batch 128, 0.69-0.78x on VGG's conv3_1 (128 -> 256, 56x56), 0.94x at 128 on
-  // 28x28; but 0.99-1.13x at 256 (14x14, batch 8 and 16) and 1.02-1.6x at 512 (7x7, 14x14). Its
-  // largest error / tolerance grows with the channels summed (random normal data, fp32, against
-  // the fp64 reference): 0.35-0.60 at 64 input channels, 0.62 at 128, but 0.93 at 256 (28x28,
-  // batch 16) and 1.16 at 512 (F(2x2): 0.13-0.56). fp64: F(2x2), F(4x4) not measured.
-  // Else F(3x3) in fp32 on layers of up to 256 channels in and out together whose images run along
-  // rows (46+ output columns: 16+ tiles of 3): exact on small integers, so taken at precision
-  // "highest" too. Time against F(2x2), 2-core AMD EPYC (AVX2), interleaved: 0.88-0.92x forward and
-  // dgrad at 64 channels (56x56 at batch 1 and 16, 224x224); but 0.99-1.04x at 128 -> 256 (56x56),
-  // 1.6x at 512 (7x7), 1.09-1.3x through the tables (ResNet-20's 32x32, 16x16, 8x8: up to 27% of
-  // its tiles' outputs past the image). Largest error / tolerance (random normal data, against the
-  // fp64 reference; F(2x2) in brackets): 0.17-0.40 at 16-64 channels (0.05-0.16), 0.58 summing 256
-  // (0.40), 0.75 summing 512 (0.56).
-  const bool f4_rule = elem_bytes == 4 && s.C_in <= 128 && s.C_in + s.C_out <= 384;
-  const bool f3_rule = elem_bytes == 4 && s.C_in + s.C_out <= 256 && along_rows(tile_grid(s, 3));
-  return pick_tile(s, f4_rule && f4_allowed ? 4 : f3_rule ? 3 : 2);
+  // In fp32 the larger tiles, exact on small integers (see Tile<3>, Tile<4>), where they pay and
+  // their error stays inside the tolerance on unit-scale data. Largest error / tolerance against the
+  // fp64 reference, random normal data, forward / dgrad (F(2x2) in brackets): F(4x4) 0.30-0.46 at 16
+  // and 32 channels (0.05-0.09), 0.43-0.69 at 64 (0.12-0.16), 0.81 summing 128 (0.27), 0.98 summing
+  // 256, 1.2-1.6 at 512 (0.56); F(3x3) 0.17-0.40 at 16-64 channels, 0.58 summing 256, 0.75 at 512.
+  // F(4x4) at the default precision on layers of up to 64 channels each way; at precision "high"
+  // (set_winograd_f4) on up to 128 input channels and 384 in and out together. Its time against
+  // F(2x2), 2-core AMD EPYC (AVX2), interleaved: 0.70-0.84x at 64 channels (56x56, 224x224),
+  // 0.76-0.83x on ResNet-20's layers (16, 32, 64 channels), 0.79-0.87x on VGG's conv3_1 (128 -> 256,
+  // 56x56), 0.94x at 128 on 28x28; but 0.99-1.13x at 256 (14x14, batch 8 and 16) and 1.02-1.6x at
+  // 512 (7x7, 14x14). Else F(3x3) on layers of up to 256 channels in and out together whose images
+  // run along rows (46+ output columns: 16+ tiles of 3): 0.88-0.92x F(2x2)'s time at 64 channels
+  // (56x56 at batch 1 and 16, 224x224); but 0.97-1.04x at 128 -> 256 (56x56), 1.6x at 512 (7x7),
+  // 1.09-1.3x through the tables (ResNet-20's 32x32, 16x16, 8x8: up to 27% of its tiles' outputs
+  // past the image). fp64: F(2x2) (the larger tiles not measured there).
+  const bool fp32 = elem_bytes == 4;
+  const bool f4 = fp32 && (max_i(s.C_in, s.C_out) <= 64 || (f4_allowed && s.C_in <= 128 && s.C_in + s.C_out <= 384));
+  const bool f3 = fp32 && s.C_in + s.C_out <= 256 && along_rows(tile_grid(s, 3));
+  return pick_tile(s, f4 ? 4 : f3 ? 3 : 2);
 }
 
 int winograd_wgrad_tile(const ConvShape& s, index_t elem_bytes) {
@@ -773,17 +767,20 @@ int winograd_wgrad_tile(const ConvShape& s, index_t elem_bytes) {
   // the direct path, time 0.72x at 512 channels (7x7, batch 16) and 0.91x at 128 -> 256 (56x56), but
   // 1.2-1.26x at 64 channels; in fp64 (half the flops per packed byte) 0.97-1.2x at 128-512.
   if (!(elem_bytes == 4 && winograd_serves(s, elem_bytes) && s.C_in >= 128 && s.C_out >= 128)) return 0;
-  // F(4x4) on layers of up to 384 channels in and out together or with 128 of its tiles or more (a
-  // reduction deep enough to amortise its larger transforms), up to 4096 pixels summed. Time
+  // F(4x4) at precision "high" (see set_winograd_f4) on layers of up to 384 channels in and out
+  // together or with 128 of its tiles or more (a reduction deep enough to amortise its larger
+  // transforms), up to 2048 pixels summed. Time
   // against F(2x2): 0.68-0.72x on VGG's conv3_1 (128 -> 256, 196 tiles), 0.79x at 128 channels on
   // 28x28 (98 tiles), 0.79-0.89x at 512 on 7x7 at batch 32 and 64 (128, 256 tiles), 0.97-0.99x at
   // 256 on 14x14 (128, 256); but 1.03-1.13x at 512 on 7x7 at batch 16 (64 tiles) and 1.37x on 14x14
   // at batch 4 (64). At 64 channels (which the direct path serves, see above) it ran in 0.77-0.84x
   // the direct path's time, but with 0.6-4.4 of the tolerance on the suite's layers. Its error
-  // grows with the pixels summed (N*OH*OW), largest error / tolerance: 0.40-0.75
-  // up to 3591, 0.89 at 8192, 1.54 at 12544 (F(2x2): 0.63), 3.3-4.4 at 50176 (F(2x2): 1.7-2.2).
+  // grows with the pixels summed (N*OH*OW), largest error / tolerance: 0.54 at 784 (F(2x2): 0.18),
+  // 0.89 at 3136 (0.33), up to 1.0 at 3591 (129 -> 128 channels on 19x21); on the points +-3/4,
+  // +-3/2 (0.85x this error) it was 0.89 at 8192, 1.54 at 12544 (F(2x2): 0.63), 3.3-4.4 at 50176
+  // (F(2x2): 1.7-2.2).
   const index_t pixels = s.N * s.OH * s.OW;
-  return pick_tile(s, f4_allowed && pixels <= 4096 && (s.C_in + s.C_out <= 384 || tile_grid(s, 4).total >= 128) ? 4 : 2);
+  return pick_tile(s, f4_allowed && pixels <= 2048 && (s.C_in + s.C_out <= 384 || tile_grid(s, 4).total >= 128) ? 4 : 2);
 }
 
 void set_winograd_f4(bool allowed) { f4_allowed = allowed; }

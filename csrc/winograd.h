@@ -57,11 +57,11 @@ bool winograd_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw
 // tiles and the direct path). Throws std::invalid_argument for another m. Not meant to race with
 // running ops.
 void set_winograd_tile(int m);
-// Whether the chooser may take F(4x4) where its rules above do (fastconv's float32 conv precision
-// "high"; default false, "highest": F(2x2) and F(3x3) only). F(4x4)'s error is 2-5x F(2x2)'s: inside the
-// tolerance on unit-scale data where the rules take it, but not on data of larger magnitude, such
-// as the bench's small integers (its absolute error grows with the products, the tolerance's atol
-// does not), so it is a choice of speed over accuracy, as PyTorch's float32 matmul precision.
+// Whether the chooser may take F(4x4) on the larger layers where its rules above do (fastconv's
+// float32 conv precision "high"; default false, "highest": F(4x4) on layers of up to 64 channels
+// each way, F(3x3) and F(2x2) elsewhere). Its error grows with the channels (wgrad: the pixels)
+// summed: inside the tolerance on unit-scale data where the rules take it, but up to 0.98 of it
+// there, so it is a choice of speed over accuracy, as PyTorch's float32 matmul precision.
 void set_winograd_f4(bool allowed);
 
 }  // namespace fastconv

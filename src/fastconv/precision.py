@@ -1,10 +1,11 @@
 """float32 convolution precision: how much accuracy the C++ backend may trade for speed.
 
 As ``torch.set_float32_matmul_precision``: ``"highest"`` (the default) keeps every float32 conv on
-algorithms whose error stays well inside fastconv's tolerance whatever the data's magnitude
-(Winograd F(2x2, 3x3) at most); ``"high"`` lets stride-1 3x3 layers of up to 128 channels summed
-run as Winograd F(4x4, 3x3), 0.6-0.8x the time of F(2x2) on a 2-core AMD EPYC, with 2-5x its
-error: 0.35-0.70 of the tolerance on unit-scale data, more on larger data (the README's table).
+algorithms whose error stays inside fastconv's tolerance on unit-scale data with a margin and that
+are exact on small integers (Winograd F(4x4, 3x3) on stride-1 3x3 layers of up to 64 channels each
+way, at most 0.69 of the tolerance; F(3x3, 3x3) and F(2x2, 3x3) on larger ones); ``"high"`` lets
+layers of up to 128 input channels (384 in and out together) run as F(4x4) too, 0.8-0.95x the time
+of F(2x2) there on a 2-core AMD EPYC, at up to 0.98 of the tolerance (the README's table).
 ``FASTCONV_FLOAT32_CONV_PRECISION`` sets it at import.
 """
 
