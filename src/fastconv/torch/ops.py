@@ -608,6 +608,9 @@ def _make_kernel(spec: OpSpec, backward: bool):
                 b = args[2]
                 return wrap(plan(args[0].numpy(force=True), args[1].numpy(force=True),
                                  None if b is None else b.numpy(force=True)), args)
+        elif n == 3:  # a dense backward: dy (any layout), x, w
+            def run_direct(args):
+                return wrap(plan(_cpu_array(args[0]), args[1].numpy(force=True), args[2].numpy(force=True)), args)
         else:
             def run_direct(args):
                 return wrap(plan(*[None if t is None else _cpu_array(t) for t in args[:n]]), args)
@@ -622,6 +625,8 @@ def _make_kernel(spec: OpSpec, backward: bool):
                 return torch.from_numpy(plan_y(x.numpy(force=True)))
 
             run_direct.y_only = run_y
+        if not backward:
+            run_direct.backward_runs = {}  # the backward's direct runs (see _make_autograd)
         return run_direct
 
     kernel.__name__ = kernel.__qualname__ = op.replace("::", "_")
@@ -745,18 +750,42 @@ def _make_autograd(spec: OpSpec, forward_op, kernel, call_backward):
     def forward(ctx, keyset, *args):
         output = _below_autograd(forward_op, kernel, keyset, args)
         setup_context(ctx, args, output)
+        # the forward's direct run (see _caller), whose signature fixes the backward's but for
+        # needs and the use_backend context: the backward keeps its runs there
+        ctx.direct = keyset if callable(keyset) and type(keyset) is not torch._C.DispatchKeySet else None
         return output
+
+    n_bwd = len(_TENSOR_NAMES[spec.kind, True])
+    found_backward = call_backward.found_for
+
+    def run_backward(ctx, args, needs):
+        """``call_backward(*args)``; on the eager path, for a forward that took the direct path,
+        the backward op's direct run kept on the forward's run per (needs, use_backend context):
+        no key to build (dy has y's shape and dtype, autograd sees to it; any layout is taken)."""
+        found, dy = ctx.direct, args[0]
+        if found is None or type(dy) not in _PLAIN_TYPES or not dy.is_cpu or _intercepted():
+            return call_backward(*args)
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(*args[:n_bwd]):
+            return call_backward(*args)  # create_graph: the backward op refuses double backward
+        runs, key = found.backward_runs, (needs, _current.get())
+        run = runs.get(key)
+        if run is None:
+            run = found_backward(args)
+            if not run:  # the backward's first call of this signature: the full path plans it
+                return call_backward(*args)
+            runs[key] = run
+        return run(args)
 
     def backward(ctx, *grads):
         dy = grads[0]  # max pooling's indices and batch norm's statistics get no gradient
         none_for_rest = (None,) * (len(ctx.params) + 1)  # hyper-parameters and backend
         if spec.kind in ("dense", "norm"):
             needs = tuple(bool(n) for n in ctx.needs_input_grad[1:4])  # x, w, b (x, weight, bias)
-            dx, dw, db = call_backward(dy, *ctx.saved_tensors, *ctx.params, needs, ctx.backend)
+            dx, dw, db = run_backward(ctx, (dy, *ctx.saved_tensors, *ctx.params, needs, ctx.backend), needs)
             running = (None, None) if spec.kind == "norm" else ()  # running statistics: buffers
             return (None, dx if needs[0] else None, dw if needs[1] else None, db if needs[2] else None,
                     *running, *none_for_rest)
-        dx = call_backward(dy, *ctx.saved_tensors, *ctx.params, ctx.backend)
+        dx = run_backward(ctx, (dy, *ctx.saved_tensors, *ctx.params, ctx.backend), None)
         return (None, dx, *none_for_rest)
 
     # custom_op's name for the class, so grad_fn names stay as they were
@@ -835,11 +864,14 @@ def _caller(op, autograd_kernel, kernel, n_tensors: int):
         to record, the direct run that skips the indices; else ``call(*args)[0]``."""
         if not _intercepted():
             found = found_for(args)
-            if found and not (grad_enabled() and any_requires_grad(args[0])):
+            if found:
+                if grad_enabled() and any_requires_grad(args[0]):
+                    return apply_eager(found, *args)[0]
                 return found.y_only(args[0])
         return call(*args)[0]
 
     call.y_only = y_only
+    call.found_for = found_for
     call.direct = direct  # for tests
     return call
 
