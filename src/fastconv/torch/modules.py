@@ -138,18 +138,21 @@ class BatchNorm2d(_Fastconv, torch.nn.BatchNorm2d):
         # torch.nn.modules.batchnorm._BatchNorm.forward's decisions, step for step: which factor
         # updates the running statistics, and whether batch or running statistics normalise
         self._check_input_dim(input)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            # momentum=None: the cumulative average over the batches seen so far
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        # each buffer and parameter read once: every read goes through nn.Module.__getattr__
+        running_mean, running_var, training, momentum = self.running_mean, self.running_var, self.training, self.momentum
+        factor = 0.0 if momentum is None else momentum
+        if training and self.track_running_stats:
+            num_batches_tracked = self.num_batches_tracked
+            if num_batches_tracked is not None:
+                num_batches_tracked.add_(1)
+                # momentum=None: the cumulative average over the batches seen so far
+                factor = 1.0 / float(num_batches_tracked) if momentum is None else momentum
         # batch statistics when training, and in eval when there are no running statistics
-        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        use_batch = training or (running_mean is None and running_var is None)
         # running statistics are passed when they are to be updated or to normalise
-        tracked = not self.training or self.track_running_stats
-        return ops.batch_norm(input, self.running_mean if tracked else None,
-                              self.running_var if tracked else None, self.weight, self.bias,
-                              use_batch, factor, self.eps, backend=self.backend)
+        tracked = not training or self.track_running_stats
+        return ops.batch_norm(input, running_mean if tracked else None, running_var if tracked else None,
+                              self.weight, self.bias, use_batch, factor, self.eps, backend=self.backend)
 
 
 class Linear(_Fastconv, torch.nn.Linear):

@@ -497,6 +497,23 @@ def _direct_keyer(names):
             return None
         return key
 
+    if n == 5 and not any_layout[0]:  # batch norm's forward: x, then four optional (C,) vectors
+        def key(args):
+            x = args[0]
+            if not (type(x) in plain and x.is_cpu and x.is_contiguous()):
+                return None
+            parts = [_current.get(), args[5:], x.shape, x.dtype]
+            for t in args[1:5]:
+                if t is None:
+                    parts.append(None)
+                elif type(t) in plain and t.is_cpu and t.is_contiguous():
+                    parts.append(t.shape)
+                    parts.append(t.dtype)
+                else:
+                    return None
+            return tuple(parts)
+        return key
+
     def key(args):
         parts = [_current.get(), args[n:]]
         for t, loose in zip(args[:n], any_layout):
@@ -608,6 +625,13 @@ def _make_kernel(spec: OpSpec, backward: bool):
                 b = args[2]
                 return wrap(plan(args[0].numpy(force=True), args[1].numpy(force=True),
                                  None if b is None else b.numpy(force=True)), args)
+        elif n == 5 and not backward:  # batch norm: x and the (C,) vectors, contiguous (the key said so)
+            def run_direct(args):
+                x, weight, bias, running_mean, running_var = args[:5]
+                return wrap(plan(x.numpy(force=True), None if weight is None else weight.numpy(force=True),
+                                 None if bias is None else bias.numpy(force=True),
+                                 None if running_mean is None else running_mean.numpy(force=True),
+                                 None if running_var is None else running_var.numpy(force=True)), args)
         elif n == 3:  # a dense backward: dy (any layout), x, w
             def run_direct(args):
                 return wrap(plan(_cpu_array(args[0]), args[1].numpy(force=True), args[2].numpy(force=True)), args)
