@@ -51,6 +51,9 @@ On the eager path, a call whose tensors are plain NCHW-contiguous CPU tensors an
 (shapes, dtypes, hyper-parameters, backend, ``use_backend`` context) ran before goes from the
 tensors' NumPy views straight to the NumPy API's plan for that signature (:func:`_make_kernel`,
 :func:`_caller`); the first call of a signature, and every call that raises, take the full path.
+A forward that took the direct path keeps its backward's direct run per (needs, ``use_backend``
+context), so backward builds no key (see :func:`_make_autograd`); max pooling whose indices
+nobody keeps (no gradient to record, no ``return_indices``) runs a plan that skips them.
 Autograd: setup_context saves the inputs (and max pooling's indices);
 backward calls the backward op with ``needs`` taken from ``ctx.needs_input_grad``, so fastconv skips
 gradients nobody asked for. A custom op cannot return ``None``, so an unneeded gradient comes back
