@@ -58,6 +58,25 @@ T* out_opt(const char* op, const char* name, const py::object& a, index_t size) 
   return out<T>(op, name, arr, size);
 }
 
+// A params object's attribute names as interned Python strings, made once: pybind11's
+// p.attr("name") builds a new str on every read, and the 16 reads of a conv or pool shape cost a
+// tiny op ~3 us of its ~10 (issue 21: per-call overhead). The strings live as long as the process.
+inline PyObject* interned(const char* name) {
+  PyObject* s = PyUnicode_InternFromString(name);
+  if (s == nullptr) throw py::error_already_set();
+  return s;
+}
+
+// p.<name> as an integer (a Python int or bool), as p.attr(name).cast<index_t>() reads it.
+inline index_t int_attr(const py::object& p, PyObject* name) {
+  PyObject* v = PyObject_GetAttr(p.ptr(), name);
+  if (v == nullptr) throw py::error_already_set();
+  const long long r = PyLong_AsLongLong(v);
+  Py_DECREF(v);
+  if (r == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return static_cast<index_t>(r);
+}
+
 inline int threads(int n) {
   if (n < 1) throw py::value_error("nthreads must be >= 1, got " + std::to_string(n));
   return n;

@@ -22,11 +22,14 @@ namespace {
 using namespace fastconv::bind;  // in, out, in_opt, threads, by_dtype (bind_util.h)
 
 fastconv::ConvShape conv_shape(const py::object& p) {
-  auto get = [&](const char* name) { return p.attr(name).cast<index_t>(); };
-  return fastconv::ConvShape{get("N"),        get("C_in"),     get("H"),     get("W"),     get("C_out"),
-                             get("KH"),       get("KW"),       get("OH"),    get("OW"),    get("stride_h"),
-                             get("stride_w"), get("pad_t"),    get("pad_l"), get("dil_h"), get("dil_w"),
-                             get("groups")};
+  static PyObject* const names[] = {interned("N"),        interned("C_in"),     interned("H"),     interned("W"),
+                                    interned("C_out"),    interned("KH"),       interned("KW"),    interned("OH"),
+                                    interned("OW"),       interned("stride_h"), interned("stride_w"),
+                                    interned("pad_t"),    interned("pad_l"),    interned("dil_h"), interned("dil_w"),
+                                    interned("groups")};
+  auto get = [&](int i) { return int_attr(p, names[i]); };
+  return fastconv::ConvShape{get(0), get(1), get(2),  get(3),  get(4),  get(5),  get(6),  get(7),
+                             get(8), get(9), get(10), get(11), get(12), get(13), get(14), get(15)};
 }
 
 // The algorithm a conv pass is asked to run ("auto": the heuristics); ValueError (std::
@@ -167,18 +170,24 @@ void linear_backward_bias(const py::array& dy, py::array& db, int nthreads) {
 // ---------------------------------------------------------------------------------------------
 
 fastconv::PoolShape pool_shape(const py::object& p) {
-  auto get = [&](const char* name) { return p.attr(name).cast<index_t>(); };
-  const py::object divisor = p.attr("divisor_override");
-  return fastconv::PoolShape{get("N"),        get("C"),        get("H"),     get("W"),     get("KH"),
-                             get("KW"),       get("OH"),       get("OW"),    get("stride_h"), get("stride_w"),
-                             get("pad_h"),    get("pad_w"),    get("dil_h"), get("dil_w"),
-                             p.attr("count_include_pad").cast<bool>(), divisor.is_none() ? 0 : divisor.cast<index_t>()};
+  static PyObject* const names[] = {interned("N"),        interned("C"),        interned("H"),     interned("W"),
+                                    interned("KH"),       interned("KW"),       interned("OH"),    interned("OW"),
+                                    interned("stride_h"), interned("stride_w"), interned("pad_h"), interned("pad_w"),
+                                    interned("dil_h"),    interned("dil_w"),    interned("count_include_pad"),
+                                    interned("divisor_override")};
+  auto get = [&](int i) { return int_attr(p, names[i]); };
+  const py::object divisor = py::reinterpret_steal<py::object>(PyObject_GetAttr(p.ptr(), names[15]));
+  if (!divisor) throw py::error_already_set();
+  return fastconv::PoolShape{get(0),  get(1),  get(2),  get(3),  get(4),  get(5),         get(6),
+                             get(7),  get(8),  get(9),  get(10), get(11), get(12),        get(13),
+                             get(14) != 0, divisor.is_none() ? 0 : divisor.cast<index_t>()};
 }
 
 fastconv::PoolShape adaptive_shape(const py::object& p) {
-  auto get = [&](const char* name) { return p.attr(name).cast<index_t>(); };
-  return fastconv::PoolShape{get("N"), get("C"), get("H"), get("W"), 0, 0, get("OH"), get("OW"), 0, 0, 0, 0, 0, 0,
-                             false, 0};
+  static PyObject* const names[] = {interned("N"), interned("C"), interned("H"), interned("W"), interned("OH"),
+                                    interned("OW")};
+  auto get = [&](int i) { return int_attr(p, names[i]); };
+  return fastconv::PoolShape{get(0), get(1), get(2), get(3), 0, 0, get(4), get(5), 0, 0, 0, 0, 0, 0, false, 0};
 }
 
 const std::int64_t* indices_in(const char* op, const py::array& a, index_t size) {

@@ -620,3 +620,49 @@ def test_direct_path_runs_fastconvs_plan_after_a_signatures_first_call(gen, monk
         torch.testing.assert_close(y, F.max_pool2d(xr, 2))
     fastconv._dispatch.forget()
     assert len(call.direct) == 0
+
+
+def test_direct_path_keeps_backward_runs_and_skips_unkept_indices(gen, monkeypatch):
+    """A forward on the direct path keeps the backward op's run per (needs, use_backend context):
+    repeated training steps give PyTorch's gradients, another context gets a run of its own, double
+    backward is still refused; max pooling nobody keeps indices of (no gradient, no
+    return_indices) asks the backend for y alone."""
+    import fastconv.backends.reference.pool as reference_pool
+
+    fastconv._dispatch.forget()
+    asked = []
+    forward = reference_pool.max_pool2d_forward
+
+    def spy(x, p, with_indices=True):
+        asked.append(with_indices)
+        return forward(x, p, with_indices=with_indices)
+
+    monkeypatch.setattr(reference_pool, "max_pool2d_forward", spy)
+    pool, call = ft.MaxPool2d(2, backend="reference"), ft.ops.CALL["max_pool2d"]
+    x = randn(gen, 2, 3, 6, 4, requires_grad=True)
+    xr = x.detach().clone().requires_grad_()
+    F.max_pool2d(xr, 2).mul(torch.arange(36.0, dtype=x.dtype).reshape(2, 3, 3, 2)).sum().backward()
+    for step in range(3):  # the first call plans; then the backward runs come from the forward's run
+        x.grad = None
+        pool(x).mul(torch.arange(36.0, dtype=x.dtype).reshape(2, 3, 3, 2)).sum().backward()
+        torch.testing.assert_close(x.grad, xr.grad)
+    (found,) = call.direct.values()
+    assert len(found.backward_runs) == 1
+    for _ in range(2):  # the backward's context, not the forward's, picks its run (the first call plans it)
+        loss = pool(x).sum()
+        with fastconv.use_backend("reference"):
+            loss.backward()
+    assert len(found.backward_runs) == 2
+    dx, = torch.autograd.grad(pool(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="fastconv.max_pool2d_backward.* no autograd formula"):
+        dx.sum().backward()
+    asked.clear()
+    for _ in range(2):  # no gradient to record: y alone, after the first (planning) call
+        torch.testing.assert_close(pool(x.detach()), F.max_pool2d(xr.detach(), 2))
+    with torch.no_grad():
+        torch.testing.assert_close(pool(x), F.max_pool2d(xr.detach(), 2))
+    assert asked[-2:] == [False, False]
+    y, indices = ft.max_pool2d(x.detach(), 2, return_indices=True, backend="reference")
+    torch.testing.assert_close(indices, F.max_pool2d(xr.detach(), 2, return_indices=True)[1])
+    assert asked[-1] is True
+    fastconv._dispatch.forget()

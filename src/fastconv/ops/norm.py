@@ -84,6 +84,12 @@ def _batch_norm_plan(x, running_mean, running_var, weight, bias, training, momen
     eps = check_float(op, "eps", eps, low=0.0)
     C = batch_norm_forward_channels(op, x.shape, training, **shapes)
     n = x.shape[0] * math.prod(x.shape[2:])  # values per channel
+    # the backend's functions, picked once per plan (x's dtype and kind are the plan's)
+    stats = forward = None
+    if x.size:
+        x3 = _as_3d(x)  # (N, C, L)
+        stats = lookup(op, "norm", "batch_norm_stats", backend, x3) if training else None
+        forward = lookup(op, "norm", "batch_norm_forward", backend, x3)
 
     def run(x, running_mean, running_var, weight, bias):
         if training:
@@ -93,7 +99,7 @@ def _batch_norm_plan(x, running_mean, running_var, weight, bias, training, momen
                 new_var = None if running_var is None else running_var.copy()
             else:
                 x3 = _as_3d(x)  # (N, C, L)
-                mean, var = lookup(op, "norm", "batch_norm_stats", backend, x3)(x3)
+                mean, var = stats(x3)
                 new_mean = None if running_mean is None else _momentum_update(running_mean, mean, momentum)
                 new_var = None if running_var is None else _momentum_update(running_var, var * (n / (n - 1)), momentum)
         else:
@@ -103,8 +109,7 @@ def _batch_norm_plan(x, running_mean, running_var, weight, bias, training, momen
         if x.size == 0:
             y = zeros(x, x.shape)
         else:
-            x3 = _as_3d(x)  # (N, C, L)
-            y = lookup(op, "norm", "batch_norm_forward", backend, x3)(x3, mean, invstd, weight, bias).reshape(x.shape)
+            y = forward(_as_3d(x), mean, invstd, weight, bias).reshape(x.shape)
         return BatchNormResult(y, mean, invstd, new_mean, new_var)
 
     return run
@@ -137,6 +142,16 @@ def _batch_norm_backward_plan(dy, x, weight, mean, invstd, training, needs, back
     check_same_kind(op, dy=dy, x=x, weight=weight, mean=mean, invstd=invstd)
     check_bool(op, "training", training)
     need_dw = need_dw and weight is not None
+    # the backend's functions, picked once per plan (the arrays' dtypes and kinds are the plan's)
+    reduce = backward_input = forward = None
+    if x.size:
+        x3, dy3 = _as_3d(x), _as_3d(dy)  # (N, C, L)
+        if need_dw or need_db or (need_dx and training):
+            reduce = lookup(op, "norm", "batch_norm_backward_reduce", backend, dy3, x3)
+        if need_dx and training:
+            backward_input = lookup(op, "norm", "batch_norm_backward_input", backend, dy3, x3)
+        elif need_dx:
+            forward = lookup(op, "norm", "batch_norm_forward", backend, dy3)
 
     def run(dy, x, weight, mean, invstd):
         if x.size == 0:  # nothing flows back from an empty batch
@@ -144,17 +159,14 @@ def _batch_norm_backward_plan(dy, x, weight, mean, invstd, training, needs, back
                     zeros(x, (C,)) if need_db else None)
         x3, dy3 = _as_3d(x), _as_3d(dy)  # (N, C, L)
         sum_dy = sum_dy_xhat = None
-        if need_dw or need_db or (need_dx and training):
-            reduce = lookup(op, "norm", "batch_norm_backward_reduce", backend, dy3, x3)
+        if reduce is not None:
             sum_dy, sum_dy_xhat = reduce(dy3, x3, mean, invstd)
         dx = None
-        if need_dx and training:
-            backward_input = lookup(op, "norm", "batch_norm_backward_input", backend, dy3, x3)
+        if backward_input is not None:
             dx = backward_input(dy3, x3, mean, invstd, weight, sum_dy, sum_dy_xhat).reshape(x.shape)
-        elif need_dx:
+        elif forward is not None:
             # in inference batch norm is the per-channel affine map x * (invstd * weight) + const,
             # so dx is the forward applied to dy with a zero mean and no bias
-            forward = lookup(op, "norm", "batch_norm_forward", backend, dy3)
             dx = forward(dy3, zeros(x, (C,)), invstd, weight, None).reshape(x.shape)
         return dx, sum_dy_xhat if need_dw else None, sum_dy if need_db else None
 

@@ -18,6 +18,11 @@ from .._dispatch import _check_name
 from . import ops
 from .exchange import float_dtypes
 
+_CALL = ops.CALL
+#: the tensor types the modules' short paths take (anything else, subclasses included, takes the
+#: functional wrapper, which hands it to the dispatcher)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
 
 class _Fastconv:
     """What every drop-in shares: the ``backend`` attribute and its repr."""
@@ -81,6 +86,17 @@ class Conv2d(_Conv, torch.nn.Conv2d):
 
     _op = "conv2d"
 
+    def forward(self, input):
+        weight = self.weight
+        if type(input) in _PLAIN and input.dim() == 4 and weight.dim() == 4:
+            # a batched call: straight to the op with the hyper-parameters in its form (remembered
+            # per spelling), skipping the functional wrapper's layers (issue 21: per-call overhead)
+            hyper = ops._conv2d_hyper("fastconv.torch.conv2d", self.stride, self.padding, self.dilation,
+                                      self.groups, tuple(weight.shape[2:]))
+            return _CALL["conv2d"](input, weight, self.bias, *hyper, self.backend)
+        return ops.conv2d(input, weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                          backend=self.backend)
+
 
 class Conv1d(_Conv, torch.nn.Conv1d):
     """``torch.nn.Conv1d`` on fastconv. ``padding_mode`` must be ``'zeros'`` (ValueError otherwise)."""
@@ -122,18 +138,21 @@ class BatchNorm2d(_Fastconv, torch.nn.BatchNorm2d):
         # torch.nn.modules.batchnorm._BatchNorm.forward's decisions, step for step: which factor
         # updates the running statistics, and whether batch or running statistics normalise
         self._check_input_dim(input)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            # momentum=None: the cumulative average over the batches seen so far
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        # each buffer and parameter read once: every read goes through nn.Module.__getattr__
+        running_mean, running_var, training, momentum = self.running_mean, self.running_var, self.training, self.momentum
+        factor = 0.0 if momentum is None else momentum
+        if training and self.track_running_stats:
+            num_batches_tracked = self.num_batches_tracked
+            if num_batches_tracked is not None:
+                num_batches_tracked.add_(1)
+                # momentum=None: the cumulative average over the batches seen so far
+                factor = 1.0 / float(num_batches_tracked) if momentum is None else momentum
         # batch statistics when training, and in eval when there are no running statistics
-        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        use_batch = training or (running_mean is None and running_var is None)
         # running statistics are passed when they are to be updated or to normalise
-        tracked = not self.training or self.track_running_stats
-        return ops.batch_norm(input, self.running_mean if tracked else None,
-                              self.running_var if tracked else None, self.weight, self.bias,
-                              use_batch, factor, self.eps, backend=self.backend)
+        tracked = not training or self.track_running_stats
+        return ops.batch_norm(input, running_mean if tracked else None, running_var if tracked else None,
+                              self.weight, self.bias, use_batch, factor, self.eps, backend=self.backend)
 
 
 class Linear(_Fastconv, torch.nn.Linear):
@@ -145,7 +164,11 @@ class Linear(_Fastconv, torch.nn.Linear):
         self._set_backend(backend)
 
     def forward(self, input):
-        return ops.linear(input, self.weight, self.bias, backend=self.backend)
+        weight, bias = self.weight, self.bias
+        if bias is None or (weight.dim() == 2 and bias.dim() == 1 and bias.shape[0] == weight.shape[0]):
+            # the op takes this bias itself (what ops.linear decides), without the wrapper's layers
+            return _CALL["linear"](input, weight, bias, self.backend)
+        return ops.linear(input, weight, bias, backend=self.backend)
 
 
 class MaxPool2d(_Fastconv, torch.nn.MaxPool2d):
@@ -157,6 +180,12 @@ class MaxPool2d(_Fastconv, torch.nn.MaxPool2d):
         self._set_backend(backend)
 
     def forward(self, input):
+        if type(input) in _PLAIN and input.dim() == 4:  # batched: the op, without the wrapper's layers
+            hyper = ops._uncached(ops._max_pool2d_hyper)("fastconv.torch.max_pool2d", self.kernel_size, self.stride,
+                                                         self.padding, self.dilation, self.ceil_mode, self.backend)
+            if self.return_indices:
+                return _CALL["max_pool2d"](input, *hyper, self.backend)
+            return _CALL["max_pool2d"].y_only(input, *hyper, self.backend)
         return ops.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                               self.ceil_mode, self.return_indices, backend=self.backend)
 

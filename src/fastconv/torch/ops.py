@@ -51,6 +51,9 @@ On the eager path, a call whose tensors are plain NCHW-contiguous CPU tensors an
 (shapes, dtypes, hyper-parameters, backend, ``use_backend`` context) ran before goes from the
 tensors' NumPy views straight to the NumPy API's plan for that signature (:func:`_make_kernel`,
 :func:`_caller`); the first call of a signature, and every call that raises, take the full path.
+A forward that took the direct path keeps its backward's direct run per (needs, ``use_backend``
+context), so backward builds no key (see :func:`_make_autograd`); max pooling whose indices
+nobody keeps (no gradient to record, no ``return_indices``) runs a plan that skips them.
 Autograd: setup_context saves the inputs (and max pooling's indices);
 backward calls the backward op with ``needs`` taken from ``ctx.needs_input_grad``, so fastconv skips
 gradients nobody asked for. A custom op cannot return ``None``, so an unneeded gradient comes back
@@ -462,28 +465,102 @@ def _to_tensors(spec: OpSpec, backward: bool, tensors, result, params):
     return from_array(result)
 
 
-def _direct_key(names, tensors, rest):
-    """The direct path's key for a call (see :func:`_make_kernel`), or None when it does not apply:
-    a tensor off the CPU, or an x, w, ... not NCHW-contiguous (the full path copies it and decides
-    the results' memory format from it; dy never decides, and the direct path makes it contiguous)."""
-    key = [_current.get(), rest]
-    for name, t in zip(names, tensors):
-        if t is None:
-            key.append(None)
-        elif t.is_cpu and (name == "dy" or t.is_contiguous()):
-            key.append(t.shape)
-            key.append(t.dtype)
-        else:
+def _direct_keyer(names):
+    """``key(args)``: the direct path's key for a call (see :func:`_make_kernel`), or None when it
+    does not apply: a tensor of another type than a plain Tensor or Parameter, off the CPU, or an
+    x, w, ... not NCHW-contiguous (the full path copies it and decides the results' memory format
+    from it; dy never decides, and the direct path makes it contiguous). Written out per tensor
+    count: this runs on every call, and a generic loop cost a tiny op 2 us."""
+    n = len(names)
+    any_layout = tuple(name == "dy" for name in names)
+    plain = _PLAIN_TYPES
+
+    def ok(t, any_layout):
+        return type(t) in plain and t.is_cpu and (any_layout or t.is_contiguous())
+
+    if n == 1:
+        def key(args):
+            x = args[0]
+            if type(x) in plain and x.is_cpu and x.is_contiguous():
+                return (_current.get(), args[1:], x.shape, x.dtype)
             return None
-    return tuple(key)
+        return key
+
+    if n == 3:  # the dense ops' (x, w, b?) and (dy, x, w): the third may be None (b)
+        loose = any_layout[0]
+
+        def key(args):
+            t0, t1, t2 = args[0], args[1], args[2]
+            if (type(t0) in plain and t0.is_cpu and (loose or t0.is_contiguous())
+                    and type(t1) in plain and t1.is_cpu and t1.is_contiguous()):
+                if t2 is None:
+                    return (_current.get(), args[3:], t0.shape, t0.dtype, t1.shape, t1.dtype, None)
+                if type(t2) in plain and t2.is_cpu and t2.is_contiguous():
+                    return (_current.get(), args[3:], t0.shape, t0.dtype, t1.shape, t1.dtype, t2.shape, t2.dtype)
+            return None
+        return key
+
+    if n == 5 and not any_layout[0]:  # batch norm's forward: x, then four optional (C,) vectors
+        def key(args):
+            x = args[0]
+            if not (type(x) in plain and x.is_cpu and x.is_contiguous()):
+                return None
+            parts = [_current.get(), args[5:], x.shape, x.dtype]
+            for t in args[1:5]:
+                if t is None:
+                    parts.append(None)
+                elif type(t) in plain and t.is_cpu and t.is_contiguous():
+                    parts.append(t.shape)
+                    parts.append(t.dtype)
+                else:
+                    return None
+            return tuple(parts)
+        return key
+
+    def key(args):
+        parts = [_current.get(), args[n:]]
+        for t, loose in zip(args[:n], any_layout):
+            if t is None:
+                parts.append(None)
+            elif ok(t, loose):
+                parts.append(t.shape)
+                parts.append(t.dtype)
+            else:
+                return None
+        return tuple(parts)
+
+    return key
 
 
 def _cpu_array(t):
-    """A CPU tensor as the NumPy array over its memory (detached: the kernels run below autograd);
+    """A CPU tensor as the NumPy array over its memory (``force=True``: detached, as the kernels
+    run below autograd; on a CPU float tensor that is a view, 1 us less than ``detach().numpy()``);
     a non-contiguous one (only dy takes the direct path so) is made contiguous first, one copy."""
-    if t.requires_grad:
-        t = t.detach()
-    return t.numpy() if t.is_contiguous() else t.contiguous().numpy()
+    return t.numpy(force=True) if t.is_contiguous() else t.contiguous().numpy(force=True)
+
+
+def _direct_wrap(spec: OpSpec, backward: bool, params):
+    """``wrap(result, tensors)``: what fastconv's plan returned as the op's tensors (the direct
+    path's :func:`_to_tensors`, without the per-call branching: CPU arrays only)."""
+    from_numpy = torch.from_numpy
+    if backward:
+        if spec.kind in ("dense", "norm"):
+            return lambda result, tensors: tuple(tensors[1].new_empty(0) if g is None else from_numpy(g)
+                                                 for g in result)
+        return lambda result, tensors: from_numpy(result)
+    if spec.kind == "max_pool":
+        return lambda result, tensors: (from_numpy(result[0]), from_numpy(result[1]))
+    if spec.kind == "norm":
+        if params[0]:  # training: the new running statistics (None where not given)
+            def wrap(result, tensors):
+                y, mean, invstd, new_mean, new_var = result
+                return (from_numpy(y), from_numpy(mean), from_numpy(invstd),
+                        tensors[0].new_empty(0) if new_mean is None else from_numpy(new_mean),
+                        tensors[0].new_empty(0) if new_var is None else from_numpy(new_var))
+            return wrap
+        return lambda result, tensors: (from_numpy(result[0]), from_numpy(result[1]), from_numpy(result[2]),
+                                        tensors[0].new_empty(0), tensors[0].new_empty(0))
+    return lambda result, tensors: from_numpy(result)
 
 
 def _make_kernel(spec: OpSpec, backward: bool):
@@ -503,9 +580,10 @@ def _make_kernel(spec: OpSpec, backward: bool):
     planner = spec.plan_backward if backward else spec.plan
     direct: dict = {}
     _PLANS.append(direct)
+    direct_key = _direct_keyer(names)
 
     def kernel(*args):
-        key = _direct_key(names, args[:n], args[n:])
+        key = direct_key(args)
         if key is not None:
             try:
                 found = direct.get(key)
@@ -534,21 +612,48 @@ def _make_kernel(spec: OpSpec, backward: bool):
         """The direct path's run for this call's signature: fastconv's plan where the spec names
         one, else the public op with these hyper-parameters."""
         if planner is None:
-            def call(arrays):
+            def plan(*arrays):
                 return _call_fastconv(spec, backward, arrays, params, args)
         else:
             kwargs = spec.to_fastconv(*params)
             needs = tuple(args[-2]) if backward and spec.kind in ("dense", "norm") else None
             plan = planner([_cpu_array(t) if t is not None else None for t in tensors], kwargs, needs, args[-1])
+        wrap = _direct_wrap(spec, backward, params)
 
-            def call(arrays):
-                return plan(*arrays)
+        if n == 1:  # a pool's forward: x, NCHW-contiguous (the key said so)
+            def run_direct(args):
+                return wrap(plan(args[0].numpy(force=True)), args)
+        elif n == 3 and not backward:  # x, w, b: NCHW-contiguous (the key said so)
+            def run_direct(args):
+                b = args[2]
+                return wrap(plan(args[0].numpy(force=True), args[1].numpy(force=True),
+                                 None if b is None else b.numpy(force=True)), args)
+        elif n == 5 and not backward:  # batch norm: x and the (C,) vectors, contiguous (the key said so)
+            def run_direct(args):
+                x, weight, bias, running_mean, running_var = args[:5]
+                return wrap(plan(x.numpy(force=True), None if weight is None else weight.numpy(force=True),
+                                 None if bias is None else bias.numpy(force=True),
+                                 None if running_mean is None else running_mean.numpy(force=True),
+                                 None if running_var is None else running_var.numpy(force=True)), args)
+        elif n == 3:  # a dense backward: dy (any layout), x, w
+            def run_direct(args):
+                return wrap(plan(_cpu_array(args[0]), args[1].numpy(force=True), args[2].numpy(force=True)), args)
+        else:
+            def run_direct(args):
+                return wrap(plan(*[None if t is None else _cpu_array(t) for t in args[:n]]), args)
 
-        def run_direct(args):
-            tensors = args[:n]
-            arrays = [None if t is None else _cpu_array(t) for t in tensors]
-            return _to_tensors(spec, backward, tensors, call(arrays), params)
+        if spec.kind == "max_pool" and not backward:
+            # y alone, for a call nobody keeps indices of (no gradient to record, no
+            # return_indices): the kernel then skips computing and storing them
+            kwargs = spec.to_fastconv(*params)
+            plan_y = _pool_ops._max_pool2d_plan(_cpu_array(tensors[0]), *kwargs.values(), False, args[-1])
 
+            def run_y(x):
+                return torch.from_numpy(plan_y(x.numpy(force=True)))
+
+            run_direct.y_only = run_y
+        if not backward:
+            run_direct.backward_runs = {}  # the backward's direct runs (see _make_autograd)
         return run_direct
 
     kernel.__name__ = kernel.__qualname__ = op.replace("::", "_")
@@ -672,18 +777,42 @@ def _make_autograd(spec: OpSpec, forward_op, kernel, call_backward):
     def forward(ctx, keyset, *args):
         output = _below_autograd(forward_op, kernel, keyset, args)
         setup_context(ctx, args, output)
+        # the forward's direct run (see _caller), whose signature fixes the backward's but for
+        # needs and the use_backend context: the backward keeps its runs there
+        ctx.direct = keyset if callable(keyset) and type(keyset) is not torch._C.DispatchKeySet else None
         return output
+
+    n_bwd = len(_TENSOR_NAMES[spec.kind, True])
+    found_backward = call_backward.found_for
+
+    def run_backward(ctx, args, needs):
+        """``call_backward(*args)``; on the eager path, for a forward that took the direct path,
+        the backward op's direct run kept on the forward's run per (needs, use_backend context):
+        no key to build (dy has y's shape and dtype, autograd sees to it; any layout is taken)."""
+        found, dy = ctx.direct, args[0]
+        if found is None or type(dy) not in _PLAIN_TYPES or not dy.is_cpu or _intercepted():
+            return call_backward(*args)
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(*args[:n_bwd]):
+            return call_backward(*args)  # create_graph: the backward op refuses double backward
+        runs, key = found.backward_runs, (needs, _current.get())
+        run = runs.get(key)
+        if run is None:
+            run = found_backward(args)
+            if not run:  # the backward's first call of this signature: the full path plans it
+                return call_backward(*args)
+            runs[key] = run
+        return run(args)
 
     def backward(ctx, *grads):
         dy = grads[0]  # max pooling's indices and batch norm's statistics get no gradient
         none_for_rest = (None,) * (len(ctx.params) + 1)  # hyper-parameters and backend
         if spec.kind in ("dense", "norm"):
             needs = tuple(bool(n) for n in ctx.needs_input_grad[1:4])  # x, w, b (x, weight, bias)
-            dx, dw, db = call_backward(dy, *ctx.saved_tensors, *ctx.params, needs, ctx.backend)
+            dx, dw, db = run_backward(ctx, (dy, *ctx.saved_tensors, *ctx.params, needs, ctx.backend), needs)
             running = (None, None) if spec.kind == "norm" else ()  # running statistics: buffers
             return (None, dx if needs[0] else None, dw if needs[1] else None, db if needs[2] else None,
                     *running, *none_for_rest)
-        dx = call_backward(dy, *ctx.saved_tensors, *ctx.params, ctx.backend)
+        dx = run_backward(ctx, (dy, *ctx.saved_tensors, *ctx.params, ctx.backend), None)
         return (None, dx, *none_for_rest)
 
     # custom_op's name for the class, so grad_fn names stay as they were
@@ -730,33 +859,46 @@ def _caller(op, autograd_kernel, kernel, n_tensors: int):
     tensors, x and w NCHW-contiguous) goes to that run at once, inside the autograd.Function when
     a gradient is to be recorded: one look-up replaces the autograd kernel's and the kernel's
     layers."""
-    direct, names = kernel.direct, kernel.names
+    direct, direct_key = kernel.direct, _direct_keyer(kernel.names)
     apply_eager = autograd_kernel.apply_eager
+    grad_enabled, any_requires_grad = torch.is_grad_enabled, torch._C._any_requires_grad
+
+    def found_for(args):
+        """The kernel's direct run for this call, None when there is none yet, False when the call
+        cannot take the direct path (not plain CPU tensors, or an unhashable hyper-parameter)."""
+        key = direct_key(args)
+        if key is None:
+            return False
+        try:
+            return direct.get(key)
+        except TypeError:  # an unhashable hyper-parameter: the kernel's full path
+            return False
 
     def call(*args):
         if _intercepted():
             return op(*args)
-        tensors = args[:n_tensors]
-        key = None
-        for t in tensors:
-            if t is not None and type(t) not in _PLAIN_TYPES:
-                break
-        else:  # plain tensors: the CPU ones (not meta, not CUDA) may take the direct path
-            key = _direct_key(names, tensors, args[n_tensors:])
-        if key is not None:
-            try:
-                found = direct.get(key)
-            except TypeError:  # an unhashable hyper-parameter: the kernel's full path
-                found = None
-            if found is not None:
-                if torch.is_grad_enabled() and torch._C._any_requires_grad(*tensors):
-                    return apply_eager(found, *args)
-                return found(args)
-            return autograd_kernel(None, *args)
-        if _eager(tensors):
+        found = found_for(args)
+        if found:
+            if grad_enabled() and any_requires_grad(*args[:n_tensors]):
+                return apply_eager(found, *args)
+            return found(args)
+        if found is None or _eager(args[:n_tensors]):
             return autograd_kernel(None, *args)
         return op(*args)
 
+    def y_only(*args):
+        """max pooling's y alone (the wrappers' call without return_indices): with no gradient
+        to record, the direct run that skips the indices; else ``call(*args)[0]``."""
+        if not _intercepted():
+            found = found_for(args)
+            if found:
+                if grad_enabled() and any_requires_grad(args[0]):
+                    return apply_eager(found, *args)[0]
+                return found.y_only(args[0])
+        return call(*args)[0]
+
+    call.y_only = y_only
+    call.found_for = found_for
     call.direct = direct  # for tests
     return call
 
@@ -823,7 +965,7 @@ def _batched(op, x, call, unbatched="C, H, W"):
     """Run ``call`` on batched x; an ``unbatched`` x (one dim fewer) runs as a batch of one, as in PyTorch."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{op}: expected x to be a torch.Tensor, got {type(x).__name__}")
-    dims = unbatched.count(",") + 1
+    dims = 2 if unbatched == "C, L" else 3
     if x.dim() == dims:
         out = call(x.unsqueeze(0))
         return tuple(o.squeeze(0) for o in out) if isinstance(out, tuple) else out.squeeze(0)
@@ -848,6 +990,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if weight.dim() != 4:
         raise ValueError(f"{op}: expected weight with 4 dims (C_out, C_in/groups, KH, KW), got shape {tuple(weight.shape)}")
     stride, sides, dilation, groups = _conv2d_hyper(op, stride, padding, dilation, groups, tuple(weight.shape[2:]))
+    if isinstance(input, torch.Tensor) and input.dim() == 4:  # batched: no _batched closure (1 us)
+        return CALL["conv2d"](input, weight, bias, stride, sides, dilation, groups, backend)
     return _batched(op, input, lambda x4: CALL["conv2d"](x4, weight, bias, stride, sides, dilation, groups, backend))
 
 
@@ -976,8 +1120,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     """``torch.nn.functional.max_pool2d`` on fastconv; ``return_indices`` gives ``(y, indices)``."""
     op = "fastconv.torch.max_pool2d"
     hyper = _uncached(_max_pool2d_hyper)(op, kernel_size, stride, padding, dilation, ceil_mode, backend)
-    y, indices = _batched(op, input, lambda x4: CALL["max_pool2d"](x4, *hyper, backend))
-    return (y, indices) if return_indices else y
+    call = CALL["max_pool2d"] if return_indices else CALL["max_pool2d"].y_only
+    if isinstance(input, torch.Tensor) and input.dim() == 4:  # batched: no _batched closure (1 us)
+        return call(input, *hyper, backend)
+    return _batched(op, input, lambda x4: call(x4, *hyper, backend))
 
 
 @remembered
@@ -995,6 +1141,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     op = "fastconv.torch.avg_pool2d"
     hyper = _uncached(_avg_pool2d_hyper)(op, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                          divisor_override, backend)
+    if isinstance(input, torch.Tensor) and input.dim() == 4:  # batched: no _batched closure (1 us)
+        return CALL["avg_pool2d"](input, *hyper, backend)
     return _batched(op, input, lambda x4: CALL["avg_pool2d"](x4, *hyper, backend))
 
 
