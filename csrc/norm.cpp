@@ -15,6 +15,8 @@
 
 #include "activation.h"
 
+#include <type_traits>
+
 namespace fastconv {
 namespace {
 
@@ -32,6 +34,26 @@ FASTCONV_INLINE double squared_deviation_impl(index_t L, const T* x, double mean
 #pragma omp simd reduction(+ : s)
   for (index_t l = 0; l < L; ++l) s += (x[l] - mean) * (x[l] - mean);
   return s;
+}
+
+// sum (x - k) and sum (x - k)^2 in one pass, in double: float32 statistics in one read of x
+// instead of two. Shifted by k, a value of the channel, so the variance S2/n - (S/n)^2 cancels
+// only (mean - k)^2 / var, a few units for any k drawn from the data (unshifted it would cancel
+// mean^2 / var, unbounded); float32 values and their differences are exact in double.
+struct Moments {
+  double s, s2;
+};
+
+template <typename T>
+FASTCONV_INLINE Moments shifted_moments_impl(index_t L, const T* x, double k) {
+  double s = 0, s2 = 0;
+#pragma omp simd reduction(+ : s, s2)
+  for (index_t l = 0; l < L; ++l) {
+    const double d = double(x[l]) - k;
+    s += d;
+    s2 += d * d;
+  }
+  return {s, s2};
 }
 
 // sum dy and sum dy * (x - mean), in one pass over dy
@@ -141,6 +163,9 @@ FASTCONV_OPS_CLONES double plane_squared_deviation(index_t L, const float* x, do
 FASTCONV_OPS_CLONES double plane_squared_deviation(index_t L, const double* x, double mean) {
   return squared_deviation_impl(L, x, mean);
 }
+FASTCONV_OPS_CLONES Moments plane_shifted_moments(index_t L, const float* x, double k) {
+  return shifted_moments_impl(L, x, k);
+}
 FASTCONV_OPS_CLONES Sums plane_dy_sums(index_t L, const float* dy, const float* x, float mean) {
   return dy_sums_impl(L, dy, x, mean);
 }
@@ -194,6 +219,27 @@ int team(const NormShape& s, index_t units, int nthreads) {
 template <typename T>
 void batch_norm_stats(const NormShape& s, const T* x, T* mean, T* var, int nthreads) {
   const double n = double(s.N * s.L);
+  if constexpr (std::is_same_v<T, float>) {
+    // one pass (see shifted_moments_impl); float64 keeps two passes, whose accuracy a double
+    // accumulator cannot give its values' squares
+#pragma omp parallel for schedule(static) num_threads(team(s, s.C, nthreads))
+    for (index_t c = 0; c < s.C; ++c) {
+      // the channel's first value; 0 if it is not finite (a shift by inf would make an inf mean NaN)
+      const double first = x[c * s.L];
+      const double k = std::isfinite(first) ? first : 0.0;
+      double total = 0, squares = 0;
+      for (index_t i = 0; i < s.N; ++i) {
+        const Moments p = plane_shifted_moments(s.L, x + (i * s.C + c) * s.L, k);
+        total += p.s;
+        squares += p.s2;
+      }
+      const double shift = total / n;
+      const double v = squares / n - shift * shift;
+      mean[c] = T(k + shift);
+      var[c] = T(v < 0 ? 0 : v);  // rounding may leave a variance of ~0 below 0 (NaN stays NaN)
+    }
+    return;
+  }
 #pragma omp parallel for schedule(static) num_threads(team(s, s.C, nthreads))
   for (index_t c = 0; c < s.C; ++c) {
     double total = 0;

@@ -193,6 +193,36 @@ def test_cpp_kernels_refuse_bad_arrays():
         _cpp.batch_norm_backward_input_hardtanh(x, x, v, v, v, v, 0.0, 6.0, None, None, True, np.empty_like(x), 1)
 
 
+def test_cpp_float32_statistics_in_one_pass(rng):
+    """The C++ float32 statistics take one pass (sums shifted by the channel's first value): as
+    accurate as float64's mean and variance where the mean is 10^4 standard deviations, exact
+    for a constant channel, inf and NaN where the two-pass reference puts them (a non-finite first
+    value included), bit-identical for 1, 2 and 3 threads."""
+    from fastconv import _cpp
+
+    x = randn(rng, (6, 5, 300), np.float32)
+    x[:, 0] = x[:, 0] * np.float32(0.01) + np.float32(100.0)  # mean 10^4 standard deviations
+    x[:, 1] = -3.5  # constant
+    x[0, 2, 0], x[3, 3, 7], x[2, 4, 0], x[2, 4, 1] = np.inf, np.nan, -np.inf, np.inf
+    results = []
+    for n in (1, 2, 3):
+        mean, var = np.empty(5, np.float32), np.empty(5, np.float32)
+        _cpp.batch_norm_stats(x, mean, var, n)
+        results.append((mean, var))
+    for mean, var in results[1:]:
+        assert_equal(mean, results[0][0]), assert_equal(var, results[0][1])
+    mean, var = results[0]
+    x64 = x[:, :2].astype(np.float64)
+    assert_close(mean[:2], x64.mean(axis=(0, 2)).astype(np.float32), "mean")
+    assert_close(var[:2], x64.var(axis=(0, 2)).astype(np.float32), "variance", scale=4)
+    assert mean[1] == -3.5 and var[1] == 0
+    from fastconv.backends.reference import norm as reference_norm
+
+    with np.errstate(invalid="ignore"):  # inf - inf, on purpose
+        ref_mean, ref_var = reference_norm.batch_norm_stats(x)
+    assert_equal(mean[2:], ref_mean[2:]), assert_equal(var[2:], ref_var[2:])  # inf, NaN, NaN; NaN, NaN, NaN
+
+
 @pytest.mark.parametrize("hardtanh, error, text", [
     ((6.0, 0.0), ValueError, r"min_val < max_val, got \(6.0, 0.0\)"),
     ((1.0, 1.0), ValueError, "min_val < max_val"),
