@@ -306,6 +306,72 @@ void batch_norm_backward_input(const py::array& dy, const py::array& x, const py
   });
 }
 
+// batch norm + hardtanh(lo, hi), fused (norm.h); lo < hi is the public op's check
+void batch_norm_forward_hardtanh(const py::array& x, const py::array& mean, const py::array& invstd,
+                                 const py::object& weight, const py::object& bias, double lo, double hi, py::array& y,
+                                 int nthreads) {
+  const char* op = "batch_norm_forward_hardtanh";
+  const auto s = norm_shape(op, x);
+  by_dtype(op, x, [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = in<T>(op, "x", x, s.N * s.C * s.L);
+    const T* mp = in<T>(op, "mean", mean, s.C);
+    const T* ip = in<T>(op, "invstd", invstd, s.C);
+    const T* wp = in_opt<T>(op, "weight", weight, s.C);
+    const T* bp = in_opt<T>(op, "bias", bias, s.C);
+    T* yp = out<T>(op, "y", y, s.N * s.C * s.L);
+    const int nt = threads(nthreads);
+    py::gil_scoped_release release;
+    fastconv::batch_norm_forward_hardtanh(s, xp, mp, ip, wp, bp, T(lo), T(hi), yp, nt);
+  });
+}
+
+void batch_norm_backward_reduce_hardtanh(const py::array& dy, const py::array& x, const py::array& mean,
+                                         const py::array& invstd, const py::object& weight, const py::object& bias,
+                                         double lo, double hi, py::array& sum_dy, py::array& sum_dy_xhat,
+                                         int nthreads) {
+  const char* op = "batch_norm_backward_reduce_hardtanh";
+  const auto s = norm_shape(op, x);
+  by_dtype(op, x, [&](auto tag) {
+    using T = decltype(tag);
+    const T* dyp = in<T>(op, "dy", dy, s.N * s.C * s.L);
+    const T* xp = in<T>(op, "x", x, s.N * s.C * s.L);
+    const T* mp = in<T>(op, "mean", mean, s.C);
+    const T* ip = in<T>(op, "invstd", invstd, s.C);
+    const T* wp = in_opt<T>(op, "weight", weight, s.C);
+    const T* bp = in_opt<T>(op, "bias", bias, s.C);
+    T* sp = out<T>(op, "sum_dy", sum_dy, s.C);
+    T* sxp = out<T>(op, "sum_dy_xhat", sum_dy_xhat, s.C);
+    const int nt = threads(nthreads);
+    py::gil_scoped_release release;
+    fastconv::batch_norm_backward_reduce_hardtanh(s, dyp, xp, mp, ip, wp, bp, T(lo), T(hi), sp, sxp, nt);
+  });
+}
+
+void batch_norm_backward_input_hardtanh(const py::array& dy, const py::array& x, const py::array& mean,
+                                        const py::array& invstd, const py::object& weight, const py::object& bias,
+                                        double lo, double hi, const py::object& sum_dy, const py::object& sum_dy_xhat,
+                                        bool training, py::array& dx, int nthreads) {
+  const char* op = "batch_norm_backward_input_hardtanh";
+  const auto s = norm_shape(op, x);
+  by_dtype(op, x, [&](auto tag) {
+    using T = decltype(tag);
+    const T* dyp = in<T>(op, "dy", dy, s.N * s.C * s.L);
+    const T* xp = in<T>(op, "x", x, s.N * s.C * s.L);
+    const T* mp = in<T>(op, "mean", mean, s.C);
+    const T* ip = in<T>(op, "invstd", invstd, s.C);
+    const T* wp = in_opt<T>(op, "weight", weight, s.C);
+    const T* bp = in_opt<T>(op, "bias", bias, s.C);
+    const T* sp = in_opt<T>(op, "sum_dy", sum_dy, s.C);
+    const T* sxp = in_opt<T>(op, "sum_dy_xhat", sum_dy_xhat, s.C);
+    if (training && (!sp || !sxp)) throw py::value_error(std::string(op) + ": training needs sum_dy and sum_dy_xhat");
+    T* dxp = out<T>(op, "dx", dx, s.N * s.C * s.L);
+    const int nt = threads(nthreads);
+    py::gil_scoped_release release;
+    fastconv::batch_norm_backward_input_hardtanh(s, dyp, xp, mp, ip, wp, bp, T(lo), T(hi), sp, sxp, training, dxp, nt);
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // dropout: mask is a NumPy bool array (one byte per element, 0 or 1)
 // ---------------------------------------------------------------------------------------------
@@ -385,6 +451,17 @@ void bind_ops(py::module_& m) {
         py::arg("invstd"), py::arg("sum_dy"), py::arg("sum_dy_xhat"), py::arg("nthreads"));
   m.def("batch_norm_backward_input", &batch_norm_backward_input, py::arg("dy"), py::arg("x"), py::arg("mean"),
         py::arg("invstd"), py::arg("weight"), py::arg("sum_dy"), py::arg("sum_dy_xhat"), py::arg("dx"),
+        py::arg("nthreads"));
+
+  m.def("batch_norm_forward_hardtanh", &batch_norm_forward_hardtanh, py::arg("x"), py::arg("mean"),
+        py::arg("invstd"), py::arg("weight"), py::arg("bias"), py::arg("min_val"), py::arg("max_val"), py::arg("y"),
+        py::arg("nthreads"), "y = clamp(batch_norm(x), min_val, max_val)");
+  m.def("batch_norm_backward_reduce_hardtanh", &batch_norm_backward_reduce_hardtanh, py::arg("dy"), py::arg("x"),
+        py::arg("mean"), py::arg("invstd"), py::arg("weight"), py::arg("bias"), py::arg("min_val"),
+        py::arg("max_val"), py::arg("sum_dy"), py::arg("sum_dy_xhat"), py::arg("nthreads"));
+  m.def("batch_norm_backward_input_hardtanh", &batch_norm_backward_input_hardtanh, py::arg("dy"), py::arg("x"),
+        py::arg("mean"), py::arg("invstd"), py::arg("weight"), py::arg("bias"), py::arg("min_val"),
+        py::arg("max_val"), py::arg("sum_dy"), py::arg("sum_dy_xhat"), py::arg("training"), py::arg("dx"),
         py::arg("nthreads"));
 
   m.def("dropout_forward", &dropout_forward, py::arg("x"), py::arg("p"), py::arg("seed"), py::arg("y"), py::arg("mask"),

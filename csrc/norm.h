@@ -27,4 +27,21 @@ template <typename T>
 void batch_norm_backward_input(const NormShape& s, const T* dy, const T* x, const T* mean, const T* invstd,
                                const T* weight, const T* sum_dy, const T* sum_dy_xhat, T* dx, int nthreads);
 
+// Batch norm followed by hardtanh(lo, hi) (ReLU6: lo = 0, hi = 6), lo < hi. The forward writes
+// y = clamp(batch_norm(x), lo, hi); the backward passes take the forward's dy and x (z, the
+// value before the clamp, is recomputed bit for bit, see norm.cpp) and mask dy to zero where
+// z <= lo or z >= hi, as PyTorch's hardtanh_backward does. backward_input: training gives the
+// training-mode dx from the masked sums; otherwise dx = (masked dy * invstd) * weight and the sums are unused.
+template <typename T>
+void batch_norm_forward_hardtanh(const NormShape& s, const T* x, const T* mean, const T* invstd, const T* weight,
+                                 const T* bias, T lo, T hi, T* y, int nthreads);
+template <typename T>
+void batch_norm_backward_reduce_hardtanh(const NormShape& s, const T* dy, const T* x, const T* mean,
+                                         const T* invstd, const T* weight, const T* bias, T lo, T hi, T* sum_dy,
+                                         T* sum_dy_xhat, int nthreads);
+template <typename T>
+void batch_norm_backward_input_hardtanh(const NormShape& s, const T* dy, const T* x, const T* mean, const T* invstd,
+                                        const T* weight, const T* bias, T lo, T hi, const T* sum_dy,
+                                        const T* sum_dy_xhat, bool training, T* dx, int nthreads);
+
 }  // namespace fastconv

@@ -7,7 +7,12 @@ L the product of the spatial dims, and the backend's ``norm`` module sees only t
 - ``batch_norm_stats(x) -> (mean, var)``: per-channel batch mean and biased variance;
 - ``batch_norm_forward(x, mean, invstd, weight, bias) -> y`` (weight and bias may be None);
 - ``batch_norm_backward_reduce(dy, x, mean, invstd) -> (sum_dy, sum_dy_xhat)``;
-- ``batch_norm_backward_input(dy, x, mean, invstd, weight, sum_dy, sum_dy_xhat) -> dx`` (training).
+- ``batch_norm_backward_input(dy, x, mean, invstd, weight, sum_dy, sum_dy_xhat) -> dx`` (training);
+- batch norm followed by ``hardtanh(min_val, max_val)`` (ReLU6: (0, 6)), fused:
+  ``batch_norm_forward_hardtanh(x, mean, invstd, weight, bias, min_val, max_val) -> y``,
+  ``batch_norm_backward_reduce_hardtanh(dy, x, mean, invstd, weight, bias, min_val, max_val)`` and
+  ``batch_norm_backward_input_hardtanh(..., sum_dy, sum_dy_xhat, training) -> dx``, which mask dy
+  where the clamp was flat, recomputing the value before the clamp from x (it is never stored).
 
 What is computed on (C,) vectors (invstd from the variance, the running-statistic update) is
 done here, in one place, with array arithmetic that works on any device. Backends never see an
@@ -58,8 +63,20 @@ def _momentum_update(running, batch, momentum):
     return (1 - momentum) * running + momentum * batch  # (C,)
 
 
+def _check_hardtanh(op, hardtanh):
+    """None, or ``(min_val, max_val)`` as two floats with min_val < max_val."""
+    if hardtanh is None:
+        return None
+    if not isinstance(hardtanh, (tuple, list)) or len(hardtanh) != 2:
+        raise TypeError(f"{op}: expected hardtanh to be None or a pair (min_val, max_val), got {hardtanh!r}")
+    lo, hi = (check_float(op, name, v) for name, v in zip(("hardtanh min_val", "hardtanh max_val"), hardtanh))
+    if not lo < hi:
+        raise ValueError(f"{op}: hardtanh needs min_val < max_val, got ({lo}, {hi})")
+    return lo, hi
+
+
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, backend="auto"):
+               momentum=0.1, eps=1e-5, *, hardtanh=None, backend="auto"):
     """Batch normalisation of x (N, C, *), 2 or more dims: ``(x - mean) * invstd * weight + bias``.
 
     In training, mean and invstd = 1/sqrt(var + eps) come from the batch (biased variance), and
@@ -67,13 +84,17 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     (unbiased variance for running_var); the given ones are never modified. In inference the
     running statistics normalise x and are required; they are returned as copies. Returns
     :class:`BatchNormResult`.
+
+    ``hardtanh=(min_val, max_val)`` applies ``torch.nn.functional.hardtanh`` to y in the same pass
+    (``(0.0, 6.0)`` is ReLU6): y is clamped, mean and invstd are the batch norm's as without it;
+    give :func:`batch_norm_backward` the same pair and the bias.
     """
-    return _batch_norm_plan(x, running_mean, running_var, weight, bias, training, momentum, eps, backend)(
-        x, running_mean, running_var, weight, bias)
+    return _batch_norm_plan(x, running_mean, running_var, weight, bias, training, momentum, eps, backend,
+                            hardtanh)(x, running_mean, running_var, weight, bias)
 
 
 @planned
-def _batch_norm_plan(x, running_mean, running_var, weight, bias, training, momentum, eps, backend):
+def _batch_norm_plan(x, running_mean, running_var, weight, bias, training, momentum, eps, backend, hardtanh=None):
     """batch_norm validated: the run for arrays of these shapes and dtypes."""
     op = "batch_norm"
     check_array(op, "x", x)
@@ -82,6 +103,7 @@ def _batch_norm_plan(x, running_mean, running_var, weight, bias, training, momen
     check_bool(op, "training", training)
     momentum = check_float(op, "momentum", momentum)
     eps = check_float(op, "eps", eps, low=0.0)
+    hardtanh = _check_hardtanh(op, hardtanh)
     C = batch_norm_forward_channels(op, x.shape, training, **shapes)
     n = x.shape[0] * math.prod(x.shape[2:])  # values per channel
     # the backend's functions, picked once per plan (x's dtype and kind are the plan's)
@@ -89,7 +111,8 @@ def _batch_norm_plan(x, running_mean, running_var, weight, bias, training, momen
     if x.size:
         x3 = _as_3d(x)  # (N, C, L)
         stats = lookup(op, "norm", "batch_norm_stats", backend, x3) if training else None
-        forward = lookup(op, "norm", "batch_norm_forward", backend, x3)
+        forward = lookup(op, "norm", "batch_norm_forward" if hardtanh is None else "batch_norm_forward_hardtanh",
+                         backend, x3)
 
     def run(x, running_mean, running_var, weight, bias):
         if training:
@@ -108,6 +131,8 @@ def _batch_norm_plan(x, running_mean, running_var, weight, bias, training, momen
         invstd = _invstd(var, eps)
         if x.size == 0:
             y = zeros(x, x.shape)
+        elif hardtanh is not None:
+            y = forward(_as_3d(x), mean, invstd, weight, bias, *hardtanh).reshape(x.shape)
         else:
             y = forward(_as_3d(x), mean, invstd, weight, bias).reshape(x.shape)
         return BatchNormResult(y, mean, invstd, new_mean, new_var)
@@ -116,7 +141,7 @@ def _batch_norm_plan(x, running_mean, running_var, weight, bias, training, momen
 
 
 def batch_norm_backward(dy, x, weight=None, *, mean, invstd, training, needs=(True, True, True),
-                        backend="auto"):
+                        bias=None, hardtanh=None, backend="auto"):
     """Gradients ``(dx, dweight, dbias)`` of :func:`batch_norm` given dy of x's shape.
 
     ``mean`` and ``invstd`` are the forward's (``BatchNormResult.mean/.invstd``). In inference
@@ -124,41 +149,56 @@ def batch_norm_backward(dy, x, weight=None, *, mean, invstd, training, needs=(Tr
     through them. dweight is None when weight is None (the forward had no scale) or ``needs`` leaves
     it out; dbias (the sum of dy per channel) follows ``needs`` alone, since a bias may be given
     without a weight, as in PyTorch.
+
+    ``hardtanh=(min_val, max_val)``: the gradients of the fused batch norm + hardtanh (the forward
+    called with the same pair): dy is zero where the value before the clamp was <= min_val or
+    >= max_val (PyTorch's hardtanh_backward), that value recomputed from x, mean, invstd, weight
+    and ``bias`` (the forward's; used only here).
     """
-    return _batch_norm_backward_plan(dy, x, weight, mean, invstd, training, needs, backend)(
-        dy, x, weight, mean, invstd)
+    return _batch_norm_backward_plan(dy, x, weight, mean, invstd, training, needs, backend, bias, hardtanh)(
+        dy, x, weight, mean, invstd, bias)
 
 
 @planned
-def _batch_norm_backward_plan(dy, x, weight, mean, invstd, training, needs, backend):
+def _batch_norm_backward_plan(dy, x, weight, mean, invstd, training, needs, backend, bias=None, hardtanh=None):
     op = "batch_norm_backward"
     need_dx, need_dw, need_db = check_needs(op, needs, 3)
     check_array(op, "x", x)
     check_array(op, "dy", dy)
-    C = batch_norm_channels(op, x.shape, **_check_vectors(op, weight=weight, mean=mean, invstd=invstd))
+    C = batch_norm_channels(op, x.shape, **_check_vectors(op, weight=weight, mean=mean, invstd=invstd, bias=bias))
     check_shape(op, "dy", dy, x.shape)
     if mean is None or invstd is None:
         raise ValueError(f"{op}: mean and invstd (from the forward's result) are required")
-    check_same_kind(op, dy=dy, x=x, weight=weight, mean=mean, invstd=invstd)
+    check_same_kind(op, dy=dy, x=x, weight=weight, mean=mean, invstd=invstd, bias=bias)
     check_bool(op, "training", training)
+    hardtanh = _check_hardtanh(op, hardtanh)
     need_dw = need_dw and weight is not None
     # the backend's functions, picked once per plan (the arrays' dtypes and kinds are the plan's)
     reduce = backward_input = forward = None
     if x.size:
         x3, dy3 = _as_3d(x), _as_3d(dy)  # (N, C, L)
+        fused = "" if hardtanh is None else "_hardtanh"  # the fused batch norm + hardtanh's gradients
         if need_dw or need_db or (need_dx and training):
-            reduce = lookup(op, "norm", "batch_norm_backward_reduce", backend, dy3, x3)
-        if need_dx and training:
-            backward_input = lookup(op, "norm", "batch_norm_backward_input", backend, dy3, x3)
+            reduce = lookup(op, "norm", "batch_norm_backward_reduce" + fused, backend, dy3, x3)
+        if need_dx and (training or hardtanh is not None):
+            backward_input = lookup(op, "norm", "batch_norm_backward_input" + fused, backend, dy3, x3)
         elif need_dx:
             forward = lookup(op, "norm", "batch_norm_forward", backend, dy3)
 
-    def run(dy, x, weight, mean, invstd):
+    def run(dy, x, weight, mean, invstd, bias=None):
         if x.size == 0:  # nothing flows back from an empty batch
             return (zeros(x, x.shape) if need_dx else None, zeros(x, (C,)) if need_dw else None,
                     zeros(x, (C,)) if need_db else None)
         x3, dy3 = _as_3d(x), _as_3d(dy)  # (N, C, L)
         sum_dy = sum_dy_xhat = None
+        if hardtanh is not None:
+            if reduce is not None:
+                sum_dy, sum_dy_xhat = reduce(dy3, x3, mean, invstd, weight, bias, *hardtanh)
+            dx = None
+            if backward_input is not None:
+                dx = backward_input(dy3, x3, mean, invstd, weight, bias, *hardtanh, sum_dy, sum_dy_xhat,
+                                    training).reshape(x.shape)
+            return dx, sum_dy_xhat if need_dw else None, sum_dy if need_db else None
         if reduce is not None:
             sum_dy, sum_dy_xhat = reduce(dy3, x3, mean, invstd)
         dx = None

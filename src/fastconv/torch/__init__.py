@@ -37,6 +37,7 @@ from .ops import (
     linear,
     max_pool2d,
 )
+from .fused import BatchNorm2dHardtanh, batch_norm_hardtanh
 from .patch import PatchReport, patch, unpatch
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
            "AdaptiveAvgPool2d",
            "AvgPool2d",
            "BatchNorm2d",
+           "BatchNorm2dHardtanh",
            "Conv1d",
            "Conv2d",
            "ConvTranspose2d",
@@ -54,6 +56,7 @@ __all__ = [
            "adaptive_avg_pool2d",
            "avg_pool2d",
            "batch_norm",
+           "batch_norm_hardtanh",
            "conv1d",
            "conv2d",
            "conv_transpose2d",

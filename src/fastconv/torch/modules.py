@@ -135,6 +135,12 @@ class BatchNorm2d(_Fastconv, torch.nn.BatchNorm2d):
         self._set_backend(backend)
 
     def forward(self, input):
+        return ops.batch_norm(input, *self._batch_norm_args(input), backend=self.backend)
+
+    def _batch_norm_args(self, input) -> tuple:
+        """``(running_mean, running_var, weight, bias, training, momentum, eps)`` for this call,
+        ``num_batches_tracked`` counted (shared with the fused batch norm + hardtanh of
+        :mod:`fastconv.torch.fused`)."""
         # torch.nn.modules.batchnorm._BatchNorm.forward's decisions, step for step: which factor
         # updates the running statistics, and whether batch or running statistics normalise
         self._check_input_dim(input)
@@ -151,8 +157,8 @@ class BatchNorm2d(_Fastconv, torch.nn.BatchNorm2d):
         use_batch = training or (running_mean is None and running_var is None)
         # running statistics are passed when they are to be updated or to normalise
         tracked = not training or self.track_running_stats
-        return ops.batch_norm(input, running_mean if tracked else None, running_var if tracked else None,
-                              self.weight, self.bias, use_batch, factor, self.eps, backend=self.backend)
+        return (running_mean if tracked else None, running_var if tracked else None, self.weight, self.bias,
+                use_batch, factor, self.eps)
 
 
 class Linear(_Fastconv, torch.nn.Linear):

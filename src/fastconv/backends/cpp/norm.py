@@ -34,3 +34,28 @@ def batch_norm_backward_input(dy, x, mean, invstd, weight, sum_dy, sum_dy_xhat):
     _cpp.batch_norm_backward_input(contiguous(dy), contiguous(x), contiguous(mean), contiguous(invstd),
                                    contiguous(weight), contiguous(sum_dy), contiguous(sum_dy_xhat), dx, nthreads())
     return dx
+
+
+def batch_norm_forward_hardtanh(x, mean, invstd, weight, bias, min_val, max_val):
+    y = empty(x.shape, x.dtype)  # (N, C, L)
+    _cpp.batch_norm_forward_hardtanh(contiguous(x), contiguous(mean), contiguous(invstd), contiguous(weight),
+                                     contiguous(bias), min_val, max_val, y, nthreads())
+    return y
+
+
+def batch_norm_backward_reduce_hardtanh(dy, x, mean, invstd, weight, bias, min_val, max_val):
+    C = x.shape[1]
+    sum_dy, sum_dy_xhat = empty((C,), x.dtype), empty((C,), x.dtype)  # (C,), (C,)
+    _cpp.batch_norm_backward_reduce_hardtanh(contiguous(dy), contiguous(x), contiguous(mean), contiguous(invstd),
+                                             contiguous(weight), contiguous(bias), min_val, max_val, sum_dy,
+                                             sum_dy_xhat, nthreads())
+    return sum_dy, sum_dy_xhat
+
+
+def batch_norm_backward_input_hardtanh(dy, x, mean, invstd, weight, bias, min_val, max_val, sum_dy, sum_dy_xhat,
+                                       training):
+    dx = empty(x.shape, x.dtype)  # (N, C, L)
+    _cpp.batch_norm_backward_input_hardtanh(contiguous(dy), contiguous(x), contiguous(mean), contiguous(invstd),
+                                            contiguous(weight), contiguous(bias), min_val, max_val,
+                                            contiguous(sum_dy), contiguous(sum_dy_xhat), training, dx, nthreads())
+    return dx

@@ -50,3 +50,38 @@ def batch_norm_backward_input(dy, x, mean, invstd, weight, sum_dy, sum_dy_xhat):
     dx -= xhat * _per_channel(sum_dy_xhat / n)
     dx *= _per_channel(invstd if weight is None else invstd * weight)
     return dx
+
+
+# Batch norm followed by hardtanh(min_val, max_val) (ReLU6 is hardtanh(0, 6)), fused. z is the
+# batch norm's output before the clamp; the backward recomputes it with the forward's own
+# function, so it is the forward's z exactly.
+
+def _hardtanh_masked(dy, x, mean, invstd, weight, bias, min_val, max_val):
+    """dy where min_val < z < max_val, else 0: PyTorch's hardtanh_backward (zero at the bounds
+    themselves; a NaN z passes dy, as no comparison holds)."""
+    z = batch_norm_forward(x, mean, invstd, weight, bias)  # (N, C, L)
+    return np.where((z <= min_val) | (z >= max_val), np.zeros((), dy.dtype), dy)  # (N, C, L)
+
+
+def batch_norm_forward_hardtanh(x, mean, invstd, weight, bias, min_val, max_val):
+    """y = clamp(batch_norm(x), min_val, max_val); a NaN stays NaN, as in PyTorch."""
+    y = batch_norm_forward(x, mean, invstd, weight, bias)  # (N, C, L)
+    np.maximum(y, y.dtype.type(min_val), out=y)
+    np.minimum(y, y.dtype.type(max_val), out=y)
+    return y
+
+
+def batch_norm_backward_reduce_hardtanh(dy, x, mean, invstd, weight, bias, min_val, max_val):
+    """:func:`batch_norm_backward_reduce` of the masked dy."""
+    return batch_norm_backward_reduce(_hardtanh_masked(dy, x, mean, invstd, weight, bias, min_val, max_val), x,
+                                      mean, invstd)
+
+
+def batch_norm_backward_input_hardtanh(dy, x, mean, invstd, weight, bias, min_val, max_val, sum_dy, sum_dy_xhat,
+                                       training):
+    """dx from the masked dy: the training-mode dx, or in inference the affine map's derivative
+    as the unfused backward computes it (the forward on dy with a zero mean and no bias)."""
+    masked = _hardtanh_masked(dy, x, mean, invstd, weight, bias, min_val, max_val)  # (N, C, L)
+    if training:
+        return batch_norm_backward_input(masked, x, mean, invstd, weight, sum_dy, sum_dy_xhat)
+    return batch_norm_forward(masked, np.zeros_like(mean), invstd, weight, None)
