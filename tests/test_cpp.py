@@ -71,6 +71,10 @@ FAST_PATHS = [
     # (C_in/groups a multiple of its MR), ragged and whole column panels, groups
     Conv("wgrad_tap_major", 2, 16, 9, 7, 5, 3, 3, padding=1),
     Conv("wgrad_tap_major_groups", 3, 32, 6, 5, 16, 3, 2, padding=(1, 0), stride=(1, 2), groups=2),
+    # fewer output channels than one few-columns panel, C_in/groups not a multiple of its MR (LeNet's
+    # conv1): the few-columns kernel with row pointers; ragged tap and column panels, groups
+    Conv("wgrad_few_cols_rows", 2, 3, 11, 9, 6, 5, 4),
+    Conv("wgrad_few_cols_rows_groups", 3, 6, 10, 8, 10, 3, 5, padding=(1, 0), groups=2),
     # a weight of 4 MiB or more (1 MiB pointwise): wgrad takes the packed im2col path, not the flat one
     Conv("wgrad_packed_large_weight", 2, 512, 5, 6, 256, 3, 3, padding=1),
     Conv("wgrad_packed_pointwise", 2, 1024, 3, 2, 256, 1, 1),
