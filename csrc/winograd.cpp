@@ -769,18 +769,19 @@ int winograd_wgrad_tile(const ConvShape& s, index_t elem_bytes) {
   if (!(elem_bytes == 4 && winograd_serves(s, elem_bytes) && s.C_in >= 128 && s.C_out >= 128)) return 0;
   // F(4x4) at precision "high" (see set_winograd_f4) on layers of up to 384 channels in and out
   // together or with 128 of its tiles or more (a reduction deep enough to amortise its larger
-  // transforms), up to 2048 pixels summed. Time
+  // transforms), up to 1024 pixels summed. Time
   // against F(2x2): 0.68-0.72x on VGG's conv3_1 (128 -> 256, 196 tiles), 0.79x at 128 channels on
   // 28x28 (98 tiles), 0.79-0.89x at 512 on 7x7 at batch 32 and 64 (128, 256 tiles), 0.97-0.99x at
   // 256 on 14x14 (128, 256); but 1.03-1.13x at 512 on 7x7 at batch 16 (64 tiles) and 1.37x on 14x14
   // at batch 4 (64). At 64 channels (which the direct path serves, see above) it ran in 0.77-0.84x
   // the direct path's time, but with 0.6-4.4 of the tolerance on the suite's layers. Its error
   // grows with the pixels summed (N*OH*OW), largest error / tolerance: 0.54 at 784 (F(2x2): 0.18),
-  // 0.89 at 3136 (0.33), up to 1.0 at 3591 (129 -> 128 channels on 19x21); on the points +-3/4,
+  // 1.05 at 1860 (128 channels on 30x62, one draw of several), 0.89 at 3136 (0.33), up to 1.0 at
+  // 3591 (129 -> 128 channels on 19x21); on the points +-3/4,
   // +-3/2 (0.85x this error) it was 0.89 at 8192, 1.54 at 12544 (F(2x2): 0.63), 3.3-4.4 at 50176
   // (F(2x2): 1.7-2.2).
   const index_t pixels = s.N * s.OH * s.OW;
-  return pick_tile(s, f4_allowed && pixels <= 2048 && (s.C_in + s.C_out <= 384 || tile_grid(s, 4).total >= 128) ? 4 : 2);
+  return pick_tile(s, f4_allowed && pixels <= 1024 && (s.C_in + s.C_out <= 384 || tile_grid(s, 4).total >= 128) ? 4 : 2);
 }
 
 void set_winograd_f4(bool allowed) { f4_allowed = allowed; }

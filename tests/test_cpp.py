@@ -135,6 +135,7 @@ WINOGRAD = [
 WINOGRAD_WGRAD = [
     Conv("winograd_wgrad_rows", 2, 128, 9, 35, 130, 3, 3, padding=1),
     Conv("winograd_wgrad_tables_chunks", 10, 129, 7, 7, 128, 3, 3, padding=1),
+    Conv("winograd_wgrad_rows_two_blocks", 1, 128, 30, 62, 128, 3, 3, padding=1),
 ]
 # wgrad as dot products along the pixels (fp32 with AVX-512, up to 16 output channels per group,
 # 64..1024 taps x channels): tiles ragged both ways (7 channels against 4 rows, 117 taps x channels
@@ -160,11 +161,12 @@ WINOGRAD_F4 = [
     Conv("winograd_f4_pad_2_3", 2, 64, 18, 22, 66, 3, 3, padding=(2, 3)),
     Conv("winograd_f4_pad_per_side", 2, 96, 11, 30, 64, 3, 3, padding=((0, 2), (1, 0))),
 ]
-# its wgrad (128+ channels each way, up to 2048 pixels): along rows, two blocks in an image; through
-# tables, over two chunks; dy's clipped tiles and rows mode's junk tiles adding nothing
+# its wgrad (128+ channels each way, up to 1024 pixels): along rows; through tables, over two chunks;
+# dy's clipped tiles and rows mode's junk tiles adding nothing (two blocks in an image, forced:
+# WINOGRAD_WGRAD's winograd_wgrad_rows_two_blocks)
 WINOGRAD_F4_WGRAD = [
-    Conv("winograd_f4_wgrad_rows", 1, 128, 30, 62, 128, 3, 3, padding=1),
-    Conv("winograd_f4_wgrad_tables_chunks", 19, 129, 9, 11, 128, 3, 3, padding=1),
+    Conv("winograd_f4_wgrad_rows", 1, 128, 14, 70, 128, 3, 3, padding=1),
+    Conv("winograd_f4_wgrad_tables_chunks", 35, 129, 5, 5, 128, 3, 3, padding=1),
 ]
 # Winograd F(3x3, 3x3), the fp32 tile of wide images (46+ output columns) of up to 256 channels in
 # and out together (more than 64 one way: F(4x4) takes the others): OH and OW 1 and 2 past a
@@ -247,7 +249,7 @@ def test_winograd_f4_problems_take_f4(c):
 
 
 @pytest.mark.parametrize("m", [3, 4])
-@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in WINOGRAD + WINOGRAD_WGRAD + WINOGRAD_F3])
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in WINOGRAD + WINOGRAD_WGRAD + WINOGRAD_F3 + WINOGRAD_F4_WGRAD])
 def test_winograd_larger_tiles_exact_on_small_integers(c, m, dtype, rng):
     """F(3x3) and F(4x4) forced on every Winograd problem, each pass (rows and tables, clipped tiles,
     cropped planes, chunks, two depth blocks, wgrad), fp32 and fp64: their transforms are exact on
@@ -291,15 +293,15 @@ def _tiles(c):
 def test_winograd_f4_only_where_it_pays():
     """F(4x4) only where it was measured faster than F(2x2) and its error stays well inside the
     tolerance: not on 512 channels at 7x7 (slower), nor where a forward sums over more than 128
-    input channels (256 -> 128: its dgrad sums over 128) or wgrad over more than 2048 pixels (its
-    error), nor in fp64; wgrad of 512 channels takes it from 128 tiles of 4x4 (batch 32 at 7x7).
+    input channels (256 -> 128: its dgrad sums over 128) or wgrad over more than 1024 pixels (its
+    error), nor in fp64; nor wgrad of 512 channels (its 128 tiles of 4x4 at 7x7 sum 1568 pixels).
     All at precision "high"; at the default, F(4x4) on 64 channels each way (not 65), no wgrad."""
     assert _tiles(Conv("c64_56", 1, 64, 56, 56, 64, 3, 3, padding=1)) == [4, 4, 0]
     assert _tiles(Conv("c65_28", 1, 65, 28, 28, 64, 3, 3, padding=1))[:2] == [2, 2]
     assert _tiles(Conv("wgrad_128", 1, 128, 28, 28, 128, 3, 3, padding=1)) == [2, 2, 2]
     with _precision("high"):
         assert _tiles(Conv("r50_512_7_b16", 16, 512, 7, 7, 512, 3, 3, padding=1)) == [2, 2, 2]
-        assert _tiles(Conv("r50_512_7_b32", 32, 512, 7, 7, 512, 3, 3, padding=1)) == [2, 2, 4]
+        assert _tiles(Conv("r50_512_7_b32", 32, 512, 7, 7, 512, 3, 3, padding=1)) == [2, 2, 2]
         assert _tiles(Conv("in_256_out_128", 1, 256, 28, 28, 128, 3, 3, padding=1)) == [2, 4, 4]
         assert _tiles(Conv("wgrad_12544_pixels", 16, 128, 28, 28, 128, 3, 3, padding=1)) == [4, 4, 2]
         assert _cpp.conv2d_uses_winograd(_params(WINOGRAD_F4[0]), "fwd", F64) == 2
