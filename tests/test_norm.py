@@ -293,7 +293,7 @@ def test_backend_on_long_channels(shape, norm_backend, rng):
         assert_close(g, r, f"{name} on {norm_backend}", scale=4)
     axes = (0, *range(2, x.ndim))
     mean, var = x.astype(np.float64).mean(axis=axes), x.astype(np.float64).var(axis=axes)
-    r = fastconv.batch_norm(x, training=True, eps=0.0, backend=norm_backend)
+    r = fastconv.batch_norm(x, training=True, eps=1e-30, backend=norm_backend)  # 0 would be refused (PyTorch's rule)
     assert_close(r.mean, mean.astype(np.float32), "mean against float64")
     assert_close(r.invstd, (1 / np.sqrt(var)).astype(np.float32), "invstd against float64")
 
@@ -346,6 +346,8 @@ BAD = [  # (id, op, args, kwargs, error type, text the message must contain)
     ("momentum_string", fastconv.batch_norm, (X, V, V), {"training": True, "momentum": "0.1"}, TypeError, "momentum"),
     ("momentum_none", fastconv.batch_norm, (X, V, V), {"training": True, "momentum": None}, TypeError, "momentum"),
     ("eps_negative", fastconv.batch_norm, (X, V, V), {"eps": -1e-5}, ValueError, "expected eps >= 0.0"),
+    ("eps_zero_training", fastconv.batch_norm, (X, V, V), {"training": True, "eps": 0.0}, ValueError,
+     "eps must be positive in training, got 0.0"),
     ("dy_shape", fastconv.batch_norm_backward, (np.ones((2, 3, 5), f32), X, V), STATS, ValueError, "expected dy of shape (2, 3, 4)"),
     ("dy_dtype", fastconv.batch_norm_backward, (X.astype(np.float64), X, V), STATS, TypeError, "one dtype"),
     ("mean_shape", fastconv.batch_norm_backward, (X, X, V), {**STATS, "mean": np.ones(2, f32)}, ValueError, "expected mean of shape (3,)"),

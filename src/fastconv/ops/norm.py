@@ -103,6 +103,8 @@ def _batch_norm_plan(x, running_mean, running_var, weight, bias, training, momen
     check_bool(op, "training", training)
     momentum = check_float(op, "momentum", momentum)
     eps = check_float(op, "eps", eps, low=0.0)
+    if training and eps == 0.0:  # PyTorch refuses it too: a constant channel would divide by zero
+        raise ValueError(f"{op}: eps must be positive in training, got {eps}")
     hardtanh = _check_hardtanh(op, hardtanh)
     C = batch_norm_forward_channels(op, x.shape, training, **shapes)
     n = x.shape[0] * math.prod(x.shape[2:])  # values per channel
