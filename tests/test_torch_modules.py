@@ -363,3 +363,55 @@ def test_torch_compile_conv1d_conv_transpose_batchnorm(seed):
     for (name, b), c in zip(model.named_buffers(), eager.buffers()):
         torch.testing.assert_close(b, c, msg=name)
     assert model[3].num_batches_tracked.item() == 1
+
+
+def test_modules_follow_parameter_and_attribute_changes_between_calls():
+    """What the drop-ins keep from one call to the next (parameters' NumPy views, hyper-parameters
+    in the op's form, issue 21's per-call overhead) follows every change PyTorch's modules follow:
+    in-place updates, a new ``.data``, a new Parameter, an attribute set, a list attribute changed
+    in place; batch norm's in-place running-statistic update counts in the version counter."""
+    gen = torch.Generator().manual_seed(0)
+    F = torch.nn.functional
+    lin = ft.Linear(6, 4)
+    x = torch.randn(3, 6, generator=gen)
+    for change in (lambda: lin.weight.mul_(2), lambda: setattr(lin.weight, "data", torch.randn(4, 6, generator=gen)),
+                   lambda: (setattr(lin, "weight", nn.Parameter(torch.randn(5, 6, generator=gen))),
+                            setattr(lin, "bias", nn.Parameter(torch.randn(5, generator=gen))))):
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias))
+        with torch.no_grad():
+            change()
+    torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias))
+
+    image = torch.randn(2, 3, 8, 9, generator=gen)
+    pool = ft.MaxPool2d(2)
+    torch.testing.assert_close(pool(image), F.max_pool2d(image, 2))
+    pool.kernel_size = 3
+    torch.testing.assert_close(pool(image), F.max_pool2d(image, 3, 2))
+    pool.kernel_size, pool.stride = [2, 3], [1, 2]  # lists: PyTorch reads them on every call
+    torch.testing.assert_close(pool(image), F.max_pool2d(image, [2, 3], [1, 2]))
+    pool.kernel_size[1] = 2
+    torch.testing.assert_close(pool(image), F.max_pool2d(image, [2, 2], [1, 2]))
+
+    conv = ft.Conv2d(3, 4, 3)
+    torch.testing.assert_close(conv(image), F.conv2d(image, conv.weight, conv.bias))
+    conv.padding = (1, 2)
+    torch.testing.assert_close(conv(image), F.conv2d(image, conv.weight, conv.bias, padding=(1, 2)))
+
+    bn = ft.BatchNorm2d(3)
+    versions = (bn.running_mean._version, bn.running_var._version)
+    bn(image)
+    assert bn.running_mean._version > versions[0] and bn.running_var._version > versions[1]
+
+
+def test_held_views_follow_their_tensor_and_leave_with_it():
+    from fastconv.torch.exchange import held_array
+
+    held, t = {}, torch.arange(6.0)
+    a = held_array(held, t)
+    assert held_array(held, t) is a and a.base is not None  # kept, and a view of t's memory
+    t.add_(1)
+    assert a[0] == 1.0
+    t.data = torch.zeros(6)
+    assert held_array(held, t)[0] == 0.0  # a new .data: a new view
+    del t
+    assert held == {}

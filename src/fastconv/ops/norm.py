@@ -63,6 +63,13 @@ def _momentum_update(running, batch, momentum):
     return (1 - momentum) * running + momentum * batch  # (C,)
 
 
+def _momentum_update_in_place(running, batch, momentum):
+    """:func:`_momentum_update` written into ``running`` (the same operations in the same order);
+    returns None (no new array)."""
+    running *= 1 - momentum
+    running += momentum * batch
+
+
 def _check_hardtanh(op, hardtanh):
     """None, or ``(min_val, max_val)`` as two floats with min_val < max_val."""
     if hardtanh is None:
@@ -116,17 +123,21 @@ def _batch_norm_plan(x, running_mean, running_var, weight, bias, training, momen
         forward = lookup(op, "norm", "batch_norm_forward" if hardtanh is None else "batch_norm_forward_hardtanh",
                          backend, x3)
 
-    def run(x, running_mean, running_var, weight, bias):
+    def run(x, running_mean, running_var, weight, bias, in_place=False):
+        """``in_place``: training writes the new running statistics into the given arrays and
+        returns None for them (fastconv.torch's path for a module's own buffers, PyTorch's
+        in-place update without a copy back); the public op never passes it."""
         if training:
             if x.size == 0:  # an empty batch has no statistics: mean 0, variance 0, running stats kept
                 mean, var = zeros(x, (C,)), zeros(x, (C,))
-                new_mean = None if running_mean is None else running_mean.copy()
-                new_var = None if running_var is None else running_var.copy()
+                new_mean = None if running_mean is None or in_place else running_mean.copy()
+                new_var = None if running_var is None or in_place else running_var.copy()
             else:
                 x3 = _as_3d(x)  # (N, C, L)
                 mean, var = stats(x3)
-                new_mean = None if running_mean is None else _momentum_update(running_mean, mean, momentum)
-                new_var = None if running_var is None else _momentum_update(running_var, var * (n / (n - 1)), momentum)
+                update = _momentum_update_in_place if in_place else _momentum_update
+                new_mean = None if running_mean is None else update(running_mean, mean, momentum)
+                new_var = None if running_var is None else update(running_var, var * (n / (n - 1)), momentum)
         else:
             mean, var = running_mean.copy(), running_var
             new_mean, new_var = running_mean.copy(), running_var.copy()

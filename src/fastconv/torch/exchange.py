@@ -23,9 +23,10 @@ store float16 and compute in float32).
 
 from __future__ import annotations
 
-import torch
-
 import contextlib
+import weakref
+
+import torch
 
 from .._checks import is_cupy
 from .._dispatch import REGISTRY, BackendUnavailableError, backend_status
@@ -105,6 +106,26 @@ def to_array(t: torch.Tensor | None, *, device: str = "cpu"):
 
         return cupy.from_dlpack(t)
     return t.numpy()
+
+
+def held_array(held: dict, t: torch.Tensor):
+    """The NumPy view of a contiguous CPU tensor that lives across calls (a parameter, batch
+    norm's running statistics), made once and kept in ``held``: ``t.numpy()`` costs about 2 us, a
+    tiny layer's whole kernel (issue 21: per-call overhead), the look-up a third of that.
+
+    ``held`` (``id(t) -> (weakref to t, t.data_ptr(), view)``) belongs to one call signature (the
+    direct path's: shapes, dtypes, contiguity checked by its key), so a kept view has t's shape
+    and dtype; it is t's memory while t still points there (a new ``t.data`` gives a new pointer,
+    and a new view). An entry leaves with its tensor.
+    """
+    key = id(t)
+    kept = held.get(key)
+    if kept is not None and kept[0]() is t and kept[1] == t.data_ptr():
+        return kept[2]
+    a = t.numpy(force=True)
+    # t's death drops the entry (before its id can be reused); the view keeps only t's memory alive
+    held[key] = (weakref.ref(t, lambda _, key=key: held.pop(key, None)), t.data_ptr(), a)
+    return a
 
 
 def from_array(a) -> torch.Tensor:

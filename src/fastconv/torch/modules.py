@@ -24,13 +24,40 @@ _CALL = ops.CALL
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
+def _immutable(value) -> bool:
+    """Whether ``value`` is a plain int, bool, str or None, or a tuple of them (a value no code
+    can change in place, so a result computed from it stays right while the attribute holds it)."""
+    if type(value) is tuple:
+        return all(map(_immutable, value))
+    return value is None or type(value) in (int, bool, str)
+
+
 class _Fastconv:
-    """What every drop-in shares: the ``backend`` attribute and its repr."""
+    """What every drop-in shares: the ``backend`` attribute and its repr, and the hyper-parameters
+    in the op's form, kept from one call to the next."""
 
     backend: str = "auto"
+    #: the op's hyper-parameters as the last call made them (see :meth:`_hyper`); None when unknown
+    _fc_hyper = None
 
     def _set_backend(self, backend: str) -> None:
         self.backend = _check_name(backend)
+
+    def __setattr__(self, name, value):
+        # any attribute set (kernel_size, padding, a new weight, ...) may change the hyper-parameters
+        self.__dict__.pop("_fc_hyper", None)
+        super().__setattr__(name, value)
+
+    def _hyper(self, make, *config):
+        """``make(*config)`` (the op's validated hyper-parameters, from this module's attributes
+        ``config``), kept on the module until an attribute is set: a module repeats its own on every
+        call, and even the remembered form costs a tiny layer ~3 us (issue 21: per-call overhead).
+        Kept only when every value is immutable (a list attribute could change in place), and not
+        while torch.compile traces (no side effects there)."""
+        hyper = make(*config)
+        if all(map(_immutable, config)) and not torch.compiler.is_compiling():
+            self.__dict__["_fc_hyper"] = hyper
+        return hyper
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend!r}"
@@ -89,10 +116,11 @@ class Conv2d(_Conv, torch.nn.Conv2d):
     def forward(self, input):
         weight = self.weight
         if type(input) in _PLAIN and input.dim() == 4 and weight.dim() == 4:
-            # a batched call: straight to the op with the hyper-parameters in its form (remembered
-            # per spelling), skipping the functional wrapper's layers (issue 21: per-call overhead)
-            hyper = ops._conv2d_hyper("fastconv.torch.conv2d", self.stride, self.padding, self.dilation,
-                                      self.groups, tuple(weight.shape[2:]))
+            # a batched call: straight to the op with the hyper-parameters in its form, skipping
+            # the functional wrapper's layers (issue 21: per-call overhead)
+            hyper = self._fc_hyper or self._hyper(ops._uncached(ops._conv2d_hyper), "fastconv.torch.conv2d",
+                                                  self.stride, self.padding, self.dilation, self.groups,
+                                                  tuple(weight.shape[2:]))
             return _CALL["conv2d"](input, weight, self.bias, *hyper, self.backend)
         return ops.conv2d(input, weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
                           backend=self.backend)
@@ -187,8 +215,9 @@ class MaxPool2d(_Fastconv, torch.nn.MaxPool2d):
 
     def forward(self, input):
         if type(input) in _PLAIN and input.dim() == 4:  # batched: the op, without the wrapper's layers
-            hyper = ops._uncached(ops._max_pool2d_hyper)("fastconv.torch.max_pool2d", self.kernel_size, self.stride,
-                                                         self.padding, self.dilation, self.ceil_mode, self.backend)
+            hyper = self._fc_hyper or self._hyper(ops._uncached(ops._max_pool2d_hyper), "fastconv.torch.max_pool2d",
+                                                  self.kernel_size, self.stride, self.padding, self.dilation,
+                                                  self.ceil_mode, self.backend)
             if self.return_indices:
                 return _CALL["max_pool2d"](input, *hyper, self.backend)
             return _CALL["max_pool2d"].y_only(input, *hyper, self.backend)

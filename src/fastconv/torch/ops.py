@@ -54,7 +54,7 @@ tensors' NumPy views straight to the NumPy API's plan for that signature (:func:
 A forward that took the direct path keeps its backward's direct run per (needs, ``use_backend``
 context), so backward builds no key (see :func:`_make_autograd`); max pooling whose indices
 nobody keeps (no gradient to record, no ``return_indices``) runs a plan that skips them.
-Autograd: setup_context saves the inputs (and max pooling's indices);
+Autograd: the Function's forward saves the inputs (and max pooling's indices);
 backward calls the backward op with ``needs`` taken from ``ctx.needs_input_grad``, so fastconv skips
 gradients nobody asked for. A custom op cannot return ``None``, so an unneeded gradient comes back
 from a backward op as an empty tensor of shape ``(0,)`` and autograd receives ``None`` for it.
@@ -73,6 +73,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FunctionType
 
 import torch
 
@@ -102,9 +103,13 @@ from ..ops import linear as _linear_ops
 from ..ops import norm as _norm_ops
 from ..ops import pool as _pool_ops
 from ..ops.conv import _padding_1d
-from .exchange import check_device, check_dtype, float_dtypes, from_array, on_stream, to_array
+from .exchange import check_device, check_dtype, float_dtypes, from_array, held_array, on_stream, to_array
 
 NAMESPACE = "fastconv"
+
+Parameter = torch.nn.Parameter
+#: the tensor types the eager path takes (a subclass, a FakeTensor say, goes to the dispatcher)
+_PLAIN_TYPES = (torch.Tensor, Parameter)
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,7 +310,8 @@ def _batch_norm_plan(arrays, kw, needs, backend):
     x, weight, bias, running_mean, running_var = arrays
     run = _norm_ops._batch_norm_plan(x, running_mean, running_var, weight, bias, kw["training"],
                                      kw["momentum"], kw["eps"], backend)
-    return lambda x, weight, bias, running_mean, running_var: run(x, running_mean, running_var, weight, bias)
+    return lambda x, weight, bias, running_mean, running_var, in_place=False: run(
+        x, running_mean, running_var, weight, bias, in_place)
 
 
 def _batch_norm_backward_plan(arrays, kw, needs, backend):
@@ -620,28 +626,52 @@ def _make_kernel(spec: OpSpec, backward: bool):
             plan = planner([_cpu_array(t) if t is not None else None for t in tensors], kwargs, needs, args[-1])
         wrap = _direct_wrap(spec, backward, params)
 
+        # the views of the tensors a model holds across calls, per signature (held_array): the
+        # parameters, and batch norm's running statistics (buffers); other tensors (a weight made
+        # afresh for each call) are viewed anew
+        held: dict = {}
+
+        def param(t):
+            if type(t) is Parameter:
+                return held_array(held, t)
+            return None if t is None else t.numpy(force=True)
+
+        def view(t):
+            return None if t is None else held_array(held, t)
+
         if n == 1:  # a pool's forward: x, NCHW-contiguous (the key said so)
             def run_direct(args):
                 return wrap(plan(args[0].numpy(force=True)), args)
         elif n == 3 and not backward:  # x, w, b: NCHW-contiguous (the key said so)
             def run_direct(args):
-                b = args[2]
-                return wrap(plan(args[0].numpy(force=True), args[1].numpy(force=True),
-                                 None if b is None else b.numpy(force=True)), args)
+                return wrap(plan(args[0].numpy(force=True), param(args[1]), param(args[2])), args)
         elif n == 5 and not backward:  # batch norm: x and the (C,) vectors, contiguous (the key said so)
             def run_direct(args):
-                x, weight, bias, running_mean, running_var = args[:5]
-                return wrap(plan(x.numpy(force=True), None if weight is None else weight.numpy(force=True),
-                                 None if bias is None else bias.numpy(force=True),
-                                 None if running_mean is None else running_mean.numpy(force=True),
-                                 None if running_var is None else running_var.numpy(force=True)), args)
+                return wrap(plan(args[0].numpy(force=True), param(args[1]), param(args[2]), view(args[3]),
+                                 view(args[4])), args)
         elif n == 3:  # a dense backward: dy (any layout), x, w
             def run_direct(args):
-                return wrap(plan(_cpu_array(args[0]), args[1].numpy(force=True), args[2].numpy(force=True)), args)
+                return wrap(plan(_cpu_array(args[0]), args[1].numpy(force=True), param(args[2])), args)
         else:
             def run_direct(args):
                 return wrap(plan(*[None if t is None else _cpu_array(t) for t in args[:n]]), args)
 
+        if spec.kind == "norm" and not backward and params[0]:
+            # training with the new running statistics written into the given tensors' memory:
+            # fastconv.torch.batch_norm's update of a module's buffers. Returns (y, mean, invstd)
+            # alone (the autograd.Function's forward takes any tuple whose first is y, and saves
+            # the second and third): two empty placeholders less to make and mark.
+            from_numpy = torch.from_numpy
+
+            def run_in_place(args):
+                x, weight, bias, running_mean, running_var = args[:5]
+                y, mean, invstd, _, _ = plan(x.numpy(force=True), param(weight), param(bias), view(running_mean),
+                                             view(running_var), in_place=True)
+                # an in-place update, counted as PyTorch counts it
+                torch._C._increment_version([t for t in (running_mean, running_var) if t is not None])
+                return from_numpy(y), from_numpy(mean), from_numpy(invstd)
+
+            run_direct.in_place = run_in_place
         if spec.kind == "max_pool" and not backward:
             # y alone, for a call nobody keeps indices of (no gradient to record, no
             # return_indices): the kernel then skips computing and storing them
@@ -653,7 +683,10 @@ def _make_kernel(spec: OpSpec, backward: bool):
 
             run_direct.y_only = run_y
         if not backward:
-            run_direct.backward_runs = {}  # the backward's direct runs (see _make_autograd)
+            # the backward's direct runs (see _make_autograd), the in-place run's too
+            run_direct.backward_runs = {}
+            if hasattr(run_direct, "in_place"):
+                run_direct.in_place.backward_runs = run_direct.backward_runs
         return run_direct
 
     kernel.__name__ = kernel.__qualname__ = op.replace("::", "_")
@@ -724,18 +757,11 @@ def _below_autograd(op, kernel, keyset, args):
         return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
 
 
-_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
-#: the dispatch keys a thread includes when nothing intercepts ops (inference mode drops the second)
-_BASE_TLS = {torch._C._dispatch_tls_local_include_set().raw_repr(),
-             torch._C.DispatchKeySet(torch._C.DispatchKey.BackendSelect).raw_repr()}
-
-
 def _eager(tensors) -> bool:
     """True when the dispatcher would take this call straight to the op's kernels: plain CPU or
     CUDA tensors (not meta, no subclass such as a FakeTensor), and nothing that intercepts ops
     active: no torch.compile / dynamo tracing, no dispatch or torch-function mode, no functorch
-    transform (vmap, grad), no jit tracing (the last three add keys to the thread's included
-    set). Then a call skips the dispatcher: the kernel, or the same autograd.Function the op's
+    transform (vmap, grad), no jit tracing (see :func:`_intercepted`). Then a call skips the dispatcher: the kernel, or the same autograd.Function the op's
     Autograd kernel applies, is called directly. The dispatcher's trip into Python and back
     costs more than a tiny conv itself (about 50 us of 150 on a 2-core EPYC); anything the test
     above does not vouch for takes the registered op.
@@ -758,28 +784,36 @@ def _make_autograd(spec: OpSpec, forward_op, kernel, call_backward):
     autograd and torch.compile see the same op.
     """
     n_fwd = len(_TENSOR_NAMES[spec.kind, False])
+    kind = spec.kind
 
-    def setup_context(ctx, inputs, output):
-        tensors, params, backend = inputs[:n_fwd], inputs[n_fwd:-1], inputs[-1]
-        ctx.params, ctx.backend = params, backend
-        if spec.kind == "dense":
-            ctx.save_for_backward(tensors[0], tensors[1])  # x, w (b is not needed for gradients)
-        elif spec.kind == "norm":
+    # what backward needs, per kind (one branch-free function each: this runs on every call)
+    if kind == "dense":
+        def save(ctx, args, output):
+            ctx.save_for_backward(args[0], args[1])  # x, w (b is not needed for gradients)
+    elif kind == "norm":
+        def save(ctx, args, output):
             ctx.mark_non_differentiable(*output[1:])  # mean, invstd and the new running statistics
-            ctx.save_for_backward(tensors[0], tensors[1], output[1], output[2])  # x, weight, mean, invstd
-        elif spec.kind == "max_pool":
+            ctx.save_for_backward(args[0], args[1], output[1], output[2])  # x, weight, mean, invstd
+    elif kind == "max_pool":
+        def save(ctx, args, output):
             indices = output[1]
             ctx.mark_non_differentiable(indices)
-            ctx.save_for_backward(tensors[0], indices)
-        else:
-            ctx.save_for_backward(tensors[0])
+            ctx.save_for_backward(args[0], indices)
+    else:
+        def save(ctx, args, output):
+            ctx.save_for_backward(args[0])
 
     def forward(ctx, keyset, *args):
-        output = _below_autograd(forward_op, kernel, keyset, args)
-        setup_context(ctx, args, output)
-        # the forward's direct run (see _caller), whose signature fixes the backward's but for
-        # needs and the use_backend context: the backward keeps its runs there
-        ctx.direct = keyset if callable(keyset) and type(keyset) is not torch._C.DispatchKeySet else None
+        if type(keyset) is FunctionType:
+            # the forward's direct run (see _caller), whose signature fixes the backward's but
+            # for needs and the use_backend context: the backward keeps its runs there
+            output = keyset(args)
+            ctx.direct = keyset
+        else:
+            output = _below_autograd(forward_op, kernel, keyset, args)
+            ctx.direct = None
+        ctx.params, ctx.backend = args[n_fwd:-1], args[-1]
+        save(ctx, args, output)
         return output
 
     n_bwd = len(_TENSOR_NAMES[spec.kind, True])
@@ -845,10 +879,18 @@ def _no_autograd(op, kernel):
     return autograd_kernel
 
 
+_is_compiling = torch.compiler.is_compiling
+_function_mode = torch._C._is_torch_function_mode_enabled
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_functorch = torch._C._are_functorch_transforms_active
+_jit_tracing = torch._C._is_tracing
+
+
 def _intercepted() -> bool:
-    """Whether anything that intercepts ops is active (see :func:`_eager`)."""
-    return (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
-            or torch._C._dispatch_tls_local_include_set().raw_repr() not in _BASE_TLS)
+    """Whether anything that intercepts ops is active (see :func:`_eager`): torch.compile, a
+    torch-function mode, a dispatch mode (FakeTensorMode, ...), a functorch transform, jit tracing.
+    Five flag reads: the thread's included dispatch keys (what those add to) cost 1.1 us to read."""
+    return _is_compiling() or _function_mode() or _dispatch_modes() > 0 or _functorch() or _jit_tracing()
 
 
 def _caller(op, autograd_kernel, kernel, n_tensors: int):
@@ -897,7 +939,22 @@ def _caller(op, autograd_kernel, kernel, n_tensors: int):
                 return found.y_only(args[0])
         return call(*args)[0]
 
+    def in_place(*args):
+        """batch norm's training call with the running statistics it is given updated in place
+        and returned empty (the direct run's ``in_place``); None when the call cannot take the
+        direct path, or when a running statistic requires grad (not a buffer: the caller then
+        copies the statistics ``call`` returns, outside autograd's graph)."""
+        if not _intercepted() and not any_requires_grad(args[3], args[4]):
+            found = found_for(args)
+            if found:
+                run = found.in_place
+                if grad_enabled() and any_requires_grad(*args[:n_tensors]):
+                    return apply_eager(run, *args)
+                return run(args)
+        return None
+
     call.y_only = y_only
+    call.in_place = in_place
     call.found_for = found_for
     call.direct = direct  # for tests
     return call
@@ -1054,8 +1111,13 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     momentum = check_float(op, "momentum", momentum)
     eps = check_float(op, "eps", eps, low=0.0)
     training = bool(training)
-    y, _, _, new_mean, new_var = CALL["batch_norm"](
-        input, weight, bias, running_mean, running_var, training, momentum, eps, backend)
+    args = (input, weight, bias, running_mean, running_var, training, momentum, eps, backend)
+    if training and (running_mean is not None or running_var is not None):
+        # buffers: their memory written by the kernel's run itself, where it can be
+        outputs = CALL["batch_norm"].in_place(*args)
+        if outputs is not None:
+            return outputs[0]
+    y, _, _, new_mean, new_var = CALL["batch_norm"](*args)
     if training:
         for running, new in ((running_mean, new_mean), (running_var, new_var)):
             if running is not None:

@@ -150,6 +150,7 @@ def unpatch(model: torch.nn.Module) -> int:
                 del module.min_val, module.max_val  # the instance attributes the fusion set
             module.__class__ = base
             del module.backend  # the instance attribute patch() set
+            module.__dict__.pop("_fc_hyper", None)  # and the hyper-parameters the drop-in kept
             count += 1
         elif type(module) in activations:
             module.__class__ = activations[type(module)]
