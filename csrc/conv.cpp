@@ -66,7 +66,9 @@
 // wgrad's slices (at least one image per thread).
 //
 // A caller may name the algorithm instead (ConvAlgo, conv2d_algorithms: fastconv's autotune times
-// the candidates and keeps the fastest); the lists below then run that entry only.
+// the candidates and keeps the fastest); the lists below then run that entry only. Winograd's tiles
+// are named each ("winograd2", "winograd3", "winograd4"), offered where the float32 conv precision
+// allows them (winograd.cpp's error rules, which the chooser keeps too); "winograd" is the chooser's.
 #include "conv.h"
 
 #include <omp.h>
@@ -92,6 +94,21 @@ namespace {
 // a named algorithm only its own (conv2d_algorithms lists it, so it applies).
 bool takes(ConvAlgo algo, ConvAlgo entry) { return algo == ConvAlgo::kAuto || algo == entry; }
 
+// The Winograd tile that runs under `algo`: the chooser's (`chosen`: winograd_tile or
+// winograd_wgrad_tile, called only here) for the heuristics and for "winograd", the named tile,
+// or 0 (another algorithm named).
+template <class Chosen>
+int tile_under(ConvAlgo algo, Chosen chosen) {
+  switch (algo) {
+    case ConvAlgo::kAuto:
+    case ConvAlgo::kWinograd: return chosen();
+    case ConvAlgo::kWinograd2: return 2;
+    case ConvAlgo::kWinograd3: return 3;
+    case ConvAlgo::kWinograd4: return 4;
+    default: return 0;
+  }
+}
+
 // Whether pass `pass` of s runs on its phase images (conv_phases.cpp): named, or for the heuristics
 // where the undilated layer they form takes Winograd (elsewhere both run the same GEMMs, and the
 // copies are extra).
@@ -106,11 +123,10 @@ bool takes_phases(const ConvShape& s, const char* pass, index_t elem_bytes, Conv
 template <typename T>
 void general_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const T* b, T* y, int nthreads,
                      ConvAlgo algo) {
-  // Winograd, on the 3x3 layers where it pays (see winograd_tile); it declines data that holds an
-  // Inf or NaN
-  if (takes(algo, ConvAlgo::kWinograd) && winograd_tile(s, sizeof(T)) &&
-      winograd_forward(s, x, wa.w, wa.lda, wa.off, b, y, nthreads))
-    return;
+  // Winograd, on the 3x3 layers where it pays (see winograd_tile), or in the named tile; it
+  // declines data that holds an Inf or NaN
+  const int m = tile_under(algo, [&] { return winograd_tile(s, sizeof(T)); });
+  if (m && winograd_forward(s, m, x, wa.w, wa.lda, wa.off, b, y, nthreads)) return;
   // any layer: the GEMM on the flat layout
   gemm_forward(s, x, wa, b, y, nthreads);
 }
@@ -235,10 +251,11 @@ void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, 
   // depthwise: direct loops
   if (is_depthwise(s)) return depthwise_backward_weight(s, dy, x, dw, nthreads);
   if (takes_phases(s, "wgrad", sizeof(T), algo)) return phases_backward_weight(s, dy, x, dw, nthreads);
-  // Winograd, on the 3x3 layers of 128+ channels where it pays, fp32 (see winograd_wgrad_tile); it
-  // declines data that holds an Inf or NaN (named, it hands on to the heuristics)
-  if (takes(algo, ConvAlgo::kWinograd) && winograd_wgrad_tile(s, sizeof(T))) {
-    if (winograd_backward_weight(s, dy, x, dw, nthreads)) return;
+  // Winograd, on the 3x3 layers of 128+ channels where it pays, fp32 (see winograd_wgrad_tile), or
+  // in the named tile; it declines data that holds an Inf or NaN (named, it hands on to the
+  // heuristics)
+  if (const int m = tile_under(algo, [&] { return winograd_wgrad_tile(s, sizeof(T)); })) {
+    if (winograd_backward_weight(s, m, dy, x, dw, nthreads)) return;
     algo = ConvAlgo::kAuto;
   }
   // dot products along the pixels, for few output channels (see dot_wgrad_applies); it declines an x
@@ -297,13 +314,26 @@ int conv2d_uses_winograd(const ConvShape& s, const std::string& pass, index_t el
   throw std::invalid_argument("conv2d_uses_winograd: pass must be 'fwd', 'dgrad' or 'wgrad', got '" + pass + "'");
 }
 
+namespace {
+
+// The Winograd tiles pass `pass` of s may run in (conv2d_algorithms' "winograd<m>"), ascending.
+std::vector<int> winograd_tiles_of(const ConvShape& s, const std::string& pass, index_t elem_bytes) {
+  if (is_depthwise(s)) return {};
+  if (pass == "fwd") return winograd_tiles(s, elem_bytes);
+  if (pass == "dgrad") return s.stride_h == 1 && s.stride_w == 1 ? winograd_tiles(dgrad_shape(s), elem_bytes)
+                                                                 : std::vector<int>{};
+  return winograd_wgrad_tiles(s, elem_bytes);
+}
+
+}  // namespace
+
 std::vector<std::string> conv2d_algorithms(const ConvShape& s, const std::string& pass, index_t elem_bytes) {
   if (pass != "fwd" && pass != "dgrad" && pass != "wgrad")
     throw std::invalid_argument("conv2d_algorithms: pass must be 'fwd', 'dgrad' or 'wgrad', got '" + pass + "'");
   if (is_depthwise(s)) return {"direct"};
   std::vector<std::string> names;
   if (phases_apply(s, elem_bytes)) names.push_back("phases");
-  if (conv2d_uses_winograd(s, pass, elem_bytes)) names.push_back("winograd");
+  for (int m : winograd_tiles_of(s, pass, elem_bytes)) names.push_back("winograd" + std::to_string(m));
   if (pass == "fwd") {
     names.push_back("gemm");
   } else if (pass == "dgrad") {
@@ -318,7 +348,9 @@ std::vector<std::string> conv2d_algorithms(const ConvShape& s, const std::string
 
 ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_bytes, const std::string& name) {
   if (name == "auto") return ConvAlgo::kAuto;  // the common call: no list built
-  const std::vector<std::string> names = conv2d_algorithms(s, pass, elem_bytes);
+  std::vector<std::string> names = conv2d_algorithms(s, pass, elem_bytes);
+  // "winograd": the chooser's tile, where it takes one (conv.h)
+  if (conv2d_uses_winograd(s, pass, elem_bytes)) names.push_back("winograd");
   std::string listed;
   for (const std::string& n : names) listed += (listed.empty() ? "'" : ", '") + n + "'";
   bool found = false;
@@ -327,7 +359,8 @@ ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_
     throw std::invalid_argument("conv2d " + pass + ": algorithm '" + name + "' does not apply to this layer (it takes " +
                                 listed + " or 'auto')");
   static const std::pair<const char*, ConvAlgo> kByName[] = {
-      {"phases", ConvAlgo::kPhases}, {"winograd", ConvAlgo::kWinograd}, {"gemm", ConvAlgo::kGemm},
+      {"phases", ConvAlgo::kPhases},       {"winograd", ConvAlgo::kWinograd},   {"winograd2", ConvAlgo::kWinograd2},
+      {"winograd3", ConvAlgo::kWinograd3}, {"winograd4", ConvAlgo::kWinograd4}, {"gemm", ConvAlgo::kGemm},
       {"col2im", ConvAlgo::kCol2im}, {"dot", ConvAlgo::kDot},           {"flat", ConvAlgo::kFlat},
       {"packed", ConvAlgo::kPacked}, {"direct", ConvAlgo::kDirect}};
   for (const auto& [n, a] : kByName)

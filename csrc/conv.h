@@ -26,21 +26,27 @@ bool conv2d_wgrad_uses_dot(const ConvShape& s);
 
 // The algorithms of each pass, by name, for choosing among them by measurement (fastconv's
 // autotune); conv.cpp's header says what each is:
-//   "fwd":   "winograd", "gemm"
-//   "dgrad": "winograd", "gemm" (both as a forward of dy, at stride 1), "col2im"
-//   "wgrad": "winograd", "dot", "flat", "packed"
+//   "fwd":   "winograd2", "winograd3", "winograd4" (Winograd F(m x m, 3x3) in tile m), "gemm"
+//   "dgrad": "winograd2", "winograd3", "winograd4", "gemm" (all as a forward of dy, at stride 1),
+//            "col2im"
+//   "wgrad": "winograd2", "winograd4", "dot", "flat", "packed"
 //   depthwise layers: "direct", every pass;
 //   dilated layers that split into undilated ones (conv_phases.cpp): "phases" too, every pass.
 // conv2d_algorithms lists those that apply to s in elements of elem_bytes (4 or 8), in the order
 // the heuristics try them (Winograd and the dot wgrad where their heuristics take them; the
-// others wherever they run). Each algorithm is bit-identical for any thread count.
+// others wherever they run), the Winograd tiles where the current float32 conv precision allows
+// them (winograd_tiles, winograd_wgrad_tiles), ascending. Each algorithm is bit-identical for any
+// thread count.
 std::vector<std::string> conv2d_algorithms(const ConvShape& s, const std::string& pass, index_t elem_bytes);
 
 // How a pass chooses: kAuto by the heuristics (conv.cpp's lists), else the named algorithm, which
-// must be one conv2d_algorithms lists (algorithm_of checks: std::invalid_argument otherwise). A
-// named Winograd or dot wgrad that declines at run time (data holding an Inf or NaN) hands the
-// call on as kAuto would.
-enum class ConvAlgo { kAuto, kPhases, kWinograd, kGemm, kCol2im, kDot, kFlat, kPacked, kDirect };
+// must be one conv2d_algorithms lists, or "winograd" where the heuristics take Winograd (the tile
+// their chooser picks; the name before each tile had its own, kept for callers that name it, not
+// listed: it is one of the tiles). algorithm_of checks: std::invalid_argument otherwise. A named
+// Winograd or dot wgrad that declines at run time (data holding an Inf or NaN) hands the call on
+// as kAuto would.
+enum class ConvAlgo { kAuto, kPhases, kWinograd, kWinograd2, kWinograd3, kWinograd4, kGemm, kCol2im, kDot, kFlat,
+                      kPacked, kDirect };
 ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_bytes, const std::string& name);
 
 // Bound each chunk of flat copies (forward, stride-1 dgrad, flat wgrad) and each plane that the

@@ -736,6 +736,46 @@ int pick_tile(const ConvShape& s, int rule) {
   return m != 2 && offsets_fit(s, 2) ? 2 : 0;
 }
 
+// The error rules: whether tile m's float32 error stays inside the bound of the current precision
+// on a layer Winograd serves (s: a forward, or dgrad's forward of dy; s.C_in is the channels each
+// output sums). Largest error / tolerance against the fp64 reference, random normal data,
+// forward / dgrad (F(2x2) in brackets; README.md's table): F(4x4) 0.30-0.46 at 16 and 32 channels
+// (0.05-0.09), 0.43-0.69 at 64 (0.12-0.16), 0.81 summing 128 (0.27), 0.98 summing 256, 1.2-1.6 at
+// 512 (0.56); F(3x3) 0.17-0.40 at 16-64 channels, 0.58 summing 256, 0.68-0.75 at 512. "highest"
+// keeps to about 0.7 of the tolerance (F(4x4) at up to 64 channels each way, F(3x3) summing up to
+// 256); "high" (f4_allowed) lets F(4x4) reach 0.8-1.0 (up to 128 input channels, 384 in and out
+// together: the layers where it was measured, VGG's conv3_1). Only the fp32 tiles: fp64 takes
+// F(2x2) (the larger tiles' fp64 error was not measured against its tighter tolerance). The
+// chooser (winograd_tile) takes among the allowed tiles by speed, so it never runs one these forbid.
+bool tile_allowed(const ConvShape& s, int m, index_t elem_bytes) {
+  if (m == 2) return true;
+  if (elem_bytes != 4) return false;
+  if (m == 3) return s.C_in <= 256;
+  return m == 4 && (max_i(s.C_in, s.C_out) <= 64 || (f4_allowed && s.C_in <= 128 && s.C_in + s.C_out <= 384));
+}
+
+// wgrad's: its error grows with the pixels summed (N*OH*OW; see winograd_wgrad_tile): F(4x4) at
+// precision "high" on up to 1024 pixels (0.54 of the tolerance at 784, 1.05 in one draw at 1860).
+// F(3x3) is not offered: the chooser never takes it, and it ran no faster than F(2x2) where it was
+// timed (1.01-1.15x its time, README.md).
+bool wgrad_tile_allowed(const ConvShape& s, int m) {
+  return m == 2 || (m == 4 && f4_allowed && s.N * s.OH * s.OW <= 1024);
+}
+
+// Whether wgrad's Winograd serves s (fp32, 128+ channels each way; see winograd_wgrad_tile).
+bool wgrad_serves(const ConvShape& s, index_t elem_bytes) {
+  return elem_bytes == 4 && winograd_serves(s, elem_bytes) && s.C_in >= 128 && s.C_out >= 128;
+}
+
+// The tiles of 2, 3, 4 that `allowed` takes and whose offsets fit.
+template <class Allowed>
+std::vector<int> tiles_where(const ConvShape& s, Allowed allowed) {
+  std::vector<int> tiles;
+  for (int m = 2; m <= 4; ++m)
+    if (allowed(m) && offsets_fit(s, m)) tiles.push_back(m);
+  return tiles;
+}
+
 }  // namespace
 
 int winograd_tile(const ConvShape& s, index_t elem_bytes) {
@@ -755,10 +795,15 @@ int winograd_tile(const ConvShape& s, index_t elem_bytes) {
   // (56x56 at batch 1 and 16, 224x224); but 0.97-1.04x at 128 -> 256 (56x56), 1.6x at 512 (7x7),
   // 1.09-1.3x through the tables (ResNet-20's 32x32, 16x16, 8x8: up to 27% of its tiles' outputs
   // past the image). fp64: F(2x2) (the larger tiles not measured there).
-  const bool fp32 = elem_bytes == 4;
-  const bool f4 = fp32 && (max_i(s.C_in, s.C_out) <= 64 || (f4_allowed && s.C_in <= 128 && s.C_in + s.C_out <= 384));
-  const bool f3 = fp32 && s.C_in + s.C_out <= 256 && along_rows(tile_grid(s, 3));
+  // The error rules are tile_allowed's; F(4x4) wherever they allow it.
+  const bool f4 = tile_allowed(s, 4, elem_bytes);
+  const bool f3 = tile_allowed(s, 3, elem_bytes) && s.C_in + s.C_out <= 256 && along_rows(tile_grid(s, 3));
   return pick_tile(s, f4 ? 4 : f3 ? 3 : 2);
+}
+
+std::vector<int> winograd_tiles(const ConvShape& s, index_t elem_bytes) {
+  if (!winograd_serves(s, elem_bytes)) return {};
+  return tiles_where(s, [&](int m) { return tile_allowed(s, m, elem_bytes); });
 }
 
 int winograd_wgrad_tile(const ConvShape& s, index_t elem_bytes) {
@@ -766,7 +811,7 @@ int winograd_wgrad_tile(const ConvShape& s, index_t elem_bytes) {
   // transposing copy, a cost against 2*min(C_in, C_out) flops per packed element: measured against
   // the direct path, time 0.72x at 512 channels (7x7, batch 16) and 0.91x at 128 -> 256 (56x56), but
   // 1.2-1.26x at 64 channels; in fp64 (half the flops per packed byte) 0.97-1.2x at 128-512.
-  if (!(elem_bytes == 4 && winograd_serves(s, elem_bytes) && s.C_in >= 128 && s.C_out >= 128)) return 0;
+  if (!wgrad_serves(s, elem_bytes)) return 0;
   // F(4x4) at precision "high" (see set_winograd_f4) on layers of up to 384 channels in and out
   // together or with 128 of its tiles or more (a reduction deep enough to amortise its larger
   // transforms), up to 1024 pixels summed. Time
@@ -780,8 +825,14 @@ int winograd_wgrad_tile(const ConvShape& s, index_t elem_bytes) {
   // 3591 (129 -> 128 channels on 19x21); on the points +-3/4,
   // +-3/2 (0.85x this error) it was 0.89 at 8192, 1.54 at 12544 (F(2x2): 0.63), 3.3-4.4 at 50176
   // (F(2x2): 1.7-2.2).
-  const index_t pixels = s.N * s.OH * s.OW;
-  return pick_tile(s, f4_allowed && pixels <= 1024 && (s.C_in + s.C_out <= 384 || tile_grid(s, 4).total >= 128) ? 4 : 2);
+  // The error rule is wgrad_tile_allowed's; the channels and tiles, speed.
+  const bool f4 = wgrad_tile_allowed(s, 4) && (s.C_in + s.C_out <= 384 || tile_grid(s, 4).total >= 128);
+  return pick_tile(s, f4 ? 4 : 2);
+}
+
+std::vector<int> winograd_wgrad_tiles(const ConvShape& s, index_t elem_bytes) {
+  if (!wgrad_serves(s, elem_bytes)) return {};
+  return tiles_where(s, [&](int m) { return wgrad_tile_allowed(s, m); });
 }
 
 void set_winograd_f4(bool allowed) { f4_allowed = allowed; }
@@ -1015,30 +1066,32 @@ bool backward_weight_tiles(const ConvShape& s, const T* dy, const T* x, T* dw, i
 }  // namespace
 
 template <typename T>
-bool winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, const index_t* off, const T* b, T* y,
-                      int nthreads) {
-  switch (winograd_tile(s, sizeof(T))) {
+bool winograd_forward(const ConvShape& s, int m, const T* x, const T* w, index_t lda, const index_t* off, const T* b,
+                      T* y, int nthreads) {
+  switch (m) {
     case 4: return forward_tiles<4>(s, x, w, lda, off, b, y, nthreads);
     case 3: return forward_tiles<3>(s, x, w, lda, off, b, y, nthreads);
-    default: return forward_tiles<2>(s, x, w, lda, off, b, y, nthreads);
+    case 2: return forward_tiles<2>(s, x, w, lda, off, b, y, nthreads);
+    default: throw std::logic_error("winograd_forward: no tile " + std::to_string(m));  // the callers pass 2, 3, 4
   }
 }
 
 template <typename T>
-bool winograd_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
-  switch (winograd_wgrad_tile(s, sizeof(T))) {
+bool winograd_backward_weight(const ConvShape& s, int m, const T* dy, const T* x, T* dw, int nthreads) {
+  switch (m) {
     case 4: return backward_weight_tiles<4>(s, dy, x, dw, nthreads);
     case 3: return backward_weight_tiles<3>(s, dy, x, dw, nthreads);
-    default: return backward_weight_tiles<2>(s, dy, x, dw, nthreads);
+    case 2: return backward_weight_tiles<2>(s, dy, x, dw, nthreads);
+    default: throw std::logic_error("winograd_backward_weight: no tile " + std::to_string(m));
   }
 }
 
-template bool winograd_forward<float>(const ConvShape&, const float*, const float*, index_t, const index_t*,
+template bool winograd_forward<float>(const ConvShape&, int, const float*, const float*, index_t, const index_t*,
                                       const float*, float*, int);
-template bool winograd_forward<double>(const ConvShape&, const double*, const double*, index_t, const index_t*,
+template bool winograd_forward<double>(const ConvShape&, int, const double*, const double*, index_t, const index_t*,
                                        const double*, double*, int);
 
-template bool winograd_backward_weight<float>(const ConvShape&, const float*, const float*, float*, int);
-template bool winograd_backward_weight<double>(const ConvShape&, const double*, const double*, double*, int);
+template bool winograd_backward_weight<float>(const ConvShape&, int, const float*, const float*, float*, int);
+template bool winograd_backward_weight<double>(const ConvShape&, int, const double*, const double*, double*, int);
 
 }  // namespace fastconv

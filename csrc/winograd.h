@@ -21,45 +21,60 @@
 // forward padding exceeds 2.
 #pragma once
 
+#include <vector>
+
 #include "conv.h"
 
 namespace fastconv {
 
 // The output tile m (2, 3 or 4) of the Winograd algorithm that runs `s` (a forward, or dgrad's forward
 // of dy) in elements of elem_bytes (4: float, 8: double), or 0 where Winograd does not pay: a 3x3
-// kernel at stride 1 and dilation 1, one group, channels and tiles enough (see winograd.cpp).
+// kernel at stride 1 and dilation 1, one group, channels and tiles enough (see winograd.cpp). The
+// heuristics' choice ("the chooser"); always one of winograd_tiles(s, elem_bytes).
 int winograd_tile(const ConvShape& s, index_t elem_bytes);
 
-// y (N, C_out, OH, OW) = conv(x, w) + b (b may be null) for a layer winograd_tile accepts, in its
-// tile. The weight is read through offsets, as gemm_forward reads it: tap (ci, kh, kw) of output channel co
+// The tiles that may run `s` (as winograd_tile's s) at the current precision, ascending, for choosing
+// among them by measurement: empty where winograd_tile gives 0 for want of a layer Winograd serves;
+// else F(2x2), and the larger tiles in fp32 where their float32 error stays inside the precision's
+// bound (the chooser's error rules, without its speed rules; see winograd.cpp).
+std::vector<int> winograd_tiles(const ConvShape& s, index_t elem_bytes);
+
+// y (N, C_out, OH, OW) = conv(x, w) + b (b may be null) in tile m, one of winograd_tiles(s). The
+// weight is read through offsets, as gemm_forward reads it: tap (ci, kh, kw) of output channel co
 // is w[off[(ci*3 + kh)*3 + kw] + co*lda], so dgrad's flipped, transposed weight is never built.
 // Returns false, y unfinished, when x or w holds an Inf or NaN: the transforms mix a window's
 // pixels and a filter's taps before multiplying, so one would reach outputs (as NaN) whose direct
 // sum never sees it; the caller then runs the direct path, which keeps PyTorch's results.
 template <typename T>
-bool winograd_forward(const ConvShape& s, const T* x, const T* w, index_t lda, const index_t* off, const T* b, T* y,
-                      int nthreads);
+bool winograd_forward(const ConvShape& s, int m, const T* x, const T* w, index_t lda, const index_t* off, const T* b,
+                      T* y, int nthreads);
 
 // The tile of wgrad's Winograd (as winograd_tile): a layer winograd_tile accepts, with more channels
-// (see winograd.cpp); 0 where wgrad runs otherwise.
+// (see winograd.cpp); 0 where wgrad runs otherwise. Always one of winograd_wgrad_tiles(s).
 int winograd_wgrad_tile(const ConvShape& s, index_t elem_bytes);
 
-// dw (C_out, C_in, 3, 3) from dy and x for a layer winograd_wgrad_tile accepts, in its tile: dW = G^T
-// [sum over tiles of (A dy A^T) (.) (B^T d B)] G, the transpose of the forward's algorithm (every
-// tile's m x m of dy against its a x a window of x): a*a GEMMs over the tiles, summed in an order
-// fixed by the shape (bit-identical for any thread count). Returns false, dw unfinished, when x or dy holds an Inf or
-// NaN (see winograd_forward); the caller then runs the direct path.
-template <typename T>
-bool winograd_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads);
+// wgrad's counterpart of winograd_tiles: empty where winograd_wgrad_tile gives 0 for want of a layer
+// its Winograd serves; else F(2x2), and F(4x4) where its error rule at the current precision holds.
+std::vector<int> winograd_wgrad_tiles(const ConvShape& s, index_t elem_bytes);
 
-// Make every pass Winograd runs use tile m (2, 3 or 4), or none (1: F(1x1, 3x3) is the direct
-// convolution; the other paths run), or the chooser's (0): for tests and benchmarks (A/B of the
-// tiles and the direct path). Throws std::invalid_argument for another m. Not meant to race with
+// dw (C_out, C_in, 3, 3) from dy and x in tile m, one of winograd_wgrad_tiles(s): dW = G^T [sum over
+// tiles of (A dy A^T) (.) (B^T d B)] G, the transpose of the forward's algorithm (every tile's m x
+// m of dy against its a x a window of x): a*a GEMMs over the tiles, summed in an order fixed by
+// the shape (bit-identical for any thread count). Returns false, dw unfinished, when x or dy holds
+// an Inf or NaN (see winograd_forward); the caller then runs the direct path.
+template <typename T>
+bool winograd_backward_weight(const ConvShape& s, int m, const T* dy, const T* x, T* dw, int nthreads);
+
+// Make every pass the chooser sends to Winograd use tile m (2, 3 or 4), or none (1: F(1x1, 3x3) is
+// the direct convolution; the other paths run), or the chooser's (0): for tests and benchmarks (A/B
+// of the tiles and the direct path). A tile named by the caller (winograd_forward's m) is not
+// affected, nor are winograd_tiles' lists. Throws std::invalid_argument for another m. Not meant to race with
 // running ops.
 void set_winograd_tile(int m);
-// Whether the chooser may take F(4x4) on the larger layers where its rules above do (fastconv's
-// float32 conv precision "high"; default false, "highest": F(4x4) on layers of up to 64 channels
-// each way, F(3x3) and F(2x2) elsewhere). Its error grows with the channels (wgrad: the pixels)
+// Whether the chooser may take F(4x4) on the larger layers where its rules above do, and
+// winograd_tiles / winograd_wgrad_tiles offer it there (fastconv's float32 conv precision "high";
+// default false, "highest": F(4x4) on layers of up to 64 channels each way, F(3x3) and F(2x2)
+// elsewhere). Its error grows with the channels (wgrad: the pixels)
 // summed: inside the tolerance on unit-scale data where the rules take it, but up to 0.98 of it
 // there, so it is a choice of speed over accuracy, as PyTorch's float32 matmul precision.
 void set_winograd_f4(bool allowed);

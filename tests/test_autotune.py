@@ -2,6 +2,7 @@
 matches the reference and is bit-identical for any thread count; the winners are timed once,
 cached in memory and on disk, and a bad cache file is ignored with a warning."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -21,7 +22,8 @@ from support import assert_close, assert_equal, randn, small_ints
 pytest.importorskip("fastconv._cpp", reason="the C++ backend is not built")
 from fastconv import _cpp  # noqa: E402
 
-# layers whose lists differ: Winograd in every pass (64 and 128 channels, stride 1), a strided
+# layers whose lists differ: Winograd in every pass (128 channels, stride 1: F(2x2) and F(3x3) at
+# the default precision), a strided
 # layer (dgrad: col2im only), pointwise, groups with ragged sizes, a dilated layer that splits into
 # phases, few output channels (the dot
 # wgrad where AVX-512 runs it), depthwise ("direct" only)
@@ -77,10 +79,15 @@ def _cases(dtypes):
 
 
 def test_lists_name_each_pass():
+    """Each Winograd tile the precision allows (F(4x4) on 128 channels at "high" only), by name."""
     p = _params(LAYERS[0])
-    assert _cpp.conv2d_algorithms(p, "fwd", np.dtype(np.float32)) == ("winograd", "gemm")
-    assert _cpp.conv2d_algorithms(p, "dgrad", np.dtype(np.float32)) == ("winograd", "gemm", "col2im")
-    assert _cpp.conv2d_algorithms(p, "wgrad", np.dtype(np.float32))[0] == "winograd"
+    assert _cpp.conv2d_algorithms(p, "fwd", np.dtype(np.float32)) == ("winograd2", "winograd3", "gemm")
+    assert _cpp.conv2d_algorithms(p, "dgrad", np.dtype(np.float32)) == ("winograd2", "winograd3", "gemm", "col2im")
+    assert _cpp.conv2d_algorithms(p, "wgrad", np.dtype(np.float32))[0] == "winograd2"
+    assert _cpp.conv2d_algorithms(p, "fwd", np.dtype(np.float64)) == ("gemm",)  # fp64: wide images only
+    with _precision("high"):
+        assert _cpp.conv2d_algorithms(p, "fwd", np.dtype(np.float32)) == ("winograd2", "winograd3", "winograd4", "gemm")
+        assert _cpp.conv2d_algorithms(p, "wgrad", np.dtype(np.float32))[:2] == ("winograd2", "winograd4")
     assert _cpp.conv2d_algorithms(_params(LAYERS[1]), "dgrad", np.dtype(np.float32)) == ("col2im",)
     assert _cpp.conv2d_algorithms(_params(LAYERS[-1]), "wgrad", np.dtype(np.float64)) == ("direct",)
 
@@ -89,9 +96,9 @@ def test_lists_name_each_pass():
 def test_every_algorithm_matches_the_reference(c, pass_name, algo, dtype, rng):
     x, w, dy = _inputs(rng, c, randn, dtype)
     assert_close(_run(c, pass_name, algo, x, w, dy), _want(c, pass_name, x, w, dy), f"{c.name} {pass_name} {algo}")
-    if algo != "winograd":  # the others add exact products of small integers exactly
-        x, w, dy = _inputs(rng, c, small_ints, dtype)
-        assert_equal(_run(c, pass_name, algo, x, w, dy), _want(c, pass_name, x, w, dy), f"{c.name} {pass_name} {algo}")
+    # every algorithm, each Winograd tile too, adds exact products of small integers exactly
+    x, w, dy = _inputs(rng, c, small_ints, dtype)
+    assert_equal(_run(c, pass_name, algo, x, w, dy), _want(c, pass_name, x, w, dy), f"{c.name} {pass_name} {algo}")
 
 
 @pytest.mark.parametrize("c, pass_name, algo, dtype", list(_cases((np.float32,))))
@@ -115,6 +122,15 @@ def test_an_algorithm_that_does_not_apply_is_a_value_error(rng):
         _run(c, "wgrad", "fastest", x, w, dy)
     with pytest.raises(ValueError, match="pass must be 'fwd', 'dgrad' or 'wgrad', got 'bwd'"):
         _cpp.conv2d_algorithms(_params(c), "bwd", np.dtype(np.float32))
+
+
+@contextlib.contextmanager
+def _precision(p):
+    fastconv.set_float32_conv_precision(p)
+    try:
+        yield
+    finally:
+        fastconv.set_float32_conv_precision("highest")
 
 
 @pytest.fixture
@@ -163,6 +179,34 @@ def test_autotune_times_once_and_keeps_the_winner_on_disk(tuning, rng, monkeypat
         assert_equal(again, got, "the cached winner gives the timed run's result")
 
 
+@pytest.mark.parametrize("precision, tiles", [("highest", ["winograd2", "winograd3"]),
+                                               ("high", ["winograd2", "winograd3", "winograd4"])])
+def test_autotune_times_each_tile_the_precision_allows(tuning, rng, monkeypatch, precision, tiles):
+    """A 3x3 stride-1 layer's forward: autotune times each Winograd tile the precision allows and no
+    other (F(4x4) on 128 channels at "high" only), keyed by the precision; the winner's name (here
+    F(3x3), made fastest) goes to disk and back, and runs that tile."""
+    c = LAYERS[0]
+    x, w, dy = _inputs(rng, c, randn, np.float32)
+    timed = []
+
+    def fake_time(run, algo):
+        timed.append(algo)
+        return run(algo), (0.0 if algo == "winograd3" else 1.0)
+    monkeypatch.setattr(autotune, "_time", fake_time)
+    with _precision(precision):
+        y = fastconv.conv2d(x, w, None, **c.kwargs, backend="cpp")
+        assert [a for a in timed if a.startswith("winograd")] == tiles
+        (key, algo), = _entries(tuning).items()
+        assert algo == "winograd3" and key.endswith(f"|precision={precision}")
+
+        def no_timing(run, algo):
+            raise AssertionError(f"timed {algo} again")
+        monkeypatch.setattr(autotune, "_time", no_timing)
+        autotune.forget()  # from the file now
+        assert_equal(fastconv.conv2d(x, w, None, **c.kwargs, backend="cpp"), y, "the cached tile")
+        assert_equal(y, _run(c, "fwd", "winograd3", x, w, dy), "the winner runs F(3x3)")
+
+
 def test_autotune_off_runs_the_heuristics(tuning, rng):
     autotune.set_autotune(False)
     c = LAYERS[0]
@@ -184,17 +228,21 @@ def test_a_bad_cache_file_is_ignored_with_a_warning(tuning, rng, content):
     assert len(_entries(tuning)) == 1  # replaced by a good one
 
 
-def test_a_stale_entry_is_timed_again(tuning, rng):
-    c = LAYERS[1]
+@pytest.mark.parametrize("c", [LAYERS[1], LAYERS[0]], ids=["not_winograd", "winograd_layer"])
+def test_a_stale_entry_is_timed_again(tuning, rng, c):
+    """An entry naming "winograd": on a layer it does not apply to, or as a file written before
+    the tiles competed holds it for a Winograd layer (the name is accepted, but no longer offered):
+    the file loads without a warning, the pass is timed again and the entry replaced."""
     x, w, dy = _inputs(rng, c, randn, np.float32)
     fastconv.conv2d(x, w, None, **c.kwargs, backend="cpp")
     (key,) = _entries(tuning)
-    tuning.write_text(json.dumps({"format": autotune.FORMAT, "entries": {key: "winograd"}}))  # not for this layer
+    tuning.write_text(json.dumps({"format": autotune.FORMAT, "entries": {key: "winograd"}}))
     autotune.forget()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fastconv.conv2d(x, w, None, **c.kwargs, backend="cpp")
+        y = fastconv.conv2d(x, w, None, **c.kwargs, backend="cpp")
     assert _entries(tuning)[key] != "winograd"
+    assert_close(y, _want(c, "fwd", x, w, dy), f"{c.name} after a stale entry")
 
 
 def test_autotune_from_the_environment_and_bad_switch():

@@ -15,6 +15,7 @@ import pytest
 import fastconv
 from fastconv._params import conv_params
 from fastconv._threads import num_threads
+from fastconv.bench.suite import load_suite
 from fastconv.problems import CONV_PROBLEMS, Conv
 from support import assert_close, assert_equal, randn, small_ints
 
@@ -358,6 +359,147 @@ def test_winograd_tile_hook(rng):
     assert _cpp.conv2d_uses_winograd(_params(c), "fwd", F32) == 4  # the chooser's again (64 channels)
     with pytest.raises(ValueError, match="got 5"):
         _cpp.set_winograd_tile(5)
+
+
+# The Winograd tiles by name ("winograd2", "winograd3", "winograd4"; conv2d_algorithms lists those
+# the float32 conv precision allows, "winograd" is the chooser's tile)
+WINOGRAD_ALL = WINOGRAD + WINOGRAD_WGRAD + WINOGRAD_F3 + WINOGRAD_F4 + WINOGRAD_F4_WGRAD
+WINOGRAD_PASSES = ("fwd", "dgrad", "wgrad")
+
+
+def _tile_names(c, pass_name, dtype):
+    return [a for a in _cpp.conv2d_algorithms(_params(c), pass_name, dtype) if a.startswith("winograd")]
+
+
+def _one_pass(c, pass_name, algo, x, w, dy, nthreads=2):
+    """One pass of c in the algorithm named, straight through the binding."""
+    p = _params(c)
+    if pass_name == "fwd":
+        out = np.empty(p.y_shape, x.dtype)
+        _cpp.conv2d_forward(x, w, None, out, p, nthreads, algo)
+    elif pass_name == "dgrad":
+        out = np.empty(p.x_shape, x.dtype)
+        _cpp.conv2d_backward_input(dy, w, out, p, nthreads, algo)
+    else:
+        out = np.empty(p.w_shape, x.dtype)
+        _cpp.conv2d_backward_weight(dy, x, out, p, nthreads, algo)
+    return out
+
+
+def _reference_pass(c, pass_name, x, w, dy):
+    if pass_name == "fwd":
+        return fastconv.conv2d(x, w, None, **c.kwargs, backend="reference")
+    dx, dw, _ = fastconv.conv2d_backward(dy, x, w, **c.kwargs, needs=(True, True, False), backend="reference")
+    return dx if pass_name == "dgrad" else dw
+
+
+def _named_tile_cases():
+    # at precision "high", whose lists hold every tile "highest" allows and F(4x4) on more layers
+    fastconv.set_float32_conv_precision("high")
+    try:
+        for dtype in (F32, F64):
+            for c in WINOGRAD_ALL:
+                for pass_name in WINOGRAD_PASSES:
+                    for algo in _tile_names(c, pass_name, dtype):
+                        yield pytest.param(c, pass_name, algo, dtype, id=f"{dtype.name}-{c.name}-{pass_name}-{algo}")
+    finally:
+        fastconv.set_float32_conv_precision("highest")
+
+
+@pytest.mark.parametrize("c, pass_name, algo, dtype", list(_named_tile_cases()))
+def test_winograd_tiles_by_name(c, pass_name, algo, dtype, rng):
+    """Every tile a Winograd problem's lists offer, named: exact on small integers; on random data
+    within the tolerance of the float64 reference, the same bits on 1 and 2 threads, and the same
+    bits as that tile forced through the chooser (so the name runs its tile)."""
+    m = int(algo[-1])
+    with _precision("high"):
+        x, w, _, dy = _inputs(rng, c, small_ints, dtype)
+        assert_equal(_one_pass(c, pass_name, algo, x, w, dy), _reference_pass(c, pass_name, x, w, dy), f"{c.name} {algo}")
+        x, w, _, dy = _inputs(rng, c, randn, dtype)
+        one, two = (_one_pass(c, pass_name, algo, x, w, dy, nthreads) for nthreads in (1, 2))
+        with _winograd_tile(m):
+            forced = _one_pass(c, pass_name, "auto", x, w, dy)
+    assert_equal(two, one, f"{c.name} {pass_name} {algo}: 1 vs 2 threads")
+    assert_equal(forced, one, f"{c.name} {pass_name} {algo} vs F({m}x{m}) forced")
+    want = _reference_pass(c, pass_name, *(a.astype(np.float64) for a in (x, w, dy)))
+    assert_close(one, want.astype(dtype), f"{c.name} {pass_name} {algo}")
+
+
+def test_winograd_tiles_offered_by_precision():
+    """The lists offer F(2x2) wherever Winograd serves a pass, and the larger tiles where their error
+    rule holds (winograd.cpp: tile_allowed), not where the chooser's speed rules take them: F(3x3)
+    summing up to 256 channels (fp32, at either precision: on narrow images, and at 128 -> 256,
+    where the chooser takes F(2x2)), F(4x4) on up to 64 channels each way, at precision "high" up to
+    128 summed (384 in and out together) and wgrad up to 1024 pixels (at 512 channels too, where the
+    chooser keeps F(2x2)); fp64 F(2x2) only; no wgrad F(3x3)."""
+    def lists(c, dtype=F32):
+        return [[int(a[-1]) for a in _tile_names(c, pass_name, dtype)] for pass_name in WINOGRAD_PASSES]
+    narrow_16 = Conv("narrow_16", 8, 16, 32, 32, 16, 3, 3, padding=1)  # F(4x4); 32x32: F(3x3) not the chooser's
+    c128_256 = Conv("c128_256", 1, 128, 56, 56, 256, 3, 3, padding=1)
+    c512_7 = Conv("c512_7_b16", 16, 512, 7, 7, 512, 3, 3, padding=1)  # 784 pixels
+    c256_128 = Conv("c256_128", 1, 256, 28, 28, 128, 3, 3, padding=1)
+    c300_64 = WINOGRAD[5]  # winograd_two_depth_blocks: 300 -> 64
+    assert lists(narrow_16) == [[2, 3, 4], [2, 3, 4], []]
+    assert _tiles(narrow_16)[:2] == [4, 4]
+    assert lists(c128_256) == [[2, 3], [2, 3], [2]] and _tiles(c128_256) == [2, 2, 2]
+    assert lists(c512_7) == [[2], [2], [2]]
+    assert lists(c256_128) == [[2, 3], [2, 3], [2]]
+    assert lists(c300_64) == [[2], [2, 3], []]
+    assert lists(WINOGRAD[0], F64) == [[2], [2], []] and lists(WINOGRAD[1], F64) == [[], [], []]
+    with _precision("high"):
+        assert lists(c128_256) == [[2, 3, 4], [2, 3], [2]] and _tiles(c128_256) == [4, 2, 2]
+        assert lists(c512_7) == [[2], [2], [2, 4]] and _tiles(c512_7) == [2, 2, 2]
+        assert lists(c256_128) == [[2, 3], [2, 3, 4], [2, 4]]
+        assert lists(Conv("wgrad_12544_pixels", 16, 128, 28, 28, 128, 3, 3, padding=1))[2] == [2]
+        assert lists(c300_64) == [[2], [2, 3, 4], []]  # its dgrad sums 64 channels, 364 in and out
+        assert lists(WINOGRAD[0], F64) == [[2], [2], []]
+
+
+def test_the_chooser_takes_an_offered_tile():
+    """Whatever the chooser takes, every pass, at both precisions, is a tile the lists offer (so
+    autotune's candidates cover the heuristics' Winograd, and neither runs a tile the precision
+    forbids); "winograd" names the chooser's tile, bit for bit, and applies only where it takes one."""
+    layers = WINOGRAD_ALL + [Conv(s.name, s.N, s.C_in, s.H, s.W, s.C_out, s.KH, s.KW, stride=s.stride,
+                                  padding=s.padding, dilation=s.dilation, groups=s.groups)
+                             for s in load_suite().shapes if s.kind == "conv"]
+    for precision in ("highest", "high"):
+        with _precision(precision):
+            for c in layers:
+                for pass_name, m in zip(WINOGRAD_PASSES, _tiles(c)):
+                    offered = _tile_names(c, pass_name, F32)
+                    assert (f"winograd{m}" in offered) if m else not offered, (precision, c.name, pass_name, m)
+    c = WINOGRAD_F4[0]  # F(4x4) at the default precision
+    rng = np.random.default_rng(0)
+    x, w, _, dy = _inputs(rng, c, randn, np.float32)
+    for pass_name in ("fwd", "dgrad"):
+        assert_equal(_one_pass(c, pass_name, "winograd", x, w, dy), _one_pass(c, pass_name, "winograd4", x, w, dy), pass_name)
+    with pytest.raises(ValueError, match="conv2d wgrad: algorithm 'winograd' does not apply"):
+        _one_pass(c, "wgrad", "winograd", x, w, dy)
+
+
+def test_a_tile_not_offered_is_a_value_error(rng):
+    """A tile named where the precision (or the dtype, or the pass) does not allow it, on a layer
+    Winograd does not serve, or a tile that does not exist: ValueError naming the pass and the name,
+    and listing what applies."""
+    c = WINOGRAD_WGRAD[0]  # 128 -> 130: F(4x4) at precision "high" only
+    for dtype in (np.float32, np.float64):
+        x, w, _, dy = _inputs(rng, c, randn, dtype)
+        with pytest.raises(ValueError, match=r"conv2d fwd: algorithm 'winograd4' does not apply .*'winograd2'"):
+            _one_pass(c, "fwd", "winograd4", x, w, dy)
+    with pytest.raises(ValueError, match=r"conv2d fwd: algorithm 'winograd3' does not apply .*'winograd2', 'gemm', 'winograd' or 'auto'"):
+        _one_pass(c, "fwd", "winograd3", x, w, dy)  # fp64 here
+    x, w, _, dy = _inputs(rng, c, randn, np.float32)
+    with pytest.raises(ValueError, match="conv2d wgrad: algorithm 'winograd3' does not apply"):
+        _one_pass(c, "wgrad", "winograd3", x, w, dy)
+    with pytest.raises(ValueError, match="conv2d wgrad: algorithm 'winograd4' does not apply"):
+        _one_pass(c, "wgrad", "winograd4", x, w, dy)
+    with pytest.raises(ValueError, match="conv2d dgrad: algorithm 'winograd5' does not apply"):
+        _one_pass(c, "dgrad", "winograd5", x, w, dy)
+    strided = Conv("strided", 2, 64, 20, 20, 64, 3, 3, stride=2, padding=1)
+    x, w, _, dy = _inputs(rng, strided, randn, np.float32)
+    for pass_name in WINOGRAD_PASSES:
+        with pytest.raises(ValueError, match=f"conv2d {pass_name}: algorithm 'winograd2' does not apply"):
+            _one_pass(strided, pass_name, "winograd2", x, w, dy)
 
 
 def _dot_kernel_or_skip():

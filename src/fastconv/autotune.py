@@ -3,13 +3,17 @@
 Off by default: each pass of a conv then runs the algorithm the C++ heuristics choose (conv.cpp's
 lists, measured on Intel AVX-512 and AMD AVX2 machines). With ``fastconv.set_autotune(True)`` or
 ``FASTCONV_AUTOTUNE=1``, the first call of a layer shape times every algorithm that applies to it
-(``fastconv._cpp.conv2d_algorithms``: Winograd, the flat GEMM, col2im, the dot, flat and packed
-wgrads; and im2col + SciPy's BLAS through its ``cython_blas`` pointers, the Cython backend's
-algorithm, where that backend is built) and keeps the fastest, in memory and on disk, as FFTW keeps
-its wisdom. The winners are keyed by CPU model, kernel set, thread count, fastconv version, pass,
+(``fastconv._cpp.conv2d_algorithms``: each Winograd tile, ``"winograd2"``, ``"winograd3"`` and
+``"winograd4"``, where the float32 conv precision allows it (``fastconv.precision``), the flat GEMM,
+col2im, the dot, flat and packed wgrads; and im2col + SciPy's BLAS through its ``cython_blas``
+pointers, the Cython backend's algorithm, where that backend is built) and keeps the fastest, in
+memory and on disk, as FFTW keeps its wisdom. The winners are keyed by CPU model, kernel set,
+thread count, fastconv version, float32 conv precision (it decides which tiles compete), pass,
 dtype and shape, in ``$FASTCONV_CACHE_DIR/autotune.json`` (default ``~/.cache/fastconv``). A file
 that cannot be read, or that another format wrote, is ignored with a warning (and replaced at the
-next save); an entry naming an algorithm that no longer applies is timed again.
+next save); an entry naming an algorithm that no longer applies, or that this version no longer
+offers (``"winograd"``, the heuristics' tile, which files of the versions before the tiles
+competed hold), is timed again and replaced.
 
 Each algorithm is bit-identical for any thread count; which one wins may differ between machines
 and thread counts, so results with autotune on can differ from those with it off in the last bits
@@ -118,11 +122,13 @@ def _save(key: str, algo: str) -> None:
 def _key(pass_name: str, p, dtype, threads: int) -> str:
     from . import __version__
     from . import _cpp
+    from .precision import get_float32_conv_precision
 
     shape = (p.N, p.C_in, p.H, p.W, p.C_out, p.KH, p.KW, p.stride_h, p.stride_w, p.pad_t, p.pad_b, p.pad_l,
              p.pad_r, p.dil_h, p.dil_w, p.groups)
+    # the precision last: the fields before keep the places they had (pass_name is field 4)
     return "|".join([_cpu_model(), _cpp.gemm_isa(), f"threads={threads}", f"fastconv={__version__}", pass_name,
-                     str(dtype), "x".join(map(str, shape))])
+                     str(dtype), "x".join(map(str, shape)), f"precision={get_float32_conv_precision()}"])
 
 
 def _time(run, algo):

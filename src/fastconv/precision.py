@@ -3,10 +3,14 @@
 As ``torch.set_float32_matmul_precision``: ``"highest"`` (the default) keeps every float32 conv on
 algorithms whose error stays inside fastconv's tolerance on unit-scale data with a margin and that
 are exact on small integers (Winograd F(4x4, 3x3) on stride-1 3x3 layers of up to 64 channels each
-way, at most 0.69 of the tolerance; F(3x3, 3x3) and F(2x2, 3x3) on larger ones); ``"high"`` lets
+way, at most 0.69 of the tolerance; F(3x3, 3x3) summing up to 256 channels, at most 0.58; F(2x2,
+3x3) on larger ones); ``"high"`` lets
 layers of up to 128 input channels (384 in and out together) run as F(4x4) too, 0.8-0.95x the time
-of F(2x2) there on a 2-core AMD EPYC, at up to 0.98 of the tolerance (the README's table).
-``FASTCONV_FLOAT32_CONV_PRECISION`` sets it at import.
+of F(2x2) there on a 2-core AMD EPYC, at up to 0.98 of the tolerance (the README's table), and
+backward-weight summing up to 1024 pixels. The same rules bound what autotune may time
+(``fastconv.autotune``: each tile is a candidate of its own, ``"winograd2"``, ``"winograd3"``,
+``"winograd4"``, only where the precision allows it), so a tuned layer never runs a tile that the
+precision forbids. ``FASTCONV_FLOAT32_CONV_PRECISION`` sets it at import.
 """
 
 import os

@@ -1,7 +1,8 @@
 """C++ convolution: forward, backward-input, backward-weight, backward-bias (csrc/conv.cpp).
 
 Each pass runs the algorithm the C++ heuristics choose, or with autotune on (fastconv.autotune)
-the fastest measured among those that apply: cpp's own and the Cython backend's im2col + BLAS.
+the fastest measured among those that apply: cpp's own (each Winograd tile the float32 conv
+precision allows among them) and the Cython backend's im2col + BLAS.
 """
 
 from ... import _cpp, _dispatch
