@@ -256,8 +256,8 @@ PYBIND11_MODULE(_cpp, m) {
 
   m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("p"),
         py::arg("nthreads"), py::arg("algo") = "auto",
-        "y = conv2d(x, w) + b into the preallocated y; p is a fastconv ConvParams; algo: 'auto' or one that "
-        "conv2d_algorithms lists");
+        "y = conv2d(x, w) + b into the preallocated y; p is a fastconv ConvParams; algo: 'auto', 'winograd' (the "
+        "chooser's tile, where it takes Winograd) or one that conv2d_algorithms lists");
   m.def("conv2d_backward_input", &conv2d_backward_input, py::arg("dy"), py::arg("w"), py::arg("dx"), py::arg("p"),
         py::arg("nthreads"), py::arg("algo") = "auto");
   m.def("conv2d_backward_weight", &conv2d_backward_weight, py::arg("dy"), py::arg("x"), py::arg("dw"), py::arg("p"),
