@@ -29,13 +29,6 @@ def _check_linear(op, x, w, b, b_shape, b_contiguous):
     return linear_params(op, x.shape, w.shape, b_shape, x.flags.c_contiguous, b_contiguous)
 
 
-def _product(op, func, backend, shape, like, *arrays):
-    """``func`` of the backend on ``arrays``, or zeros of ``shape`` when one of them is empty."""
-    if any(a.size == 0 for a in arrays):
-        return zeros(like, shape)
-    return lookup(op, "linear", func, backend, *arrays)(*arrays)
-
-
 def _sum_to(a, shape):
     """``a`` summed over the axes a broadcast of an array of ``shape`` to ``a.shape`` repeats it
     along: the gradient of a broadcast bias (a fresh array)."""
@@ -97,24 +90,49 @@ def linear_backward(dy, x, w, *, b_shape=None, needs=(True, True, True), backend
     db has; None: ``(out_features,)``, or ``()`` for a 1-d w. ``needs`` picks which of the three
     to compute; the others are None.
     """
+    return _linear_backward_plan(dy, x, w, b_shape, needs, backend, _c_contiguous(x))(dy, x, w)
+
+
+@planned
+def _linear_backward_plan(dy, x, w, b_shape, needs, backend, x_contiguous):
+    """linear_backward validated and dispatched: the run for arrays of these shapes, dtypes and
+    x's layout (which decides, with b_shape, the frame a broadcast bias was added in)."""
     op = "linear_backward"
     need_dx, need_dw, need_db = check_needs(op, needs, 3)
     check_array(op, "dy", dy)
-    p = _check_linear(op, x, w, None, b_shape, None)
+    p = _check_linear(op, x, w, None, b_shape, None)  # reads x's layout, as x_contiguous keys it
     check_same_kind(op, dy=dy, x=x, w=w)
     check_shape(op, "dy", dy, p.y_shape)
     (M, C_in), C_out = p.x2_shape, p.w2_shape[0]
-    x2, w2, dy2 = x.reshape(p.x2_shape), w.reshape(p.w2_shape), dy.reshape(M, C_out)  # dy2: (M, out_features)
-    dx = _product(op, "linear_backward_input", backend, (M, C_in), x, dy2, w2).reshape(x.shape) if need_dx else None
-    dw = _product(op, "linear_backward_weight", backend, p.w2_shape, w, dy2, x2).reshape(w.shape) if need_dw else None
-    db = None
-    if need_db:
-        if p.b_frame is None:  # an (out_features,) bias (or none given): the backend's column sums
-            db = _product(op, "linear_backward_bias", backend, (C_out,), w, dy2)
-            db = db.reshape(w.shape[:-1] if b_shape is None else b_shape)
-        else:
-            db = _sum_to(dy.reshape(p.b_frame), tuple(b_shape))
-    return dx, dw, db
+    # the backend's passes, picked once; None where an operand is empty (its product is zeros)
+    dy2, x2, w2 = dy.reshape(M, C_out), x.reshape(p.x2_shape), w.reshape(p.w2_shape)
+
+    def product(need, func, *arrays):
+        if not need or any(a.size == 0 for a in arrays):
+            return None
+        return lookup(op, "linear", func, backend, *arrays)
+
+    backward_input = product(need_dx, "linear_backward_input", dy2, w2)
+    backward_weight = product(need_dw, "linear_backward_weight", dy2, x2)
+    backward_bias = product(need_db and p.b_frame is None, "linear_backward_bias", dy2)
+    db_shape = w.shape[:-1] if b_shape is None else tuple(b_shape)  # an (out_features,) bias's, or none's
+
+    def run(dy, x, w):
+        # dy2: (M, out_features), x2: (M, in_features), w2: (out_features, in_features)
+        dy2, x2, w2 = dy.reshape(M, C_out), x.reshape(p.x2_shape), w.reshape(p.w2_shape)
+        dx = dw = db = None
+        if need_dx:
+            dx = (zeros(x, (M, C_in)) if backward_input is None else backward_input(dy2, w2)).reshape(x.shape)
+        if need_dw:
+            dw = (zeros(w, p.w2_shape) if backward_weight is None else backward_weight(dy2, x2)).reshape(w.shape)
+        if need_db:
+            if p.b_frame is not None:  # a broadcast bias: dy summed to its shape, in its frame
+                db = _sum_to(dy.reshape(p.b_frame), tuple(b_shape))
+            else:  # an (out_features,) bias (or none given): the backend's column sums
+                db = (zeros(w, (C_out,)) if backward_bias is None else backward_bias(dy2)).reshape(db_shape)
+        return dx, dw, db
+
+    return run
 
 
 __all__ = ["linear", "linear_backward"]

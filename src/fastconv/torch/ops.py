@@ -281,6 +281,11 @@ def _linear_plan(arrays, kw, needs, backend):
     return _linear_ops._linear_plan(*arrays, backend, True, True)
 
 
+def _linear_backward_plan(arrays, kw, needs, backend):
+    dy, x, w = arrays
+    return _linear_ops._linear_backward_plan(dy, x, w, None, needs, backend, True)  # x: a contiguous view
+
+
 def _max_pool2d_plan(arrays, kw, needs, backend):
     return _pool_ops._max_pool2d_plan(*arrays, kw["kernel_size"], kw["stride"], kw["padding"], kw["dilation"],
                                       kw["ceil_mode"], True, backend)
@@ -321,7 +326,8 @@ def _batch_norm_backward_plan(arrays, kw, needs, backend):
 SPECS: tuple[OpSpec, ...] = (
     OpSpec("conv2d", "dense", "SymInt[2] stride, SymInt[4] padding, SymInt[2] dilation, SymInt groups",
            _conv2d_kwargs, _conv2d_shape, plan=_conv2d_plan, plan_backward=_conv2d_backward_plan),
-    OpSpec("linear", "dense", "", dict, _linear_shape, spatial=False, plan=_linear_plan),
+    OpSpec("linear", "dense", "", dict, _linear_shape, spatial=False, plan=_linear_plan,
+           plan_backward=_linear_backward_plan),
     OpSpec("max_pool2d", "max_pool",
            "SymInt[2] kernel_size, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, bool ceil_mode",
            _max_pool2d_kwargs, _max_pool2d_shape, plan=_max_pool2d_plan, plan_backward=_max_pool2d_backward_plan),
