@@ -181,7 +181,7 @@ void dw_wgrad_plane_vec(const ConvShape& s, const DwWgradSteps<T, KW>& st, const
 // reach_lo). DwWgradSteps (row by row, masked loads at both ends of each row) took 1.6-4x PyTorch's
 // time on those layers (fp32, AVX2, Zen 1); this, 0.5-0.9x. masks[v*KH*KW + t]: the lanes of step
 // v whose pixel is in the plane and whose tap-t input pixel lies in the image (its row and its
-// column: a step spans rows).
+// column: a step spans rows). The forward on small planes walks the same steps (dw_forward_flat).
 template <typename T, int KH, int KW>
 struct DwWgradFlat {
   using M = typename Vec<T>::M;
@@ -265,6 +265,72 @@ void dw_wgrad_plane_vec(const ConvShape& s, const DwWgradFlat<T, KH, KW>& st, co
   }
 #pragma GCC unroll 25
   for (int k = 0; k < KK; ++k) acc[k] = a[k];
+}
+
+// One output plane of a depthwise forward on a small "same" plane (DwWgradFlat's case: stride 1,
+// OW == W): output pixel p is the sum over taps t of w[t] * x[p + shift[t]], L pixels a step over
+// the flattened plane, with no padded copy and no per-row work. Lanes whose tap falls in the
+// padding read zero (the padded plane's zeros: w * 0 as there), lanes past the plane are not
+// stored. The taps are summed in the tiles' order (kh, then kw; bias first): the same bits as
+// dw_forward_dense. In x (x_elems), away from its ends, loads are plain and the padding lanes
+// zeroed after (a masked load ran at ~10 cycles on Zen 1); at its ends, masked loads.
+template <typename T, int KH, int KW>
+void dw_forward_flat_plane(const ConvShape& s, const DwWgradFlat<T, KH, KW>& st, const T* x_all, index_t x_at,
+                           const T* w, T bias, T* y) {
+  using A = Vec<T>;
+  using M = typename A::M;
+  constexpr int L = A::L, KK = KH * KW;
+  const M* masks = st.masks.data();
+  typename A::V wv[KK];
+#pragma GCC unroll 25
+  for (int k = 0; k < KK; ++k) wv[k] = A::broadcast(w[k]);
+  const typename A::V b = A::broadcast(bias);
+  const index_t P = s.OH * s.OW, whole = P / L;
+  const std::uintptr_t x0 = reinterpret_cast<std::uintptr_t>(x_all + x_at);  // integers: lanes may lie outside x
+  auto step = [&](index_t v, auto in_tensor) {
+    const M* m = masks + v * KK;
+    typename A::V acc = b;
+#pragma GCC unroll 25
+    for (int k = 0; k < KK; ++k) {
+      const T* p = reinterpret_cast<const T*>(x0 + v * L * index_t(sizeof(T)) + st.shift_bytes[k]);
+      if constexpr (in_tensor) {
+        acc = A::fmadd(wv[k], A::zero_outside(A::load(p), m[k]), acc);
+      } else {
+        acc = A::fmadd(wv[k], A::load(m[k], p), acc);
+      }
+    }
+    if (v < whole) {
+      A::store(y + v * L, acc);
+    } else {
+      A::store(A::first(P - v * L), y + v * L, acc);
+    }
+  };
+  if (x_at + st.reach_lo >= 0 && x_at + st.reach_hi <= st.x_elems) {
+    for (index_t v = 0; v < st.steps; ++v) step(v, std::true_type{});
+  } else {
+    for (index_t v = 0; v < st.steps; ++v) step(v, std::false_type{});
+  }
+}
+
+// The forward of a 3x3 or 5x5 depthwise layer on small "same" planes, plane by plane in memory
+// order (see dw_forward_flat_plane); false: it does not apply (see dw_forward_flat_applies).
+template <typename T>
+bool dw_forward_flat(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads) {
+  const auto run = [&](auto kh) {
+    constexpr int K = decltype(kh)::value;
+    const DwWgradFlat<T, K, K> st(s);
+    const index_t mult = s.C_out / s.groups, P = s.OH * s.OW, HW = s.H * s.W;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (index_t u = 0; u < s.N * s.C_out; ++u) {
+      const index_t n = u / s.C_out, co = u % s.C_out;
+      dw_forward_flat_plane<T, K, K>(s, st, x, (n * s.C_in + co / mult) * HW, w + co * K * K, b ? b[co] : T(0),
+                                     y + u * P);
+    }
+    return true;
+  };
+  if (s.KH == 3 && s.KW == 3) return run(std::integral_constant<int, 3>{});
+  if (s.KH == 5 && s.KW == 5) return run(std::integral_constant<int, 5>{});
+  return false;
 }
 
 // Every channel of a depthwise wgrad with stride_w 1 and a KH x KW the kernel is instantiated

@@ -115,6 +115,25 @@ FAST_PATHS = [
     Conv("dw_forward_stride2", 2, 6, 9, 11, 6, 3, 3, stride=2, padding=1, groups=6),
     Conv("dw_forward_stride2_5x5_multiplier", 2, 3, 13, 10, 6, 5, 5, stride=2, padding=2, groups=3),
     Conv("dw_forward_stride_1_2", 2, 4, 7, 9, 4, 3, 3, stride=(1, 2), padding=(0, 1), groups=4),
+    # depthwise forward on flattened small planes (3x3, 5x5, stride 1, OW == W, up to 32 outputs;
+    # AVX-512 and AVX2; the stride-1 dgrad runs it too): a ragged last step, per-side padding with a
+    # channel multiplier, dilation; plain loads but in the planes at x's ends
+    Conv("dw_forward_flat_ragged", 3, 5, 5, 6, 5, 3, 3, padding=1, groups=5),
+    Conv("dw_forward_flat_5x5_per_side_multiplier", 2, 3, 4, 7, 6, 5, 5, padding=((2, 2), (1, 3)), groups=3),
+    Conv("dw_forward_flat_dilated", 2, 4, 5, 5, 4, 3, 3, padding=2, dilation=2, groups=4),
+    # strided depthwise dgrad as a stride-1 forward of dy spread on the stride's lattice: 3x3 stride
+    # 2, 5x5 at stride (2, 3), a stride wider than the kernel (gaps between the lattice's taps),
+    # dilation, per-side padding whose bottom and right rows of the lattice fall past the padded
+    # plane; a padding wider than the kernel's span scatters instead
+    Conv("dw_dgrad_spread", 2, 5, 9, 12, 5, 3, 3, stride=2, padding=1, groups=5),
+    Conv("dw_dgrad_spread_5x5_stride_2_3", 2, 3, 11, 13, 3, 5, 5, stride=(2, 3), padding=(2, 1), groups=3),
+    Conv("dw_dgrad_spread_stride_over_kernel", 2, 4, 10, 9, 4, 2, 2, stride=3, groups=4),
+    Conv("dw_dgrad_spread_dilated", 2, 3, 12, 11, 3, 3, 3, stride=2, padding=(2, 1), dilation=(2, 1), groups=3),
+    Conv("dw_dgrad_spread_per_side", 2, 3, 9, 8, 3, 3, 3, stride=2, padding=((1, 4), (0, 5)), groups=3),
+    Conv("dw_dgrad_wide_pad_scatters", 2, 3, 7, 8, 3, 3, 3, stride=2, padding=3, groups=3),
+    # pointwise on small images with 64+ rows each way: AVX2's general kernel (6x16) where its
+    # panels pad each image's 15 pixels less than the few-rows one's (4x24)
+    Conv("pointwise_small_images_general_kernel", 3, 67, 3, 5, 70, 1, 1),
 ]
 
 # Winograd F(2x2, 3x3) (csrc/winograd.cpp), forward and stride-1 dgrad: GEMM columns along padded
@@ -753,11 +772,14 @@ def test_winograd_non_finite_as_the_reference(where, passes, c, rng):
     Conv("gemm_w_smaller", 3, 4, 9, 7, 5, 5, 5, padding=2),
     Conv("gemm_dx_smaller", 1, 64, 3, 3, 64, 3, 3, padding=1),  # dx checked after, then w
     Conv("depthwise", 2, 3, 6, 7, 3, 3, 3, padding=1, groups=3),
+    Conv("depthwise_strided_spread", 2, 3, 9, 8, 3, 3, 3, stride=2, padding=1, groups=3),
 ], ids=lambda c: c.name)
 def test_stride1_dgrad_non_finite_w_as_the_reference(c, rng):
     """Stride-1 dgrad runs as a forward of dy, which multiplies dy's zero padding by every tap:
     0 * Inf = NaN at border pixels that the sum over real outputs (the reference's, PyTorch's)
-    leaves finite. A non-finite w takes col2im (GEMM) or the scattering loops (depthwise)."""
+    leaves finite. A non-finite w takes col2im (GEMM) or the scattering loops (depthwise). So does
+    a strided depthwise dgrad, whose forward of dy spread on the stride's lattice multiplies the
+    zeros between dy's pixels too."""
     x, w, b, dy = _inputs(rng, c, small_ints, np.float32)
     w[0, 0, 0, 0], w[-1, -1, -1, -1] = np.inf, np.nan
     with np.errstate(invalid="ignore"):  # the reference's matmul meets inf * 0
