@@ -71,12 +71,12 @@ bool winograd_backward_weight(const ConvShape& s, int m, const T* dy, const T* x
 // affected, nor are winograd_tiles' lists. Throws std::invalid_argument for another m. Not meant to race with
 // running ops.
 void set_winograd_tile(int m);
-// Whether the chooser may take F(4x4) on the larger layers where its rules above do, and
-// winograd_tiles / winograd_wgrad_tiles offer it there (fastconv's float32 conv precision "high";
-// default false, "highest": F(4x4) on layers of up to 64 channels each way, F(3x3) and F(2x2)
-// elsewhere). Its error grows with the channels (wgrad: the pixels)
-// summed: inside the tolerance on unit-scale data where the rules take it, but up to 0.98 of it
-// there, so it is a choice of speed over accuracy, as PyTorch's float32 matmul precision.
+// Whether the chooser may take F(4x4) where its rules above do, and winograd_tiles /
+// winograd_wgrad_tiles offer it (fastconv's float32 conv precision "high"; default false,
+// "highest": F(3x3) and F(2x2) only). Its error grows with the channels (wgrad: the pixels)
+// summed: inside the tolerance on unit-scale data where the rules take it, but 0.3-0.7 of it at
+// 16-64 channels (3-4x the direct path's) and up to 0.98 at 128, so it is a choice of speed over
+// accuracy, as PyTorch's float32 matmul precision.
 void set_winograd_f4(bool allowed);
 
 }  // namespace fastconv

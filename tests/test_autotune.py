@@ -79,7 +79,7 @@ def _cases(dtypes):
 
 
 def test_lists_name_each_pass():
-    """Each Winograd tile the precision allows (F(4x4) on 128 channels at "high" only), by name."""
+    """Each Winograd tile the precision allows (F(4x4) at "high" only), by name."""
     p = _params(LAYERS[0])
     assert _cpp.conv2d_algorithms(p, "fwd", np.dtype(np.float32)) == ("winograd2", "winograd3", "gemm")
     assert _cpp.conv2d_algorithms(p, "dgrad", np.dtype(np.float32)) == ("winograd2", "winograd3", "gemm", "col2im")
@@ -183,7 +183,7 @@ def test_autotune_times_once_and_keeps_the_winner_on_disk(tuning, rng, monkeypat
                                                ("high", ["winograd2", "winograd3", "winograd4"])])
 def test_autotune_times_each_tile_the_precision_allows(tuning, rng, monkeypatch, precision, tiles):
     """A 3x3 stride-1 layer's forward: autotune times each Winograd tile the precision allows and no
-    other (F(4x4) on 128 channels at "high" only), keyed by the precision; the winner's name (here
+    other (F(4x4) at "high" only), keyed by the precision; the winner's name (here
     F(3x3), made fastest) goes to disk and back, and runs that tile."""
     c = LAYERS[0]
     x, w, dy = _inputs(rng, c, randn, np.float32)

@@ -189,7 +189,7 @@ WINOGRAD_F4_WGRAD = [
     Conv("winograd_f4_wgrad_tables_chunks", 35, 129, 5, 5, 128, 3, 3, padding=1),
 ]
 # Winograd F(3x3, 3x3), the fp32 tile of wide images (46+ output columns) of up to 256 channels in
-# and out together (more than 64 one way: F(4x4) takes the others): OH and OW 1 and 2 past a
+# and out together (at precision "high", F(4x4) takes those it allows): OH and OW 1 and 2 past a
 # multiple of 3 (a clipped last tile in every tile row, and a clipped last tile row), padding 0 and 1
 WINOGRAD_F3 = [
     Conv("winograd_f3_rows_clipped", 2, 80, 10, 50, 96, 3, 3, padding=1),
@@ -255,10 +255,9 @@ def test_winograd_wgrad_problems_take_winograd(c):
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in WINOGRAD_F4 + WINOGRAD_F4_WGRAD])
 def test_winograd_f4_problems_take_f4(c):
     """At precision "high", WINOGRAD_F4's forward and dgrad, WINOGRAD_F4_WGRAD's wgrad (129 input
-    channels: a forward of F(2x2)); at the default "highest", F(4x4) on those of up to 64 channels
-    each way, never wgrad's."""
-    assert _tiles(c)[:2] == ([4, 4] if max(c.C_in, c.C_out) <= 64 else [3, 3] if c.C_in + c.C_out <= 256 and c.W >= 48
-                             else [2, 2]), c.name
+    channels: a forward of F(2x2)); at the default "highest", never F(4x4): F(3x3) on the wide
+    images, else F(2x2)."""
+    assert _tiles(c)[:2] == ([3, 3] if c.C_in + c.C_out <= 256 and c.W >= 48 else [2, 2]), c.name
     assert _tiles(c)[2] != 4, c.name
     with _precision("high"):
         tiles = _tiles(c)
@@ -294,7 +293,7 @@ def test_winograd_f3_problems_take_f3(c):
 
 def test_winograd_f3_only_where_it_pays():
     """F(3x3) on wide images (46+ output columns, so that 16+ tiles of 3 run along the rows) of up to
-    256 channels in and out together (F(4x4) takes those of up to 64 each way), fp32: not through
+    256 channels in and out together (at precision "high" F(4x4) takes most of these), fp32: not through
     the tables (45 columns), not at 128 -> 256 nor 512 (no faster than F(2x2)), not in fp64."""
     assert _tiles(Conv("ow_46", 2, 96, 20, 46, 96, 3, 3, padding=1))[:2] == [3, 3]
     assert _tiles(Conv("ow_45", 2, 96, 20, 45, 96, 3, 3, padding=1))[:2] == [2, 2]
@@ -315,11 +314,12 @@ def test_winograd_f4_only_where_it_pays():
     tolerance: not on 512 channels at 7x7 (slower), nor where a forward sums over more than 128
     input channels (256 -> 128: its dgrad sums over 128) or wgrad over more than 1024 pixels (its
     error), nor in fp64; nor wgrad of 512 channels (its 128 tiles of 4x4 at 7x7 sum 1568 pixels).
-    All at precision "high"; at the default, F(4x4) on 64 channels each way (not 65), no wgrad."""
-    assert _tiles(Conv("c64_56", 1, 64, 56, 56, 64, 3, 3, padding=1)) == [4, 4, 0]
+    All at precision "high"; at the default, no F(4x4) (F(3x3) at 64 channels on 56x56)."""
+    assert _tiles(Conv("c64_56", 1, 64, 56, 56, 64, 3, 3, padding=1)) == [3, 3, 0]
     assert _tiles(Conv("c65_28", 1, 65, 28, 28, 64, 3, 3, padding=1))[:2] == [2, 2]
     assert _tiles(Conv("wgrad_128", 1, 128, 28, 28, 128, 3, 3, padding=1)) == [2, 2, 2]
     with _precision("high"):
+        assert _tiles(Conv("c64_56", 1, 64, 56, 56, 64, 3, 3, padding=1)) == [4, 4, 0]
         assert _tiles(Conv("r50_512_7_b16", 16, 512, 7, 7, 512, 3, 3, padding=1)) == [2, 2, 2]
         assert _tiles(Conv("r50_512_7_b32", 32, 512, 7, 7, 512, 3, 3, padding=1)) == [2, 2, 2]
         assert _tiles(Conv("in_256_out_128", 1, 256, 28, 28, 128, 3, 3, padding=1)) == [2, 4, 4]
@@ -367,6 +367,7 @@ def test_winograd_tile_hook(rng):
     the results agree with each other within the tolerance."""
     c = WINOGRAD_F4[2]
     x, w, b, dy = _inputs(rng, c, randn, np.float32)
+    chooser = _cpp.conv2d_uses_winograd(_params(c), "fwd", F32)
     results = {}
     for m in (1, 2, 3, 4):
         with _winograd_tile(m):
@@ -375,7 +376,7 @@ def test_winograd_tile_hook(rng):
     for m in (2, 3, 4):
         for name, got, want in zip(NAMES, results[m], results[1]):
             assert_close(got, want, f"F({m}x{m}) vs direct, {name}")
-    assert _cpp.conv2d_uses_winograd(_params(c), "fwd", F32) == 4  # the chooser's again (64 channels)
+    assert _cpp.conv2d_uses_winograd(_params(c), "fwd", F32) == chooser == 2  # the chooser's again
     with pytest.raises(ValueError, match="got 5"):
         _cpp.set_winograd_tile(5)
 
@@ -448,24 +449,25 @@ def test_winograd_tiles_offered_by_precision():
     """The lists offer F(2x2) wherever Winograd serves a pass, and the larger tiles where their error
     rule holds (winograd.cpp: tile_allowed), not where the chooser's speed rules take them: F(3x3)
     summing up to 256 channels (fp32, at either precision: on narrow images, and at 128 -> 256,
-    where the chooser takes F(2x2)), F(4x4) on up to 64 channels each way, at precision "high" up to
-    128 summed (384 in and out together) and wgrad up to 1024 pixels (at 512 channels too, where the
-    chooser keeps F(2x2)); fp64 F(2x2) only; no wgrad F(3x3)."""
+    where the chooser takes F(2x2)), F(4x4) at precision "high" only, up to 128 summed (384 in and
+    out together) and wgrad up to 1024 pixels (at 512 channels too, where the chooser keeps
+    F(2x2)); fp64 F(2x2) only; no wgrad F(3x3)."""
     def lists(c, dtype=F32):
         return [[int(a[-1]) for a in _tile_names(c, pass_name, dtype)] for pass_name in WINOGRAD_PASSES]
-    narrow_16 = Conv("narrow_16", 8, 16, 32, 32, 16, 3, 3, padding=1)  # F(4x4); 32x32: F(3x3) not the chooser's
+    narrow_16 = Conv("narrow_16", 8, 16, 32, 32, 16, 3, 3, padding=1)  # 32x32: F(3x3) not the chooser's
     c128_256 = Conv("c128_256", 1, 128, 56, 56, 256, 3, 3, padding=1)
     c512_7 = Conv("c512_7_b16", 16, 512, 7, 7, 512, 3, 3, padding=1)  # 784 pixels
     c256_128 = Conv("c256_128", 1, 256, 28, 28, 128, 3, 3, padding=1)
     c300_64 = WINOGRAD[5]  # winograd_two_depth_blocks: 300 -> 64
-    assert lists(narrow_16) == [[2, 3, 4], [2, 3, 4], []]
-    assert _tiles(narrow_16)[:2] == [4, 4]
+    assert lists(narrow_16) == [[2, 3], [2, 3], []]
+    assert _tiles(narrow_16)[:2] == [2, 2]
     assert lists(c128_256) == [[2, 3], [2, 3], [2]] and _tiles(c128_256) == [2, 2, 2]
     assert lists(c512_7) == [[2], [2], [2]]
     assert lists(c256_128) == [[2, 3], [2, 3], [2]]
     assert lists(c300_64) == [[2], [2, 3], []]
     assert lists(WINOGRAD[0], F64) == [[2], [2], []] and lists(WINOGRAD[1], F64) == [[], [], []]
     with _precision("high"):
+        assert lists(narrow_16) == [[2, 3, 4], [2, 3, 4], []] and _tiles(narrow_16)[:2] == [4, 4]
         assert lists(c128_256) == [[2, 3, 4], [2, 3], [2]] and _tiles(c128_256) == [4, 2, 2]
         assert lists(c512_7) == [[2], [2], [2, 4]] and _tiles(c512_7) == [2, 2, 2]
         assert lists(c256_128) == [[2, 3], [2, 3, 4], [2, 4]]
@@ -487,11 +489,14 @@ def test_the_chooser_takes_an_offered_tile():
                 for pass_name, m in zip(WINOGRAD_PASSES, _tiles(c)):
                     offered = _tile_names(c, pass_name, F32)
                     assert (f"winograd{m}" in offered) if m else not offered, (precision, c.name, pass_name, m)
-    c = WINOGRAD_F4[0]  # F(4x4) at the default precision
+    c = WINOGRAD_F4[0]  # F(4x4) at precision "high", F(3x3) at the default
     rng = np.random.default_rng(0)
     x, w, _, dy = _inputs(rng, c, randn, np.float32)
-    for pass_name in ("fwd", "dgrad"):
-        assert_equal(_one_pass(c, pass_name, "winograd", x, w, dy), _one_pass(c, pass_name, "winograd4", x, w, dy), pass_name)
+    for precision, m in (("highest", 3), ("high", 4)):
+        with _precision(precision):
+            for pass_name in ("fwd", "dgrad"):
+                assert_equal(_one_pass(c, pass_name, "winograd", x, w, dy), _one_pass(c, pass_name, f"winograd{m}", x, w, dy),
+                             (precision, pass_name))
     with pytest.raises(ValueError, match="conv2d wgrad: algorithm 'winograd' does not apply"):
         _one_pass(c, "wgrad", "winograd", x, w, dy)
 

@@ -2,11 +2,12 @@
 
 As ``torch.set_float32_matmul_precision``: ``"highest"`` (the default) keeps every float32 conv on
 algorithms whose error stays inside fastconv's tolerance on unit-scale data with a margin and that
-are exact on small integers (Winograd F(4x4, 3x3) on stride-1 3x3 layers of up to 64 channels each
-way, at most 0.69 of the tolerance; F(3x3, 3x3) summing up to 256 channels, at most 0.58; F(2x2,
-3x3) on larger ones); ``"high"`` lets
-layers of up to 128 input channels (384 in and out together) run as F(4x4) too, 0.8-0.95x the time
-of F(2x2) there on a 2-core AMD EPYC, at up to 0.98 of the tolerance (the README's table), and
+are exact on small integers (Winograd F(3x3, 3x3) on stride-1 3x3 layers summing up to 256
+channels, at most 0.58 of the tolerance; F(2x2, 3x3) on others); ``"high"`` lets layers of up to
+128 input channels (384 in and out together) run as F(4x4, 3x3), 0.7-0.95x the time of F(2x2)
+there on a 2-core AMD EPYC, at 0.3-0.7 of the tolerance up to 64 channels (3-4x the direct path's
+error: enough more flipped ReLUs that a patched ResNet-18's gradients left PyTorch's own
+channels_last spread on every seed tried) and up to 0.98 at 128 (the README's table), and
 backward-weight summing up to 1024 pixels. The same rules bound what autotune may time
 (``fastconv.autotune``: each tile is a candidate of its own, ``"winograd2"``, ``"winograd3"``,
 ``"winograd4"``, only where the precision allows it), so a tuned layer never runs a tile that the
