@@ -1,4 +1,4 @@
-// Binds the kernels of activation.cpp, loss.cpp, norm.cpp and dropout.cpp into fastconv._cpp
+// Binds the kernels of activation.cpp, loss.cpp, norm.cpp, dropout.cpp and layout.cpp into fastconv._cpp
 // (bind_ops is called from bindings.cpp's PYBIND11_MODULE). Binding work only, as in bindings.cpp:
 // array checks (bind_util.h), sizes read from the arrays, names turned into enums, the GIL released
 // around the compute.
@@ -11,6 +11,7 @@
 #include "activation.h"
 #include "bind_util.h"
 #include "dropout.h"
+#include "layout.h"
 #include "loss.h"
 #include "norm.h"
 
@@ -404,6 +405,31 @@ void dropout_backward(const py::array& dy, const py::array& mask, double p, py::
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// memory format: a batch of transposes (NCHW <-> NHWC)
+// ---------------------------------------------------------------------------------------------
+
+void transpose_batched(const py::array& src, py::array& dst, int nthreads) {
+  const char* op = "transpose_batched";
+  if (src.ndim() != 3 || dst.ndim() != 3)
+    throw py::value_error(std::string(op) + ": src and dst must be 3-d (N, R, C) and (N, C, R), got " +
+                          std::to_string(src.ndim()) + "-d and " + std::to_string(dst.ndim()) + "-d");
+  const index_t N = src.shape(0), R = src.shape(1), C = src.shape(2);
+  if (dst.shape(0) != N || dst.shape(1) != C || dst.shape(2) != R)
+    throw py::value_error(std::string(op) + ": dst must have shape (" + std::to_string(N) + ", " + std::to_string(C) +
+                          ", " + std::to_string(R) + "), the transposes of src's (N, R, C) = (" + std::to_string(N) +
+                          ", " + std::to_string(R) + ", " + std::to_string(C) + ")");
+  if (src.data() == dst.data() && src.size() > 1) throw py::value_error(std::string(op) + ": dst must not be src");
+  by_dtype(op, src, [&](auto tag) {
+    using T = decltype(tag);
+    const T* sp = in<T>(op, "src", src, N * R * C);
+    T* dp = out<T>(op, "dst", dst, N * R * C);
+    const int nt = threads(nthreads);
+    py::gil_scoped_release release;
+    fastconv::transpose_batched(N, R, C, sp, dp, nt);
+  });
+}
+
 }  // namespace
 
 void bind_ops(py::module_& m) {
@@ -441,6 +467,8 @@ void bind_ops(py::module_& m) {
         py::arg("nthreads"));
   m.def("mse_loss_forward", &mse_loss_forward, py::arg("x"), py::arg("target"), py::arg("reduction"), py::arg("loss"),
         py::arg("nthreads"));
+  m.def("transpose_batched", &transpose_batched, py::arg("src"), py::arg("dst"), py::arg("nthreads"),
+        "dst[n] = src[n].T for C-contiguous src (N, R, C) and dst (N, C, R): NCHW <-> NHWC");
   m.def("mse_loss_backward", &mse_loss_backward, py::arg("dloss"), py::arg("x"), py::arg("target"),
         py::arg("reduction"), py::arg("dx"), py::arg("nthreads"));
 

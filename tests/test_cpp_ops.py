@@ -1,4 +1,5 @@
-"""What only the C++ activation / loss / batch-norm / dropout kernels have: their threaded paths
+"""What only the C++ activation / loss / batch-norm / dropout kernels and the layout transpose have:
+their threaded paths
 (arrays large enough to be split among threads, which the generic tests' small shapes never are),
 results independent of the thread count, dropout's counter-based masks, the float32 polynomial
 exp/erf/tanh over their whole range, concurrent calls, and the binding's own checks. The generic
@@ -234,3 +235,39 @@ def test_binding_rejects_what_it_cannot_index():
         _cpp.activation_forward(_cpp.Activation.relu, x, y, 0.0, 0.0, 1)
     with pytest.raises(ValueError, match="nthreads"):
         _cpp.activation_forward(_cpp.Activation.relu, x, np.empty(6, np.float32), 0.0, 0.0, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# the batched transpose (NCHW <-> NHWC for fastconv.torch's channels_last tensors)
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(2, 3, 5), (1, 8, 8), (3, 16, 1024), (2, 144, 1024), (1, 1000, 3), (2, 67, 129),
+                                   (0, 4, 4), (3, 0, 7), (1, 1, 1)], ids=str)
+def test_transpose_batched_is_every_matrix_transposed(shape, dtype, rng):
+    """dst[n] = src[n].T exactly: whole tiles of a vector's lanes (8 fp32, 4 fp64) and 64 x 64
+    blocks, ragged rows and columns past them, one matrix and several, empty ones; the same on 1,
+    2 and 3 threads (a copy), src untouched."""
+    src = rng.standard_normal(shape).astype(dtype)
+    before = src.copy()
+    for nthreads in (1, 2, 3):
+        dst = np.full((shape[0], shape[2], shape[1]), np.nan, dtype)
+        _cpp.transpose_batched(src, dst, nthreads)
+        assert_equal(dst, src.transpose(0, 2, 1), f"{shape} on {nthreads} threads")
+    assert_equal(src, before, "src")
+
+
+def test_transpose_batched_checks_its_arrays():
+    src = np.zeros((2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"transpose_batched: dst must have shape \(2, 4, 3\), the transposes of src's"):
+        _cpp.transpose_batched(src, np.zeros((2, 3, 4), np.float32), 1)
+    with pytest.raises(ValueError, match="transpose_batched: src and dst must be 3-d"):
+        _cpp.transpose_batched(src.reshape(6, 4), np.zeros((4, 6), np.float32), 1)
+    with pytest.raises(TypeError, match="transpose_batched: dst has dtype float64, expected float32"):
+        _cpp.transpose_batched(src, np.zeros((2, 4, 3)), 1)
+    with pytest.raises(ValueError, match="transpose_batched: dst must be C-contiguous"):
+        _cpp.transpose_batched(src, np.zeros((2, 3, 4), np.float32).transpose(0, 2, 1), 1)
+    with pytest.raises(ValueError, match="transpose_batched: dst must not be src"):
+        square = np.zeros((2, 3, 3), np.float32)
+        _cpp.transpose_batched(square, square, 1)
+    with pytest.raises(TypeError, match="transpose_batched: expected float32 or float64 arrays, got int32"):
+        _cpp.transpose_batched(src.astype(np.int32), np.zeros((2, 4, 3), np.int32), 1)

@@ -473,9 +473,29 @@ def test_channels_last_costs_one_copy_in_and_one_out(gen, monkeypatch):
     w = randn(gen, 4, 3, 3, 3)
     y = ft.conv2d(x, w, padding=1)
     (xa, wa, _), ya = calls[0]
-    assert xa.flags.c_contiguous and _address(xa) != x.data_ptr()  # in: NHWC -> NCHW, made by PyTorch
+    assert xa.flags.c_contiguous and _address(xa) != x.data_ptr()  # in: NHWC -> NCHW (the batched transpose)
     assert _address(wa) == w.data_ptr()  # an NCHW-contiguous w crosses as is
     assert layout(y) == "channels_last" and y.data_ptr() != _address(ya)  # out: NCHW -> NHWC
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 19, 7, 9), (1, 3, 32, 32), (3, 144, 8, 8), (2, 1, 5, 5), (0, 4, 3, 3)], ids=str)
+def test_memory_format_conversions_are_pytorchs(shape, dtype, gen):
+    """The copies in and out of NCHW (exchange.contiguous_array, in_channels_last) give PyTorch's
+    own contiguous() results, bit for bit, whichever way they are made (the batched transpose for
+    channels_last float CPU tensors; PyTorch's copy for other layouts), and leave the input alone."""
+    cl = randn(gen, *shape, dtype=dtype).to(memory_format=torch.channels_last).requires_grad_()
+    before = cl.detach().clone()
+    a = exchange.contiguous_array(cl)
+    assert a.flags.c_contiguous and np.array_equal(a, cl.detach().contiguous().numpy())
+    torch.testing.assert_close(cl.detach(), before, rtol=0, atol=0)
+    y = randn(gen, *shape, dtype=dtype)
+    got = exchange.in_channels_last(y)
+    assert layout(got) == layout(y.contiguous(memory_format=torch.channels_last))
+    assert got.data_ptr() != y.data_ptr() or y.numel() == 0  # a copy
+    torch.testing.assert_close(got, y, rtol=0, atol=0)
+    other = randn(gen, shape[0], shape[2], shape[1], shape[3], dtype=dtype).transpose(1, 2)  # neither layout
+    assert np.array_equal(exchange.contiguous_array(other), other.contiguous().numpy())
 
 
 def test_cuda_tensors_without_gpu_backend_raise_a_clear_error():

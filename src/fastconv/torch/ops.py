@@ -103,7 +103,8 @@ from ..ops import linear as _linear_ops
 from ..ops import norm as _norm_ops
 from ..ops import pool as _pool_ops
 from ..ops.conv import _padding_1d
-from .exchange import check_device, check_dtype, float_dtypes, from_array, held_array, on_stream, to_array
+from .exchange import (check_device, check_dtype, contiguous_array, float_dtypes, from_array, held_array, in_channels_last,
+                       on_stream, to_array)
 
 NAMESPACE = "fastconv"
 
@@ -429,7 +430,7 @@ def _in_format(outputs, memory_format: torch.memory_format):
         return outputs
     if isinstance(outputs, tuple):
         return tuple(_in_format(o, memory_format) for o in outputs)
-    return outputs.contiguous(memory_format=memory_format) if outputs.dim() == 4 else outputs
+    return in_channels_last(outputs) if outputs.dim() == 4 else outputs
 
 
 def _grads(like: torch.Tensor, grads) -> tuple:
@@ -547,8 +548,9 @@ def _direct_keyer(names):
 def _cpu_array(t):
     """A CPU tensor as the NumPy array over its memory (``force=True``: detached, as the kernels
     run below autograd; on a CPU float tensor that is a view, 1 us less than ``detach().numpy()``);
-    a non-contiguous one (only dy takes the direct path so) is made contiguous first, one copy."""
-    return t.numpy(force=True) if t.is_contiguous() else t.contiguous().numpy(force=True)
+    a non-contiguous one (only dy takes the direct path so) is made contiguous first, one copy
+    (``exchange.contiguous_array``)."""
+    return t.numpy(force=True) if t.is_contiguous() else contiguous_array(t)
 
 
 def _direct_wrap(spec: OpSpec, backward: bool, params):
