@@ -365,6 +365,47 @@ def test_torch_compile_conv1d_conv_transpose_batchnorm(seed):
     assert model[3].num_batches_tracked.item() == 1
 
 
+def test_linear_and_batch_norm_read_parametrized_and_hooked_weights():
+    """Linear and BatchNorm2d read parameters and buffers from their tables where registered (issue 21's
+    per-call overhead), and as attributes where they are not: a parametrization's property
+    (``torch.nn.utils.parametrizations.weight_norm``, a map doubling a bias or batch norm's weight) and a
+    plain tensor attribute that a forward pre-hook sets, as the old ``weight_norm`` did. Forward and
+    gradients as PyTorch's module with the same parametrization."""
+    gen = torch.Generator().manual_seed(0)
+    P = torch.nn.utils.parametrize
+    x = torch.randn(3, 6, generator=gen)
+    ref, lin = nn.Linear(6, 4), ft.Linear(6, 4)
+    lin.load_state_dict(ref.state_dict())
+
+    class Doubled(nn.Module):
+        def forward(self, b):
+            return 2 * b
+
+    for m in (ref, lin):
+        torch.nn.utils.parametrizations.weight_norm(m, "weight")
+        P.register_parametrization(m, "bias", Doubled())
+    assert "weight" not in lin._parameters and "bias" not in lin._parameters
+    got, want = lin(x), ref(x)
+    torch.testing.assert_close(got, want)
+    got.square().sum().backward()
+    want.square().sum().backward()
+    for (name, a), (_, b) in zip(lin.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+    hooked = ft.Linear(6, 4)
+    v = hooked.weight.detach().clone()
+    del hooked._parameters["weight"]
+    hooked.register_forward_pre_hook(lambda m, args: setattr(m, "weight", 3 * v))
+    torch.testing.assert_close(hooked(x), torch.nn.functional.linear(x, 3 * v, hooked.bias))
+
+    image = torch.randn(4, 3, 5, 6, generator=gen)
+    ref_bn, bn = nn.BatchNorm2d(3), ft.BatchNorm2d(3)
+    for m in (ref_bn, bn):  # batch norm reads its parameters and buffers the same way
+        P.register_parametrization(m, "weight", Doubled())
+    torch.testing.assert_close(bn(image), ref_bn(image))
+    torch.testing.assert_close(bn.running_mean, ref_bn.running_mean)
+
+
 def test_modules_follow_parameter_and_attribute_changes_between_calls():
     """What the drop-ins keep from one call to the next (parameters' NumPy views, hyper-parameters
     in the op's form, issue 21's per-call overhead) follows every change PyTorch's modules follow:
