@@ -365,8 +365,8 @@ def test_torch_compile_conv1d_conv_transpose_batchnorm(seed):
     assert model[3].num_batches_tracked.item() == 1
 
 
-def test_linear_and_batch_norm_read_parametrized_and_hooked_weights():
-    """Linear and BatchNorm2d read parameters and buffers from their tables where registered (issue 21's
+def test_modules_read_parametrized_and_hooked_weights():
+    """Linear, Conv2d and BatchNorm2d read parameters and buffers from their tables where registered (issue 21's
     per-call overhead), and as attributes where they are not: a parametrization's property
     (``torch.nn.utils.parametrizations.weight_norm``, a map doubling a bias or batch norm's weight) and a
     plain tensor attribute that a forward pre-hook sets, as the old ``weight_norm`` did. Forward and
@@ -399,6 +399,11 @@ def test_linear_and_batch_norm_read_parametrized_and_hooked_weights():
     torch.testing.assert_close(hooked(x), torch.nn.functional.linear(x, 3 * v, hooked.bias))
 
     image = torch.randn(4, 3, 5, 6, generator=gen)
+    ref_conv, conv = nn.Conv2d(3, 2, 3), ft.Conv2d(3, 2, 3)
+    conv.load_state_dict(ref_conv.state_dict())
+    for m in (ref_conv, conv):
+        torch.nn.utils.parametrizations.weight_norm(m, "weight")
+    torch.testing.assert_close(conv(image), ref_conv(image))
     ref_bn, bn = nn.BatchNorm2d(3), ft.BatchNorm2d(3)
     for m in (ref_bn, bn):  # batch norm reads its parameters and buffers the same way
         P.register_parametrization(m, "weight", Doubled())

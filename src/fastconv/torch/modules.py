@@ -122,15 +122,16 @@ class Conv2d(_Conv, torch.nn.Conv2d):
     _op = "conv2d"
 
     def forward(self, input):
-        weight = self.weight
+        params = self._parameters
+        weight, bias = _member(self, params, "weight"), _member(self, params, "bias")
         if type(input) in _PLAIN and input.dim() == 4 and weight.dim() == 4:
             # a batched call: straight to the op with the hyper-parameters in its form, skipping
             # the functional wrapper's layers (issue 21: per-call overhead)
             hyper = self._fc_hyper or self._hyper(ops._uncached(ops._conv2d_hyper), "fastconv.torch.conv2d",
                                                   self.stride, self.padding, self.dilation, self.groups,
                                                   tuple(weight.shape[2:]))
-            return _CALL["conv2d"](input, weight, self.bias, *hyper, self.backend)
-        return ops.conv2d(input, weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+            return _CALL["conv2d"](input, weight, bias, *hyper, self.backend)
+        return ops.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
                           backend=self.backend)
 
 

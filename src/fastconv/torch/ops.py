@@ -103,8 +103,8 @@ from ..ops import linear as _linear_ops
 from ..ops import norm as _norm_ops
 from ..ops import pool as _pool_ops
 from ..ops.conv import _padding_1d
-from .exchange import (check_device, check_dtype, contiguous_array, float_dtypes, from_array, held_array, in_channels_last,
-                       on_stream, to_array)
+from .exchange import (check_device, check_dtype, contiguous_array, float_dtypes, from_array, held_array,
+                       in_channels_last, on_stream, to_array)
 
 NAMESPACE = "fastconv"
 
