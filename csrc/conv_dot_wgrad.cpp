@@ -8,7 +8,10 @@
 // (16 channels, 5x5x6) 1.0x. Where it does not apply it lost: 3x3x32 at 16x16 1.15-1.25x, fp64
 // 1.14-1.5x, the AVX2 kernels 1.25-1.6x (none are built); and already against the flat path with
 // junk columns, 64 output channels 1.05-1.22x, ResNet-50's conv1 1.38x, and LeNet's conv1 (25 taps
-// x channels) 1.03x: its copies do not pay.
+// x channels) 1.03x: its copies do not pay. Nor on small images, whose dot products along a row
+// of dy are short (2-core AMD EPYC Zen 5, 2 threads, time against the flat path at 16 output
+// channels): 64 output pixels 1.62x, 100 1.09-1.85x (LeNet's conv2 1.09-1.24x), 144 1.14x, but 196
+// 0.81-0.99x, 256 0.81x, 400-1024 0.74-0.92x (1.10x at 64 input channels); hence kDotMinPixels.
 // The batch is cut into slices of images whose copies take at most kDotSliceBytes (an L2's
 // share), fixed by the shape. Rounds of up to kDotSlots slices run as units (slice, group, run of
 // output-channel tiles): a unit copies its slice and computes each of its tiles in one kernel call
@@ -26,13 +29,15 @@ namespace {
 
 constexpr index_t kDotSliceBytes = index_t(512) << 10;
 constexpr index_t kDotSlots = 8;
+constexpr index_t kDotMinPixels = 160;  // output pixels per image (OH * OW), see above
 
 }  // namespace
 
 // For an fp32 wgrad (the only one with a dot kernel; the caller checks the type).
 bool dot_wgrad_applies(const ConvShape& s) {
   const index_t Kg = s.C_in / s.groups * s.KH * s.KW;
-  return dot_kernel().fn && !is_pointwise(s) && s.C_out / s.groups <= 16 && Kg >= 64 && Kg <= 1024;
+  return dot_kernel().fn && !is_pointwise(s) && s.C_out / s.groups <= 16 && Kg >= 64 && Kg <= 1024 &&
+         s.OH * s.OW >= kDotMinPixels;
 }
 
 bool dot_backward_weight(const ConvShape& s, const float* dy, const float* x, float* dw, int nthreads) {

@@ -158,14 +158,14 @@ WINOGRAD_WGRAD = [
     Conv("winograd_wgrad_rows_two_blocks", 1, 128, 30, 62, 128, 3, 3, padding=1),
 ]
 # wgrad as dot products along the pixels (fp32 with AVX-512, up to 16 output channels per group,
-# 64..1024 taps x channels): tiles ragged both ways (7 channels against 4 rows, 117 taps x channels
-# against 6), stride phases, groups, one image in many runs of output-channel tiles, and slices over
-# two rounds; under the other kernel sets they take the flat path
+# 64..1024 taps x channels, 160+ output pixels): tiles ragged both ways (7 channels against 4 rows,
+# 117 taps x channels against 6), stride phases, groups, one image in many runs of output-channel
+# tiles, and slices over two rounds; under the other kernel sets they take the flat path
 DOT_WGRAD = [
-    Conv("dot_wgrad_ragged", 3, 13, 9, 11, 7, 3, 3, padding=(0, 2)),
-    Conv("dot_wgrad_strided", 3, 8, 15, 13, 12, 3, 3, stride=2, padding=1),
-    Conv("dot_wgrad_groups", 4, 16, 7, 10, 10, 3, 3, padding=1, groups=2),
-    Conv("dot_wgrad_runs", 1, 12, 10, 9, 16, 3, 3, padding=1),
+    Conv("dot_wgrad_ragged", 3, 13, 15, 11, 7, 3, 3, padding=(0, 2)),
+    Conv("dot_wgrad_strided", 3, 8, 31, 25, 12, 3, 3, stride=2, padding=1),
+    Conv("dot_wgrad_groups", 4, 16, 17, 10, 10, 3, 3, padding=1, groups=2),
+    Conv("dot_wgrad_runs", 1, 12, 20, 9, 16, 3, 3, padding=1),
     Conv("dot_wgrad_rounds", 10, 16, 64, 64, 8, 3, 3, padding=1),
 ]
 # Winograd F(4x4, 3x3), the fp32 tile of layers of up to 384 channels in and out together: along
@@ -545,6 +545,7 @@ def test_dot_wgrad_only_with_the_avx512_kernels(isa):
     Conv("many_output_channels", 2, 16, 9, 9, 17, 3, 3, padding=1),
     Conv("few_taps", 2, 2, 9, 9, 8, 5, 5),  # 50 taps x channels: the copies do not pay
     Conv("pointwise", 2, 128, 9, 9, 8, 1, 1),
+    Conv("small_image", 2, 16, 12, 13, 16, 3, 3, padding=1),  # 156 output pixels
 ], ids=lambda c: c.name)
 def test_dot_wgrad_leaves_other_layers(c):
     assert not _cpp.conv2d_wgrad_uses_dot(_params(c)), c.name
@@ -572,7 +573,7 @@ def test_winograd_leaves_other_layers_to_gemm(c):
 
 
 @pytest.mark.parametrize("c", [Conv("flat", 2, 3, 9, 11, 4, 3, 3, padding=1),
-                               Conv("dot", 2, 8, 9, 11, 4, 3, 3, padding=1)], ids=lambda c: c.name)
+                               Conv("dot", 2, 8, 17, 11, 4, 3, 3, padding=1)], ids=lambda c: c.name)
 def test_wgrad_non_finite_x_as_the_reference(c, rng):
     """The dot path pairs its junk columns (dy = 0) with real pixels, so an Inf or NaN in x would
     leak into taps that never see it: such an x takes the flat path, which reads only the pixels
