@@ -98,10 +98,38 @@ def test_a_wrong_layer_fails_verification_and_is_named(wrong_second_conv, tmp_pa
         assert r["status"] == "FAIL" and "passes" not in r  # never timed
         assert "logits:train" in dict(r["failing"]) and "grad:features.3.weight" in dict(r["failing"])
         assert "first differing module: features.3 (fastconv.torch.modules.Conv2d" in r["reason"]
+        assert [d["ok"] for d in r["draws"]] == [False] * (1 + e2e.REDRAWS) and "failed on every draw" in r["reason"]
         assert "the output of features.2 before it matched" in r["reason"]
     assert all(by_name[n]["status"] == "ok" and "passes" in by_name[n] for n in (e2e.ORACLE, e2e.NULL))
     assert "FAILED (not timed):" in out and "lenet5 patched-nchw: FAIL" in out
     assert [b["verdict"] for b in json.loads((tmp_path / "e2e.json").read_text())["bars"]] == ["n/a"]
+
+
+def test_a_chance_failure_passes_on_another_draw(monkeypatch, tmp_path, capsys):
+    """A patched model whose gradients differ on the run's own draw only (as a flipped ReLU makes
+    them) is verified again on the next seed's draw, the oracle and the null with it, and passes
+    there: timed, the record telling both draws; a model that fails every draw stays FAIL (see the
+    wrong layer above)."""
+    verification = e2e.Subject.verification
+
+    def unlucky(self):
+        out = verification(self)
+        if self.patch_report is not None and self.seed == 0:
+            out["grad:features.0.bias"] = out["grad:features.0.bias"] * 1.5
+        return out
+
+    monkeypatch.setattr(e2e.Subject, "verification", unlucky)
+    status = e2e.bench_e2e(models=["lenet5"], batch=2, threads=1, quick=True, repeat=1, out=tmp_path,
+                           in_process=True, progress=False)
+    assert status == 0
+    by_name = {r["contender"]: r for r in json.loads((tmp_path / "e2e.json").read_text())["results"]}
+    for name in ("patched-nchw", "patched-cl"):
+        r = by_name[name]
+        assert r["status"] == "ok" and list(r["passes"]) == ["train", "inference"], r
+        assert [(d["seed"], d["ok"]) for d in r["draws"]] == [(0, False), (1, True)]
+        assert r["draws"][0]["worst"] == "grad:features.0.bias" and 0 <= r["verification_ratio"] <= 1
+        assert r["verification"].startswith("ok on draw 2 (seed 1)") and "seed 0 differed in" in r["verification"]
+    assert by_name[e2e.ORACLE]["status"] == "ok" and "draws" not in by_name[e2e.ORACLE]
 
 
 def test_a_step_that_raises_is_an_error_and_the_others_go_on(monkeypatch, tmp_path, capsys):
