@@ -5,6 +5,7 @@ One tolerance table per dtype; ``|a - ref| <= atol + rtol * |ref|`` everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 
@@ -180,3 +181,39 @@ def assert_unchanged(arrays, copies):
     for a, c in zip(arrays, copies):
         if a is not None:
             np.testing.assert_array_equal(a, c, err_msg="an op modified its input")
+
+
+@contextlib.contextmanager
+def float32_conv_precision(precision):
+    """fastconv's float32 conv precision for the block ("high": the C++ chooser may take F(4x4)),
+    the default ("highest") after."""
+    fastconv.set_float32_conv_precision(precision)
+    try:
+        yield
+    finally:
+        fastconv.set_float32_conv_precision("highest")
+
+
+def cpp_conv_pass(p, pass_name, algo, x, w, dy, nthreads):
+    """One pass of the conv with ConvParams ``p`` ("fwd": y, "dgrad": dx, "wgrad": dw) straight
+    through the C++ binding, in the algorithm named ("auto": the heuristics')."""
+    from fastconv import _cpp
+
+    if pass_name == "fwd":
+        out = np.empty(p.y_shape, x.dtype)
+        _cpp.conv2d_forward(x, w, None, out, p, nthreads, algo)
+    elif pass_name == "dgrad":
+        out = np.empty(p.x_shape, x.dtype)
+        _cpp.conv2d_backward_input(dy, w, out, p, nthreads, algo)
+    else:
+        out = np.empty(p.w_shape, x.dtype)
+        _cpp.conv2d_backward_weight(dy, x, out, p, nthreads, algo)
+    return out
+
+
+def reference_conv_pass(kwargs, pass_name, x, w, dy):
+    """The reference's result of one conv pass (as cpp_conv_pass), the conv's hyper-parameters in ``kwargs``."""
+    if pass_name == "fwd":
+        return fastconv.conv2d(x, w, None, **kwargs, backend="reference")
+    dx, dw, _ = fastconv.conv2d_backward(dy, x, w, **kwargs, needs=(True, True, False), backend="reference")
+    return dx if pass_name == "dgrad" else dw

@@ -2,7 +2,6 @@
 matches the reference and is bit-identical for any thread count; the winners are timed once,
 cached in memory and on disk, and a bad cache file is ignored with a warning."""
 
-import contextlib
 import json
 import os
 import subprocess
@@ -17,7 +16,8 @@ from fastconv import autotune
 from fastconv._params import conv_params
 from fastconv._threads import num_threads
 from fastconv.problems import Conv
-from support import assert_close, assert_equal, randn, small_ints
+from support import (assert_close, assert_equal, cpp_conv_pass, float32_conv_precision, randn,
+                     reference_conv_pass, small_ints)
 
 pytest.importorskip("fastconv._cpp", reason="the C++ backend is not built")
 from fastconv import _cpp  # noqa: E402
@@ -44,24 +44,7 @@ def _params(c):
 
 
 def _run(c, pass_name, algo, x, w, dy):
-    p = _params(c)
-    if pass_name == "fwd":
-        out = np.empty(p.y_shape, x.dtype)
-        _cpp.conv2d_forward(x, w, None, out, p, fastconv.get_num_threads(), algo)
-    elif pass_name == "dgrad":
-        out = np.empty(p.x_shape, x.dtype)
-        _cpp.conv2d_backward_input(dy, w, out, p, fastconv.get_num_threads(), algo)
-    else:
-        out = np.empty(p.w_shape, x.dtype)
-        _cpp.conv2d_backward_weight(dy, x, out, p, fastconv.get_num_threads(), algo)
-    return out
-
-
-def _want(c, pass_name, x, w, dy):
-    if pass_name == "fwd":
-        return fastconv.conv2d(x, w, None, **c.kwargs, backend="reference")
-    dx, dw, _ = fastconv.conv2d_backward(dy, x, w, **c.kwargs, needs=(True, True, False), backend="reference")
-    return dx if pass_name == "dgrad" else dw
+    return cpp_conv_pass(_params(c), pass_name, algo, x, w, dy, fastconv.get_num_threads())
 
 
 def _inputs(rng, c, make, dtype):
@@ -85,7 +68,7 @@ def test_lists_name_each_pass():
     assert _cpp.conv2d_algorithms(p, "dgrad", np.dtype(np.float32)) == ("winograd2", "winograd3", "gemm", "col2im")
     assert _cpp.conv2d_algorithms(p, "wgrad", np.dtype(np.float32))[0] == "winograd2"
     assert _cpp.conv2d_algorithms(p, "fwd", np.dtype(np.float64)) == ("gemm",)  # fp64: wide images only
-    with _precision("high"):
+    with float32_conv_precision("high"):
         assert _cpp.conv2d_algorithms(p, "fwd", np.dtype(np.float32)) == ("winograd2", "winograd3", "winograd4", "gemm")
         assert _cpp.conv2d_algorithms(p, "wgrad", np.dtype(np.float32))[:2] == ("winograd2", "winograd4")
     assert _cpp.conv2d_algorithms(_params(LAYERS[1]), "dgrad", np.dtype(np.float32)) == ("col2im",)
@@ -95,10 +78,10 @@ def test_lists_name_each_pass():
 @pytest.mark.parametrize("c, pass_name, algo, dtype", list(_cases((np.float32, np.float64))))
 def test_every_algorithm_matches_the_reference(c, pass_name, algo, dtype, rng):
     x, w, dy = _inputs(rng, c, randn, dtype)
-    assert_close(_run(c, pass_name, algo, x, w, dy), _want(c, pass_name, x, w, dy), f"{c.name} {pass_name} {algo}")
+    assert_close(_run(c, pass_name, algo, x, w, dy), reference_conv_pass(c.kwargs, pass_name, x, w, dy), f"{c.name} {pass_name} {algo}")
     # every algorithm, each Winograd tile too, adds exact products of small integers exactly
     x, w, dy = _inputs(rng, c, small_ints, dtype)
-    assert_equal(_run(c, pass_name, algo, x, w, dy), _want(c, pass_name, x, w, dy), f"{c.name} {pass_name} {algo}")
+    assert_equal(_run(c, pass_name, algo, x, w, dy), reference_conv_pass(c.kwargs, pass_name, x, w, dy), f"{c.name} {pass_name} {algo}")
 
 
 @pytest.mark.parametrize("c, pass_name, algo, dtype", list(_cases((np.float32,))))
@@ -122,15 +105,6 @@ def test_an_algorithm_that_does_not_apply_is_a_value_error(rng):
         _run(c, "wgrad", "fastest", x, w, dy)
     with pytest.raises(ValueError, match="pass must be 'fwd', 'dgrad' or 'wgrad', got 'bwd'"):
         _cpp.conv2d_algorithms(_params(c), "bwd", np.dtype(np.float32))
-
-
-@contextlib.contextmanager
-def _precision(p):
-    fastconv.set_float32_conv_precision(p)
-    try:
-        yield
-    finally:
-        fastconv.set_float32_conv_precision("highest")
 
 
 @pytest.fixture
@@ -163,7 +137,7 @@ def test_autotune_times_once_and_keeps_the_winner_on_disk(tuning, rng, monkeypat
     x, w, dy = _inputs(rng, c, randn, np.float32)
     results = _all_passes(c, x, w, dy)
     for got, pass_name in zip(results, PASSES):
-        assert_close(got, _want(c, pass_name, x, w, dy), f"tuned {pass_name}")
+        assert_close(got, reference_conv_pass(c.kwargs, pass_name, x, w, dy), f"tuned {pass_name}")
     entries = _entries(tuning)
     assert len(entries) == 3
     for key, algo in entries.items():
@@ -193,7 +167,7 @@ def test_autotune_times_each_tile_the_precision_allows(tuning, rng, monkeypatch,
         timed.append(algo)
         return run(algo), (0.0 if algo == "winograd3" else 1.0)
     monkeypatch.setattr(autotune, "_time", fake_time)
-    with _precision(precision):
+    with float32_conv_precision(precision):
         y = fastconv.conv2d(x, w, None, **c.kwargs, backend="cpp")
         assert [a for a in timed if a.startswith("winograd")] == tiles
         (key, algo), = _entries(tuning).items()
@@ -224,7 +198,7 @@ def test_a_bad_cache_file_is_ignored_with_a_warning(tuning, rng, content):
     x, w, dy = _inputs(rng, c, randn, np.float32)
     with pytest.warns(RuntimeWarning, match="fastconv autotune: ignoring"):
         y = fastconv.conv2d(x, w, None, **c.kwargs, backend="cpp")
-    assert_close(y, _want(c, "fwd", x, w, dy), "after a bad cache file")
+    assert_close(y, reference_conv_pass(c.kwargs, "fwd", x, w, dy), "after a bad cache file")
     assert len(_entries(tuning)) == 1  # replaced by a good one
 
 
@@ -242,7 +216,7 @@ def test_a_stale_entry_is_timed_again(tuning, rng, c):
         warnings.simplefilter("error")
         y = fastconv.conv2d(x, w, None, **c.kwargs, backend="cpp")
     assert _entries(tuning)[key] != "winograd"
-    assert_close(y, _want(c, "fwd", x, w, dy), f"{c.name} after a stale entry")
+    assert_close(y, reference_conv_pass(c.kwargs, "fwd", x, w, dy), f"{c.name} after a stale entry")
 
 
 def test_autotune_from_the_environment_and_bad_switch():

@@ -17,7 +17,8 @@ from fastconv._params import conv_params
 from fastconv._threads import num_threads
 from fastconv.bench.suite import load_suite
 from fastconv.problems import CONV_PROBLEMS, Conv
-from support import assert_close, assert_equal, randn, small_ints
+from support import (assert_close, assert_equal, cpp_conv_pass, float32_conv_precision, randn,
+                     reference_conv_pass, small_ints)
 
 if fastconv.backend_status()["cpp"] is not None:
     pytest.skip(fastconv.backend_status()["cpp"], allow_module_level=True)
@@ -208,16 +209,6 @@ def _winograd_tile(m):
         _cpp.set_winograd_tile(0)
 
 
-@contextlib.contextmanager
-def _precision(p):
-    """fastconv's float32 conv precision p ("high": the chooser may take F(4x4)), the default after."""
-    fastconv.set_float32_conv_precision(p)
-    try:
-        yield
-    finally:
-        fastconv.set_float32_conv_precision("highest")
-
-
 @pytest.fixture(params=["avx512", "avx2", "generic"])
 def isa(request):
     """Each micro-kernel set this CPU runs; the best one is restored afterwards."""
@@ -259,7 +250,7 @@ def test_winograd_f4_problems_take_f4(c):
     images, else F(2x2)."""
     assert _tiles(c)[:2] == ([3, 3] if c.C_in + c.C_out <= 256 and c.W >= 48 else [2, 2]), c.name
     assert _tiles(c)[2] != 4, c.name
-    with _precision("high"):
+    with float32_conv_precision("high"):
         tiles = _tiles(c)
     if c in WINOGRAD_F4_WGRAD:
         assert tiles[2] == 4, c.name
@@ -287,7 +278,7 @@ def test_winograd_f3_problems_take_f3(c):
     """The chooser's tile at the default precision, forward and dgrad; wgrad stays direct (under
     128 channels). At precision "high" these layers take F(4x4)."""
     assert _tiles(c) == [3, 3, 0], c.name
-    with _precision("high"):
+    with float32_conv_precision("high"):
         assert _tiles(c) == [4, 4, 0], c.name
 
 
@@ -318,7 +309,7 @@ def test_winograd_f4_only_where_it_pays():
     assert _tiles(Conv("c64_56", 1, 64, 56, 56, 64, 3, 3, padding=1)) == [3, 3, 0]
     assert _tiles(Conv("c65_28", 1, 65, 28, 28, 64, 3, 3, padding=1))[:2] == [2, 2]
     assert _tiles(Conv("wgrad_128", 1, 128, 28, 28, 128, 3, 3, padding=1)) == [2, 2, 2]
-    with _precision("high"):
+    with float32_conv_precision("high"):
         assert _tiles(Conv("c64_56", 1, 64, 56, 56, 64, 3, 3, padding=1)) == [4, 4, 0]
         assert _tiles(Conv("r50_512_7_b16", 16, 512, 7, 7, 512, 3, 3, padding=1)) == [2, 2, 2]
         assert _tiles(Conv("r50_512_7_b32", 32, 512, 7, 7, 512, 3, 3, padding=1)) == [2, 2, 2]
@@ -329,7 +320,7 @@ def test_winograd_f4_only_where_it_pays():
 
 def test_float32_conv_precision_switch():
     assert fastconv.get_float32_conv_precision() == "highest"
-    with _precision("high"):
+    with float32_conv_precision("high"):
         assert fastconv.get_float32_conv_precision() == "high"
     with pytest.raises(ValueError, match=r"set_float32_conv_precision: precision must be one of .* got 'medium'"):
         fastconv.set_float32_conv_precision("medium")
@@ -344,7 +335,7 @@ def test_winograd_f4_close_to_the_reference(c, rng):
     reference in fp64) on random normal data."""
     x, w, b, dy = _inputs(rng, c, randn, np.float32)
     wide = [a.astype(np.float64) for a in (x, w, b, dy)]
-    with _precision("high"):
+    with float32_conv_precision("high"):
         got_all = _all_passes(c, x, w, b, dy, "cpp")
     for name, got, want in zip(NAMES, got_all, _all_passes(c, *wide, "reference")):
         assert_close(got, want.astype(np.float32), f"{c.name} {name}")
@@ -393,24 +384,7 @@ def _tile_names(c, pass_name, dtype):
 
 def _one_pass(c, pass_name, algo, x, w, dy, nthreads=2):
     """One pass of c in the algorithm named, straight through the binding."""
-    p = _params(c)
-    if pass_name == "fwd":
-        out = np.empty(p.y_shape, x.dtype)
-        _cpp.conv2d_forward(x, w, None, out, p, nthreads, algo)
-    elif pass_name == "dgrad":
-        out = np.empty(p.x_shape, x.dtype)
-        _cpp.conv2d_backward_input(dy, w, out, p, nthreads, algo)
-    else:
-        out = np.empty(p.w_shape, x.dtype)
-        _cpp.conv2d_backward_weight(dy, x, out, p, nthreads, algo)
-    return out
-
-
-def _reference_pass(c, pass_name, x, w, dy):
-    if pass_name == "fwd":
-        return fastconv.conv2d(x, w, None, **c.kwargs, backend="reference")
-    dx, dw, _ = fastconv.conv2d_backward(dy, x, w, **c.kwargs, needs=(True, True, False), backend="reference")
-    return dx if pass_name == "dgrad" else dw
+    return cpp_conv_pass(_params(c), pass_name, algo, x, w, dy, nthreads)
 
 
 def _named_tile_cases():
@@ -432,20 +406,20 @@ def test_winograd_tiles_by_name(c, pass_name, algo, dtype, rng):
     within the tolerance of the float64 reference, the same bits on 1 and 2 threads, and the same
     bits as that tile forced through the chooser (so the name runs its tile)."""
     m = int(algo[-1])
-    with _precision("high"):
+    with float32_conv_precision("high"):
         x, w, _, dy = _inputs(rng, c, small_ints, dtype)
-        assert_equal(_one_pass(c, pass_name, algo, x, w, dy), _reference_pass(c, pass_name, x, w, dy), f"{c.name} {algo}")
+        assert_equal(_one_pass(c, pass_name, algo, x, w, dy), reference_conv_pass(c.kwargs, pass_name, x, w, dy), f"{c.name} {algo}")
         x, w, _, dy = _inputs(rng, c, randn, dtype)
         one, two = (_one_pass(c, pass_name, algo, x, w, dy, nthreads) for nthreads in (1, 2))
         with _winograd_tile(m):
             forced = _one_pass(c, pass_name, "auto", x, w, dy)
     assert_equal(two, one, f"{c.name} {pass_name} {algo}: 1 vs 2 threads")
     assert_equal(forced, one, f"{c.name} {pass_name} {algo} vs F({m}x{m}) forced")
-    want = _reference_pass(c, pass_name, *(a.astype(np.float64) for a in (x, w, dy)))
+    want = reference_conv_pass(c.kwargs, pass_name, *(a.astype(np.float64) for a in (x, w, dy)))
     assert_close(one, want.astype(dtype), f"{c.name} {pass_name} {algo}")
 
 
-def test_winograd_tiles_offered_by_precision():
+def test_winograd_tiles_offered_byfloat32_conv_precision():
     """The lists offer F(2x2) wherever Winograd serves a pass, and the larger tiles where their error
     rule holds (winograd.cpp: tile_allowed), not where the chooser's speed rules take them: F(3x3)
     summing up to 256 channels (fp32, at either precision: on narrow images, and at 128 -> 256,
@@ -466,7 +440,7 @@ def test_winograd_tiles_offered_by_precision():
     assert lists(c256_128) == [[2, 3], [2, 3], [2]]
     assert lists(c300_64) == [[2], [2, 3], []]
     assert lists(WINOGRAD[0], F64) == [[2], [2], []] and lists(WINOGRAD[1], F64) == [[], [], []]
-    with _precision("high"):
+    with float32_conv_precision("high"):
         assert lists(narrow_16) == [[2, 3, 4], [2, 3, 4], []] and _tiles(narrow_16)[:2] == [4, 4]
         assert lists(c128_256) == [[2, 3, 4], [2, 3], [2]] and _tiles(c128_256) == [4, 2, 2]
         assert lists(c512_7) == [[2], [2], [2, 4]] and _tiles(c512_7) == [2, 2, 2]
@@ -484,7 +458,7 @@ def test_the_chooser_takes_an_offered_tile():
                                   padding=s.padding, dilation=s.dilation, groups=s.groups)
                              for s in load_suite().shapes if s.kind == "conv"]
     for precision in ("highest", "high"):
-        with _precision(precision):
+        with float32_conv_precision(precision):
             for c in layers:
                 for pass_name, m in zip(WINOGRAD_PASSES, _tiles(c)):
                     offered = _tile_names(c, pass_name, F32)
@@ -493,7 +467,7 @@ def test_the_chooser_takes_an_offered_tile():
     rng = np.random.default_rng(0)
     x, w, _, dy = _inputs(rng, c, randn, np.float32)
     for precision, m in (("highest", 3), ("high", 4)):
-        with _precision(precision):
+        with float32_conv_precision(precision):
             for pass_name in ("fwd", "dgrad"):
                 assert_equal(_one_pass(c, pass_name, "winograd", x, w, dy), _one_pass(c, pass_name, f"winograd{m}", x, w, dy),
                              (precision, pass_name))
