@@ -1179,3 +1179,20 @@ def test_phases_where_they_apply(rng):
               Conv("strided", 1, 8, 12, 10, 6, 3, 3, stride=2, padding=2, dilation=2),
               Conv("depthwise", 1, 8, 12, 10, 8, 3, 3, padding=2, dilation=2, groups=8)):
         assert "phases" not in _cpp.conv2d_algorithms(_params(c), "fwd", F32), c.name
+
+
+# The dense layer's GEMM (csrc/gemm.cpp): A packed once where several column units share its panels
+# (wide outputs), else read where it lies, each panel packed as it goes where its rows are 4 KiB
+# apart: tall products of few outputs (rows of 576 and of 1024 taps), wide ones, one row; and A
+# transposed (backward-weight's dy^T).
+@pytest.mark.parametrize("M, K, N", [(700, 576, 40), (700, 1024, 40), (300, 96, 600), (1, 64, 3000)], ids=str)
+def test_dense_gemm_exact_and_the_same_on_any_thread_count(M, K, N, isa, dtype, rng):
+    x, w, dy = small_ints(rng, (M, K), dtype), small_ints(rng, (N, K), dtype), small_ints(rng, (M, N), dtype)
+    needs = (True, True, False)
+    want = (fastconv.linear(x, w, None, backend="reference"),
+            *fastconv.linear_backward(dy, x, w, needs=needs, backend="reference")[:2])
+    for nthreads in (1, 2, 3):
+        with num_threads(nthreads):
+            got = (fastconv.linear(x, w, None, backend="cpp"), *fastconv.linear_backward(dy, x, w, needs=needs, backend="cpp")[:2])
+        for name, g, e in zip(("y", "dx", "dw"), got, want):
+            assert_equal(g, e, f"{name} on {nthreads} threads")
