@@ -711,11 +711,17 @@ bool f4_allowed = false;  // set_winograd_f4's: whether F(4x4) is allowed at all
 // (32x32, batch 64) 0.98x forward, 1.18x dgrad. Before the transforms were vectors, 16 channels
 // and 32 -> 32 on images over 16 wide took 1.06-1.29x. In fp64 only along rows: through the tables
 // ResNet-50's 3x3x512 at 7x7 took 1.13-1.18x the time (fp32: 0.65x with AVX2, 0.87x AVX-512),
-// along rows 0.58-0.74x.
+// along rows 0.58-0.74x. With the AVX-512 kernels, whose direct GEMM does twice the flops per
+// cycle, 16 -> 16 layers did not pay (2-core AMD EPYC Zen 5, interleaved, time against the direct
+// path: F(2x2) 1.08-1.29x on ResNet-20's 32x32 at batch 128, 1.03-1.22x at 28x28 and 56x56,
+// 0.95-1.02x on 16x16 and 112x112; F(3x3), the chooser's on wide images, 1.04-1.25x), while 16 ->
+// 32 broke even and 16 -> 64 paid (0.76-0.98x): there they need more than 32 channels in and out
+// together.
 bool winograd_serves(const ConvShape& s, index_t elem_bytes) {
   if (!(s.KH == 3 && s.KW == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
         s.groups == 1))
     return false;
+  if (s.C_in + s.C_out <= 32 && std::strcmp(gemm_isa(), "avx512") == 0) return false;
   const TileGrid g = tile_grid(s, 2);
   const bool work = g.total * s.C_in * s.C_out >= (index_t(1) << 19);
   return g.total >= 64 && min_i(s.C_in, s.C_out) >= 16 && work && (elem_bytes == 4 || along_rows(g));

@@ -428,7 +428,7 @@ def test_winograd_tiles_offered_byfloat32_conv_precision():
     F(2x2)); fp64 F(2x2) only; no wgrad F(3x3)."""
     def lists(c, dtype=F32):
         return [[int(a[-1]) for a in _tile_names(c, pass_name, dtype)] for pass_name in WINOGRAD_PASSES]
-    narrow_16 = Conv("narrow_16", 8, 16, 32, 32, 16, 3, 3, padding=1)  # 32x32: F(3x3) not the chooser's
+    narrow_16 = Conv("narrow_16", 8, 16, 32, 32, 24, 3, 3, padding=1)  # 32x32: F(3x3) not the chooser's
     c128_256 = Conv("c128_256", 1, 128, 56, 56, 256, 3, 3, padding=1)
     c512_7 = Conv("c512_7_b16", 16, 512, 7, 7, 512, 3, 3, padding=1)  # 784 pixels
     c256_128 = Conv("c256_128", 1, 256, 28, 28, 128, 3, 3, padding=1)
@@ -523,6 +523,15 @@ def test_dot_wgrad_only_with_the_avx512_kernels(isa):
 ], ids=lambda c: c.name)
 def test_dot_wgrad_leaves_other_layers(c):
     assert not _cpp.conv2d_wgrad_uses_dot(_params(c)), c.name
+
+
+def test_winograd_at_16_channels_each_way_except_with_the_avx512_kernels(isa):
+    """16 -> 16 layers take Winograd with the AVX2 and generic kernels; with the AVX-512 ones (twice
+    the GEMM's flops per cycle) the direct path was faster, so they need more than 32 channels in and
+    out together there (16 -> 24 still takes it)."""
+    c16, c24 = Conv("c16", 8, 16, 32, 32, 16, 3, 3, padding=1), Conv("c16_24", 8, 16, 32, 32, 24, 3, 3, padding=1)
+    assert _tiles(c16)[:2] == ([0, 0] if isa == "avx512" else [2, 2]), isa
+    assert _tiles(c24)[:2] == [2, 2], isa
 
 
 def test_winograd_in_fp64_only_along_rows_and_not_for_wgrad():
