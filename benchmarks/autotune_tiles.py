@@ -28,23 +28,11 @@ import fastconv
 from fastconv import _cpp, autotune
 from fastconv._params import conv_params
 from fastconv._threads import num_threads
+from fastconv.backends.cpp.conv import cpp_pass
 from fastconv.autotune import _cpu_model
 from fastconv.bench.suite import load_suite
 
 PASSES = ("fwd", "dgrad", "wgrad")
-
-
-def _run(pass_name, p, algo, x, w, dy, nt):
-    if pass_name == "fwd":
-        out = np.empty(p.y_shape, np.float32)
-        _cpp.conv2d_forward(x, w, None, out, p, nt, algo)
-    elif pass_name == "dgrad":
-        out = np.empty(p.x_shape, np.float32)
-        _cpp.conv2d_backward_input(dy, w, out, p, nt, algo)
-    else:
-        out = np.empty(p.w_shape, np.float32)
-        _cpp.conv2d_backward_weight(dy, x, out, p, nt, algo)
-    return out
 
 
 def _autotune_winners(s, x, w, dy):
@@ -92,16 +80,16 @@ def main():
             winners = _autotune_winners(s, x, w, dy)
             for pass_name in PASSES:
                 algos = ["auto", *_cpp.conv2d_algorithms(p, pass_name, np.dtype(np.float32))]
-                want = _run(pass_name, p, "auto", x, w, dy, args.threads)
+                want = cpp_pass(pass_name, p, "auto", x, w, dy, args.threads)
                 scale = np.abs(want).max()
                 for a in algos:  # verified (and warmed up) before any timing
-                    err = np.abs(_run(pass_name, p, a, x, w, dy, args.threads) - want).max() / scale
+                    err = np.abs(cpp_pass(pass_name, p, a, x, w, dy, args.threads) - want).max() / scale
                     assert err < 1e-3, f"{s.name} {pass_name} {a}: relative error {err}"
                 times = {a: [] for a in algos}
                 for _ in range(args.rounds):
                     for a in algos:
                         t0 = time.perf_counter()
-                        _run(pass_name, p, a, x, w, dy, args.threads)
+                        cpp_pass(pass_name, p, a, x, w, dy, args.threads)
                         times[a].append(time.perf_counter() - t0)
                 med = {a: statistics.median(t) * 1e3 for a, t in times.items()}
                 fastest = min((a for a in algos if a != "auto"), key=med.get)

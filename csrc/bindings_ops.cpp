@@ -467,10 +467,11 @@ void bind_ops(py::module_& m) {
         py::arg("nthreads"));
   m.def("mse_loss_forward", &mse_loss_forward, py::arg("x"), py::arg("target"), py::arg("reduction"), py::arg("loss"),
         py::arg("nthreads"));
-  m.def("transpose_batched", &transpose_batched, py::arg("src"), py::arg("dst"), py::arg("nthreads"),
-        "dst[n] = src[n].T for C-contiguous src (N, R, C) and dst (N, C, R): NCHW <-> NHWC");
   m.def("mse_loss_backward", &mse_loss_backward, py::arg("dloss"), py::arg("x"), py::arg("target"),
         py::arg("reduction"), py::arg("dx"), py::arg("nthreads"));
+
+  m.def("transpose_batched", &transpose_batched, py::arg("src"), py::arg("dst"), py::arg("nthreads"),
+        "dst[n] = src[n].T for C-contiguous src (N, R, C) and dst (N, C, R): NCHW <-> NHWC");
 
   m.def("batch_norm_stats", &batch_norm_stats, py::arg("x"), py::arg("mean"), py::arg("var"), py::arg("nthreads"));
   m.def("batch_norm_forward", &batch_norm_forward, py::arg("x"), py::arg("mean"), py::arg("invstd"), py::arg("weight"),

@@ -21,10 +21,10 @@
 //     never built); otherwise dgrad is GEMM (cols = W^T dy) + col2im (im2col with +=;
 //     conv_col2im.cpp);
 //   * wgrad: fp32 with AVX-512, up to 16 output channels and 64 to 1024 taps x input channels per
-//     group (not pointwise), 160+ output pixels, finite x: dot products along the pixels of dy and the rows of cols,
-//     both read in place from flat copies (the dot kernel, conv_dot_wgrad.cpp); else dW^T =
-//     cols dy^T on the same flat layout (the micro-kernel reads cols' rows in place, pixel by
-//     pixel), for weights under 4 MiB (1 MiB pointwise); otherwise GEMM dW += dY cols^T with
+//     group (not pointwise), 160+ output pixels, finite x: dot products along the pixels of dy and
+//     the rows of cols, both read in place from flat copies (the dot kernel, conv_dot_wgrad.cpp);
+//     else dW^T = cols dy^T on the same flat layout (the micro-kernel reads cols' rows in place,
+//     pixel by pixel), for weights under 4 MiB (1 MiB pointwise); otherwise GEMM dW += dY cols^T with
 //     cols^T packed from x, the batch folded into the reduction (both conv_gemm_wgrad.cpp);
 //   * dilated layers at stride 1 whose sizes and paddings are multiples of the dilation (the usual
 //     "same" padding): where the undilated layer their phase images form is one Winograd serves,

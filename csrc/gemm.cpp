@@ -233,7 +233,7 @@ void gemm(index_t M, index_t N, index_t K, const T* a, index_t rsa, index_t csa,
   // used once, and packing all of A first cost a pass over it through memory (and M*K of
   // workspace): there A is read where it lies (InPlaceA, each panel packed as it goes where its
   // layout would crowd L1). Measured (2-core AMD EPYC Zen 5, 2 threads), dense forward at 64
-  // outputs: 32768 x 576 rows 74 -> 313 GFLOP/s, 4096 x 4096 74 -> 273 GFLOP/s.
+  // outputs: 32768 x 576 rows 74 -> 283-317 GFLOP/s, 4096 x 4096 74 -> 273-334 GFLOP/s.
   const bool share_a = t.col_units > 1;
   Buffer<T> ap(share_a ? packed_a_size(uk, M, K) : 0);  // workspace: A packed once, M*K rounded up to MR rows
   std::vector<index_t> a_off(share_a ? 0 : static_cast<std::size_t>(K));  // A(i, p) at a + a_off[p] + i*rsa

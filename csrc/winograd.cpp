@@ -788,10 +788,7 @@ std::vector<int> tiles_where(const ConvShape& s, Allowed allowed) {
 int winograd_tile(const ConvShape& s, index_t elem_bytes) {
   if (!winograd_serves(s, elem_bytes)) return 0;
   // In fp32 the larger tiles, exact on small integers (see Tile<3>, Tile<4>), where they pay and
-  // their error stays inside the tolerance on unit-scale data. Largest error / tolerance against the
-  // fp64 reference, random normal data, forward / dgrad (F(2x2) in brackets): F(4x4) 0.30-0.46 at 16
-  // and 32 channels (0.05-0.09), 0.43-0.69 at 64 (0.12-0.16), 0.81 summing 128 (0.27), 0.98 summing
-  // 256, 1.2-1.6 at 512 (0.56); F(3x3) 0.17-0.40 at 16-64 channels, 0.58 summing 256, 0.75 at 512.
+  // their error rules allow them (tile_allowed, which has the measured errors).
   // F(4x4) at precision "high" only (set_winograd_f4), on up to 128 input channels and 384 in and
   // out together: its forward error, 3-4x the direct path's at 64 channels, flipped enough ReLUs
   // that a patched ResNet-18's gradients (CIFAR size, F(4x4) on its 64-channel layers) differed

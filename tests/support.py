@@ -194,25 +194,9 @@ def float32_conv_precision(precision):
         fastconv.set_float32_conv_precision("highest")
 
 
-def cpp_conv_pass(p, pass_name, algo, x, w, dy, nthreads):
-    """One pass of the conv with ConvParams ``p`` ("fwd": y, "dgrad": dx, "wgrad": dw) straight
-    through the C++ binding, in the algorithm named ("auto": the heuristics')."""
-    from fastconv import _cpp
-
-    if pass_name == "fwd":
-        out = np.empty(p.y_shape, x.dtype)
-        _cpp.conv2d_forward(x, w, None, out, p, nthreads, algo)
-    elif pass_name == "dgrad":
-        out = np.empty(p.x_shape, x.dtype)
-        _cpp.conv2d_backward_input(dy, w, out, p, nthreads, algo)
-    else:
-        out = np.empty(p.w_shape, x.dtype)
-        _cpp.conv2d_backward_weight(dy, x, out, p, nthreads, algo)
-    return out
-
-
 def reference_conv_pass(kwargs, pass_name, x, w, dy):
-    """The reference's result of one conv pass (as cpp_conv_pass), the conv's hyper-parameters in ``kwargs``."""
+    """The reference's result of one conv pass ("fwd": y, "dgrad": dx, "wgrad": dw, as the C++
+    backend's cpp_pass), the conv's hyper-parameters in ``kwargs``."""
     if pass_name == "fwd":
         return fastconv.conv2d(x, w, None, **kwargs, backend="reference")
     dx, dw, _ = fastconv.conv2d_backward(dy, x, w, **kwargs, needs=(True, True, False), backend="reference")

@@ -16,11 +16,11 @@ from fastconv import autotune
 from fastconv._params import conv_params
 from fastconv._threads import num_threads
 from fastconv.problems import Conv
-from support import (assert_close, assert_equal, cpp_conv_pass, float32_conv_precision, randn,
-                     reference_conv_pass, small_ints)
+from support import assert_close, assert_equal, float32_conv_precision, randn, reference_conv_pass, small_ints
 
 pytest.importorskip("fastconv._cpp", reason="the C++ backend is not built")
 from fastconv import _cpp  # noqa: E402
+from fastconv.backends.cpp import conv as cpp_conv  # noqa: E402
 
 # layers whose lists differ: Winograd in every pass (128 channels, stride 1: F(2x2) and F(3x3) at
 # the default precision), a strided
@@ -44,7 +44,7 @@ def _params(c):
 
 
 def _run(c, pass_name, algo, x, w, dy):
-    return cpp_conv_pass(_params(c), pass_name, algo, x, w, dy, fastconv.get_num_threads())
+    return cpp_conv.cpp_pass(pass_name, _params(c), algo, x, w, dy, fastconv.get_num_threads())
 
 
 def _inputs(rng, c, make, dtype):

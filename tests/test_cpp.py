@@ -17,14 +17,14 @@ from fastconv._params import conv_params
 from fastconv._threads import num_threads
 from fastconv.bench.suite import load_suite
 from fastconv.problems import CONV_PROBLEMS, Conv
-from support import (assert_close, assert_equal, cpp_conv_pass, float32_conv_precision, randn,
-                     reference_conv_pass, small_ints)
+from support import assert_close, assert_equal, float32_conv_precision, randn, reference_conv_pass, small_ints
 
 if fastconv.backend_status()["cpp"] is not None:
     pytest.skip(fastconv.backend_status()["cpp"], allow_module_level=True)
 
 from fastconv import _cpp  # noqa: E402
 from fastconv.backends.cpp import _util as cpp_util  # noqa: E402
+from fastconv.backends.cpp import conv as cpp_conv  # noqa: E402
 
 NAMES = ("y", "dx", "dw", "db")
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
@@ -384,7 +384,7 @@ def _tile_names(c, pass_name, dtype):
 
 def _one_pass(c, pass_name, algo, x, w, dy, nthreads=2):
     """One pass of c in the algorithm named, straight through the binding."""
-    return cpp_conv_pass(_params(c), pass_name, algo, x, w, dy, nthreads)
+    return cpp_conv.cpp_pass(pass_name, _params(c), algo, x, w, dy, nthreads)
 
 
 def _named_tile_cases():

@@ -135,7 +135,7 @@ def contiguous_array(t: torch.Tensor) -> np.ndarray:
         return t.contiguous().numpy(force=True)
     N, C, H, W = t.shape
     nhwc = t.permute(0, 2, 3, 1).numpy(force=True)  # (N, H, W, C), contiguous: a view
-    out = torch.empty((N, C, H, W), dtype=t.dtype).numpy()  # PyTorch's allocator: 1.5x faster than np.empty here
+    out = np.empty((N, C, H, W), nhwc.dtype)
     _cpp.transpose_batched(nhwc.reshape(N, H * W, C), out.reshape(N, C, H * W), get_num_threads())
     return out
 

@@ -545,14 +545,6 @@ def _direct_keyer(names):
     return key
 
 
-def _cpu_array(t):
-    """A CPU tensor as the NumPy array over its memory (``force=True``: detached, as the kernels
-    run below autograd; on a CPU float tensor that is a view, 1 us less than ``detach().numpy()``);
-    a non-contiguous one (only dy takes the direct path so) is made contiguous first, one copy
-    (``exchange.contiguous_array``)."""
-    return t.numpy(force=True) if t.is_contiguous() else contiguous_array(t)
-
-
 def _direct_wrap(spec: OpSpec, backward: bool, params):
     """``wrap(result, tensors)``: what fastconv's plan returned as the op's tensors (the direct
     path's :func:`_to_tensors`, without the per-call branching: CPU arrays only)."""
@@ -631,7 +623,7 @@ def _make_kernel(spec: OpSpec, backward: bool):
         else:
             kwargs = spec.to_fastconv(*params)
             needs = tuple(args[-2]) if backward and spec.kind in ("dense", "norm") else None
-            plan = planner([_cpu_array(t) if t is not None else None for t in tensors], kwargs, needs, args[-1])
+            plan = planner([contiguous_array(t) if t is not None else None for t in tensors], kwargs, needs, args[-1])
         wrap = _direct_wrap(spec, backward, params)
 
         # the views of the tensors a model holds across calls, per signature (held_array): the
@@ -659,10 +651,10 @@ def _make_kernel(spec: OpSpec, backward: bool):
                                  view(args[4])), args)
         elif n == 3:  # a dense backward: dy (any layout), x, w
             def run_direct(args):
-                return wrap(plan(_cpu_array(args[0]), args[1].numpy(force=True), param(args[2])), args)
+                return wrap(plan(contiguous_array(args[0]), args[1].numpy(force=True), param(args[2])), args)
         else:
             def run_direct(args):
-                return wrap(plan(*[None if t is None else _cpu_array(t) for t in args[:n]]), args)
+                return wrap(plan(*[None if t is None else contiguous_array(t) for t in args[:n]]), args)
 
         if spec.kind == "norm" and not backward and params[0]:
             # training with the new running statistics written into the given tensors' memory:
@@ -684,7 +676,7 @@ def _make_kernel(spec: OpSpec, backward: bool):
             # y alone, for a call nobody keeps indices of (no gradient to record, no
             # return_indices): the kernel then skips computing and storing them
             kwargs = spec.to_fastconv(*params)
-            plan_y = _pool_ops._max_pool2d_plan(_cpu_array(tensors[0]), *kwargs.values(), False, args[-1])
+            plan_y = _pool_ops._max_pool2d_plan(contiguous_array(tensors[0]), *kwargs.values(), False, args[-1])
 
             def run_y(x):
                 return torch.from_numpy(plan_y(x.numpy(force=True)))

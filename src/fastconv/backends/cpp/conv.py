@@ -25,6 +25,23 @@ def _cython(func):
     return _dispatch._function("cython", "conv", func)
 
 
+def cpp_pass(pass_name, p, algo, x, w, dy, nthreads, b=None):
+    """One pass of the conv with ConvParams ``p`` through the binding, in the algorithm named
+    ("auto": the heuristics'), on C-contiguous arrays: "fwd" y (+ b), "dgrad" dx (x unused),
+    "wgrad" dw (w unused). Also what the tests and benchmarks/autotune_tiles.py time and check."""
+    if pass_name == "fwd":
+        y = empty(p.y_shape, x.dtype)  # (N, C_out, OH, OW)
+        _cpp.conv2d_forward(x, w, b, y, p, nthreads, algo)
+        return y
+    if pass_name == "dgrad":
+        dx = empty(p.x_shape, dy.dtype)  # (N, C_in, H, W)
+        _cpp.conv2d_backward_input(dy, w, dx, p, nthreads, algo)
+        return dx
+    dw = empty(p.w_shape, dy.dtype)  # (C_out, C_in/groups, KH, KW)
+    _cpp.conv2d_backward_weight(dy, x, dw, p, nthreads, algo)
+    return dw
+
+
 def conv2d_forward(x, w, b, p):
     x, w, b = contiguous(x), contiguous(w), contiguous(b)
     nt = nthreads(p.flops)
@@ -32,9 +49,7 @@ def conv2d_forward(x, w, b, p):
     def run(algo):
         if algo == IM2COL:
             return _cython("conv2d_forward")(x, w, b, p)
-        y = empty(p.y_shape, x.dtype)  # (N, C_out, OH, OW)
-        _cpp.conv2d_forward(x, w, b, y, p, nt, algo)
-        return y
+        return cpp_pass("fwd", p, algo, x, w, None, nt, b)
     return tuned("fwd", p, x.dtype, _candidates("fwd", p, x.dtype), nt, run)
 
 
@@ -45,9 +60,7 @@ def conv2d_backward_input(dy, w, p):
     def run(algo):
         if algo == IM2COL:
             return _cython("conv2d_backward_input")(dy, w, p)
-        dx = empty(p.x_shape, dy.dtype)  # (N, C_in, H, W)
-        _cpp.conv2d_backward_input(dy, w, dx, p, nt, algo)
-        return dx
+        return cpp_pass("dgrad", p, algo, None, w, dy, nt)
     return tuned("dgrad", p, dy.dtype, _candidates("dgrad", p, dy.dtype), nt, run)
 
 
@@ -58,9 +71,7 @@ def conv2d_backward_weight(dy, x, p):
     def run(algo):
         if algo == IM2COL:
             return _cython("conv2d_backward_weight")(dy, x, p)
-        dw = empty(p.w_shape, dy.dtype)  # (C_out, C_in/groups, KH, KW)
-        _cpp.conv2d_backward_weight(dy, x, dw, p, nt, algo)
-        return dw
+        return cpp_pass("wgrad", p, algo, x, None, dy, nt)
     return tuned("wgrad", p, dy.dtype, _candidates("wgrad", p, dy.dtype), nt, run)
 
 
