@@ -596,6 +596,36 @@ def test_fast_paths_close_on_random_data(c, dtype, rng):
         assert_close(got, want.astype(dtype), f"{c.name} {name}", scale=scale[name])
 
 
+# col2im (conv_col2im.cpp) sums a row's taps phase by phase: strides of 2 and more (and 1, where
+# it is named), kernels wider and narrower than the stride, dilation, paddings that put whole runs
+# or taps outside the row, rows of odd and even width, images narrower than a chunk or wider
+COL2IM = [
+    Conv("col2im_3x3_s2", 2, 5, 9, 10, 6, 3, 3, stride=2, padding=1),
+    Conv("col2im_7x7_s2", 1, 3, 23, 21, 4, 7, 7, stride=2, padding=3),
+    Conv("col2im_1x1_s2", 2, 6, 7, 8, 3, 1, 1, stride=2),
+    Conv("col2im_s3_dilated", 2, 3, 17, 19, 5, 3, 5, stride=3, padding=(1, 4), dilation=(2, 2)),
+    Conv("col2im_kernel_narrower_than_stride", 1, 4, 13, 17, 3, 2, 2, stride=4, padding=(0, 1)),
+    Conv("col2im_rows_s1_cols_s2", 2, 3, 8, 41, 5, 3, 4, stride=(1, 2), padding=(1, 2)),
+    Conv("col2im_rows_s2_cols_s1", 2, 3, 11, 6, 5, 4, 3, stride=(2, 1), padding=(2, 1)),
+    Conv("col2im_wide_padding", 1, 2, 5, 6, 3, 3, 3, stride=2, padding=3),
+    Conv("col2im_dilated_s1", 2, 4, 12, 13, 6, 3, 3, padding=2, dilation=2),
+]
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in COL2IM])
+def test_col2im_dgrad_as_the_reference(c, dtype, rng):
+    """Exact on small integers; on random data within the tolerance of the float64 reference and
+    the same bits on 1 and 2 threads."""
+    x, w, _, dy = _inputs(rng, c, small_ints, dtype)
+    want = reference_conv_pass(c.kwargs, "dgrad", x, w, dy)
+    assert_equal(_one_pass(c, "dgrad", "col2im", x, w, dy), want, c.name)
+    x, w, _, dy = _inputs(rng, c, randn, dtype)
+    one, two = (_one_pass(c, "dgrad", "col2im", x, w, dy, nthreads) for nthreads in (1, 2))
+    assert_equal(two, one, f"{c.name}: 1 vs 2 threads")
+    want = reference_conv_pass(c.kwargs, "dgrad", *(a.astype(np.float64) for a in (x, w, dy)))
+    assert_close(one, want.astype(dtype), c.name)
+
+
 def test_linear_every_kernel_set(isa, dtype, rng):
     """Shapes that leave ragged panels and depth blocks (the packs' vector blocks and their tails)."""
     x, w, b = small_ints(rng, (37, 29), dtype), small_ints(rng, (19, 29), dtype), small_ints(rng, (19,), dtype)
