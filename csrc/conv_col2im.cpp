@@ -3,6 +3,7 @@
 // depth is C_out*KH*KW instead of C_out).
 #include <omp.h>
 
+#include <numeric>
 #include <vector>
 
 #include "conv_impl.h"
@@ -13,55 +14,85 @@ namespace {
 
 inline index_t floor_div(index_t a, index_t b) { return a >= 0 ? a / b : -((b - 1 - a) / b); }
 
-// Where the taps (kh, 0..KW-1) of one run add into their input row: the same for every channel,
-// so worked out once per run and kh. Tap kw's lane t lands on column o + t*sw, o = ow*sw - pad_l +
-// kw*dil_w. At stride 1 each tap adds along the row (lanes [t0, t1) inside it). At stride sw > 1
-// lane t lands on phase o mod sw, at position floor(o / sw) + t of that phase's sub-row: the taps
-// add along contiguous phase sub-rows in a buffer (sw rows of span elements from position u0),
-// which one pass then interleaves into the row's columns [lo, hi) (whole positions [v0, v1), every
-// phase inside the row, in the loop; the ragged ends one by one).
+// col2im for one run and one tap: im2col with +=, skipping what falls in the padding.
+template <typename T>
+inline void col2im_run(T* plane, const Geo& g, index_t kh, index_t kw, const PixelRun& r, const T* src) {
+  const TapRow tr = tap_row(g, kh, kw, r);
+  if (tr.ih < 0 || tr.ih >= g.H) return;
+  T* dst = plane + tr.ih * g.W + tr.iw0;
+  if (tr.inside) {
+    for (index_t t = 0; t < r.len; ++t) dst[t * g.sw] += src[t];
+    return;
+  }
+  for (index_t t = 0, iw = tr.iw0; t < r.len; ++t, iw += g.sw)
+    if (iw >= 0 && iw < g.W) dst[t * g.sw] += src[t];
+}
+
+// Whether col2im sums a row's taps phase by phase (col2im_phased_row) instead of tap by tap
+// (col2im_run): at a stride where several taps land on the same phase, on rows of at least
+// kPhasedMinOW output pixels. Measured (2-core AMD EPYC Zen 5, 2 threads, dgrad time, phased
+// against tap by tap, alternating runs): resnet50_conv1_7x7s2 (112 output columns) 0.63-0.76x;
+// stride-2 3x3 layers, 28 columns 0.92-0.97x, 16 columns 0.93-0.94x, but 8 columns 1.05x and
+// 4 columns 1.06-1.07x (runs of a few lanes: the buffer's zeroing and interleaving cost more than
+// they save); 1x1 at stride 2 (one tap a phase) 1.1-1.4x. Tap by tap, the scatter had been 28%
+// of resnet50_3x3s2_128_56to28_b16's single-thread time (about 2.5 cycles per element); the GEMM,
+// near its peak, takes most of the rest. Not better: summing each column's lanes in registers
+// (vectors where every tap has a lane, the ragged ends one column at a time) 1.03-1.2x the
+// tap-by-tap time at 28 columns; zeroing dx rows just before their first chunk instead of whole
+// planes up front, 1.05x.
+constexpr index_t kPhasedMinOW = 16;
+
+inline bool col2im_phased(const ConvShape& s) {
+  return s.stride_w > 1 && s.KW > s.stride_w / std::gcd(s.stride_w, s.dil_w) && s.OW >= kPhasedMinOW;
+}
+
+// Phased, where the taps (kh, 0..KW-1) of one run add into their input row: the same for every
+// channel, so worked out once per chunk for each run and kh (ChunkTaps). Tap kw's lane t lands on
+// column o + t*sw, o = ow*sw - pad_l + kw*dil_w: on phase o mod sw, at position floor(o / sw) + t
+// of that phase's sub-row. The taps add along contiguous phase sub-rows in a buffer (sw rows of
+// span elements from position u0), which one pass then interleaves into the row's columns [lo, hi)
+// (whole positions [v0, v1), every phase inside the row, in the loop; the ragged ends one by one).
 struct RowTaps {
   index_t ih;  // the input row; outside [0, H): in the padding, nothing to add
   index_t u0, span, lo, hi, v0, v1;
-  std::vector<index_t> at, t0, t1;  // per tap: stride 1, lane 0's column; else its offset in the buffer
+  const index_t* at;  // per tap: its first lane's offset in the buffer
+};
 
-  explicit RowTaps(index_t KW) : at(KW), t0(KW), t1(KW) {}
-  void set(const Geo& g, index_t kh, const PixelRun& r) {
-    ih = r.oh * g.sh - g.pt + kh * g.dh;
-    const index_t sw = g.sw, base = r.ow * sw - g.pl;
-    u0 = floor_div(base, sw);
-    span = floor_div(base + (g.KW - 1) * g.dw, sw) - u0 + r.len;
-    for (index_t kw = 0; kw < g.KW; ++kw) {
-      const index_t o = base + kw * g.dw, u = floor_div(o, sw);
-      at[kw] = sw == 1 ? o : (o - u * sw) * span + u - u0;
-      t0[kw] = max_i(0, -o);
-      t1[kw] = min_i(r.len, g.W - o);
-    }
-    lo = max_i(0, u0 * sw);
-    hi = min_i(g.W, (u0 + span) * sw);
-    v0 = ceil_div(lo, sw);
-    v1 = max_i(v0, hi / sw);
+// The RowTaps of a chunk's runs, run i's kernel row kh at i * KH + kh.
+struct ChunkTaps {
+  std::vector<RowTaps> rows;
+  std::vector<index_t> at;
+
+  ChunkTaps(const Geo& g, index_t nbc) : rows(static_cast<std::size_t>(nbc * g.KH)), at(rows.size() * g.KW) {}
+  void set(const Geo& g, const PixelRun* runs, int count) {
+    const index_t sw = g.sw;
+    for (int i = 0; i < count; ++i)
+      for (index_t kh = 0; kh < g.KH; ++kh) {
+        const PixelRun& r = runs[i];
+        const index_t e = i * g.KH + kh, base = r.ow * sw - g.pl;
+        RowTaps& rt = rows[e];
+        rt.ih = r.oh * g.sh - g.pt + kh * g.dh;
+        rt.u0 = floor_div(base, sw);
+        rt.span = floor_div(base + (g.KW - 1) * g.dw, sw) - rt.u0 + r.len;
+        rt.at = at.data() + e * g.KW;
+        for (index_t kw = 0; kw < g.KW; ++kw) {
+          const index_t o = base + kw * g.dw, u = floor_div(o, sw);
+          at[e * g.KW + kw] = (o - u * sw) * rt.span + u - rt.u0;
+        }
+        rt.lo = max_i(0, rt.u0 * sw);
+        rt.hi = min_i(g.W, (rt.u0 + rt.span) * sw);
+        rt.v0 = ceil_div(rt.lo, sw);
+        rt.v1 = max_i(rt.v0, rt.hi / sw);
+      }
   }
 };
 
 // col2im of one run for the taps (c, kh, 0..KW-1) of one input row (tap kw's lanes at src +
-// kw*ld), buf: sw * span elements. One read-modify-write of each dx element per (c, kh) instead of
-// one per tap, and none strided. Measured (2-core AMD EPYC Zen 5, 2 threads, dgrad time against
-// scattering tap by tap, alternating runs): resnet50_conv1_7x7s2 0.63-0.70x (batch 16) and 0.75x
-// (batch 1); resnet50_3x3s2_128_56to28 0.92-0.99x at batch 16, within the noise at batch 1 (the
-// scatter had been 28% of its single-thread time, about 2.5 cycles per element; the GEMM, near
-// its peak, takes most of the rest). Not better: summing each column's lanes in registers
-// (vectors where every tap has a lane, the ragged ends one column at a time) 1.03-1.2x, the runs
-// being short (a chunk's 32 columns cut at output rows); zeroing dx rows just before their first
-// chunk instead of whole planes up front, 1.05x.
+// kw*ld), phased (buf: sw * span elements): one read-modify-write of each dx element per (c, kh)
+// instead of one strided one per tap.
 template <typename T>
-void col2im_row(T* row, const Geo& g, const RowTaps& rt, index_t len, const T* src, index_t ld, T* buf) {
+void col2im_phased_row(T* row, const Geo& g, const RowTaps& rt, index_t len, const T* src, index_t ld, T* buf) {
   const index_t sw = g.sw;
-  if (sw == 1) {
-    for (index_t kw = 0; kw < g.KW; ++kw, src += ld)
-      for (index_t t = rt.t0[kw]; t < rt.t1[kw]; ++t) row[rt.at[kw] + t] += src[t];
-    return;
-  }
   for (index_t i = 0; i < sw * rt.span; ++i) buf[i] = T(0);
   for (index_t kw = 0; kw < g.KW; ++kw, src += ld) {
     T* b = buf + rt.at[kw];
@@ -109,9 +140,10 @@ void dgrad_col2im(const ConvShape& s, const T* dy, const T* w, T* dx, int nthrea
     Buffer<T> bbuf(packed_b_size(uk));  // per thread: one packed block of dy
     Buffer<T> cols(rows * nbc);         // per thread: one chunk of cols
     std::vector<PixelRun> runs(static_cast<std::size_t>(nbc));
-    // per thread: one run's phase sub-rows (see col2im_row)
-    Buffer<T> rowbuf(g.sw * (nbc + ceil_div((g.KW - 1) * g.dw, g.sw) + 2));
-    RowTaps taps(g.KW);
+    // phased, per thread: the chunk's tap geometry and one run's phase sub-rows
+    const bool phased = col2im_phased(s);
+    ChunkTaps taps(g, phased ? nbc : 0);
+    Buffer<T> rowbuf(phased ? g.sw * (nbc + ceil_div((g.KW - 1) * g.dw, g.sw) + 2) : 0);
 #pragma omp for schedule(dynamic, 1)
     for (index_t u = 0; u < units; ++u) {
       const index_t n = u / (G * splits), grp = (u / splits) % G, part = u % splits;
@@ -126,14 +158,26 @@ void dgrad_col2im(const ConvShape& s, const T* dy, const T* w, T* dx, int nthrea
         gemm_unit(uk, PrepackedA<T>{ap.data() + grp * asize, Kg}, Cog, p0, p1, pack_b, q0, len, cmap, bbuf.data(),
                   false);
         const int count = pixel_runs(g, P, q0, len, runs.data());
-        for (int i = 0; i < count; ++i)
+        if (!phased) {
+          Tap tap = tap_of(g, k0);
+          for (index_t k = k0; k < k1; ++k, tap.next(g)) {
+            const T* src = cols.data() + (k - p0 * uk.mr) * nbc;
+            for (int i = 0; i < count; ++i) col2im_run(dxg + tap.c * HW, g, tap.kh, tap.kw, runs[i], src + runs[i].lane);
+          }
+          continue;
+        }
+        // channel by channel, as tap by tap: a unit's planes can lie a multiple of 4 KiB apart
+        // (32x32 images), and run by run across them thrashed L1's sets (1x1 stride 2: 1.25x)
+        taps.set(g, runs.data(), count);
+        for (index_t c = c0; c < c1; ++c)
           for (index_t kh = 0; kh < g.KH; ++kh) {
-            taps.set(g, kh, runs[i]);
-            if (taps.ih < 0 || taps.ih >= g.H) continue;
-            // tap (c, kh, 0)'s row of cols, at the run's first lane
-            const T* src = cols.data() + (c0 * KK + kh * g.KW - p0 * uk.mr) * nbc + runs[i].lane;
-            for (index_t c = c0; c < c1; ++c, src += KK * nbc)
-              col2im_row(dxg + c * HW + taps.ih * g.W, g, taps, runs[i].len, src, nbc, rowbuf.data());
+            const T* src = cols.data() + (c * KK + kh * g.KW - p0 * uk.mr) * nbc;  // tap (c, kh, 0)'s row
+            for (int i = 0; i < count; ++i) {
+              const RowTaps& rt = taps.rows[i * g.KH + kh];
+              if (rt.ih >= 0 && rt.ih < g.H)
+                col2im_phased_row(dxg + c * HW + rt.ih * g.W, g, rt, runs[i].len, src + runs[i].lane, nbc,
+                                  rowbuf.data());
+            }
           }
       }
     }

@@ -596,12 +596,17 @@ def test_fast_paths_close_on_random_data(c, dtype, rng):
         assert_close(got, want.astype(dtype), f"{c.name} {name}", scale=scale[name])
 
 
-# col2im (conv_col2im.cpp) sums a row's taps phase by phase: strides of 2 and more (and 1, where
-# it is named), kernels wider and narrower than the stride, dilation, paddings that put whole runs
-# or taps outside the row, rows of odd and even width, images narrower than a chunk or wider
+# col2im (conv_col2im.cpp), tap by tap and phased (16 output columns and more, several taps a
+# phase): strides of 2 and more (and 1, where it is named), kernels wider and narrower than the
+# stride, dilation, paddings that put whole runs or taps outside the row, rows of odd and even
+# width, images narrower than a chunk or wider
 COL2IM = [
     Conv("col2im_3x3_s2", 2, 5, 9, 10, 6, 3, 3, stride=2, padding=1),
+    Conv("col2im_3x3_s2_phased", 2, 5, 7, 33, 6, 3, 3, stride=2, padding=1),
     Conv("col2im_7x7_s2", 1, 3, 23, 21, 4, 7, 7, stride=2, padding=3),
+    Conv("col2im_7x7_s2_phased", 1, 3, 9, 37, 4, 7, 7, stride=2, padding=3),
+    Conv("col2im_5_s3_phased", 2, 3, 6, 50, 4, 2, 5, stride=3, padding=1),
+    Conv("col2im_s2_dilated_phased", 1, 3, 7, 40, 4, 3, 3, stride=2, padding=2, dilation=2),
     Conv("col2im_1x1_s2", 2, 6, 7, 8, 3, 1, 1, stride=2),
     Conv("col2im_s3_dilated", 2, 3, 17, 19, 5, 3, 5, stride=3, padding=(1, 4), dilation=(2, 2)),
     Conv("col2im_kernel_narrower_than_stride", 1, 4, 13, 17, 3, 2, 2, stride=4, padding=(0, 1)),
