@@ -51,7 +51,7 @@ inline bool col2im_phased(const ConvShape& s) {
 // column o + t*sw, o = ow*sw - pad_l + kw*dil_w: on phase o mod sw, at position floor(o / sw) + t
 // of that phase's sub-row. The taps add along contiguous phase sub-rows in a buffer (sw rows of
 // span elements from position u0), which one pass then interleaves into the row's columns [lo, hi)
-// (whole positions [v0, v1), every phase inside the row, in the loop; the ragged ends one by one).
+// (at stride 2 whole positions [v0, v1), both phases inside the row, zipped).
 struct RowTaps {
   index_t ih;  // the input row; outside [0, H): in the padding, nothing to add
   index_t u0, span, lo, hi, v0, v1;
@@ -98,20 +98,20 @@ void col2im_phased_row(T* row, const Geo& g, const RowTaps& rt, index_t len, con
     T* b = buf + rt.at[kw];
     for (index_t t = 0; t < len; ++t) b[t] += src[t];
   }
+  // column iw of the row: phase iw mod sw, position iw / sw
   const auto one = [&](index_t iw) { row[iw] += buf[(iw % sw) * rt.span + iw / sw - rt.u0]; };
-  for (index_t iw = rt.lo; iw < min_i(rt.hi, rt.v0 * sw); ++iw) one(iw);
-  if (sw == 2) {
+  index_t iw = rt.lo;
+  if (sw == 2) {  // the common stride: whole positions as two sub-rows zipped (vectors), the ends one by one
+    for (; iw < min_i(rt.hi, rt.v0 * 2); ++iw) one(iw);
     const T* e = buf - rt.u0;
     const T* d = buf + rt.span - rt.u0;
     for (index_t v = rt.v0; v < rt.v1; ++v) {
       row[2 * v] += e[v];
       row[2 * v + 1] += d[v];
     }
-  } else {
-    for (index_t v = rt.v0; v < rt.v1; ++v)
-      for (index_t ph = 0; ph < sw; ++ph) row[v * sw + ph] += buf[ph * rt.span + v - rt.u0];
+    iw = max_i(iw, rt.v1 * 2);
   }
-  for (index_t iw = max_i(rt.lo, rt.v1 * sw); iw < rt.hi; ++iw) one(iw);
+  for (; iw < rt.hi; ++iw) one(iw);
 }
 
 }  // namespace
