@@ -20,8 +20,12 @@
 //     with the flipped, transposed weight (no col2im, and that weight is w read at other offsets:
 //     never built); otherwise dgrad is GEMM (cols = W^T dy) + col2im (im2col with +=;
 //     conv_col2im.cpp);
-//   * wgrad: fp32 with AVX-512, up to 16 output channels and 64 to 1024 taps x input channels per
-//     group (not pointwise), 160+ output pixels, finite x: dot products along the pixels of dy and
+//   * wgrad: fp32 with AVX-512 or AVX2, 16 to 64 input channels per group (whole vectors of them),
+//     not pointwise, at least 8 (AVX2: 4) output channels, one image's copy within the chunk bound:
+//     x copied channels-last, one vector of input channels times one broadcast pixel of dy in
+//     place (the channels kernel, conv_chan_wgrad.cpp); else fp32 with AVX-512, up to 16 output
+//     channels and 64 to 1024 taps x input channels per group (not pointwise), 160+ output pixels,
+//     finite x: dot products along the pixels of dy and
 //     the rows of cols, both read in place from flat copies (the dot kernel, conv_dot_wgrad.cpp);
 //     else dW^T = cols dy^T on the same flat layout (the micro-kernel reads cols' rows in place,
 //     pixel by pixel), for weights under 4 MiB (1 MiB pointwise); otherwise GEMM dW += dY cols^T with
@@ -50,6 +54,9 @@
 //   Winograd:   see winograd.cpp (the transformed weight, a chunk of padded planes, per-thread blocks);
 //   phases:     the phase copies of a chunk of whole images (in and out), at most 4 x the chunk
 //               bound, plus what the undilated layer's path takes; for wgrad one dW more;
+//   channels wgrad: 8 copies of dw (a round's slices) and one more, and per thread the channels-last
+//               copies of one slice of images (at most 512 KiB, kChanSliceBytes, or one image, within
+//               the chunk bound); with rows under a vector wide, one plane (H x W x lanes) more;
 //   dot wgrad:  8 copies of dw (a round's slices), and per thread the flat copies and dy rows of one
 //               slice of images (at most 512 KiB, kDotSliceBytes, or one image);
 //   depthwise:  per thread one zero-padded input plane, at most about the chunk bound (the window
@@ -258,9 +265,11 @@ void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, 
     if (winograd_backward_weight(s, m, dy, x, dw, nthreads)) return;
     algo = ConvAlgo::kAuto;
   }
-  // dot products along the pixels, for few output channels (see dot_wgrad_applies); it declines an x
-  // that holds an Inf or NaN
-  if constexpr (std::is_same_v<T, float>) {  // the dot kernel is fp32 only
+  if constexpr (std::is_same_v<T, float>) {  // the channels and dot kernels are fp32 only
+    // vectors along the input channels, for few of them (see chan_wgrad_applies)
+    if (takes(algo, ConvAlgo::kChan) && chan_wgrad_applies(s)) return chan_backward_weight(s, dy, x, dw, nthreads);
+    // dot products along the pixels, for few output channels (see dot_wgrad_applies); it declines
+    // an x that holds an Inf or NaN
     if (takes(algo, ConvAlgo::kDot) && dot_wgrad_applies(s)) {
       if (dot_backward_weight(s, dy, x, dw, nthreads)) return;
       algo = ConvAlgo::kAuto;
@@ -340,6 +349,7 @@ std::vector<std::string> conv2d_algorithms(const ConvShape& s, const std::string
     if (s.stride_h == 1 && s.stride_w == 1) names.push_back("gemm");
     names.push_back("col2im");
   } else {
+    if (elem_bytes == 4 && chan_wgrad_applies(s)) names.push_back("chan");
     if (elem_bytes == 4 && dot_wgrad_applies(s)) names.push_back("dot");
     names.insert(names.end(), {"flat", "packed"});
   }
@@ -361,7 +371,8 @@ ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_
   static const std::pair<const char*, ConvAlgo> kByName[] = {
       {"phases", ConvAlgo::kPhases},       {"winograd", ConvAlgo::kWinograd},   {"winograd2", ConvAlgo::kWinograd2},
       {"winograd3", ConvAlgo::kWinograd3}, {"winograd4", ConvAlgo::kWinograd4}, {"gemm", ConvAlgo::kGemm},
-      {"col2im", ConvAlgo::kCol2im}, {"dot", ConvAlgo::kDot},           {"flat", ConvAlgo::kFlat},
+      {"col2im", ConvAlgo::kCol2im}, {"chan", ConvAlgo::kChan},         {"dot", ConvAlgo::kDot},
+      {"flat", ConvAlgo::kFlat},
       {"packed", ConvAlgo::kPacked}, {"direct", ConvAlgo::kDirect}};
   for (const auto& [n, a] : kByName)
     if (name == n) return a;
@@ -369,7 +380,7 @@ ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_
 }
 
 bool conv2d_wgrad_uses_dot(const ConvShape& s) {
-  return !is_depthwise(s) && !winograd_wgrad_tile(s, 4) && dot_wgrad_applies(s);
+  return !is_depthwise(s) && !winograd_wgrad_tile(s, 4) && !chan_wgrad_applies(s) && dot_wgrad_applies(s);
 }
 
 #define FASTCONV_INSTANTIATE(T)                                                                      \

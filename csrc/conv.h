@@ -29,7 +29,7 @@ bool conv2d_wgrad_uses_dot(const ConvShape& s);
 //   "fwd":   "winograd2", "winograd3", "winograd4" (Winograd F(m x m, 3x3) in tile m), "gemm"
 //   "dgrad": "winograd2", "winograd3", "winograd4", "gemm" (all as a forward of dy, at stride 1),
 //            "col2im"
-//   "wgrad": "winograd2", "winograd4", "dot", "flat", "packed"
+//   "wgrad": "winograd2", "winograd4", "chan", "dot", "flat", "packed"
 //   depthwise layers: "direct", every pass;
 //   dilated layers that split into undilated ones (conv_phases.cpp): "phases" too, every pass.
 // conv2d_algorithms lists those that apply to s in elements of elem_bytes (4 or 8), in the order
@@ -45,7 +45,7 @@ std::vector<std::string> conv2d_algorithms(const ConvShape& s, const std::string
 // listed: it is one of the tiles). algorithm_of checks: std::invalid_argument otherwise. A named
 // Winograd or dot wgrad that declines at run time (data holding an Inf or NaN) hands the call on
 // as kAuto would.
-enum class ConvAlgo { kAuto, kPhases, kWinograd, kWinograd2, kWinograd3, kWinograd4, kGemm, kCol2im, kDot, kFlat,
+enum class ConvAlgo { kAuto, kPhases, kWinograd, kWinograd2, kWinograd3, kWinograd4, kGemm, kCol2im, kChan, kDot, kFlat,
                       kPacked, kDirect };
 ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_bytes, const std::string& name);
 

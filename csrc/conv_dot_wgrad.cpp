@@ -106,12 +106,7 @@ bool dot_backward_weight(const ConvShape& s, const float* dy, const float* x, fl
       // every thread reads the flag between this loop's barrier and the next write to it (the
       // next round's reduction, two barriers on), so all of them leave together
       if (!finite) break;
-#pragma omp for schedule(static)
-      for (index_t e = 0; e < dw_size; ++e) {  // dW = ((slice 0 + slice 1) + slice 2) + ...
-        T sum = s0 == 0 ? partial.data()[e] : dw[e] + partial.data()[e];
-        for (index_t sl = 1; sl < round; ++sl) sum += partial.data()[sl * dw_size + e];
-        dw[e] = sum;
-      }
+      add_round(partial.data(), round, dw_size, s0 == 0, dw);
     }
   }
   return finite;

@@ -8,6 +8,7 @@
 //   conv_col2im.cpp      dgrad at any stride: GEMM (cols = W^T dy) + col2im
 //   conv_gemm_wgrad.cpp  wgrad as a GEMM: on the flat layout, or with cols^T packed from x
 //   conv_dot_wgrad.cpp   wgrad as dot products along the pixels (few output channels, fp32)
+//   conv_chan_wgrad.cpp  wgrad with vectors along the input channels (few of them, fp32)
 //   conv_phases.cpp      dilated layers as undilated ones on the phase images, every pass
 // The function templates declared here are defined in their file and instantiated there, for float
 // and double.
@@ -250,6 +251,31 @@ bool dot_wgrad_applies(const ConvShape& s);
 // dw from dy and x for a layer dot_wgrad_applies accepts; false, dw unfinished, when x holds an Inf
 // or NaN (the flat path takes it).
 bool dot_backward_weight(const ConvShape& s, const float* dy, const float* x, float* dw, int nthreads);
+
+// ---------------------------------------------------------------------------------------------
+// wgrad with vectors along the input channels (conv_chan_wgrad.cpp)
+// ---------------------------------------------------------------------------------------------
+
+// Whether the channels kernel serves this wgrad: the kernel set in use has one (fp32), a multiple of
+// its lanes up to 64 input channels per group, not pointwise. For an fp32 wgrad (the caller
+// checks the type).
+bool chan_wgrad_applies(const ConvShape& s);
+
+// dw from dy and x for a layer chan_wgrad_applies accepts.
+void chan_backward_weight(const ConvShape& s, const float* dy, const float* x, float* dw, int nthreads);
+
+// The sum of a batch's slices in one fixed order, dW = ((slice 0 + slice 1) + slice 2) + ..., a
+// round at a time: adds the `round` slices of one (partial, dw_size apart) to dw, which holds the
+// earlier rounds' sum unless `first`. An orphaned omp for: every thread of the team calls it.
+template <typename T>
+void add_round(const T* partial, index_t round, index_t dw_size, bool first, T* dw) {
+#pragma omp for schedule(static)
+  for (index_t e = 0; e < dw_size; ++e) {
+    T sum = first ? partial[e] : dw[e] + partial[e];
+    for (index_t sl = 1; sl < round; ++sl) sum += partial[sl * dw_size + e];
+    dw[e] = sum;
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // dilated layers as undilated ones on their phase images (conv_phases.cpp)

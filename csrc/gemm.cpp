@@ -41,7 +41,7 @@ KernelSet generic_set() {  // few rows: 2x8, few columns: 8x2, no dot kernel
                    KernelTable{kernel_set<Scalar<float>, 4, 4>(256, 256), kernel_set<Scalar<float>, 2, 8>(256, 256),
                                kernel_set<Scalar<float>, 8, 2>(256, 256), kernel_set<Scalar<double>, 4, 4>(256, 256),
                                kernel_set<Scalar<double>, 2, 8>(256, 256), kernel_set<Scalar<double>, 8, 2>(256, 256),
-                               DotKernel<float>{}}};
+                               DotKernel<float>{}, ChanKernel<float>{}}};
 }
 
 // One cache's size in bytes from sysfs ("32K", "1024K", "8M"), 0 where there is none.
@@ -187,6 +187,7 @@ const MicroKernel<T>& micro_kernel_few_cols(index_t N) {
 }
 
 const DotKernel<float>& dot_kernel() { return current().load()->k.f32_dot; }
+const ChanKernel<float>& chan_kernel() { return current().load()->k.f32_chan; }
 
 #define FASTCONV_KERNEL_CHOICE(T)                                   \
   template const MicroKernel<T>& micro_kernel<T>();                 \

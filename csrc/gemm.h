@@ -45,6 +45,8 @@ template <typename T>
 const MicroKernel<T>& micro_kernel_few_cols(index_t N);
 // This CPU's dot kernel (see DotKernel): fp32, and fn is null where the kernel set has none.
 const DotKernel<float>& dot_kernel();
+// This CPU's channels kernel (see ChanKernel): fp32, and fn is null where the kernel set has none.
+const ChanKernel<float>& chan_kernel();
 // "avx512", "avx2" or "generic": the kernels in use.
 const char* gemm_isa();
 // The L2 size the blocking is taken from, in bytes per core: FASTCONV_L2_BYTES where set (read

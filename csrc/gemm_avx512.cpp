@@ -47,7 +47,7 @@ bool gemm_kernels_avx512(KernelTable& table, index_t l2) {
   table = KernelTable{kernel_set_for_l2<F32x16, 14, 2>(256, l2), kernel_set_for_l2<F32x16, 8, 3>(256, l2),
                       kernel_set_for_l2<F32x16, 16, 1>(256, l2), kernel_set_for_l2<F64x8, 14, 2>(256, l2),
                       kernel_set_for_l2<F64x8, 8, 3>(256, l2), kernel_set_for_l2<F64x8, 16, 1>(256, l2),
-                      dot_kernel_set<F32x16, 4, 6>()};
+                      dot_kernel_set<F32x16, 4, 6>(), chan_kernel_set<F32x16, 8, 3>()};
   return true;
 }
 

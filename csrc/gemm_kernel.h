@@ -61,14 +61,34 @@ struct DotKernel {
   Fn fn;
 };
 
+// wgrad with vectors along the input channels: for CB rows of dy (output channels, one scalar
+// broadcast per pixel, read where dy lies) and KV rows of a channels-last copy of x (L channels per
+// vector: one tap and one block of channels each), out[(i*KV + j)*L + l] = the sum over images
+// n < images, output rows r < rows and columns c < cols of
+//   dy[i][n*dy_image + r*dy_row + c] * x[j][n*x_image + r*x_row + c*x_col + l],
+// summed in that order. CB*KV FMAs per KV vector loads and CB broadcasts, nothing packed but x's copy
+// (see conv_chan_wgrad.cpp); pack copies a channels-first block into it (PackFn with W = L).
+constexpr int kMaxChanRows = 8;  // every channels kernel's CB and KV are at most this
+template <typename T>
+struct ChanKernel {
+  using Fn = void (*)(index_t images, index_t rows, index_t cols, const T* const* dy, index_t dy_image,
+                      index_t dy_row, const T* const* x, index_t x_image, index_t x_row, index_t x_col, T* out);
+  int cb, kv;  // rows of dy and of x per call
+  int lanes;   // elements per vector
+  Fn fn;
+  typename MicroKernel<T>::PackFn pack;
+};
+
 // The kernels of one instruction set: the general shape, one of fewer rows (MR) for products with
 // few rows, e.g. a layer of 16 or 32 output channels, which 14-row panels pad by 43% / 24%, one
 // of fewer columns (NR) for few columns (wgrad's dW^T of 16 output channels), and a dot kernel
-// where one pays: fp32 with AVX-512 only (fn null elsewhere; see dot_wgrad_applies in conv_dot_wgrad.cpp).
+// where one pays: fp32 with AVX-512 only (fn null elsewhere; see dot_wgrad_applies in conv_dot_wgrad.cpp),
+// and a channels kernel likewise (see chan_wgrad_applies in conv_chan_wgrad.cpp).
 struct KernelTable {
   MicroKernel<float> f32, f32_few_rows, f32_few_cols;
   MicroKernel<double> f64, f64_few_rows, f64_few_cols;
   DotKernel<float> f32_dot;
+  ChanKernel<float> f32_chan;
 };
 
 // Each returns false (and leaves the table alone) when that translation unit was built without

@@ -286,3 +286,49 @@ DotKernel<typename V::T> dot_kernel_set() {
   static_assert(RA <= kMaxDotRows && RB <= kMaxDotRows, "callers hold RA row pointers and RA*RB sums on the stack");
   return DotKernel<typename V::T>{RA, RB, V::L, &dot_ukernel<V, RA, RB>};
 }
+
+// The channels kernel (see ChanKernel): CB x KV accumulators, KV vector loads and CB broadcasts
+// per step.
+template <class V, int CB, int KV>
+void chan_ukernel(index_t images, index_t rows, index_t cols, const typename V::T* const* dy, index_t dy_image,
+                  index_t dy_row, const typename V::T* const* x, index_t x_image, index_t x_row, index_t x_col,
+                  typename V::T* out) {
+  using T = typename V::T;
+  using R = typename V::R;
+  constexpr int L = V::L;
+  R acc[CB][KV];
+#pragma GCC unroll 8
+  for (int i = 0; i < CB; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < KV; ++j) acc[i][j] = V::zero();
+  for (index_t n = 0; n < images; ++n)
+    for (index_t r = 0; r < rows; ++r) {
+      const T* d[CB];
+      const T* xp[KV];
+#pragma GCC unroll 8
+      for (int i = 0; i < CB; ++i) d[i] = dy[i] + n * dy_image + r * dy_row;
+#pragma GCC unroll 8
+      for (int j = 0; j < KV; ++j) xp[j] = x[j] + n * x_image + r * x_row;
+      for (index_t c = 0; c < cols; ++c) {
+        R xv[KV];
+#pragma GCC unroll 8
+        for (int j = 0; j < KV; ++j) xv[j] = V::load(xp[j] + c * x_col);
+#pragma GCC unroll 8
+        for (int i = 0; i < CB; ++i) {
+          const R b = V::set1(d[i][c]);
+#pragma GCC unroll 8
+          for (int j = 0; j < KV; ++j) acc[i][j] = V::fma(xv[j], b, acc[i][j]);
+        }
+      }
+    }
+#pragma GCC unroll 8
+  for (int i = 0; i < CB; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < KV; ++j) V::store(out + (i * KV + j) * L, acc[i][j]);
+}
+
+template <class V, int CB, int KV>
+ChanKernel<typename V::T> chan_kernel_set() {
+  static_assert(CB <= kMaxChanRows && KV <= kMaxChanRows, "callers hold CB + KV row pointers on the stack");
+  return ChanKernel<typename V::T>{CB, KV, V::L, &chan_ukernel<V, CB, KV>, &pack_panel<V, V::L>};
+}

@@ -23,10 +23,9 @@ from fastconv import _cpp  # noqa: E402
 from fastconv.backends.cpp import conv as cpp_conv  # noqa: E402
 
 # layers whose lists differ: Winograd in every pass (128 channels, stride 1: F(2x2) and F(3x3) at
-# the default precision), a strided
-# layer (dgrad: col2im only), pointwise, groups with ragged sizes, a dilated layer that splits into
-# phases, few output channels (the dot
-# wgrad where AVX-512 runs it), depthwise ("direct" only)
+# the default precision), a strided layer (dgrad: col2im only), pointwise, groups with ragged sizes,
+# a dilated layer that splits into phases, few channels (the channels wgrad where the AVX-512 and
+# AVX2 kernels run it), depthwise ("direct" only)
 LAYERS = [
     Conv("winograd_all_passes", 2, 128, 10, 13, 128, 3, 3, padding=1),
     Conv("strided", 2, 12, 11, 9, 10, 3, 3, stride=2, padding=(1, 0)),

@@ -167,7 +167,18 @@ DOT_WGRAD = [
     Conv("dot_wgrad_strided", 3, 8, 31, 25, 12, 3, 3, stride=2, padding=1),
     Conv("dot_wgrad_groups", 4, 16, 17, 10, 10, 3, 3, padding=1, groups=2),
     Conv("dot_wgrad_runs", 1, 12, 20, 9, 16, 3, 3, padding=1),
-    Conv("dot_wgrad_rounds", 10, 16, 64, 64, 8, 3, 3, padding=1),
+    Conv("dot_wgrad_rounds", 10, 12, 64, 64, 8, 3, 3, padding=1),
+]
+# wgrad with vectors along the input channels (conv_chan_wgrad.cpp; AVX-512 and AVX2, 16 and 8
+# lanes): output channels past a multiple of the kernel's rows (8 / 4), rows narrower than a vector
+# (each plane transposed whole) and wider, stride, dilation and asymmetric padding, groups, a kernel
+# of 6 rows, and more slices than a round holds (74 KB a copy: 7 images a slice, 12 slices)
+CHAN_WGRAD = [
+    Conv("chan_wgrad_ragged", 3, 16, 13, 11, 13, 3, 3, padding=(2, 0)),
+    Conv("chan_wgrad_strided_dilated", 2, 32, 21, 19, 10, 3, 3, stride=(2, 1), padding=1, dilation=(1, 2)),
+    Conv("chan_wgrad_groups", 2, 64, 12, 17, 24, 3, 3, padding=1, groups=2),
+    Conv("chan_wgrad_tall", 2, 16, 14, 20, 9, 6, 2, padding=(2, 1)),
+    Conv("chan_wgrad_rounds", 80, 16, 32, 32, 8, 3, 3, padding=1),
 ]
 # Winograd F(4x4, 3x3), the fp32 tile of layers of up to 384 channels in and out together: along
 # rows (OW >= 61: 16+ tiles a row) with OH and OW 1, 2 or 3 past a multiple of 4 (clipped last tile
@@ -196,7 +207,7 @@ WINOGRAD_F3 = [
     Conv("winograd_f3_rows_clipped", 2, 80, 10, 50, 96, 3, 3, padding=1),
     Conv("winograd_f3_rows_pad_0", 1, 72, 14, 61, 48, 3, 3),
 ]
-FAST_PATHS += WINOGRAD + WINOGRAD_WGRAD + DOT_WGRAD + WINOGRAD_F4 + WINOGRAD_F4_WGRAD + WINOGRAD_F3
+FAST_PATHS += WINOGRAD + WINOGRAD_WGRAD + DOT_WGRAD + CHAN_WGRAD + WINOGRAD_F4 + WINOGRAD_F4_WGRAD + WINOGRAD_F3
 
 
 @contextlib.contextmanager
@@ -513,6 +524,29 @@ def test_dot_wgrad_problems_take_it(c):
 
 def test_dot_wgrad_only_with_the_avx512_kernels(isa):
     assert _cpp.conv2d_wgrad_uses_dot(_params(DOT_WGRAD[0])) == (isa == "avx512"), isa
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in CHAN_WGRAD])
+def test_chan_wgrad_problems_take_it(c, isa):
+    """With the AVX-512 and AVX2 kernels, first of the list (it never declines: the heuristics take it)."""
+    algos = _cpp.conv2d_algorithms(_params(c), "wgrad", F32)
+    if isa == "generic":
+        assert "chan" not in algos, c.name
+    else:
+        assert algos[0] == "chan", (c.name, isa, algos)
+    assert "chan" not in _cpp.conv2d_algorithms(_params(c), "wgrad", F64), c.name
+
+
+@pytest.mark.parametrize("c", [
+    Conv("channels_not_whole_vectors", 2, 20, 9, 9, 16, 3, 3, padding=1),
+    Conv("many_input_channels", 2, 128, 9, 9, 16, 3, 3, padding=1),
+    Conv("pointwise", 2, 64, 9, 9, 16, 1, 1),
+    Conv("five_rows", 2, 16, 9, 9, 16, 5, 5, padding=2),  # 5 (kh, channel block) pairs, calls take 3
+    Conv("few_output_channels", 2, 16, 9, 9, 3, 3, 3, padding=1),  # under the kernel's rows (8 / 4)
+    Conv("image_over_the_bound", 1, 16, 300, 300, 16, 3, 3, padding=1),  # a 5.8 MB copy
+], ids=lambda c: c.name)
+def test_chan_wgrad_leaves_other_layers(c):
+    assert "chan" not in _cpp.conv2d_algorithms(_params(c), "wgrad", F32), c.name
 
 
 @pytest.mark.parametrize("c", [
