@@ -36,7 +36,7 @@ class BuildExt(build_ext):
 cpp = Pybind11Extension(
     "fastconv._cpp",
     sources=["csrc/bindings.cpp", "csrc/conv.cpp", "csrc/conv_chan_wgrad.cpp", "csrc/conv_col2im.cpp", "csrc/conv_depthwise.cpp",
-             "csrc/conv_dot_wgrad.cpp", "csrc/conv_flat.cpp", "csrc/conv_gemm_wgrad.cpp", "csrc/conv_phases.cpp",
+             "csrc/conv_dot_wgrad.cpp", "csrc/conv_flat.cpp", "csrc/conv_gemm_wgrad.cpp", "csrc/conv_phases.cpp", "csrc/conv_subpixel.cpp",
              "csrc/gemm.cpp", "csrc/gemm_avx2.cpp", "csrc/gemm_avx512.cpp", "csrc/linear.cpp", "csrc/pool.cpp",
              "csrc/activation.cpp", "csrc/bindings_ops.cpp", "csrc/dropout.cpp", "csrc/loss.cpp", "csrc/norm.cpp",
              "csrc/layout.cpp", "csrc/winograd.cpp"],

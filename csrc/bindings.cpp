@@ -288,6 +288,10 @@ PYBIND11_MODULE(_cpp, m) {
   m.def(
       "conv2d_wgrad_uses_dot", [](const py::object& p) { return fastconv::conv2d_wgrad_uses_dot(conv_shape(p)); },
       py::arg("p"), "whether fp32 wgrad of ConvParams p runs as dot products along the pixels (given finite x)");
+  m.def(
+      "conv2d_dgrad_uses_subpixel",
+      [](const py::object& p) { return fastconv::conv2d_dgrad_uses_subpixel(conv_shape(p)); }, py::arg("p"),
+      "whether fp32 dgrad of ConvParams p runs as one forward of dy per phase of dx (given finite w)");
   m.def("conv2d_backward_bias", &conv2d_backward_bias, py::arg("dy"), py::arg("db"), py::arg("nthreads"));
 
   m.def("linear_forward", &linear_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("nthreads"));

@@ -237,6 +237,11 @@ void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, i
   if (unit_stride && as_forward &&
       dgrad_as_forward_stands(s, w, dx, nthreads, [&] { dgrad_as_forward(s, dy, w, dx, nthreads, algo); }))
     return;
+  // strided and undilated: a forward of dy per phase of dx where it pays (conv_subpixel.cpp)
+  const bool subpixel = algo == ConvAlgo::kAuto ? std::is_same_v<T, float> && subpixel_pays(s) : algo == ConvAlgo::kSubpixel;
+  if (!unit_stride && s.dil_h == 1 && s.dil_w == 1 && subpixel &&
+      dgrad_as_forward_stands(s, w, dx, nthreads, [&] { subpixel_backward_input(s, dy, w, dx, nthreads); }))
+    return;
   // any stride: GEMM (cols = W^T dy) + col2im
   dgrad_col2im(s, dy, w, dx, nthreads);
 }
@@ -347,6 +352,7 @@ std::vector<std::string> conv2d_algorithms(const ConvShape& s, const std::string
     names.push_back("gemm");
   } else if (pass == "dgrad") {
     if (s.stride_h == 1 && s.stride_w == 1) names.push_back("gemm");
+    else if (s.dil_h == 1 && s.dil_w == 1) names.push_back("subpixel");
     names.push_back("col2im");
   } else {
     if (elem_bytes == 4 && chan_wgrad_applies(s)) names.push_back("chan");
@@ -371,12 +377,17 @@ ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_
   static const std::pair<const char*, ConvAlgo> kByName[] = {
       {"phases", ConvAlgo::kPhases},       {"winograd", ConvAlgo::kWinograd},   {"winograd2", ConvAlgo::kWinograd2},
       {"winograd3", ConvAlgo::kWinograd3}, {"winograd4", ConvAlgo::kWinograd4}, {"gemm", ConvAlgo::kGemm},
-      {"col2im", ConvAlgo::kCol2im}, {"chan", ConvAlgo::kChan},         {"dot", ConvAlgo::kDot},
+      {"col2im", ConvAlgo::kCol2im}, {"subpixel", ConvAlgo::kSubpixel}, {"chan", ConvAlgo::kChan},         {"dot", ConvAlgo::kDot},
       {"flat", ConvAlgo::kFlat},
       {"packed", ConvAlgo::kPacked}, {"direct", ConvAlgo::kDirect}};
   for (const auto& [n, a] : kByName)
     if (name == n) return a;
   throw std::logic_error("conv2d: algorithm '" + name + "' has no enum");  // a name listed above without one
+}
+
+bool conv2d_dgrad_uses_subpixel(const ConvShape& s) {
+  return !is_depthwise(s) && !takes_phases(s, "dgrad", 4, ConvAlgo::kAuto) && (s.stride_h > 1 || s.stride_w > 1) &&
+         s.dil_h == 1 && s.dil_w == 1 && subpixel_pays(s);
 }
 
 bool conv2d_wgrad_uses_dot(const ConvShape& s) {

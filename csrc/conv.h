@@ -23,12 +23,15 @@ int conv2d_uses_winograd(const ConvShape& s, const std::string& pass, index_t el
 // Whether wgrad of s in fp32 runs as dot products along the pixels (the dot kernel of the kernel
 // set in use; see conv_dot_wgrad.cpp), given finite x: for tests.
 bool conv2d_wgrad_uses_dot(const ConvShape& s);
+// Whether dgrad of s in fp32 runs as one forward of dy per phase of dx (conv_subpixel.cpp), given
+// finite w: for tests.
+bool conv2d_dgrad_uses_subpixel(const ConvShape& s);
 
 // The algorithms of each pass, by name, for choosing among them by measurement (fastconv's
 // autotune); conv.cpp's header says what each is:
 //   "fwd":   "winograd2", "winograd3", "winograd4" (Winograd F(m x m, 3x3) in tile m), "gemm"
 //   "dgrad": "winograd2", "winograd3", "winograd4", "gemm" (all as a forward of dy, at stride 1),
-//            "col2im"
+//            "subpixel" (a forward of dy per phase of dx, strided and undilated), "col2im"
 //   "wgrad": "winograd2", "winograd4", "chan", "dot", "flat", "packed"
 //   depthwise layers: "direct", every pass;
 //   dilated layers that split into undilated ones (conv_phases.cpp): "phases" too, every pass.
@@ -45,7 +48,7 @@ std::vector<std::string> conv2d_algorithms(const ConvShape& s, const std::string
 // listed: it is one of the tiles). algorithm_of checks: std::invalid_argument otherwise. A named
 // Winograd or dot wgrad that declines at run time (data holding an Inf or NaN) hands the call on
 // as kAuto would.
-enum class ConvAlgo { kAuto, kPhases, kWinograd, kWinograd2, kWinograd3, kWinograd4, kGemm, kCol2im, kChan, kDot, kFlat,
+enum class ConvAlgo { kAuto, kPhases, kWinograd, kWinograd2, kWinograd3, kWinograd4, kGemm, kCol2im, kSubpixel, kChan, kDot, kFlat,
                       kPacked, kDirect };
 ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_bytes, const std::string& name);
 

@@ -6,6 +6,7 @@
 //                        place from it (stride-1 dgrad runs it too, as a forward of dy)
 //   winograd.cpp         Winograd F(2x2, 3x3) and F(4x4, 3x3): forward, stride-1 dgrad, wgrad (declared in winograd.h)
 //   conv_col2im.cpp      dgrad at any stride: GEMM (cols = W^T dy) + col2im
+//   conv_subpixel.cpp    strided dgrad as stride-1 forwards of dy, one per phase of dx
 //   conv_gemm_wgrad.cpp  wgrad as a GEMM: on the flat layout, or with cols^T packed from x
 //   conv_dot_wgrad.cpp   wgrad as dot products along the pixels (few output channels, fp32)
 //   conv_chan_wgrad.cpp  wgrad with vectors along the input channels (few of them, fp32)
@@ -226,6 +227,12 @@ void gemm_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const T*
 
 template <typename T>
 void dgrad_col2im(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads);
+
+// dgrad of a strided, undilated layer (not depthwise) as one forward of dy per phase of dx
+// (conv_subpixel.cpp); subpixel_pays: where the heuristics take it in fp32 (measured there).
+bool subpixel_pays(const ConvShape& s);
+template <typename T>
+void subpixel_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads);
 
 // ---------------------------------------------------------------------------------------------
 // wgrad as a GEMM (conv_gemm_wgrad.cpp): any layer but depthwise ones

@@ -23,7 +23,7 @@ from fastconv import _cpp  # noqa: E402
 from fastconv.backends.cpp import conv as cpp_conv  # noqa: E402
 
 # layers whose lists differ: Winograd in every pass (128 channels, stride 1: F(2x2) and F(3x3) at
-# the default precision), a strided layer (dgrad: col2im only), pointwise, groups with ragged sizes,
+# the default precision), a strided layer (dgrad: subpixel and col2im), pointwise, groups with ragged sizes,
 # a dilated layer that splits into phases, few channels (the channels wgrad where the AVX-512 and
 # AVX2 kernels run it), depthwise ("direct" only)
 LAYERS = [
@@ -70,7 +70,7 @@ def test_lists_name_each_pass():
     with float32_conv_precision("high"):
         assert _cpp.conv2d_algorithms(p, "fwd", np.dtype(np.float32)) == ("winograd2", "winograd3", "winograd4", "gemm")
         assert _cpp.conv2d_algorithms(p, "wgrad", np.dtype(np.float32))[:2] == ("winograd2", "winograd4")
-    assert _cpp.conv2d_algorithms(_params(LAYERS[1]), "dgrad", np.dtype(np.float32)) == ("col2im",)
+    assert _cpp.conv2d_algorithms(_params(LAYERS[1]), "dgrad", np.dtype(np.float32)) == ("subpixel", "col2im")
     assert _cpp.conv2d_algorithms(_params(LAYERS[-1]), "wgrad", np.dtype(np.float64)) == ("direct",)
 
 

@@ -207,7 +207,20 @@ WINOGRAD_F3 = [
     Conv("winograd_f3_rows_clipped", 2, 80, 10, 50, 96, 3, 3, padding=1),
     Conv("winograd_f3_rows_pad_0", 1, 72, 14, 61, 48, 3, 3),
 ]
-FAST_PATHS += WINOGRAD + WINOGRAD_WGRAD + DOT_WGRAD + CHAN_WGRAD + WINOGRAD_F4 + WINOGRAD_F4_WGRAD + WINOGRAD_F3
+# the strided dgrad as a forward per phase of dx (conv_subpixel.cpp), named (test_strided_dgrad_as_the_reference
+# runs it on COL2IM's undilated strided layers too: phases without taps where the kernel is narrower
+# than the stride, padding wider than the kernel, strides 2 to 4, rows and columns apart) and, with
+# the AVX-512 kernels, by the heuristics on the last two (test_subpixel_where_it_pays): groups, an
+# image narrower than the stride, chunks of images (256 KiB of dx an image: 4 a chunk, 3 chunks), an
+# image of odd width, an uneven stride with a kernel wider than it
+SUBPIXEL = [
+    Conv("subpixel_groups", 2, 32, 15, 14, 12, 3, 3, stride=2, padding=1, groups=2),
+    Conv("subpixel_image_under_stride", 2, 16, 2, 9, 8, 3, 2, stride=3, padding=(1, 0)),
+    Conv("subpixel_chunks", 10, 64, 32, 32, 8, 3, 3, stride=2, padding=1),
+    Conv("subpixel_odd_width", 1, 64, 80, 79, 8, 3, 3, stride=2, padding=1),
+    Conv("subpixel_strides_3_2", 1, 64, 100, 97, 6, 5, 4, stride=(3, 2), padding=(2, 1)),
+]
+FAST_PATHS += WINOGRAD + WINOGRAD_WGRAD + DOT_WGRAD + CHAN_WGRAD + SUBPIXEL + WINOGRAD_F4 + WINOGRAD_F4_WGRAD + WINOGRAD_F3
 
 
 @contextlib.contextmanager
@@ -651,18 +664,46 @@ COL2IM = [
 ]
 
 
-@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in COL2IM])
-def test_col2im_dgrad_as_the_reference(c, dtype, rng):
-    """Exact on small integers; on random data within the tolerance of the float64 reference and
-    the same bits on 1 and 2 threads."""
+def _strided_dgrad_cases():
+    for c in COL2IM + SUBPIXEL:
+        for algo in ("col2im", "subpixel"):
+            if algo in _cpp.conv2d_algorithms(_params(c), "dgrad", F32):
+                yield pytest.param(c, algo, id=f"{c.name}-{algo}")
+
+
+@pytest.mark.parametrize("c, algo", list(_strided_dgrad_cases()))
+def test_strided_dgrad_as_the_reference(c, algo, dtype, rng):
+    """Each strided dgrad algorithm (col2im also at stride 1, dilated): exact on small integers; on
+    random data within the tolerance of the float64 reference and the same bits on 1 and 2 threads."""
     x, w, _, dy = _inputs(rng, c, small_ints, dtype)
     want = reference_conv_pass(c.kwargs, "dgrad", x, w, dy)
-    assert_equal(_one_pass(c, "dgrad", "col2im", x, w, dy), want, c.name)
+    assert_equal(_one_pass(c, "dgrad", algo, x, w, dy), want, c.name)
     x, w, _, dy = _inputs(rng, c, randn, dtype)
-    one, two = (_one_pass(c, "dgrad", "col2im", x, w, dy, nthreads) for nthreads in (1, 2))
+    one, two = (_one_pass(c, "dgrad", algo, x, w, dy, nthreads) for nthreads in (1, 2))
     assert_equal(two, one, f"{c.name}: 1 vs 2 threads")
     want = reference_conv_pass(c.kwargs, "dgrad", *(a.astype(np.float64) for a in (x, w, dy)))
     assert_close(one, want.astype(dtype), c.name)
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in SUBPIXEL + [
+    c for c in COL2IM if c.name in ("col2im_3x3_s2", "col2im_kernel_narrower_than_stride")]])
+def test_subpixel_every_kernel_set_exact_on_small_integers(c, isa, dtype, rng):
+    x, w, _, dy = _inputs(rng, c, small_ints, dtype)
+    assert_equal(_one_pass(c, "dgrad", "subpixel", x, w, dy), reference_conv_pass(c.kwargs, "dgrad", x, w, dy),
+                 f"{c.name} with {isa} kernels")
+
+
+def test_subpixel_where_it_pays(isa):
+    """The heuristics take it with the AVX-512 kernels only, on phases of many pixels x input
+    channels, every phase with taps (see subpixel_pays)."""
+    for c in [Conv("resnet50_3x3s2", 1, 128, 56, 56, 128, 3, 3, stride=2, padding=1)] + SUBPIXEL[-2:]:
+        assert _cpp.conv2d_dgrad_uses_subpixel(_params(c)) == (isa == "avx512"), (c.name, isa)
+    for c in (Conv("small_images", 32, 128, 16, 16, 256, 3, 3, stride=2, padding=1),
+              Conv("few_channels", 4, 32, 112, 112, 64, 3, 3, stride=2, padding=1),
+              Conv("pointwise_s2", 16, 256, 56, 56, 512, 1, 1, stride=2),
+              Conv("dilated", 1, 128, 56, 56, 128, 3, 3, stride=2, padding=2, dilation=2),
+              Conv("stride_1", 1, 128, 56, 56, 128, 3, 3, padding=1)):
+        assert not _cpp.conv2d_dgrad_uses_subpixel(_params(c)), c.name
 
 
 def test_linear_every_kernel_set(isa, dtype, rng):
