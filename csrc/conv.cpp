@@ -238,7 +238,8 @@ void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, i
       dgrad_as_forward_stands(s, w, dx, nthreads, [&] { dgrad_as_forward(s, dy, w, dx, nthreads, algo); }))
     return;
   // strided and undilated: a forward of dy per phase of dx where it pays (conv_subpixel.cpp)
-  const bool subpixel = algo == ConvAlgo::kAuto ? std::is_same_v<T, float> && subpixel_pays(s) : algo == ConvAlgo::kSubpixel;
+  const bool subpixel =
+      algo == ConvAlgo::kAuto ? std::is_same_v<T, float> && subpixel_pays(s) : algo == ConvAlgo::kSubpixel;
   if (!unit_stride && s.dil_h == 1 && s.dil_w == 1 && subpixel &&
       dgrad_as_forward_stands(s, w, dx, nthreads, [&] { subpixel_backward_input(s, dy, w, dx, nthreads); }))
     return;
@@ -377,9 +378,9 @@ ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_
   static const std::pair<const char*, ConvAlgo> kByName[] = {
       {"phases", ConvAlgo::kPhases},       {"winograd", ConvAlgo::kWinograd},   {"winograd2", ConvAlgo::kWinograd2},
       {"winograd3", ConvAlgo::kWinograd3}, {"winograd4", ConvAlgo::kWinograd4}, {"gemm", ConvAlgo::kGemm},
-      {"col2im", ConvAlgo::kCol2im}, {"subpixel", ConvAlgo::kSubpixel}, {"chan", ConvAlgo::kChan},         {"dot", ConvAlgo::kDot},
-      {"flat", ConvAlgo::kFlat},
-      {"packed", ConvAlgo::kPacked}, {"direct", ConvAlgo::kDirect}};
+      {"col2im", ConvAlgo::kCol2im},       {"subpixel", ConvAlgo::kSubpixel},   {"chan", ConvAlgo::kChan},
+      {"dot", ConvAlgo::kDot},             {"flat", ConvAlgo::kFlat},           {"packed", ConvAlgo::kPacked},
+      {"direct", ConvAlgo::kDirect}};
   for (const auto& [n, a] : kByName)
     if (name == n) return a;
   throw std::logic_error("conv2d: algorithm '" + name + "' has no enum");  // a name listed above without one
