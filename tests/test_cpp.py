@@ -661,6 +661,9 @@ COL2IM = [
     Conv("col2im_rows_s2_cols_s1", 2, 3, 11, 6, 5, 4, 3, stride=(2, 1), padding=(2, 1)),
     Conv("col2im_wide_padding", 1, 2, 5, 6, 3, 3, 3, stride=2, padding=3),
     Conv("col2im_dilated_s1", 2, 4, 12, 13, 6, 3, 3, padding=2, dilation=2),
+    # 4x4 outputs: blocks of 6 images (their dy side by side), the last one ragged, channel ranges
+    Conv("col2im_blocks_of_images", 7, 64, 8, 8, 32, 3, 3, stride=2, padding=1),
+    Conv("col2im_blocks_phased", 5, 16, 4, 40, 8, 3, 3, stride=2, padding=1),
 ]
 
 
