@@ -18,10 +18,12 @@
 //     2.25x (winograd.cpp);
 //   * dgrad at stride 1, undilated, 16+ input channels per group: the forward convolution of dy
 //     with the flipped, transposed weight (no col2im, and that weight is w read at other offsets:
-//     never built); otherwise dgrad is GEMM (cols = W^T dy) + col2im (im2col with +=;
-//     conv_col2im.cpp);
+//     never built); at stride > 1, undilated, with AVX-512 where phases of 96K input channels x
+//     pixels or more make it pay (fp32), one such forward per phase of dx, into a buffer
+//     interleaved into dx (conv_subpixel.cpp); otherwise dgrad is GEMM (cols = W^T dy) + col2im
+//     (im2col with +=; conv_col2im.cpp);
 //   * wgrad: fp32 with AVX-512 or AVX2, 16 to 64 input channels per group (whole vectors of them),
-//     not pointwise, at least 8 (AVX2: 4) output channels, one image's copy within the chunk bound:
+//     not pointwise, at least 8 (AVX2: 4) output channels, one image's copy within 4 MiB:
 //     x copied channels-last, one vector of input channels times one broadcast pixel of dy in
 //     place (the channels kernel, conv_chan_wgrad.cpp); else fp32 with AVX-512, up to 16 output
 //     channels and 64 to 1024 taps x input channels per group (not pointwise), 160+ output pixels,
@@ -54,9 +56,11 @@
 //   Winograd:   see winograd.cpp (the transformed weight, a chunk of padded planes, per-thread blocks);
 //   phases:     the phase copies of a chunk of whole images (in and out), at most 4 x the chunk
 //               bound, plus what the undilated layer's path takes; for wgrad one dW more;
+//   sub-pixel dgrad: a chunk of dx's phases (about 1 MiB, kSubpixelChunkBytes, or one image of at
+//               most 4 MiB, kFlatChunkBytes), plus what the phases' forwards take;
 //   channels wgrad: 8 copies of dw (a round's slices) and one more, and per thread the channels-last
-//               copies of one slice of images (at most 512 KiB, kChanSliceBytes, or one image, within
-//               the chunk bound); with rows under a vector wide, one plane (H x W x lanes) more;
+//               copies of one slice of images (at most 512 KiB, kChanSliceBytes, or one image of at
+//               most 4 MiB, kFlatChunkBytes); with rows under a vector wide, one plane (H x W x lanes) more;
 //   dot wgrad:  8 copies of dw (a round's slices), and per thread the flat copies and dy rows of one
 //               slice of images (at most 512 KiB, kDotSliceBytes, or one image);
 //   depthwise:  per thread one zero-padded input plane, at most about the chunk bound (the window
@@ -240,7 +244,7 @@ void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, i
   // strided and undilated: a forward of dy per phase of dx where it pays (conv_subpixel.cpp)
   const bool subpixel =
       algo == ConvAlgo::kAuto ? std::is_same_v<T, float> && subpixel_pays(s) : algo == ConvAlgo::kSubpixel;
-  if (!unit_stride && s.dil_h == 1 && s.dil_w == 1 && subpixel &&
+  if (subpixel && subpixel_applies(s, sizeof(T)) &&
       dgrad_as_forward_stands(s, w, dx, nthreads, [&] { subpixel_backward_input(s, dy, w, dx, nthreads); }))
     return;
   // any stride: GEMM (cols = W^T dy) + col2im
@@ -353,7 +357,7 @@ std::vector<std::string> conv2d_algorithms(const ConvShape& s, const std::string
     names.push_back("gemm");
   } else if (pass == "dgrad") {
     if (s.stride_h == 1 && s.stride_w == 1) names.push_back("gemm");
-    else if (s.dil_h == 1 && s.dil_w == 1) names.push_back("subpixel");
+    else if (subpixel_applies(s, elem_bytes)) names.push_back("subpixel");
     names.push_back("col2im");
   } else {
     if (elem_bytes == 4 && chan_wgrad_applies(s)) names.push_back("chan");
@@ -387,8 +391,7 @@ ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_
 }
 
 bool conv2d_dgrad_uses_subpixel(const ConvShape& s) {
-  return !is_depthwise(s) && !takes_phases(s, "dgrad", 4, ConvAlgo::kAuto) && (s.stride_h > 1 || s.stride_w > 1) &&
-         s.dil_h == 1 && s.dil_w == 1 && subpixel_pays(s);
+  return !is_depthwise(s) && !takes_phases(s, "dgrad", 4, ConvAlgo::kAuto) && subpixel_pays(s);
 }
 
 bool conv2d_wgrad_uses_dot(const ConvShape& s) {

@@ -229,7 +229,10 @@ template <typename T>
 void dgrad_col2im(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads);
 
 // dgrad of a strided, undilated layer (not depthwise) as one forward of dy per phase of dx
-// (conv_subpixel.cpp); subpixel_pays: where the heuristics take it in fp32 (measured there).
+// (conv_subpixel.cpp), where one image's dx (its phases' buffer) is within the default chunk bound
+// (kFlatChunkBytes), in elements of elem_bytes; subpixel_pays: where the heuristics take it in fp32
+// (measured there).
+bool subpixel_applies(const ConvShape& s, index_t elem_bytes);
 bool subpixel_pays(const ConvShape& s);
 template <typename T>
 void subpixel_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads);

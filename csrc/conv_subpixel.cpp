@@ -22,7 +22,9 @@
 namespace fastconv {
 namespace {
 
-// A chunk's dx (and its phases' buffer) holds about this much, one image at least.
+// A chunk's dx (and its phases' buffer) holds about this much, one image at least (and one image
+// at most the default chunk bound, kFlatChunkBytes: subpixel_applies; the bound a test sets does
+// not change the algorithm).
 constexpr index_t kSubpixelChunkBytes = index_t(1) << 20;
 
 // One dimension of phase a: its first tap, its taps, its forward's padding and its outputs.
@@ -52,8 +54,13 @@ struct Phase {
 // phases' copies of dy and their packing, which col2im's one tall GEMM (C_in*KH*KW rows) does not.
 bool subpixel_pays(const ConvShape& s) {
   const index_t Cig = s.C_in / s.groups, phase_pixels = ceil_div(s.H, s.stride_h) * ceil_div(s.W, s.stride_w);
-  return std::strcmp(gemm_isa(), "avx512") == 0 && s.KH >= s.stride_h && s.KW >= s.stride_w && Cig >= 64 &&
-         Cig * phase_pixels >= 96 * 1024;
+  return subpixel_applies(s, 4) && std::strcmp(gemm_isa(), "avx512") == 0 && s.KH >= s.stride_h &&
+         s.KW >= s.stride_w && Cig >= 64 && Cig * phase_pixels >= 96 * 1024;
+}
+
+bool subpixel_applies(const ConvShape& s, index_t elem_bytes) {
+  return (s.stride_h > 1 || s.stride_w > 1) && s.dil_h == 1 && s.dil_w == 1 &&
+         s.C_in * s.H * s.W * elem_bytes <= kFlatChunkBytes;
 }
 
 template <typename T>

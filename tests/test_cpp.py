@@ -210,15 +210,15 @@ WINOGRAD_F3 = [
 # the strided dgrad as a forward per phase of dx (conv_subpixel.cpp), named (test_strided_dgrad_as_the_reference
 # runs it on COL2IM's undilated strided layers too: phases without taps where the kernel is narrower
 # than the stride, padding wider than the kernel, strides 2 to 4, rows and columns apart) and, with
-# the AVX-512 kernels, by the heuristics on the last two (test_subpixel_where_it_pays): groups, an
-# image narrower than the stride, chunks of images (256 KiB of dx an image: 4 a chunk, 3 chunks), an
-# image of odd width, an uneven stride with a kernel wider than it
+# the AVX-512 kernels, by the heuristics on the fourth (test_subpixel_where_it_pays): groups, an image
+# narrower than the stride, chunks of images (256 KiB of dx an image: 4 a chunk, 3 chunks), an image
+# of odd width, an uneven stride with a kernel wider than it
 SUBPIXEL = [
     Conv("subpixel_groups", 2, 32, 15, 14, 12, 3, 3, stride=2, padding=1, groups=2),
     Conv("subpixel_image_under_stride", 2, 16, 2, 9, 8, 3, 2, stride=3, padding=(1, 0)),
     Conv("subpixel_chunks", 10, 64, 32, 32, 8, 3, 3, stride=2, padding=1),
     Conv("subpixel_odd_width", 1, 64, 80, 79, 8, 3, 3, stride=2, padding=1),
-    Conv("subpixel_strides_3_2", 1, 64, 100, 97, 6, 5, 4, stride=(3, 2), padding=(2, 1)),
+    Conv("subpixel_strides_3_2", 1, 64, 60, 57, 6, 5, 4, stride=(3, 2), padding=(2, 1)),
 ]
 FAST_PATHS += WINOGRAD + WINOGRAD_WGRAD + DOT_WGRAD + CHAN_WGRAD + SUBPIXEL + WINOGRAD_F4 + WINOGRAD_F4_WGRAD + WINOGRAD_F3
 
@@ -699,7 +699,7 @@ def test_subpixel_every_kernel_set_exact_on_small_integers(c, isa, dtype, rng):
 def test_subpixel_where_it_pays(isa):
     """The heuristics take it with the AVX-512 kernels only, on phases of many pixels x input
     channels, every phase with taps (see subpixel_pays)."""
-    for c in [Conv("resnet50_3x3s2", 1, 128, 56, 56, 128, 3, 3, stride=2, padding=1)] + SUBPIXEL[-2:]:
+    for c in [Conv("resnet50_3x3s2", 1, 128, 56, 56, 128, 3, 3, stride=2, padding=1), SUBPIXEL[3]]:
         assert _cpp.conv2d_dgrad_uses_subpixel(_params(c)) == (isa == "avx512"), (c.name, isa)
     for c in (Conv("small_images", 32, 128, 16, 16, 256, 3, 3, stride=2, padding=1),
               Conv("few_channels", 4, 32, 112, 112, 64, 3, 3, stride=2, padding=1),
@@ -707,6 +707,10 @@ def test_subpixel_where_it_pays(isa):
               Conv("dilated", 1, 128, 56, 56, 128, 3, 3, stride=2, padding=2, dilation=2),
               Conv("stride_1", 1, 128, 56, 56, 128, 3, 3, padding=1)):
         assert not _cpp.conv2d_dgrad_uses_subpixel(_params(c)), c.name
+    # its buffer holds one image's dx at least: not offered past the chunk bound (a 46 MB image)
+    big = Conv("image_over_the_bound", 1, 128, 300, 300, 128, 3, 3, stride=2, padding=1)
+    assert not _cpp.conv2d_dgrad_uses_subpixel(_params(big))
+    assert _cpp.conv2d_algorithms(_params(big), "dgrad", F32) == ("col2im",)
 
 
 def test_linear_every_kernel_set(isa, dtype, rng):
