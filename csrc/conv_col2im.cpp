@@ -136,7 +136,8 @@ void dgrad_col2im(const ConvShape& s, const T* dy, const T* w, T* dx, int nthrea
   const bool padded = 4 * round_up(P, uk.nr) >= 5 * P;
   const index_t per = padded && P < target ? target / P : 1, blocks = ceil_div(s.N, per);  // images per block
   const index_t nbc = min_i(round_up(per * P, uk.nr), target);
-  const index_t splits = (blocks * G >= 2 * nthreads || nthreads == 1) ? 1 : min_i(Cig, ceil_div(2 * nthreads, blocks * G));
+  const index_t splits =
+      (blocks * G >= 2 * nthreads || nthreads == 1) ? 1 : min_i(Cig, ceil_div(2 * nthreads, blocks * G));
   const index_t asize = packed_a_size(uk, Kg, Cog), ajobs = pack_a_jobs(uk, Kg, Cog);
   Buffer<T> ap(G * asize);  // shared: W_g^T packed, (Kg x Cog) per group
   const index_t units = blocks * G * splits;
@@ -164,10 +165,11 @@ void dgrad_col2im(const ConvShape& s, const T* dy, const T* w, T* dx, int nthrea
       const index_t image = s.C_in * HW;
       for (index_t n = 0; n < imgs; ++n) fill_zero(dxg + n * image + c0 * HW, (c1 - c0) * HW);
       const T* dyg = dy + (n0 * s.C_out + grp * Cog) * P;
-      if (imgs > 1) {
+      if (imgs > 1) {  // dyb[co][n][pixel]
         for (index_t co = 0; co < Cog; ++co)
-          for (index_t n = 0; n < imgs; ++n) std::memcpy(dyb.data() + co * cols_u + n * P, dyg + n * s.C_out * P + co * P,
-                                                         static_cast<std::size_t>(P) * sizeof(T));
+          for (index_t n = 0; n < imgs; ++n)
+            std::memcpy(dyb.data() + co * cols_u + n * P, dyg + n * s.C_out * P + co * P,
+                        static_cast<std::size_t>(P) * sizeof(T));
       }
       const StridedB<T> pack_b{imgs > 1 ? dyb.data() : dyg, cols_u, index_t(1)};
       for (index_t q0 = 0; q0 < cols_u; q0 += nbc) {
