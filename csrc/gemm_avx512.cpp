@@ -43,7 +43,8 @@ bool gemm_kernels_avx512(KernelTable& table, index_t l2) {
   // few rows: 8x48 (fp32) / 8x24 (fp64), 24 accumulators + 3 B vectors + 1 broadcast; few columns:
   // 16x16 / 16x8, 16 accumulators (17 loads per 16 FMAs: the load ports just keep up); dot: 4x6,
   // 24 accumulators + 4 A vectors + 1 B vector (4x6 and 4x5 ran 1.1-1.2x faster than 6x4 and 5x4
-  // on ResNet-20's wgrad products), fp32 only: in fp64 the flat wgrad was faster
+  // on ResNet-20's wgrad products), fp32 only: in fp64 the flat wgrad was faster; channels: 8x3,
+  // 24 accumulators + 3 x vectors + 1 broadcast (ResNet-20's wgrad at about 95% of the FMA peak)
   table = KernelTable{kernel_set_for_l2<F32x16, 14, 2>(256, l2), kernel_set_for_l2<F32x16, 8, 3>(256, l2),
                       kernel_set_for_l2<F32x16, 16, 1>(256, l2), kernel_set_for_l2<F64x8, 14, 2>(256, l2),
                       kernel_set_for_l2<F64x8, 8, 3>(256, l2), kernel_set_for_l2<F64x8, 16, 1>(256, l2),

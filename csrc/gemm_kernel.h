@@ -83,7 +83,7 @@ struct ChanKernel {
 // few rows, e.g. a layer of 16 or 32 output channels, which 14-row panels pad by 43% / 24%, one
 // of fewer columns (NR) for few columns (wgrad's dW^T of 16 output channels), and a dot kernel
 // where one pays: fp32 with AVX-512 only (fn null elsewhere; see dot_wgrad_applies in conv_dot_wgrad.cpp),
-// and a channels kernel likewise (see chan_wgrad_applies in conv_chan_wgrad.cpp).
+// and a channels kernel: fp32 with AVX-512 and AVX2 (see chan_wgrad_applies in conv_chan_wgrad.cpp).
 struct KernelTable {
   MicroKernel<float> f32, f32_few_rows, f32_few_cols;
   MicroKernel<double> f64, f64_few_rows, f64_few_cols;
