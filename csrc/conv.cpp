@@ -1,7 +1,7 @@
 // 2-d convolution: the one place that chooses among its implementations, which live one file each
 // (conv_impl.h lists them). Each pass is an ordered list, in conv2d_forward, conv2d_backward_input
 // and conv2d_backward_weight below: the first that applies runs, and one that declines at run time
-// (Winograd, the dot wgrad and the stride-1 dgrad as a forward, on data that holds an Inf or NaN)
+// (Winograd, the dot wgrad and the dgrads as forwards, on data that holds an Inf or NaN)
 // hands the call to the next. The general paths are GEMMs whose im2col operand is never built:
 //   * forward: each image is copied once into a "flat" layout (per channel, the planes of its
 //     stride phases, zero-padded; see FlatLayout) in which row k of the im2col matrix, for NR
@@ -27,8 +27,8 @@
 //     x copied channels-last, one vector of input channels times one broadcast pixel of dy in
 //     place (the channels kernel, conv_chan_wgrad.cpp); else fp32 with AVX-512, up to 16 output
 //     channels and 64 to 1024 taps x input channels per group (not pointwise), 160+ output pixels,
-//     finite x: dot products along the pixels of dy and
-//     the rows of cols, both read in place from flat copies (the dot kernel, conv_dot_wgrad.cpp);
+//     finite x: dot products along the pixels of dy and the rows of cols, both read in place from
+//     flat copies (the dot kernel, conv_dot_wgrad.cpp);
 //     else dW^T = cols dy^T on the same flat layout (the micro-kernel reads cols' rows in place,
 //     pixel by pixel), for weights under 4 MiB (1 MiB pointwise); otherwise GEMM dW += dY cols^T with
 //     cols^T packed from x, the batch folded into the reduction (both conv_gemm_wgrad.cpp);

@@ -47,9 +47,10 @@ std::vector<std::string> conv2d_algorithms(const ConvShape& s, const std::string
 // their chooser picks; the name before each tile had its own, kept for callers that name it, not
 // listed: it is one of the tiles). algorithm_of checks: std::invalid_argument otherwise. A named
 // Winograd or dot wgrad that declines at run time (data holding an Inf or NaN) hands the call on
-// as kAuto would.
-enum class ConvAlgo { kAuto, kPhases, kWinograd, kWinograd2, kWinograd3, kWinograd4, kGemm, kCol2im, kSubpixel, kChan, kDot, kFlat,
-                      kPacked, kDirect };
+// as kAuto would; a named dgrad as a forward ("gemm", "subpixel") hands a w holding an Inf or NaN
+// to col2im.
+enum class ConvAlgo { kAuto, kPhases, kWinograd, kWinograd2, kWinograd3, kWinograd4, kGemm, kCol2im, kSubpixel,
+                      kChan, kDot, kFlat, kPacked, kDirect };
 ConvAlgo algorithm_of(const ConvShape& s, const std::string& pass, index_t elem_bytes, const std::string& name);
 
 // Bound each chunk of flat copies (forward, stride-1 dgrad, flat wgrad) and each plane that the
