@@ -69,6 +69,15 @@ void chan_backward_weight(const ConvShape& s, const float* dy, const float* x, f
   // units: (group, block of CB output channels, block of KV (kh, channel block) pairs, kw), each
   // summing CB x KV vectors: `block` elements of a dW laid out unit by unit
   const index_t cblocks = ceil_div(Cog, CB), pblocks = s.KH * c.NV / KV, units = G * cblocks * pblocks * s.KW;
+  struct Unit {
+    index_t grp, cb, pb, kw;
+  };
+  const auto unit_of = [&](index_t u) {
+    return Unit{u / (cblocks * pblocks * s.KW), u / (pblocks * s.KW) % cblocks, u / s.KW % pblocks, u % s.KW};
+  };
+  // row j of unit block pb: (kh, channel block v)
+  const auto kh_of = [&](index_t pb, int j) { return (pb * KV + j) / c.NV; };
+  const auto v_of = [&](index_t pb, int j) { return (pb * KV + j) % c.NV; };
   const index_t block = CB * KV * L, sums_size = units * block;
   const index_t IB = min_i(s.N, max_i(1, kChanSliceBytes / (c.image * index_t(sizeof(T))))), S = ceil_div(s.N, IB);
   const index_t slots = min_i(S, kChanSlots);
@@ -110,16 +119,14 @@ void chan_backward_weight(const ConvShape& s, const float* dy, const float* x, f
           held = s0 + slot;
         }
         for (index_t u = run * units / R; u < (run + 1) * units / R; ++u) {
-          const index_t grp = u / (cblocks * pblocks * s.KW), cb = u / (pblocks * s.KW) % cblocks;
-          const index_t pb = u / s.KW % pblocks, kw = u % s.KW;
+          const Unit t = unit_of(u);
           // output channels past the group's last repeat it: computed, then dropped
           const T* d[kMaxChanRows];
           const T* xr[kMaxChanRows];
-          for (int i = 0; i < CB; ++i) d[i] = dy + (n0 * s.C_out + grp * Cog + min_i(Cog - 1, cb * CB + i)) * P;
-          for (int j = 0; j < KV; ++j) {
-            const index_t kh = (pb * KV + j) / c.NV, v = (pb * KV + j) % c.NV;
-            xr[j] = xc.data() + (grp * c.NV + v) * c.plane + (kh * s.dil_h * c.Wp + kw * s.dil_w) * L;
-          }
+          for (int i = 0; i < CB; ++i) d[i] = dy + (n0 * s.C_out + t.grp * Cog + min_i(Cog - 1, t.cb * CB + i)) * P;
+          for (int j = 0; j < KV; ++j)
+            xr[j] = xc.data() + (t.grp * c.NV + v_of(t.pb, j)) * c.plane +
+                    (kh_of(t.pb, j) * s.dil_h * c.Wp + t.kw * s.dil_w) * L;
           ck.fn(imgs, s.OH, s.OW, d, s.C_out * P, s.OW, xr, c.image, s.stride_h * c.Wp * L, s.stride_w * L,
                 partial.data() + slot * sums_size + u * block);
         }
@@ -129,12 +136,11 @@ void chan_backward_weight(const ConvShape& s, const float* dy, const float* x, f
     // dw from the sums, unit by unit: element (i, j, l) of unit u is dW[co][ci][kh][kw]
 #pragma omp for schedule(static)
     for (index_t u = 0; u < units; ++u) {
-      const index_t grp = u / (cblocks * pblocks * s.KW), cb = u / (pblocks * s.KW) % cblocks;
-      const index_t pb = u / s.KW % pblocks, kw = u % s.KW;
-      for (index_t i = 0; i < min_i(CB, Cog - cb * CB); ++i)
+      const Unit t = unit_of(u);
+      for (index_t i = 0; i < min_i(CB, Cog - t.cb * CB); ++i)
         for (int j = 0; j < KV; ++j) {
-          const index_t kh = (pb * KV + j) / c.NV, v = (pb * KV + j) % c.NV;
-          T* dst = dw + ((grp * Cog + cb * CB + i) * Cig + v * L) * s.KH * s.KW + kh * s.KW + kw;
+          T* dst = dw + ((t.grp * Cog + t.cb * CB + i) * Cig + v_of(t.pb, j) * L) * s.KH * s.KW +
+                   kh_of(t.pb, j) * s.KW + t.kw;
           const T* src = sums.data() + u * block + (i * KV + j) * L;
           for (index_t l = 0; l < L; ++l) dst[l * s.KH * s.KW] = src[l];
         }

@@ -243,6 +243,15 @@ MicroKernel<typename V::T> kernel_set_for_l2(index_t kc, index_t l2_bytes) {
   return kernel_set<V, MR, NV>(kc, cols > nr ? (cols + nr - 1) / nr * nr : nr);
 }
 
+// Every accumulator of an A x B tile (the dot and channels kernels') set to zero.
+template <class V, int A, int B>
+inline __attribute__((always_inline)) void zero_tile(typename V::R (&acc)[A][B]) {
+#pragma GCC unroll 8
+  for (int i = 0; i < A; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < B; ++j) acc[i][j] = V::zero();
+}
+
 // The dot kernel (see DotKernel): RA x RB accumulators of lane partial sums, RA + RB vector loads
 // per step.
 template <class V, int RA, int RB>
@@ -252,10 +261,7 @@ void dot_ukernel(index_t len, index_t images, const typename V::T* const* a, ind
   using R = typename V::R;
   constexpr int L = V::L;
   R acc[RA][RB];
-#pragma GCC unroll 8
-  for (int i = 0; i < RA; ++i)
-#pragma GCC unroll 8
-    for (int j = 0; j < RB; ++j) acc[i][j] = V::zero();
+  zero_tile<V>(acc);
   for (index_t n = 0; n < images; ++n) {
     const T* ap[RA];
     const T* bp[RB];
@@ -297,10 +303,7 @@ void chan_ukernel(index_t images, index_t rows, index_t cols, const typename V::
   using R = typename V::R;
   constexpr int L = V::L;
   R acc[CB][KV];
-#pragma GCC unroll 8
-  for (int i = 0; i < CB; ++i)
-#pragma GCC unroll 8
-    for (int j = 0; j < KV; ++j) acc[i][j] = V::zero();
+  zero_tile<V>(acc);
   for (index_t n = 0; n < images; ++n)
     for (index_t r = 0; r < rows; ++r) {
       const T* d[CB];
