@@ -84,6 +84,9 @@ FAST_PATHS = [
     # with 64; AVX-512), tiles straddling images; groups and stride phases
     Conv("compact_small_images", 3, 64, 6, 6, 70, 3, 3, padding=1),
     Conv("compact_groups_strided", 2, 16, 9, 7, 128, 3, 3, stride=2, padding=1, groups=2),
+    # 520 output channels (a ragged panel) over 640 columns: a unit of every row is wider than the
+    # staging block, so units are cut by columns (B packed once), 7 of them, the last one ragged
+    Conv("compact_column_units", 40, 8, 8, 7, 520, 3, 3, stride=2, padding=1),
     # depthwise forward's vector kernel (AVX-512 and AVX2, stride and dilation 1, 3x3 and 5x5; stride-1 dgrad
     # runs it too): a ragged last row block and column tile, rows narrower than a vector under a
     # row block taller than the plane, a channel multiplier reusing the padded plane
