@@ -91,4 +91,21 @@ inline void prefetch_span(const void* p, index_t offset, index_t bytes) {
     __builtin_prefetch(reinterpret_cast<const void*>(a));
 }
 
+// body(i) for i in [0, n): shared out among the threads of the enclosing parallel region when
+// `team` (an orphaned omp for: every thread of the team must call this), one i at a time or, for
+// many equal small jobs, `even`ly (static: no atomic per job), else all of it on the calling
+// thread (as inside another loop already shared out: worksharing does not nest).
+template <class Body>
+void team_for(bool team, index_t n, const Body& body, bool even = false) {
+  if (team && even) {
+#pragma omp for schedule(static)
+    for (index_t i = 0; i < n; ++i) body(i);
+  } else if (team) {
+#pragma omp for schedule(dynamic, 1)
+    for (index_t i = 0; i < n; ++i) body(i);
+  } else {
+    for (index_t i = 0; i < n; ++i) body(i);
+  }
+}
+
 }  // namespace fastconv

@@ -155,23 +155,6 @@ FlatLayout flat_layout(const ConvShape& s, index_t NR);
 template <typename T>
 void flat_fill_channel(const ConvShape& s, const FlatLayout& f, const T* xc, T* dst);
 
-// body(i) for i in [0, n): shared out among the threads of the enclosing parallel region when
-// `team` (an orphaned omp for: every thread of the team must call this), one i at a time or, for
-// many equal small jobs, `even`ly (static: no atomic per job), else all of it on the calling
-// thread (as inside another loop already shared out: worksharing does not nest).
-template <class Body>
-void team_for(bool team, index_t n, const Body& body, bool even = false) {
-  if (team && even) {
-#pragma omp for schedule(static)
-    for (index_t i = 0; i < n; ++i) body(i);
-  } else if (team) {
-#pragma omp for schedule(dynamic, 1)
-    for (index_t i = 0; i < n; ++i) body(i);
-  } else {
-    for (index_t i = 0; i < n; ++i) body(i);
-  }
-}
-
 // Images [n0, n0 + imgs) of x into their flat copies at xq (f.image elements each), the slack after
 // each image's channels zeroed; the channels shared among the threads of the enclosing parallel
 // region when `team` (see team_for), else all on the calling thread.

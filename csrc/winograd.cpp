@@ -21,20 +21,22 @@
 //
 // wgrad (winograd_backward_weight) runs the same way in transpose: per block, V of x's windows and
 // D = A dy A^T of dy's m x m tiles, then a*a GEMMs S[xi] += D[xi] V[xi]^T over the block's tiles,
-// the threads splitting the transforms by channel and the GEMMs by xi, block after block in order;
-// at the end dW = G^T S G.
+// block after block in order; at the end dW = G^T S G. Where S is small the batch's two halves run
+// apart, one thread each, into two S added at the end; otherwise the threads split each block's
+// transforms by channel and its GEMMs by xi (see kHalfSumBytes).
 //
 // Workspace: shared, U (a*a x C_in x C_out, rows rounded up to MR), the padded input planes of a
 // chunk and, for the tables when m does not divide OH and OW, its padded output planes (a chunk
 // holds at most kChunkBytes of either, or one image); per thread, V and M of one block (a*a x (C_in
-// + C_out) x nt, see block_tiles) and two offset tables of nt entries. wgrad: shared, S (a*a x C_out
-// x C_in), a chunk of padded x and dy planes (kChunkBytes, or one image), V and D of one block (a*a
-// x (C_in + C_out) x 128..512 tiles, see kWgradBlockBytes) and its tables; per thread, one packed B
-// block.
+// + C_out) x nt, see block_tiles) and two offset tables of nt entries. wgrad: per half (or for all),
+// S (a*a x C_out x C_in), a chunk of padded x and dy planes (kChunkBytes for all halves, or one
+// image each), V and D of one block (a*a x (C_in + C_out) x 128..512 tiles, see kWgradBlockBytes)
+// and its tables; per thread, one packed B block.
 #include "winograd.h"
 
 #include <omp.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -977,10 +979,25 @@ bool forward_tiles(const ConvShape& s, const T* x, const T* w, index_t lda, cons
   return w_finite && x_finite;
 }
 
-// wgrad's blocks hold the transforms of this many bytes of tiles (V of x and D of dy, shared by the
-// threads), and 128 to 512 tiles: the depth of each block's a*a GEMMs, which add into S (a*a x
-// C_out x C_in) once per block.
+// wgrad's blocks hold the transforms of this many bytes of tiles (V of x and D of dy), and 128 to
+// 512 tiles: the depth of each block's a*a GEMMs, which add into S (a*a x C_out x C_in) once per
+// block.
 constexpr index_t kWgradBlockBytes = index_t(2) << 20;
+
+// Halves: where S is at most kHalfSumBytes and the batch has 2+ images, its two halves run apart,
+// each with padded planes, transforms and an S of its own, S = the first's + the second's at the
+// end: on 2 threads each core works on its own data and meets the other only there. Otherwise the
+// threads share each block, its transforms split by channel and its GEMMs by xi: V and D cross
+// between the cores every block, three barriers a block. This VM's two vCPUs sometimes sit on
+// different dies (a core-to-core round trip of 390 ns against 80 ns): the shared blocks then ran
+// ResNet-18-CIFAR's 128-channel wgrad 1.7x slower (9.7 ms against 5.7; one thread 9.3). The halves
+// follow from the shape alone, so the bits do not depend on the thread count.
+constexpr index_t kHalfSumBytes = index_t(2) << 20;
+
+template <typename T>
+void add_to(T* dst, const T* src, index_t n) {
+  for (index_t i = 0; i < n; ++i) dst[i] += src[i];
+}
 
 template <int M, typename T>
 bool backward_weight_tiles(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
@@ -993,81 +1010,95 @@ bool backward_weight_tiles(const ConvShape& s, const T* dy, const T* x, T* dw, i
   // th*Wp + M*tw + r*dsub; the junk tiles of rows mode read zeros
   const index_t dsub = g.TH * pl.Wp, dplane = M * dsub;
   const index_t image = (s.C_in * pl.in + s.C_out * dplane) * index_t(sizeof(T));
-  const index_t chunk = max_i(1, min_i(s.N, kChunkBytes / image));
   const index_t nt = min_i(512, max_i(128, kWgradBlockBytes / (kXi * (s.C_in + s.C_out) * index_t(sizeof(T)))));
   const Columns cols(g, nt);  // tiles, as the forward's columns
   const bool rows_mode = cols.rows;
   const index_t line = 64 / index_t(sizeof(T));  // the operands of a kind a line more apart (see the forward)
   const index_t xsize = s.C_in * nt + line, dsize = s.C_out * nt + line, ssize = s.C_out * s.C_in + line;
-  // shared: a chunk's padded x and dy planes (rows mode reads 2 elements past x's last plane, 4 with
-  // F(4x4)'s vectors: `line` covers them), the block's transforms V (kXi x C_in x nt) and D (kXi x
-  // C_out x nt), S and the block's tables
-  Buffer<T> xp(chunk * s.C_in * pl.in + line), dp(chunk * s.C_out * dplane);
-  Buffer<T> v(kXi * xsize), d(kXi * dsize), sum(kXi * ssize);
-  Buffer<std::int32_t> win(rows_mode ? 0 : nt), dwin(rows_mode ? 0 : nt);
+  const index_t halves = s.N >= 2 && kXi * ssize * index_t(sizeof(T)) <= kHalfSumBytes ? 2 : 1;
+  const index_t per_half = ceil_div(s.N, halves), chunk = max_i(1, min_i(per_half, kChunkBytes / halves / image));
+  // per half: a chunk's padded x and dy planes (rows mode reads 2 elements past x's last plane, 4
+  // with F(4x4)'s vectors: `line` covers them), the block's transforms V (kXi x C_in x nt) and D
+  // (kXi x C_out x nt), S and the block's tables
+  const index_t xp_size = chunk * s.C_in * pl.in + line, dp_size = chunk * s.C_out * dplane;
+  Buffer<T> xp(halves * xp_size), dp(halves * dp_size);
+  Buffer<T> v(halves * kXi * xsize), d(halves * kXi * dsize), sum(halves * kXi * ssize);
+  Buffer<std::int32_t> win(rows_mode ? 0 : halves * nt), dwin(rows_mode ? 0 : halves * nt);
   std::vector<index_t> off(static_cast<std::size_t>(nt + kPrefetchRows));  // D read in place: depth p at p
   for (index_t p = 0; p < nt + kPrefetchRows; ++p) off[p] = p;
-  fill_zero(xp.data() + chunk * s.C_in * pl.in, line);
-  bool finite = true, first = true;
-#pragma omp parallel num_threads(nthreads) firstprivate(first)
+  for (index_t h = 0; h < halves; ++h) fill_zero(xp.data() + h * xp_size + chunk * s.C_in * pl.in, line);
+  // Set only while padding, read by every thread of a team after that loop's barrier: a team
+  // leaves together.
+  std::atomic<bool> non_finite{false};
+#pragma omp parallel num_threads(nthreads)
   {
     Buffer<T> bbuf(packed_b_size(uk));  // per thread: one packed block of V^T
-    for (index_t n0 = 0; n0 < s.N; n0 += chunk) {
-      const index_t imgs = min_i(chunk, s.N - n0);
-#pragma omp for schedule(static) reduction(&& : finite)
-      for (index_t job = 0; job < imgs * (s.C_in + s.C_out); ++job) {
-        const index_t img = job / (s.C_in + s.C_out), c = job % (s.C_in + s.C_out);
-        const bool ok = c < s.C_in ? pad_plane(x + ((n0 + img) * s.C_in + c) * s.H * s.W, s.H, s.W, s.pad_t, s.pad_l,
-                                               M * (g.TH + 1), M, pl.Wp, pl.sub,
-                                               xp.data() + (img * s.C_in + c) * pl.in)
-                                   : pad_plane(dy + ((n0 + img) * s.C_out + c - s.C_in) * s.OH * s.OW, s.OH, s.OW,
-                                               index_t(0), index_t(0), M * g.TH, M, pl.Wp, dsub,
-                                               dp.data() + (img * s.C_out + c - s.C_in) * dplane);
-        finite = ok && finite;
-      }
-      // every thread reads the flag between this loop's barrier and the next write to it (the next
-      // chunk's reduction, several barriers on), so all of them leave together
-      if (!finite) break;
-      for (index_t blk = 0; blk < cols.blocks(imgs); ++blk) {  // every thread, in step: S adds the blocks in order
-        const auto [img, q0, count] = cols.block(blk, imgs);
-        if (!rows_mode) {
-#pragma omp single
-          for (index_t c = 0; c < count; ++c) {
-            win.data()[c] = cols.tile_offset(q0 + c, s.C_in * pl.in, pl.Wp);
-            dwin.data()[c] = cols.tile_offset(q0 + c, s.C_out * dplane, pl.Wp);
-          }
+    // Images [h * per_half, ...) into half h's S: by the whole team (`team`) or by one thread.
+    const auto run_half = [&](index_t h, bool team) {
+      T *xh = xp.data() + h * xp_size, *dh = dp.data() + h * dp_size;
+      T *vh = v.data() + h * kXi * xsize, *d_h = d.data() + h * kXi * dsize, *sh = sum.data() + h * kXi * ssize;
+      std::int32_t *winh = win.data() + (rows_mode ? 0 : h * nt), *dwinh = dwin.data() + (rows_mode ? 0 : h * nt);
+      const index_t n_end = min_i(s.N, (h + 1) * per_half);
+      bool first = true;
+      for (index_t n0 = h * per_half; n0 < n_end; n0 += chunk) {
+        const index_t imgs = min_i(chunk, n_end - n0);
+        team_for(team, imgs * (s.C_in + s.C_out), [&](index_t job) {
+          const index_t img = job / (s.C_in + s.C_out), c = job % (s.C_in + s.C_out);
+          const bool ok = c < s.C_in ? pad_plane(x + ((n0 + img) * s.C_in + c) * s.H * s.W, s.H, s.W, s.pad_t, s.pad_l,
+                                                 M * (g.TH + 1), M, pl.Wp, pl.sub, xh + (img * s.C_in + c) * pl.in)
+                                     : pad_plane(dy + ((n0 + img) * s.C_out + c - s.C_in) * s.OH * s.OW, s.OH, s.OW,
+                                                 index_t(0), index_t(0), M * g.TH, M, pl.Wp, dsub,
+                                                 dh + (img * s.C_out + c - s.C_in) * dplane);
+          if (!ok) non_finite.store(true, std::memory_order_relaxed);
+        }, true);
+        if (non_finite.load(std::memory_order_relaxed)) return;
+        for (index_t blk = 0; blk < cols.blocks(imgs); ++blk) {  // S adds the blocks in order
+          const auto [img, q0, count] = cols.block(blk, imgs);
+          if (!rows_mode)
+            team_for(team, count, [&](index_t c) {
+              winh[c] = cols.tile_offset(q0 + c, s.C_in * pl.in, pl.Wp);
+              dwinh[c] = cols.tile_offset(q0 + c, s.C_out * dplane, pl.Wp);
+            }, true);
+          const index_t shift = rows_mode ? M * q0 : 0;
+          const T* xb = xh + img * s.C_in * pl.in + shift;
+          const T* db = dh + img * s.C_out * dplane + shift;
+          team_for(team, s.C_in + s.C_out, [&](index_t c) {
+            if (c < s.C_in && rows_mode)
+              input_panel(W{}, xb + c * pl.in, Strided<M>{}, pl.Wp, pl.sub, count, vh + c * nt, xsize);
+            else if (c < s.C_in)
+              input_panel(W{}, xb + c * pl.in, Table{winh}, pl.Wp, pl.sub, count, vh + c * nt, xsize);
+            else if (rows_mode)
+              dy_panel(W{}, db + (c - s.C_in) * dplane, Strided<M>{}, dsub, count, d_h + (c - s.C_in) * nt, dsize);
+            else
+              dy_panel(W{}, db + (c - s.C_in) * dplane, Table{dwinh}, dsub, count, d_h + (c - s.C_in) * nt, dsize);
+          }, true);
+          // S[xi] (C_out x C_in) += D[xi] (C_out x count) V[xi]^T; D's panels packed as the kernel
+          // goes. Static: a thread keeps its xi block after block, S[xi] in its own caches
+          team_for(team, kXi, [&](index_t xi) {
+            gemm_unit(uk, InPlaceA<T>{d_h + xi * dsize, nt, off.data(), s.C_out, true}, count, 0,
+                      ceil_div(s.C_out, uk.mr), StridedB<T>{vh + xi * xsize, 1, nt}, 0, s.C_in,
+                      PlainC<T>{sh + xi * ssize, s.C_in}, bbuf.data(), !first);
+          }, true);
+          first = false;
         }
-        const index_t shift = rows_mode ? M * q0 : 0;
-        const T* xb = xp.data() + img * s.C_in * pl.in + shift;
-        const T* db = dp.data() + img * s.C_out * dplane + shift;
-#pragma omp for schedule(static)
-        for (index_t c = 0; c < s.C_in + s.C_out; ++c) {
-          if (c < s.C_in && rows_mode)
-            input_panel(W{}, xb + c * pl.in, Strided<M>{}, pl.Wp, pl.sub, count, v.data() + c * nt, xsize);
-          else if (c < s.C_in)
-            input_panel(W{}, xb + c * pl.in, Table{win.data()}, pl.Wp, pl.sub, count, v.data() + c * nt, xsize);
-          else if (rows_mode)
-            dy_panel(W{}, db + (c - s.C_in) * dplane, Strided<M>{}, dsub, count, d.data() + (c - s.C_in) * nt, dsize);
-          else
-            dy_panel(W{}, db + (c - s.C_in) * dplane, Table{dwin.data()}, dsub, count, d.data() + (c - s.C_in) * nt,
-                     dsize);
-        }
-        // S[xi] (C_out x C_in) += D[xi] (C_out x count) V[xi]^T; D's panels packed as the kernel goes
-#pragma omp for schedule(dynamic, 1)
-        for (index_t xi = 0; xi < kXi; ++xi)
-          gemm_unit(uk, InPlaceA<T>{d.data() + xi * dsize, nt, off.data(), s.C_out, true}, count, 0,
-                    ceil_div(s.C_out, uk.mr), StridedB<T>{v.data() + xi * xsize, 1, nt}, 0, s.C_in,
-                    PlainC<T>{sum.data() + xi * ssize, s.C_in}, bbuf.data(), !first);
-        first = false;
       }
-    }
-    if (finite) {
-#pragma omp for schedule(static)
-      for (index_t co = 0; co < s.C_out; ++co)
-        weight_grad(W{}, sum.data() + co * s.C_in, ssize, s.C_in, dw + co * s.C_in * 9);
+    };
+    if (halves == 1)
+      run_half(0, true);
+    else
+      team_for(true, halves, [&](index_t h) { run_half(h, false); }, true);
+    // (the loops end in barriers: every thread sees the flag, S is whole)
+    if (!non_finite.load(std::memory_order_relaxed)) {
+      team_for(true, s.C_out, [&](index_t co) {
+        T* row = sum.data() + co * s.C_in;  // S[xi][co][:] at row + xi * ssize
+        if (halves == 2)
+          for (index_t xi = 0; xi < kXi; ++xi)
+            add_to(row + xi * ssize, row + (kXi + xi) * ssize, s.C_in);
+        weight_grad(W{}, row, ssize, s.C_in, dw + co * s.C_in * 9);
+      }, true);
     }
   }
-  return finite;
+  return !non_finite.load();
 }
 
 }  // namespace
