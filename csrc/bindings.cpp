@@ -331,6 +331,9 @@ PYBIND11_MODULE(_cpp, m) {
         "use another micro-kernel set ('auto' = the best this CPU has); ValueError if unavailable");
   m.def("kernel_gflops", &fastconv::kernel_gflops, py::arg("seconds"), py::call_guard<py::gil_scoped_release>(),
         "GFLOP/s of the fp32 micro-kernel in use on one core now, its panels in L1 (median of 1 ms slices)");
+  m.def("core_round_trip_ns", &fastconv::core_round_trip_ns, py::arg("seconds"),
+        py::call_guard<py::gil_scoped_release>(),
+        "ns for two threads to hand a cache line to each other and back now (median of slices of 200)");
   m.def(
       "cache_sizes",
       [] {

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace fastconv {
@@ -282,6 +283,41 @@ double kernel_gflops(double seconds) {
   } while (clock::now() < stop);
   std::nth_element(rates.begin(), rates.begin() + rates.size() / 2, rates.end());
   return rates[rates.size() / 2];
+}
+
+double core_round_trip_ns(double seconds) {
+  using clock = std::chrono::steady_clock;
+  // A counter handed back and forth: odd, the caller's move, which the echo makes even. Either side
+  // yields after a long spin, so that on a single core the other one gets to run.
+  std::atomic<std::int64_t> turn{0};
+  std::atomic<bool> done{false};
+  const auto wait_for = [&](auto ready) {
+    for (int spins = 0; !ready(); ++spins)
+      if (spins > 100000) std::this_thread::yield();
+  };
+  std::thread echo([&] {
+    for (std::int64_t t = 1;; t += 2) {
+      wait_for([&] { return turn.load(std::memory_order_acquire) == t || done.load(std::memory_order_relaxed); });
+      if (done.load(std::memory_order_relaxed)) return;
+      turn.store(t + 1, std::memory_order_release);
+    }
+  });
+  std::vector<double> trips;  // ns per round trip of slices of 200
+  const clock::time_point stop = clock::now() + std::chrono::duration_cast<clock::duration>(
+                                                      std::chrono::duration<double>(seconds));
+  std::int64_t t = 0;
+  do {
+    const clock::time_point t0 = clock::now();
+    for (int i = 0; i < 200; ++i, t += 2) {
+      turn.store(t + 1, std::memory_order_release);
+      wait_for([&] { return turn.load(std::memory_order_acquire) == t + 2; });
+    }
+    trips.push_back(std::chrono::duration<double, std::nano>(clock::now() - t0).count() / 200);
+  } while (clock::now() < stop);
+  done.store(true);
+  echo.join();
+  std::nth_element(trips.begin(), trips.begin() + trips.size() / 2, trips.end());
+  return trips[trips.size() / 2];
 }
 
 template void gemm<float>(index_t, index_t, index_t, const float*, index_t, index_t, const float*, index_t,

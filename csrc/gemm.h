@@ -61,6 +61,11 @@ const CacheSizes& cache_sizes();
 // L1: the median of 1 ms slices over `seconds`. How fast this core runs now: on a shared VM it
 // moves 2x from minute to minute, so the benchmark records it before and after a run.
 double kernel_gflops(double seconds);
+// The time, in ns, for two threads to hand a cache line to each other and back: the median of
+// slices of 200 round trips over `seconds`. Where the OS puts them: on a 2-core VM, the two vCPUs,
+// which sometimes sit on one die (~80 ns on Zen 5) and sometimes on two (~390 ns); work that
+// shares data between the cores runs slower then (see the benchmark's warnings).
+double core_round_trip_ns(double seconds);
 // Use another kernel set ("auto" = the best this CPU has). Throws std::invalid_argument for a set
 // this CPU or build cannot run. For tests and benchmarks; not meant to race with running ops.
 void set_gemm_isa(const std::string& name);

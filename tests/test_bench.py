@@ -403,17 +403,20 @@ def test_benchmark_suite_smoke(tmp_path):
     assert f"{8 + torch_cases} passed" in out.stdout
 
 
-def test_noise_warnings_name_a_busy_machine_and_a_speed_change():
-    def doc(load, before, after):
-        return dict(settings=dict(load_before=load, cpu_gflops_before=before, cpu_gflops_after=after),
+def test_noise_warnings_name_a_busy_machine_a_speed_change_and_far_cores():
+    def doc(load, before, after, trips=(80.0, 85.0)):
+        return dict(settings=dict(load_before=load, cpu_gflops_before=before, cpu_gflops_after=after,
+                                  core_round_trip_ns_before=trips[0], core_round_trip_ns_after=trips[1]),
                     machine=dict(cpu=dict(usable_cores=2)))
 
     assert report.noise_warnings(doc(0.1, 100.0, 90.0)) == []
-    assert report.noise_warnings(doc(None, None, None)) == []  # no load average, no C++ backend
+    assert report.noise_warnings(doc(None, None, None, (None, None))) == []  # no load average, no C++ backend
     busy = report.noise_warnings(doc(1.5, 100.0, 100.0))
     assert len(busy) == 1 and "load average 1.50" in busy[0]
     drift = report.noise_warnings(doc(0.1, 150.0, 80.0))
     assert len(drift) == 1 and "150.0 GFLOP/s before, 80.0 after" in drift[0]
+    far = report.noise_warnings(doc(0.1, 100.0, 100.0, (80.0, 395.0)))
+    assert len(far) == 1 and "different dies" in far[0] and "80.0 ns before, 395.0 after" in far[0]
 
 
 def test_cpu_speed_is_the_micro_kernel_rate_now():
@@ -421,3 +424,15 @@ def test_cpu_speed_is_the_micro_kernel_rate_now():
 
     pytest.importorskip("fastconv._cpp")
     assert 0.01 < cpu_speed(0.02) < 1e5  # GFLOP/s of one core: positive and physically sane
+
+
+def test_core_round_trip_is_a_sane_latency_or_none_on_one_core():
+    from fastconv import _threads
+    from fastconv.bench.machine import core_round_trip
+
+    pytest.importorskip("fastconv._cpp")
+    trip = core_round_trip(0.02)
+    if _threads._usable_cores() < 2:
+        assert trip is None
+    else:
+        assert 1.0 < trip < 1e7  # ns: above a cache hit, below a 10 ms scheduler stall

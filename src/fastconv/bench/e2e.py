@@ -541,7 +541,7 @@ def bars(results: list[dict]) -> list[dict]:
 def run(models, batch=DEFAULT_BATCH, threads=DEFAULT_THREADS, policy=None, seed=0, isolate=True,
         command="", progress=None) -> dict:
     """Verify and time ``models`` (names of :data:`.models.MODELS`); the raw results."""
-    from .machine import cpu_speed, machine_info
+    from .machine import core_round_trip, cpu_speed, machine_info
     from .runner import _load_average
     from .workers import start_workers
 
@@ -555,7 +555,7 @@ def run(models, batch=DEFAULT_BATCH, threads=DEFAULT_THREADS, policy=None, seed=
 
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    load_before, speed_before = _load_average(), cpu_speed()
+    load_before, speed_before, cores_before = _load_average(), cpu_speed(), core_round_trip()
     log(f"starting {len(CONTENDERS)} workers")
     workers = start_workers(CONTENDERS, threads, policy, isolate, session=E2ESession)
     results, models_info = [], {}
@@ -587,7 +587,8 @@ def run(models, batch=DEFAULT_BATCH, threads=DEFAULT_THREADS, policy=None, seed=
                                   max_rounds=policy.max_rounds, rounds=policy.rounds, rule=policy.describe()),
                       torch=torch.__version__, seconds=time.perf_counter() - started,
                       load_before=load_before, load_after=_load_average(),
-                      cpu_gflops_before=speed_before, cpu_gflops_after=cpu_speed()),
+                      cpu_gflops_before=speed_before, cpu_gflops_after=cpu_speed(),
+                      core_round_trip_ns_before=cores_before, core_round_trip_ns_after=core_round_trip()),
         machine=machine,
         models={m: dict(description=MODELS[m].description, input=[batch, *MODELS[m].input_shape],
                         **models_info.get(m, {})) for m in models},
@@ -711,7 +712,8 @@ def format_markdown(doc: dict) -> str:
               f"- Threads: {s['threads_set']}. {_threads_line(doc)}.",
               f"- CPU: {m['cpu']['model']}; features {' '.join(m['cpu']['simd'])}; 1-minute load average "
               f"{_load(s['load_before'])} before, {_load(s['load_after'])} after; fp32 GEMM micro-kernel on one core "
-              f"{s['cpu_gflops_before']} GFLOP/s before, {s['cpu_gflops_after']} after.",
+              f"{s['cpu_gflops_before']} GFLOP/s before, {s['cpu_gflops_after']} after; core-to-core round trip "
+              f"{s.get('core_round_trip_ns_before')} ns before, {s.get('core_round_trip_ns_after')} after.",
               "- Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
               f"- Command: `{s.get('command') or 'fastconv bench --e2e'}`", ""]
     failures = [r for r in doc["results"] if r["status"] in ("FAIL", "error")]

@@ -136,6 +136,21 @@ def cpu_speed(seconds: float = 0.25) -> float | None:
     return round(_cpp.kernel_gflops(seconds), 1)
 
 
+def core_round_trip(seconds: float = 0.1) -> float | None:
+    """Nanoseconds for two threads to hand a cache line to each other and back now, where the OS
+    puts them. The two vCPUs of a shared VM sometimes sit on one die (Zen 5: ~80 ns) and sometimes
+    on two (~390 ns, each with its own L3): work that shares data between the threads then runs
+    slower (measured: a Winograd wgrad whose threads split every block ran 1.7x slower), so a report
+    records this before and after its run. None without the C++ backend or a second usable core."""
+    try:
+        from .. import _cpp
+    except ImportError:
+        return None
+    if _threads._usable_cores() < 2:
+        return None
+    return round(_cpp.core_round_trip_ns(seconds), 1)
+
+
 def machine_info(torch=None) -> dict:
     """Everything a report records about the machine; ``torch`` adds its threads and GPUs."""
     threads = dict(fastconv=_threads.get_num_threads(), source=_threads.thread_source(),

@@ -233,6 +233,9 @@ BUSY_LOAD = 0.5
 #: The CPU's speed (cpu_gflops) at the end of a run differing from its start by more than this
 #: fraction means rates changed during the run.
 SPEED_DRIFT = 0.2
+#: A core-to-core round trip (ns) at or above which the run's two cores sat on different dies: about
+#: 80 ns on one die of a 2-vCPU Zen 5 VM, 380-410 ns on two.
+FAR_CORES_NS = 250.0
 
 
 def noise_warnings(doc: dict) -> list[str]:
@@ -248,6 +251,12 @@ def noise_warnings(doc: dict) -> list[str]:
         found.append(f"the CPU's speed changed during the run (the GEMM micro-kernel on one core: {before} "
                      f"GFLOP/s before, {after} after): rates and ratios measured at different times are not "
                      f"comparable; compare contenders within a case")
+    trips = [t for t in (s.get("core_round_trip_ns_before"), s.get("core_round_trip_ns_after")) if t is not None]
+    if trips and max(trips) >= FAR_CORES_NS:
+        found.append(f"the two cores sat on different dies for part of the run (a core-to-core round trip of "
+                     f"{s.get('core_round_trip_ns_before')} ns before, {s.get('core_round_trip_ns_after')} after; "
+                     f"under {FAR_CORES_NS:g} on one die): multi-threaded work that shares data between the "
+                     f"cores runs slower then, fastconv's and PyTorch's alike but not equally; rerun to compare")
     return found
 
 
@@ -255,9 +264,12 @@ def _speed(s: dict) -> str:
     """The CPU speed line of a report (runs written before it was recorded have none)."""
     if s.get("cpu_gflops_before") is None:
         return "not measured (no C++ backend)"
+    trips = ("" if s.get("core_round_trip_ns_before") is None else
+             f"; a core-to-core round trip took {s['core_round_trip_ns_before']} ns before, "
+             f"{s['core_round_trip_ns_after']} after (about 80 when the cores share a die)")
     return (f"the fp32 GEMM micro-kernel ran at {s['cpu_gflops_before']} GFLOP/s on one core before the run, "
             f"{s['cpu_gflops_after']} after (it moves up to 2x with other tenants of a shared machine: compare "
-            f"rates only between runs at a similar speed)")
+            f"rates only between runs at a similar speed){trips}")
 
 
 def format_summary(doc: dict, summary: dict) -> str:

@@ -209,7 +209,7 @@ def _load_average() -> float | None:
 
 def run(config: Config, progress_stream=None, show_progress: bool = True) -> dict:
     """Run the suite; the raw results (plain JSON-able dicts) with the settings they were taken under."""
-    from .machine import cpu_speed, machine_info
+    from .machine import core_round_trip, cpu_speed, machine_info
 
     from .machine import gpu_ceilings
 
@@ -223,7 +223,7 @@ def run(config: Config, progress_stream=None, show_progress: bool = True) -> dic
     progress = Progress(len(cases), progress_stream) if show_progress else None
     results = []
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    load_before, speed_before = _load_average(), cpu_speed()
+    load_before, speed_before, cores_before = _load_average(), cpu_speed(), core_round_trip()
     started = time.perf_counter()
     oracle = Contender("reference", "fastconv", "cpu", backend="reference")
     workers = start_workers([oracle] + [c for c in contenders if c != oracle], threads, config.policy,
@@ -256,7 +256,8 @@ def run(config: Config, progress_stream=None, show_progress: bool = True) -> dic
                                   max_repeats=config.policy.max_repeats, repeat=config.policy.repeat,
                                   warmup=config.policy.warmup, rule=config.policy.describe()),
                       seconds=time.perf_counter() - started, load_before=load_before,
-                      load_after=_load_average(), cpu_gflops_before=speed_before, cpu_gflops_after=cpu_speed()),
+                      load_after=_load_average(), cpu_gflops_before=speed_before, cpu_gflops_after=cpu_speed(),
+                      core_round_trip_ns_before=cores_before, core_round_trip_ns_after=core_round_trip()),
         machine=machine,
         shapes=[s.to_json() for s in config.shapes],
         results=results,
