@@ -445,13 +445,14 @@ void gemm_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const T*
   // x itself, all of it at once.
   const bool banded = !f.identity && f.image > bound;
   // Private pieces: with images to spare, each thread fills and multiplies chunks of whole images of
-  // its own (copies within half its L2 and its share of the bound), taking the next chunk when done:
-  // no barrier inside a call, no copy shared across cores, and one thread's copy overlaps the other's
-  // product. Otherwise the team shares each chunk (as many images as the bound holds, or a band): the
-  // copy split by channels, the product by units, a barrier after each. Measured (2 threads, Zen 5),
-  // private vs shared time: ResNet-18-CIFAR's 16x16 stride-2 forward 0.79x, 16x128x56x56 stride 2
-  // 0.87x, a 3-channel 32x32 first layer 0.89x, the 32x32 stride-2 one 1.04x (one image a chunk).
-  const index_t own = f.identity ? 0 : min_i(bound / nthreads, cache_sizes().l2 / 2) / f.image;
+  // its own (its share of the bound), taking the next chunk when done: no barrier inside a call, no
+  // copy shared across cores, and one thread's copy overlaps the other's product. Otherwise the team
+  // shares each chunk (as many images as the bound holds, or a band): the copy split by channels, the
+  // product by units, a barrier after each. Measured (2 threads, Zen 5), private vs shared time:
+  // ResNet-18-CIFAR's stride-2 forwards 0.86-0.92x at 32x32 and 16x16, 1.03x at 8x8, 16x128x56x56
+  // stride 2 0.95x, a 3-channel 32x32 first layer 0.96x; chunks of at most 1 MiB or 512 KiB a thread
+  // (in L2) ran 0.93-1.27x the time of these.
+  const index_t own = f.identity ? 0 : bound / nthreads / f.image;
   const bool alone = nthreads > 1 && !banded && own >= 1 && s.N >= 2 * nthreads;
   index_t chunk = f.identity ? s.N : max_i(1, min_i(s.N, bound / f.image));
   if (alone)  // the fewest chunks, in a multiple of the threads, of at most `own` images each
