@@ -30,8 +30,9 @@
 //     finite x: dot products along the pixels of dy and the rows of cols, both read in place from
 //     flat copies (the dot kernel, conv_dot_wgrad.cpp);
 //     else dW^T = cols dy^T on the same flat layout (the micro-kernel reads cols' rows in place,
-//     pixel by pixel), for weights under 4 MiB (1 MiB pointwise); otherwise GEMM dW += dY cols^T with
-//     cols^T packed from x, the batch folded into the reduction (both conv_gemm_wgrad.cpp);
+//     pixel by pixel), for weights under 4 MiB (1 MiB pointwise; 10 MiB with 16+ images and AVX-512);
+//     otherwise GEMM dW += dY cols^T with cols^T packed from x, the batch folded into the reduction
+//     (both conv_gemm_wgrad.cpp);
 //   * dilated layers at stride 1 whose sizes and paddings are multiples of the dilation (the usual
 //     "same" padding): where the undilated layer their phase images form is one Winograd serves,
 //     that layer, every pass, on copies of the phases (conv_phases.cpp);
@@ -84,6 +85,7 @@
 
 #include <omp.h>
 
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -91,6 +93,7 @@
 #include <vector>
 
 #include "conv_impl.h"
+#include "gemm.h"
 #include "winograd.h"
 
 namespace fastconv {
@@ -257,9 +260,10 @@ void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, i
 
 namespace {
 
-// wgrad takes the flat path for weights smaller than this, pointwise ones smaller than 1 MiB
-// (see conv2d_backward_weight).
+// wgrad takes the flat path for weights smaller than this, pointwise ones smaller than 1 MiB, and
+// with 16+ images and the AVX-512 kernels, smaller than the second (see conv2d_backward_weight).
 constexpr index_t kFlatWgradMaxBytes = index_t(4) << 20;
+constexpr index_t kFlatWgradBatchMaxBytes = index_t(10) << 20;
 
 }  // namespace
 
@@ -288,9 +292,13 @@ void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, 
   // the flat path keeps all of dW^T live while it walks the images: it wins while that is a few
   // MiB at most (measured, flat vs packed time: 0.5x on ResNet-20's layers, 0.75-0.87x on VGG's
   // conv3_1 (1.2 MB), 0.71-1.1x on a 3x3x256 (2.4 MB), 4.5x on ResNet-50's 3x3x512 (9.4 MB)); a
-  // pointwise layer's packed operand is a plain transpose, which wins from 1 MiB (1.1-1.4x there)
+  // pointwise layer's packed operand is a plain transpose, which wins from 1 MiB (1.1-1.4x there).
+  // With the AVX-512 kernels and 16+ images, up to 10 MiB (Zen 5, 2 threads: 0.84x on ResNet-18-
+  // CIFAR's 256 -> 512 stride-2 layer at batch 32 (4.7 MB), 0.88-0.89x on 3x3x512 at 4x4 and 14x14,
+  // 1.0x at 7x7; at 1-8 images 1.0-1.4x)
   const index_t weight_bytes = s.C_out * (s.C_in / s.groups) * s.KH * s.KW * index_t(sizeof(T));
-  const index_t flat_max = is_pointwise(s) ? index_t(1) << 20 : kFlatWgradMaxBytes;
+  const bool batch = s.N >= 16 && std::strcmp(gemm_isa(), "avx512") == 0;
+  const index_t flat_max = is_pointwise(s) ? index_t(1) << 20 : batch ? kFlatWgradBatchMaxBytes : kFlatWgradMaxBytes;
   if (algo == ConvAlgo::kFlat || (algo == ConvAlgo::kAuto && weight_bytes < flat_max))
     return flat_backward_weight(s, dy, x, dw, nthreads);
   // any layer: the packed GEMM
