@@ -43,7 +43,8 @@
 // Workspace (the only memory besides inputs and outputs; see Buffer / workspace_peak_bytes):
 //   shared:     forward, stride-1 dgrad and flat wgrad: the flat copies of a chunk, at most
 //               conv_chunk_bytes() (kFlatChunkBytes, 4 MiB, unless a test lowers it): whole images,
-//               or a band of one image's output rows with the input rows it reads (see row_band).
+//               or a band of one image's output rows with the input rows it reads (see row_band);
+//               the forward's private pieces: one chunk per thread, each within its share of it.
 //               The forward cuts a row that does not fit into bands of columns (col_band), down to
 //               one output pixel's C_in x stride phases x (1 + (KH-1)*dil_h/stride_h) x
 //               (1 + (KW-1)*dil_w/stride_w) elements: it never grows with H or W. Flat wgrad's bands
