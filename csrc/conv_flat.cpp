@@ -112,12 +112,15 @@ void flat_fill_channel(const ConvShape& s, const FlatLayout& f, const T* xc, T* 
 
 namespace {
 
-// Small images (a channel's copy within kTableChan elements, rows shorter than 16) are copied
-// through a table: short rows cost the row-by-row copy per row, not per element (ResNet-18-CIFAR's
-// 8x8 stride-2 forward spent 13% of its time there, copying 2 MiB).
+// Small images (a channel's copy within kTableChan elements, rows shorter than 16, the input plane
+// within 16 x kTableChan: the table is built from a copy of it) are copied through a table: short
+// rows cost the row-by-row copy per row, not per element (ResNet-18-CIFAR's 8x8 stride-2 forward
+// spent 13% of its time there, copying 2 MiB).
 constexpr index_t kTableChan = 4096;
 
-bool gathers(const FlatLayout& f) { return !f.identity && f.chan <= kTableChan && f.Wq < 16; }
+bool gathers(const ConvShape& s, const FlatLayout& f) {
+  return !f.identity && f.chan <= kTableChan && f.Wq < 16 && s.H * s.W <= 16 * kTableChan;
+}
 
 // Where each element of a channel's copy comes from: its index in the channel (H x W), -1 for the
 // zeros (padding, junk). The copy of a channel whose elements are their own indices + 1.
@@ -155,7 +158,7 @@ void gather_channel(const T* xc, const std::int32_t* table, index_t n, T* d, boo
 template <typename T>
 void flat_fill_images(const ConvShape& s, const FlatLayout& f, const T* x, index_t n0, index_t imgs, T* xq, bool team) {
   const index_t HW = s.H * s.W;
-  const std::vector<std::int32_t> table = gathers(f) ? gather_table(s, f) : std::vector<std::int32_t>();
+  const std::vector<std::int32_t> table = gathers(s, f) ? gather_table(s, f) : std::vector<std::int32_t>();
   const bool avx512 = std::strcmp(gemm_isa(), "avx512") == 0;
   team_for(team, imgs * s.C_in, [&](index_t job) {
     const index_t img = job / s.C_in, c = job % s.C_in;
