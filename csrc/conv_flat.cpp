@@ -455,12 +455,30 @@ void gemm_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const T*
   // ResNet-18-CIFAR's stride-2 forwards 0.86-0.92x at 32x32 and 16x16, 1.03x at 8x8, 16x128x56x56
   // stride 2 0.95x, a 3-channel 32x32 first layer 0.96x; chunks of at most 1 MiB or 512 KiB a thread
   // (in L2) ran 0.93-1.27x the time of these.
+  // With fewer images than threads, the private pieces are bands of output rows, one a thread over
+  // the batch, each band's copy with its halo rows (as when an image is over the bound): where the
+  // bands are 4+ column panels wide and the weight, which every band reads, is at most a quarter of a
+  // band's copy. Measured (2 threads, Zen 5), bands vs shared: the cores on one die, a 7x7 stride-2
+  // 3 -> 64 first layer at 224x224 0.97x, 64 -> 64 stride 2 at 112x112 0.96x; on two dies (two bands
+  // a thread) 0.82x and 0.71x; but 128 -> 128 stride 2 at 56x56, whose 590 KB weight each band read
+  // again, 1.06x (one band a thread) and 1.18x (two) on one die, 0.85x on two: it stays shared.
   const index_t own = f.identity ? 0 : bound / nthreads / f.image;
-  const bool alone = nthreads > 1 && !banded && own >= 1 && s.N >= 2 * nthreads;
+  bool alone = nthreads > 1 && !banded && own >= 1 && s.N >= 2 * nthreads;
   index_t chunk = f.identity ? s.N : max_i(1, min_i(s.N, bound / f.image));
   if (alone)  // the fewest chunks, in a multiple of the threads, of at most `own` images each
     chunk = ceil_div(s.N, round_up(ceil_div(s.N, own), index_t(nthreads)));
   Bands rows{s.OH, 1}, cols{s.OW, 1};
+  if (nthreads > 1 && !banded && !f.identity && s.N < nthreads) {
+    const Bands few = even_bands(s.OH, ceil_div(s.OH, ceil_div(nthreads, s.N)));
+    const FlatLayout fb = flat_layout(row_band(s, 0, few.size), uk.nr);
+    if (few.count > 1 && few.size * fb.Wq >= 4 * uk.nr && nthreads * fb.image <= bound &&
+        4 * s.C_out * Kg <= fb.image) {
+      alone = true;
+      chunk = 1;
+      rows = few;
+      f = fb;
+    }
+  }
   if (banded) {
     const index_t phases = static_cast<index_t>(f.phases.size()), halo_h = f.Hq - s.OH, halo_w = f.Wq - s.OW;
     const index_t fit_rows = s.OH - ceil_div(f.image - bound + 16, s.C_in * phases * f.Wq);

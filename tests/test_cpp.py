@@ -84,6 +84,9 @@ FAST_PATHS = [
     # with 64; AVX-512), tiles straddling images; groups and stride phases
     Conv("compact_small_images", 3, 64, 6, 6, 70, 3, 3, padding=1),
     Conv("compact_groups_strided", 2, 16, 9, 7, 128, 3, 3, stride=2, padding=1, groups=2),
+    # one image on 2 threads: private bands of output rows (10 + 9 at stride 2, 20 + 20 at 5x5)
+    Conv("flat_private_bands_strided", 1, 4, 37, 41, 6, 3, 3, stride=2, padding=1),
+    Conv("flat_private_bands_5x5", 1, 3, 40, 44, 8, 5, 5, padding=2),
     # 520 output channels (a ragged panel) over 640 columns: a unit of every row is wider than the
     # staging block, so units are cut by columns (B packed once), 7 of them, the last one ragged
     Conv("compact_column_units", 40, 8, 8, 7, 520, 3, 3, stride=2, padding=1),
