@@ -541,8 +541,7 @@ def bars(results: list[dict]) -> list[dict]:
 def run(models, batch=DEFAULT_BATCH, threads=DEFAULT_THREADS, policy=None, seed=0, isolate=True,
         command="", progress=None) -> dict:
     """Verify and time ``models`` (names of :data:`.models.MODELS`); the raw results."""
-    from .machine import core_round_trip, cpu_speed, machine_info
-    from .runner import _load_average
+    from .machine import machine_info, machine_now
     from .workers import start_workers
 
     torch = _torch()
@@ -555,7 +554,7 @@ def run(models, batch=DEFAULT_BATCH, threads=DEFAULT_THREADS, policy=None, seed=
 
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    load_before, speed_before, cores_before = _load_average(), cpu_speed(), core_round_trip()
+    before = machine_now("before")
     log(f"starting {len(CONTENDERS)} workers")
     workers = start_workers(CONTENDERS, threads, policy, isolate, session=E2ESession)
     results, models_info = [], {}
@@ -586,9 +585,7 @@ def run(models, batch=DEFAULT_BATCH, threads=DEFAULT_THREADS, policy=None, seed=
                       timing=dict(warmup=policy.warmup, budget_s=policy.budget_s, min_rounds=policy.min_rounds,
                                   max_rounds=policy.max_rounds, rounds=policy.rounds, rule=policy.describe()),
                       torch=torch.__version__, seconds=time.perf_counter() - started,
-                      load_before=load_before, load_after=_load_average(),
-                      cpu_gflops_before=speed_before, cpu_gflops_after=cpu_speed(),
-                      core_round_trip_ns_before=cores_before, core_round_trip_ns_after=core_round_trip()),
+                      **before, **machine_now("after")),
         machine=machine,
         models={m: dict(description=MODELS[m].description, input=[batch, *MODELS[m].input_shape],
                         **models_info.get(m, {})) for m in models},

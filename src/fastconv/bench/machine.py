@@ -151,6 +151,21 @@ def core_round_trip(seconds: float = 0.1) -> float | None:
     return round(_cpp.core_round_trip_ns(seconds), 1)
 
 
+def load_average() -> float | None:
+    """The 1-minute load average: other processes on the machine make timings noisy."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows
+        return None
+
+
+def machine_now(when: str) -> dict:
+    """The state of the machine that a report records before and after its run (``when``: "before"
+    or "after"): ``load_<when>``, ``cpu_gflops_<when>``, ``core_round_trip_ns_<when>``."""
+    return {f"load_{when}": load_average(), f"cpu_gflops_{when}": cpu_speed(),
+            f"core_round_trip_ns_{when}": core_round_trip()}
+
+
 def machine_info(torch=None) -> dict:
     """Everything a report records about the machine; ``torch`` adds its threads and GPUs."""
     threads = dict(fastconv=_threads.get_num_threads(), source=_threads.thread_source(),

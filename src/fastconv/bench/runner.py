@@ -15,7 +15,6 @@ Statuses of a (case, contender) result:
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -199,17 +198,9 @@ def run_case(case: Case, workers, policy: Policy, seed: int, progress=None, ceil
     return records
 
 
-def _load_average() -> float | None:
-    """The 1-minute load average: other processes on the machine make timings noisy."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):  # Windows
-        return None
-
-
 def run(config: Config, progress_stream=None, show_progress: bool = True) -> dict:
     """Run the suite; the raw results (plain JSON-able dicts) with the settings they were taken under."""
-    from .machine import core_round_trip, cpu_speed, machine_info
+    from .machine import machine_info, machine_now
 
     from .machine import gpu_ceilings
 
@@ -223,7 +214,7 @@ def run(config: Config, progress_stream=None, show_progress: bool = True) -> dic
     progress = Progress(len(cases), progress_stream) if show_progress else None
     results = []
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    load_before, speed_before, cores_before = _load_average(), cpu_speed(), core_round_trip()
+    before = machine_now("before")
     started = time.perf_counter()
     oracle = Contender("reference", "fastconv", "cpu", backend="reference")
     workers = start_workers([oracle] + [c for c in contenders if c != oracle], threads, config.policy,
@@ -255,9 +246,7 @@ def run(config: Config, progress_stream=None, show_progress: bool = True) -> dic
                       timing=dict(budget_s=config.policy.budget_s, min_repeats=config.policy.min_repeats,
                                   max_repeats=config.policy.max_repeats, repeat=config.policy.repeat,
                                   warmup=config.policy.warmup, rule=config.policy.describe()),
-                      seconds=time.perf_counter() - started, load_before=load_before,
-                      load_after=_load_average(), cpu_gflops_before=speed_before, cpu_gflops_after=cpu_speed(),
-                      core_round_trip_ns_before=cores_before, core_round_trip_ns_after=core_round_trip()),
+                      seconds=time.perf_counter() - started, **before, **machine_now("after")),
         machine=machine,
         shapes=[s.to_json() for s in config.shapes],
         results=results,
