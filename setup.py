@@ -39,7 +39,7 @@ cpp = Pybind11Extension(
              "csrc/conv_dot_wgrad.cpp", "csrc/conv_flat.cpp", "csrc/conv_gemm_wgrad.cpp", "csrc/conv_phases.cpp", "csrc/conv_subpixel.cpp",
              "csrc/gemm.cpp", "csrc/gemm_avx2.cpp", "csrc/gemm_avx512.cpp", "csrc/linear.cpp", "csrc/pool.cpp",
              "csrc/activation.cpp", "csrc/bindings_ops.cpp", "csrc/dropout.cpp", "csrc/loss.cpp", "csrc/norm.cpp",
-             "csrc/layout.cpp", "csrc/winograd.cpp"],
+             "csrc/layout.cpp", "csrc/winograd.cpp", "csrc/workspace.cpp"],
     include_dirs=["csrc"],
     depends=["csrc/common.h", "csrc/conv.h", "csrc/conv_impl.h", "csrc/gemm.h", "csrc/gemm_kernel.h", "csrc/linear.h",
              "csrc/pool.h", "csrc/pool_max_vec.h", "csrc/dw_vec.h", "csrc/ukernel.h",

@@ -361,4 +361,9 @@ PYBIND11_MODULE(_cpp, m) {
   m.def("workspace_peak_bytes", &fastconv::workspace_peak_bytes,
         "most bytes of kernel workspace held at once since workspace_reset_peak()");
   m.def("workspace_reset_peak", &fastconv::workspace_reset_peak);
+  m.def("set_workspace_cache_bytes", &fastconv::set_workspace_cache_bytes, py::arg("nbytes"),
+        "keep at most nbytes of freed workspace blocks (256 KiB and larger) for later calls instead of handing them "
+        "back to the system (default 128 MiB; 0 keeps none and frees the kept ones); ValueError if negative");
+  m.def("workspace_cache_bytes", &fastconv::workspace_cache_bytes, "the bound set_workspace_cache_bytes set");
+  m.def("workspace_cached_bytes", &fastconv::workspace_cached_bytes, "bytes of workspace blocks kept now");
 }

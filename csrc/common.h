@@ -28,6 +28,16 @@ void workspace_note(index_t delta_bytes);
 index_t workspace_peak_bytes();
 void workspace_reset_peak();
 
+// Buffer's memory (workspace.cpp): blocks of 256 KiB and more are kept for later calls, up to
+// workspace_cache_bytes() in all (128 MiB by default; none under AddressSanitizer), instead of
+// going back to the system each call. workspace_alloc returns a 64-byte aligned block of at least
+// `bytes` (a multiple of 64) and its size in `capacity`, which workspace_free takes back.
+void* workspace_alloc(std::size_t bytes, std::size_t& capacity);
+void workspace_free(void* p, std::size_t capacity);
+void set_workspace_cache_bytes(index_t bytes);  // std::invalid_argument if negative; frees what is over
+index_t workspace_cache_bytes();   // the bound
+index_t workspace_cached_bytes();  // kept now
+
 // An uninitialised, 64-byte aligned array (one cache line, one AVX-512 vector) owned by one call
 // or one thread; kernels size it explicitly so every workspace bound is visible at its use.
 template <typename T>
@@ -41,8 +51,7 @@ class Buffer {
     release();
     if (n > 0) {
       const index_t bytes = round_up(n * index_t(sizeof(T)), 64);
-      ptr_ = static_cast<T*>(std::aligned_alloc(64, static_cast<std::size_t>(bytes)));
-      if (!ptr_) throw std::bad_alloc();
+      ptr_ = static_cast<T*>(workspace_alloc(static_cast<std::size_t>(bytes), capacity_));
       size_ = n;
       bytes_ = bytes;
       workspace_note(bytes);
@@ -55,12 +64,14 @@ class Buffer {
  private:
   void release() {
     if (ptr_) workspace_note(-bytes_);
-    std::free(ptr_);
+    workspace_free(ptr_, capacity_);
     ptr_ = nullptr;
     size_ = bytes_ = 0;
+    capacity_ = 0;
   }
   T* ptr_ = nullptr;
   index_t size_ = 0, bytes_ = 0;
+  std::size_t capacity_ = 0;  // of the block (workspace_alloc)
 };
 
 // True when none of x[0, n) is NaN or infinite: no element has all exponent bits set. Integer

@@ -124,21 +124,6 @@ std::atomic<const KernelSet*>& current() {
   return set;
 }
 
-std::atomic<index_t> workspace_live{0}, workspace_peak{0};
-
-}  // namespace
-
-void workspace_note(index_t delta_bytes) {
-  const index_t now = workspace_live.fetch_add(delta_bytes) + delta_bytes;
-  index_t peak = workspace_peak.load();
-  while (now > peak && !workspace_peak.compare_exchange_weak(peak, now)) {
-  }
-}
-index_t workspace_peak_bytes() { return workspace_peak.load(); }
-void workspace_reset_peak() { workspace_peak.store(workspace_live.load()); }
-
-namespace {
-
 // The current set's kernels of element type T.
 template <typename T>
 struct Kernels {

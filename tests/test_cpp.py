@@ -853,6 +853,41 @@ def _workspace_peaks(rng, base):
     return peaks
 
 
+@contextlib.contextmanager
+def _workspace_cache(nbytes):
+    old = _cpp.workspace_cache_bytes()
+    _cpp.set_workspace_cache_bytes(nbytes)
+    try:
+        yield
+    finally:
+        _cpp.set_workspace_cache_bytes(old)
+
+
+def test_workspace_cache_keeps_blocks_within_its_bound(rng):
+    """Freed workspace blocks (256 KiB and larger) are kept for the next call up to the bound, the
+    smallest leaving first; a bound of 0 frees them all; the results do not depend on it (the
+    blocks are uninitialised either way: a kept block holds the last call's data)."""
+    c = Conv("cache", 8, 64, 20, 18, 72, 3, 3, padding=1)  # Winograd: U, planes and blocks of 256 KiB+
+    x, w, b, dy = _inputs(rng, c, randn, np.float32)
+    with _workspace_cache(0):
+        assert _cpp.workspace_cached_bytes() == 0
+        y0 = fastconv.conv2d(x, w, b, **c.kwargs, backend="cpp")
+        g0 = fastconv.conv2d_backward(dy, x, w, **c.kwargs, backend="cpp")
+        assert _cpp.workspace_cached_bytes() == 0
+    with _workspace_cache(64 << 20):
+        for _ in range(3):  # the later calls run on the blocks the first ones left
+            assert_equal(fastconv.conv2d(x, w, b, **c.kwargs, backend="cpp"), y0)
+            for got, want in zip(fastconv.conv2d_backward(dy, x, w, **c.kwargs, backend="cpp"), g0):
+                assert_equal(got, want)
+            kept = _cpp.workspace_cached_bytes()
+            assert (256 << 10) <= kept <= 64 << 20
+        _cpp.set_workspace_cache_bytes(300 << 10)  # lowering the bound frees what is over it
+        assert _cpp.workspace_cached_bytes() <= 300 << 10
+        assert _cpp.workspace_cache_bytes() == 300 << 10
+    with pytest.raises(ValueError, match="set_workspace_cache_bytes: bytes must be >= 0.*got -1"):
+        _cpp.set_workspace_cache_bytes(-1)
+
+
 def test_workspace_bounded_independent_of_batch(rng):
     """No im2col buffer for a whole image or batch: the peak workspace of forward and dgrad stops
     growing with the batch once a chunk of padded input copies (at most 4 MiB: 20 images of this
