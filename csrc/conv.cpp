@@ -77,6 +77,8 @@
 // None of it grows with the batch size past the chunk bound: no im2col matrix is ever built. Nor
 // with the image size, but Winograd's chunk of padded planes (at least one image) and the dot
 // wgrad's slices (at least one image per thread).
+// Freed blocks of 256 KiB and more are kept for the next calls, at most workspace_cache_bytes()
+// (128 MiB) in all (workspace.cpp): handed back, glibc re-faulted them every call.
 //
 // A caller may name the algorithm instead (ConvAlgo, conv2d_algorithms: fastconv's autotune times
 // the candidates and keeps the fastest); the lists below then run that entry only. Winograd's tiles

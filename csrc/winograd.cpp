@@ -12,7 +12,8 @@
 //   2. a*a GEMMs M[xi] (C_out x nt) = U[xi] V[xi], U (the transformed weight, packed for the
 //      micro-kernel once per call) shared by all threads;
 //   3. output transform: the m x m outputs of each tile and channel from M, + bias, into y.
-// Both transforms are vector loops over consecutive GEMM columns. Wide images (along_rows) make a
+// Where U is large, the team runs each (wide) block together instead, the GEMMs and the output
+// transform split by U's row panels (see kWideUBytes). Both transforms are vector loops over consecutive GEMM columns. Wide images (along_rows) make a
 // column of every tile start along the padded rows, one junk column per tile row included, so that
 // consecutive columns' windows are m elements apart and their outputs m apart in y: plain vector
 // loads and stores. Narrow ones, where the junk would be 20% of the GEMM, number only their tiles
@@ -28,7 +29,8 @@
 // Workspace: shared, U (a*a x C_in x C_out, rows rounded up to MR), the padded input planes of a
 // chunk and, for the tables when m does not divide OH and OW, its padded output planes (a chunk
 // holds at most kChunkBytes of either, or one image); per thread, V and M of one block (a*a x (C_in
-// + C_out) x nt, see block_tiles) and two offset tables of nt entries. wgrad: per half (or for all),
+// + C_out) x nt, see block_tiles; shared in wide blocks, kWideBytes) and two offset tables of nt
+// entries. wgrad: per half (or for all),
 // S (a*a x C_out x C_in), a chunk of padded x and dy planes (kChunkBytes for all halves, or one
 // image each), V and D of one block (a*a x (C_in + C_out) x 128..512 tiles, see kWgradBlockBytes)
 // and its tables; per thread, one packed B block.
@@ -890,6 +892,19 @@ namespace {
 // the passes, per tile
 // ---------------------------------------------------------------------------------------------
 
+// Wide blocks: where U is at least this large (362+ channels each way with F(2x2)), the team runs
+// each block together, of up to kWideBytes of V and M: the input transform split by channel, the
+// GEMMs and the output transform by U's row panels, each thread on the panels it transformed. U is
+// then read once a block, by the thread that wrote it, against once per block of every thread (a
+// block holds at most kBlockBytes): ResNet-18-CIFAR's 512-channel 4x4 layer (batch 32: 128 tiles)
+// read its 16 MiB U four times a call, ResNet-50's 512 at 7x7 (batch 16) eight. Measured (2-core
+// AMD EPYC Zen 5, 2 threads), time against the blocks: those two 0.98x and 0.88x with the cores on
+// one die, 0.72x and 0.84x on two; but 1.11-1.17x on 256 channels (U of 4 MiB) at 8x8, batch 32,
+// on one die (1.05-1.09x on two), so they keep the blocks. Blocks of 4 and 2 MiB of V and M: 0.92
+// and 1.07x on the 7x7 layer.
+constexpr index_t kWideUBytes = index_t(8) << 20;
+constexpr index_t kWideBytes = index_t(8) << 20;
+
 template <int M, typename T>
 bool forward_tiles(const ConvShape& s, const T* x, const T* w, index_t lda, const index_t* off, const T* b, T* y,
                    int nthreads) {
@@ -899,20 +914,24 @@ bool forward_tiles(const ConvShape& s, const T* x, const T* w, index_t lda, cons
   const TileGrid g = tile_grid(s, M);
   const Planes pl = planes(g);
   const index_t chunk = chunk_images<T>(s, pl);
-  // Blocks of a chunk's columns, at least two per thread (of one column panel at least): a small
-  // layer's one block left a thread idle (1 x 64 x 16x16, 64 filters: a third of the time in
-  // libgomp's wait).
-  const index_t columns = chunk * (along_rows(g) ? g.TH * (g.TW + 1) : g.TH * g.TW);
-  const index_t nt = min_i(block_tiles<M>(uk, s), max_i(uk.nr, round_up(ceil_div(columns, 2 * nthreads), uk.nr)));
-  const Columns cols(g, nt);
-  const bool rows_mode = cols.rows;
   // The kXi operands of each kind lie one cache line more than their size apart: a size that is a
   // multiple of 4 KiB (most are) would put element p of all of them in one set of L1, whose 8 ways
   // the transforms, writing or reading them all at once, would thrash (the weight's transform ran 6x
   // slower so at 512 channels).
-  const index_t line = 64 / index_t(sizeof(T)), rows = round_up(s.C_out, uk.mr);
-  const index_t usize = packed_a_size(uk, s.C_out, s.C_in) + line, vsize = s.C_in * nt + line;
-  const index_t msize = s.C_out * nt + line;  // nt: a multiple of NR
+  const index_t line = 64 / index_t(sizeof(T)), rows = round_up(s.C_out, uk.mr), panels = rows / uk.mr;
+  const index_t usize = packed_a_size(uk, s.C_out, s.C_in) + line;
+  const bool wide = kXi * usize * index_t(sizeof(T)) >= kWideUBytes;
+  // Blocks of a chunk's columns, at least two per thread (of one column panel at least): a small
+  // layer's one block left a thread idle (1 x 64 x 16x16, 64 filters: a third of the time in
+  // libgomp's wait). Wide blocks: as many columns as kWideBytes holds.
+  const index_t columns = chunk * (along_rows(g) ? g.TH * (g.TW + 1) : g.TH * g.TW);
+  const index_t per_tile = kXi * (s.C_in + s.C_out) * index_t(sizeof(T));
+  const index_t wide_tiles = max_i(uk.nr, kWideBytes / per_tile / uk.nr * uk.nr);
+  const index_t nt = wide ? min_i(min_i(uk.nc, round_up(columns, uk.nr)), wide_tiles)
+                          : min_i(block_tiles<M>(uk, s), max_i(uk.nr, round_up(ceil_div(columns, 2 * nthreads), uk.nr)));
+  const Columns cols(g, nt);
+  const bool rows_mode = cols.rows;
+  const index_t vsize = s.C_in * nt + line, msize = s.C_out * nt + line;  // nt: a multiple of NR
   const index_t P = s.OH * s.OW;
   // the tables' outputs go straight into y when every tile lies whole in the image
   const bool direct = rows_mode || (M * g.TH == s.OH && M * g.TW == s.OW);
@@ -921,15 +940,20 @@ bool forward_tiles(const ConvShape& s, const T* x, const T* w, index_t lda, cons
   // (a last panel's columns past the image's last tile), and F(4x4)'s vectors 2 more
   Buffer<T> xp(chunk * s.C_in * pl.in + M * uk.nr + line);
   Buffer<T> yp(direct ? 0 : chunk * s.C_out * pl.out);  // shared: its padded output planes
+  Buffer<T> wide_v(wide ? kXi * vsize : 0), wide_m(wide ? kXi * msize : 0);  // shared: a wide block's V and M
   fill_zero(xp.data() + chunk * s.C_in * pl.in, M * uk.nr + line);
   bool w_finite = true, x_finite = true;
 #pragma omp parallel num_threads(nthreads)
   {
-    // nowait: the padding loop below ends in a barrier before any block reads U or the flag
+    // Static: a wide block's GEMMs take the panels this loop gave the thread (OpenMP assigns two
+    // static loops of as many iterations in one region alike). nowait: the padding loop below ends
+    // in a barrier before any block reads U or the flag.
 #pragma omp for schedule(static) nowait reduction(&& : w_finite)
-    for (index_t panel = 0; panel < rows / uk.mr; ++panel)
+    for (index_t panel = 0; panel < panels; ++panel)
       w_finite = transform_weight<M>(uk, s, w, lda, off, u.data(), usize, panel) && w_finite;
-    Buffer<T> v(kXi * vsize), m(kXi * msize);  // per thread: one block's V (packed) and M
+    Buffer<T> own_v(wide ? 0 : kXi * vsize), own_m(wide ? 0 : kXi * msize);  // per thread: one block's V and M
+    T* const v = wide ? wide_v.data() : own_v.data();
+    T* const m = wide ? wide_m.data() : own_m.data();
     Buffer<std::int32_t> win(rows_mode ? 0 : nt), out(rows_mode ? 0 : nt);  // the tables of a block
     Buffer<T> edge(rows_mode ? M * M * (g.TW + 1) : 0);  // the M output rows of a clipped run
     for (index_t n0 = 0; n0 < s.N; n0 += chunk) {
@@ -944,14 +968,8 @@ bool forward_tiles(const ConvShape& s, const T* x, const T* w, index_t lda, cons
       if (!(w_finite && x_finite)) break;
       T* yc = direct ? y + n0 * s.C_out * P : yp.data();  // planes of OH x OW, or of the padded output
       const index_t ow = direct ? s.OW : pl.OWp, oplane = direct ? P : pl.out;
-      // static, as the padding loop above: a thread's blocks are (nearly) the images it padded, and
-      // only the blocks at the halves' border write output rows both threads write. Where this
-      // VM's two vCPUs sat on different dies (see kHalfSumBytes), dynamic blocks (either thread
-      // reading the other's planes, and writing the other's output rows) took 1.02-1.06x the time.
-#pragma omp for schedule(static)
-      for (index_t blk = 0; blk < cols.blocks(imgs); ++blk) {
-        const auto [img, q0, count] = cols.block(blk, imgs);
-        const index_t width = round_up(count, uk.nr);
+      // Block blk's tables (each thread its own), and its input transform of channel ci into V.
+      const auto tables = [&](index_t q0, index_t count, index_t width) {
         if (!rows_mode)
           for (index_t c = 0; c < width; ++c) {
             // the last panel's columns past the block repeat its last tile: finite, and dropped
@@ -959,22 +977,26 @@ bool forward_tiles(const ConvShape& s, const T* x, const T* w, index_t lda, cons
             win.data()[c] = cols.tile_offset(t, s.C_in * pl.in, pl.Wp);
             out.data()[c] = cols.tile_offset(t, s.C_out * oplane, M * ow);
           }
+      };
+      const auto input = [&](index_t img, index_t q0, index_t width, index_t ci) {
         const T* xb = xp.data() + img * s.C_in * pl.in + (rows_mode ? M * q0 : 0);
-        for (index_t ci = 0; ci < s.C_in; ++ci)
-          for (index_t c = 0; c < width; c += uk.nr) {  // column panel c / NR of depth row ci
-            T* vp = v.data() + packed_b_index(uk, s.C_in, nt, ci, c);
-            if (rows_mode)
-              input_panel(W{}, xb + ci * pl.in + M * c, Strided<M>{}, pl.Wp, pl.sub, uk.nr, vp, vsize);
-            else
-              input_panel(W{}, xb + ci * pl.in, Table{win.data() + c}, pl.Wp, pl.sub, uk.nr, vp, vsize);
-          }
+        for (index_t c = 0; c < width; c += uk.nr) {  // column panel c / NR of depth row ci
+          T* vp = v + packed_b_index(uk, s.C_in, nt, ci, c);
+          if (rows_mode)
+            input_panel(W{}, xb + ci * pl.in + M * c, Strided<M>{}, pl.Wp, pl.sub, uk.nr, vp, vsize);
+          else
+            input_panel(W{}, xb + ci * pl.in, Table{win.data() + c}, pl.Wp, pl.sub, uk.nr, vp, vsize);
+        }
+      };
+      // The GEMMs of row panels [p0, p1) (C_out x count of each M[xi]), then their channels' outputs.
+      const auto multiply = [&](index_t img, index_t q0, index_t count, index_t p0, index_t p1) {
         for (index_t xi = 0; xi < kXi; ++xi)
-          gemm_unit(uk, PrepackedA<T>{u.data() + xi * usize, s.C_out}, s.C_in, 0, rows / uk.mr,
-                    PrepackedB<T>{v.data() + xi * vsize, nt}, 0, count, PlainC<T>{m.data() + xi * msize, nt},
+          gemm_unit(uk, PrepackedA<T>{u.data() + xi * usize, s.C_out}, s.C_in, p0, p1,
+                    PrepackedB<T>{v + xi * vsize, nt}, 0, count, PlainC<T>{m + xi * msize, nt},
                     static_cast<T*>(nullptr), false);
-        for (index_t co = 0; co < s.C_out; ++co) {
+        for (index_t co = p0 * uk.mr; co < min_i(s.C_out, p1 * uk.mr); ++co) {
           const T bias = b ? b[co] : T(0);
-          const T* mc = m.data() + co * nt;
+          const T* mc = m + co * nt;
           if (!rows_mode) {
             output_panel(W{}, mc, msize, Table{out.data()}, ow, count, bias, yc + co * oplane);
             continue;
@@ -1000,6 +1022,30 @@ bool forward_tiles(const ConvShape& s, const T* x, const T* w, index_t lda, cons
             }
             q += len;
           }
+        }
+      };
+      if (wide) {
+        for (index_t blk = 0; blk < cols.blocks(imgs); ++blk) {  // the team, block after block
+          const auto [img, q0, count] = cols.block(blk, imgs);
+          tables(q0, count, round_up(count, uk.nr));
+#pragma omp for schedule(static)
+          for (index_t ci = 0; ci < s.C_in; ++ci) input(img, q0, round_up(count, uk.nr), ci);
+#pragma omp for schedule(static) nowait
+          for (index_t panel = 0; panel < panels; ++panel) multiply(img, q0, count, panel, panel + 1);
+#pragma omp barrier
+        }
+      } else {
+        // static, as the padding loop above: a thread's blocks are (nearly) the images it padded,
+        // and only the blocks at the halves' border write output rows both threads write. Where
+        // this VM's two vCPUs sat on different dies (see kHalfSumBytes), dynamic blocks (either
+        // thread reading the other's planes, and writing the other's output rows) took 1.02-1.06x
+        // the time.
+#pragma omp for schedule(static)
+        for (index_t blk = 0; blk < cols.blocks(imgs); ++blk) {
+          const auto [img, q0, count] = cols.block(blk, imgs);
+          tables(q0, count, round_up(count, uk.nr));
+          for (index_t ci = 0; ci < s.C_in; ++ci) input(img, q0, round_up(count, uk.nr), ci);
+          multiply(img, q0, count, 0, panels);
         }
       }
       if (!direct) {  // crop the padded output planes into y
