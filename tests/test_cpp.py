@@ -148,7 +148,8 @@ FAST_PATHS = [
 # into padded output planes (odd sizes) or straight into y (even); a padding that leaves dgrad's
 # zero or negative; asymmetric padding; more input channels than a depth block (dgrad: more
 # output channels than one row panel of the general kernel); ragged row panels; wide blocks (U of
-# 8 MiB or more: 362+ channels each way), through tables over two blocks and along rows
+# 8 MiB or more: 362+ channels each way), through tables over two blocks, along rows, over two
+# chunks of images
 WINOGRAD = [
     Conv("winograd_rows_clipped", 2, 64, 9, 35, 64, 3, 3, padding=1),
     Conv("winograd_tables_cropped", 8, 65, 7, 7, 72, 3, 3, padding=1),
@@ -159,6 +160,7 @@ WINOGRAD = [
     Conv("winograd_32_channels_in", 9, 32, 11, 13, 48, 3, 3, padding=1),
     Conv("winograd_wide_tables", 14, 370, 5, 7, 380, 3, 3, padding=1),
     Conv("winograd_wide_rows", 2, 364, 6, 34, 366, 3, 3, padding=1),
+    Conv("winograd_wide_chunks", 15, 370, 12, 12, 364, 3, 3, padding=1),
 ]
 # Winograd wgrad (128+ channels each way): along rows, two blocks per image; through tables, over
 # three chunks of images; dy's clipped tiles (odd OH, OW) and rows mode's junk tiles add nothing.
