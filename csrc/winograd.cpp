@@ -13,12 +13,13 @@
 //      micro-kernel once per call) shared by all threads;
 //   3. output transform: the m x m outputs of each tile and channel from M, + bias, into y.
 // Where U is large, the team runs each (wide) block together instead, the GEMMs and the output
-// transform split by U's row panels (see kWideUBytes). Both transforms are vector loops over consecutive GEMM columns. Wide images (along_rows) make a
-// column of every tile start along the padded rows, one junk column per tile row included, so that
-// consecutive columns' windows are m elements apart and their outputs m apart in y: plain vector
-// loads and stores. Narrow ones, where the junk would be 20% of the GEMM, number only their tiles
-// and reach windows and outputs through tables of offsets; their outputs go into padded output
-// planes (m*TH x m*TW) cropped into y after the chunk, unless m divides OH and OW.
+// transform split by U's row panels (see kWideUBytes). Both transforms are vector loops over
+// consecutive GEMM columns. Wide images (along_rows) make a column of every tile start along the
+// padded rows, one junk column per tile row included, so that consecutive columns' windows are m
+// elements apart and their outputs m apart in y: plain vector loads and stores. Narrow ones, where
+// the junk would be 20% of the GEMM, number only their tiles and reach windows and outputs through
+// tables of offsets; their outputs go into padded output planes (m*TH x m*TW) cropped into y after
+// the chunk, unless m divides OH and OW.
 //
 // wgrad (winograd_backward_weight) runs the same way in transpose: per block, V of x's windows and
 // D = A dy A^T of dy's m x m tiles, then a*a GEMMs S[xi] += D[xi] V[xi]^T over the block's tiles,
@@ -30,10 +31,9 @@
 // chunk and, for the tables when m does not divide OH and OW, its padded output planes (a chunk
 // holds at most kChunkBytes of either, or one image); per thread, V and M of one block (a*a x (C_in
 // + C_out) x nt, see block_tiles; shared in wide blocks, kWideBytes) and two offset tables of nt
-// entries. wgrad: per half (or for all),
-// S (a*a x C_out x C_in), a chunk of padded x and dy planes (kChunkBytes for all halves, or one
-// image each), V and D of one block (a*a x (C_in + C_out) x 128..512 tiles, see kWgradBlockBytes)
-// and its tables; per thread, one packed B block.
+// entries. wgrad: per half (or for all), S (a*a x C_out x C_in), a chunk of padded x and dy planes
+// (kChunkBytes for all halves, or one image each), V and D of one block (a*a x (C_in + C_out) x
+// 128..512 tiles, see kWgradBlockBytes) and its tables; per thread, one packed B block.
 #include "winograd.h"
 
 #include <omp.h>
@@ -583,7 +583,7 @@ __attribute__((always_inline)) inline void dy_panel_impl(Tile<M, T>, const T* dy
     for (int r = 0; r < M; ++r) {
       if constexpr (std::is_same_v<Where, Strided<M>>) {
         split_lanes<M>(dy + where.at(l) + r * sub, e[r]);
-      } else {  // tile rows gathered element by element: a whole vector from each would read past dy's planes
+      } else {  // rows gathered element by element: a vector from each would read past dy's planes
         alignas(64) T row[M][L];
         for (int t = 0; t < L; ++t)
           for (int j = 0; j < M; ++j) row[j][t] = dy[where.at(l + t) + r * sub + j];
@@ -927,8 +927,9 @@ bool forward_tiles(const ConvShape& s, const T* x, const T* w, index_t lda, cons
   const index_t columns = chunk * (along_rows(g) ? g.TH * (g.TW + 1) : g.TH * g.TW);
   const index_t per_tile = kXi * (s.C_in + s.C_out) * index_t(sizeof(T));
   const index_t wide_tiles = max_i(uk.nr, kWideBytes / per_tile / uk.nr * uk.nr);
+  const index_t two_a_thread = max_i(uk.nr, round_up(ceil_div(columns, 2 * nthreads), uk.nr));
   const index_t nt = wide ? min_i(min_i(uk.nc, round_up(columns, uk.nr)), wide_tiles)
-                          : min_i(block_tiles<M>(uk, s), max_i(uk.nr, round_up(ceil_div(columns, 2 * nthreads), uk.nr)));
+                          : min_i(block_tiles<M>(uk, s), two_a_thread);
   const Columns cols(g, nt);
   const bool rows_mode = cols.rows;
   const index_t vsize = s.C_in * nt + line, msize = s.C_out * nt + line;  // nt: a multiple of NR
