@@ -88,7 +88,6 @@
 
 #include <omp.h>
 
-#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -300,7 +299,7 @@ void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, 
   // CIFAR's 256 -> 512 stride-2 layer at batch 32 (4.7 MB), 0.88-0.89x on 3x3x512 at 4x4 and 14x14,
   // 1.0x at 7x7; at 1-8 images 1.0-1.4x)
   const index_t weight_bytes = s.C_out * (s.C_in / s.groups) * s.KH * s.KW * index_t(sizeof(T));
-  const bool batch = s.N >= 16 && std::strcmp(gemm_isa(), "avx512") == 0;
+  const bool batch = s.N >= 16 && gemm_isa_is("avx512");
   const index_t flat_max = is_pointwise(s) ? index_t(1) << 20 : batch ? kFlatWgradBatchMaxBytes : kFlatWgradMaxBytes;
   if (algo == ConvAlgo::kFlat || (algo == ConvAlgo::kAuto && weight_bytes < flat_max))
     return flat_backward_weight(s, dy, x, dw, nthreads);

@@ -482,9 +482,8 @@ template <typename T>
 PlaneFn<T> dw_forward_plane_fn(const ConvShape& s) {
   const bool dense = s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
                      ((s.KH == 3 && s.KW == 3) || (s.KH == 5 && s.KW == 5));
-  const char* isa = gemm_isa();
-  if (dense && std::strcmp(isa, "avx512") == 0) return avx512::dw_forward_plane<T>;
-  if (dense && std::strcmp(isa, "avx2") == 0) return avx2::dw_forward_plane<T>;
+  if (dense && gemm_isa_is("avx512")) return avx512::dw_forward_plane<T>;
+  if (dense && gemm_isa_is("avx2")) return avx2::dw_forward_plane<T>;
   return static_cast<PlaneFn<T>>(dw_forward_plane);  // the portable overload of T
 }
 
@@ -492,9 +491,8 @@ PlaneFn<T> dw_forward_plane_fn(const ConvShape& s) {
 template <typename T>
 bool dw_wgrad_vector(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
   if (s.stride_w != 1) return false;
-  const char* isa = gemm_isa();
-  if (std::strcmp(isa, "avx512") == 0) return avx512::dw_wgrad(s, dy, x, dw, nthreads);
-  if (std::strcmp(isa, "avx2") == 0) return avx2::dw_wgrad(s, dy, x, dw, nthreads);
+  if (gemm_isa_is("avx512")) return avx512::dw_wgrad(s, dy, x, dw, nthreads);
+  if (gemm_isa_is("avx2")) return avx2::dw_wgrad(s, dy, x, dw, nthreads);
   return false;
 }
 
@@ -510,9 +508,8 @@ constexpr index_t kDwFlatMaxPixels = 32;
 template <typename T>
 bool dw_forward_flat_vector(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads) {
   if (s.stride_h != 1 || s.stride_w != 1 || s.OW != s.W || s.OH * s.OW > kDwFlatMaxPixels) return false;
-  const char* isa = gemm_isa();
-  if (std::strcmp(isa, "avx512") == 0) return avx512::dw_forward_flat(s, x, w, b, y, nthreads);
-  if (std::strcmp(isa, "avx2") == 0) return avx2::dw_forward_flat(s, x, w, b, y, nthreads);
+  if (gemm_isa_is("avx512")) return avx512::dw_forward_flat(s, x, w, b, y, nthreads);
+  if (gemm_isa_is("avx2")) return avx2::dw_forward_flat(s, x, w, b, y, nthreads);
   return false;
 }
 

@@ -159,7 +159,7 @@ template <typename T>
 void flat_fill_images(const ConvShape& s, const FlatLayout& f, const T* x, index_t n0, index_t imgs, T* xq, bool team) {
   const index_t HW = s.H * s.W;
   const std::vector<std::int32_t> table = gathers(s, f) ? gather_table(s, f) : std::vector<std::int32_t>();
-  const bool avx512 = std::strcmp(gemm_isa(), "avx512") == 0;
+  const bool avx512 = gemm_isa_is("avx512");
   team_for(team, imgs * s.C_in, [&](index_t job) {
     const index_t img = job / s.C_in, c = job % s.C_in;
     const T* xc = x + (n0 + img) * s.C_in * HW + c * HW;
@@ -395,7 +395,7 @@ Tiling stage_tiling(const MicroKernel<T>& uk, index_t M, index_t N, int nthreads
 // 1.11x; LeNet's conv2 (160 per 100, 16 channels) 1.26x; 14x14 pointwise (224 per 196) 1.13x.
 // (The packing offsets are int32: a chunk's layout must hold fewer elements.)
 inline bool compact_forward(const FlatLayout& f, index_t P, index_t Cog, index_t chunk) {
-  return std::strcmp(gemm_isa(), "avx512") == 0 && Cog >= 64 && 10 * f.cols >= 13 * P &&
+  return gemm_isa_is("avx512") && Cog >= 64 && 10 * f.cols >= 13 * P &&
          chunk * f.image < (index_t(1) << 31);
 }
 
@@ -414,7 +414,7 @@ const MicroKernel<T>& flat_kernel(const ConvShape& s) {
   const MicroKernel<T>& general = micro_kernel<T>();
   const MicroKernel<T>& by_columns = micro_kernel_few_rows<T>(s.N * s.OH * s.OW);
   const index_t M = s.C_out / s.groups;
-  if (std::strcmp(gemm_isa(), "avx2") != 0 || M < 64 || &by_columns == &general) return by_columns;
+  if (!gemm_isa_is("avx2") || M < 64 || &by_columns == &general) return by_columns;
   const index_t pixels = is_pointwise(s) ? s.H * s.W : s.OH * (s.OW + (s.KW - 1) * s.dil_w / s.stride_w);
   const auto work = [&](const MicroKernel<T>& uk) {
     return round_up(M, index_t(uk.mr)) * round_up(pixels, index_t(uk.nr));

@@ -14,7 +14,6 @@
 // between the phases: 15% of resnet50_3x3s2_128_56to28_b16's time (one thread).
 #include <omp.h>
 
-#include <cstring>
 #include <vector>
 
 #include "conv_impl.h"
@@ -55,7 +54,7 @@ struct Phase {
 // phases' copies of dy and their packing, which col2im's one tall GEMM (C_in*KH*KW rows) does not.
 bool subpixel_pays(const ConvShape& s) {
   const index_t Cig = s.C_in / s.groups, phase_pixels = ceil_div(s.H, s.stride_h) * ceil_div(s.W, s.stride_w);
-  return subpixel_applies(s, 4) && std::strcmp(gemm_isa(), "avx512") == 0 && s.KH >= s.stride_h &&
+  return subpixel_applies(s, 4) && gemm_isa_is("avx512") && s.KH >= s.stride_h &&
          s.KW >= s.stride_w && Cig >= 64 && Cig * phase_pixels >= 96 * 1024;
 }
 

@@ -187,6 +187,8 @@ FASTCONV_KERNEL_CHOICE(double)
 
 const char* gemm_isa() { return current().load()->name; }
 
+bool gemm_isa_is(const char* name) { return std::strcmp(gemm_isa(), name) == 0; }
+
 void set_gemm_isa(const std::string& name) {
   const Available& a = available();
   if (name == "auto") {

@@ -49,6 +49,8 @@ const DotKernel<float>& dot_kernel();
 const ChanKernel<float>& chan_kernel();
 // "avx512", "avx2" or "generic": the kernels in use.
 const char* gemm_isa();
+// Whether the kernels in use are the set `name` ("avx512", "avx2" or "generic").
+bool gemm_isa_is(const char* name);
 // The L2 size the blocking is taken from, in bytes per core: FASTCONV_L2_BYTES where set (read
 // once, at the first GEMM), else sysfs's (cpu0's cache/index*), else 1 MiB (the Intel server cores
 // the constants were first tuned on); source: "env", "sysfs" or "default".

@@ -3,10 +3,8 @@
 // give bit-identical results.
 #include "pool.h"
 
-#include <cstdint>
-#include <cstring>
-
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -191,7 +189,7 @@ bool max_backward_plane_w2s2_avx512(const PoolShape& s, const float* dy, const s
 // padding, not overlapping vertically, offsets within int32.
 bool vector_backward_applies(const PoolShape& s, const float*) {
   return s.KW == 2 && s.stride_w == 2 && s.dil_w == 1 && s.pad_w == 0 && s.stride_h >= (s.KH - 1) * s.dil_h + 1 &&
-         s.H * s.W < (index_t(1) << 31) && std::strcmp(gemm_isa(), "avx512") == 0;
+         s.H * s.W < (index_t(1) << 31) && gemm_isa_is("avx512");
 }
 bool vector_backward_applies(const PoolShape&, const double*) { return false; }
 
@@ -212,11 +210,10 @@ template <typename T>
 void max_pool2d_forward(const PoolShape& s, const T* x, T* y, std::int64_t* indices, int nthreads) {
   const InteriorCols ic(s);
   using PlaneFn = void (*)(const PoolShape&, const InteriorCols&, const T*, T*, std::int64_t*);
-  const char* isa = gemm_isa();
   // static_cast picks the overload of T and checks the signature (a C-style cast would not)
-  const PlaneFn plane = std::strcmp(isa, "avx512") == 0 ? static_cast<PlaneFn>(avx512::max_plane)
-                        : std::strcmp(isa, "avx2") == 0 ? static_cast<PlaneFn>(avx2::max_plane)
-                                                         : static_cast<PlaneFn>(max_plane_scalar<T>);
+  const PlaneFn plane = gemm_isa_is("avx512") ? static_cast<PlaneFn>(avx512::max_plane)
+                        : gemm_isa_is("avx2") ? static_cast<PlaneFn>(avx2::max_plane)
+                                              : static_cast<PlaneFn>(max_plane_scalar<T>);
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (index_t u = 0; u < s.N * s.C; ++u)
     plane(s, ic, x + u * s.H * s.W, y + u * s.OH * s.OW, index_at(indices, u * s.OH * s.OW));

@@ -756,7 +756,7 @@ bool winograd_serves(const ConvShape& s, index_t elem_bytes) {
   if (!(s.KH == 3 && s.KW == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 && s.dil_w == 1 &&
         s.groups == 1))
     return false;
-  if (s.C_in + s.C_out <= 32 && std::strcmp(gemm_isa(), "avx512") == 0) return false;
+  if (s.C_in + s.C_out <= 32 && gemm_isa_is("avx512")) return false;
   const TileGrid g = tile_grid(s, 2);
   const bool work = g.total * s.C_in * s.C_out >= (index_t(1) << 19);
   return g.total >= 64 && min_i(s.C_in, s.C_out) >= 16 && work && (elem_bytes == 4 || along_rows(g));
@@ -969,19 +969,20 @@ bool forward_tiles(const ConvShape& s, const T* x, const T* w, index_t lda, cons
       if (!(w_finite && x_finite)) break;
       T* yc = direct ? y + n0 * s.C_out * P : yp.data();  // planes of OH x OW, or of the padded output
       const index_t ow = direct ? s.OW : pl.OWp, oplane = direct ? P : pl.out;
-      // Block blk's tables (each thread its own), and its input transform of channel ci into V.
-      const auto tables = [&](index_t q0, index_t count, index_t width) {
+      // A block's tables (each thread its own), and its input transform of channel ci into V: its
+      // count columns rounded up to whole column panels.
+      const auto tables = [&](index_t q0, index_t count) {
         if (!rows_mode)
-          for (index_t c = 0; c < width; ++c) {
+          for (index_t c = 0; c < round_up(count, uk.nr); ++c) {
             // the last panel's columns past the block repeat its last tile: finite, and dropped
             const index_t t = q0 + min_i(c, count - 1);
             win.data()[c] = cols.tile_offset(t, s.C_in * pl.in, pl.Wp);
             out.data()[c] = cols.tile_offset(t, s.C_out * oplane, M * ow);
           }
       };
-      const auto input = [&](index_t img, index_t q0, index_t width, index_t ci) {
+      const auto input = [&](index_t img, index_t q0, index_t count, index_t ci) {
         const T* xb = xp.data() + img * s.C_in * pl.in + (rows_mode ? M * q0 : 0);
-        for (index_t c = 0; c < width; c += uk.nr) {  // column panel c / NR of depth row ci
+        for (index_t c = 0; c < count; c += uk.nr) {  // column panel c / NR of depth row ci
           T* vp = v + packed_b_index(uk, s.C_in, nt, ci, c);
           if (rows_mode)
             input_panel(W{}, xb + ci * pl.in + M * c, Strided<M>{}, pl.Wp, pl.sub, uk.nr, vp, vsize);
@@ -1028,9 +1029,9 @@ bool forward_tiles(const ConvShape& s, const T* x, const T* w, index_t lda, cons
       if (wide) {
         for (index_t blk = 0; blk < cols.blocks(imgs); ++blk) {  // the team, block after block
           const auto [img, q0, count] = cols.block(blk, imgs);
-          tables(q0, count, round_up(count, uk.nr));
+          tables(q0, count);
 #pragma omp for schedule(static)
-          for (index_t ci = 0; ci < s.C_in; ++ci) input(img, q0, round_up(count, uk.nr), ci);
+          for (index_t ci = 0; ci < s.C_in; ++ci) input(img, q0, count, ci);
 #pragma omp for schedule(static) nowait
           for (index_t panel = 0; panel < panels; ++panel) multiply(img, q0, count, panel, panel + 1);
 #pragma omp barrier
@@ -1044,8 +1045,8 @@ bool forward_tiles(const ConvShape& s, const T* x, const T* w, index_t lda, cons
 #pragma omp for schedule(static)
         for (index_t blk = 0; blk < cols.blocks(imgs); ++blk) {
           const auto [img, q0, count] = cols.block(blk, imgs);
-          tables(q0, count, round_up(count, uk.nr));
-          for (index_t ci = 0; ci < s.C_in; ++ci) input(img, q0, round_up(count, uk.nr), ci);
+          tables(q0, count);
+          for (index_t ci = 0; ci < s.C_in; ++ci) input(img, q0, count, ci);
           multiply(img, q0, count, 0, panels);
         }
       }

@@ -873,8 +873,8 @@ def _workspace_cache(nbytes):
 
 
 def test_workspace_cache_keeps_blocks_within_its_bound(rng):
-    """Freed workspace blocks (256 KiB and larger) are kept for the next call up to the bound, the
-    smallest leaving first; a bound of 0 frees them all; the results do not depend on it (the
+    """Freed workspace blocks (256 KiB and larger) are kept for the next call up to the bound;
+    lowering the bound frees what is over it, 0 all of them; the results do not depend on it (the
     blocks are uninitialised either way: a kept block holds the last call's data)."""
     c = Conv("cache", 8, 64, 20, 18, 72, 3, 3, padding=1)  # Winograd: U, planes and blocks of 256 KiB+
     x, w, b, dy = _inputs(rng, c, randn, np.float32)
