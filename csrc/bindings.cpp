@@ -292,6 +292,14 @@ PYBIND11_MODULE(_cpp, m) {
       "conv2d_dgrad_uses_subpixel",
       [](const py::object& p) { return fastconv::conv2d_dgrad_uses_subpixel(conv_shape(p)); }, py::arg("p"),
       "whether fp32 dgrad of ConvParams p runs as one forward of dy per phase of dx (given finite w)");
+  m.def(
+      "conv2d_depthwise_uses_lanes",
+      [](const py::object& p, const std::string& pass, const py::dtype& dtype) {
+        return fastconv::depthwise_uses_lanes(conv_shape(p), pass, dtype.itemsize());
+      },
+      py::arg("p"), py::arg("pass_"), py::arg("dtype"),
+      "whether pass 'fwd', 'dgrad' or 'wgrad' of the depthwise ConvParams p in dtype runs with the channels in the "
+      "vector lanes (given finite w)");
   m.def("conv2d_backward_bias", &conv2d_backward_bias, py::arg("dy"), py::arg("db"), py::arg("nthreads"));
 
   m.def("linear_forward", &linear_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("nthreads"));

@@ -26,6 +26,9 @@ bool conv2d_wgrad_uses_dot(const ConvShape& s);
 // Whether dgrad of s in fp32 runs as one forward of dy per phase of dx (conv_subpixel.cpp), given
 // finite w: for tests.
 bool conv2d_dgrad_uses_subpixel(const ConvShape& s);
+// Whether pass "fwd", "dgrad" or "wgrad" of depthwise s in elements of elem_bytes runs with the
+// channels in the vector lanes (dw_lanes.h, with the kernel set in use), given finite w: for tests.
+bool depthwise_uses_lanes(const ConvShape& s, const std::string& pass, index_t elem_bytes);
 
 // The algorithms of each pass, by name, for choosing among them by measurement (fastconv's
 // autotune); conv.cpp's header says what each is:

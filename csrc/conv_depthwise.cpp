@@ -3,12 +3,18 @@
 // forward of dy with the flipped kernel: conv.cpp chooses), the wgrad. The portable kernels are
 // compiled once per instruction set (FASTCONV_CLONES); vector kernels serve the dense 3x3 and 5x5
 // forward and the stride_w-1 3x3 and 5x5 wgrad (AVX-512 and AVX2: dw_vec.h), where the GEMM
-// kernel set in use is theirs (chosen here, per call: dw_forward_plane_fn, dw_wgrad_vector).
+// kernel set in use is theirs (chosen here, per call: dw_forward_plane_fn, dw_wgrad_vector); on
+// small planes and strided layers, kernels with the channels in the vector lanes (dw_lanes.h,
+// chosen by dw_lanes_pays) take the forward, the dgrad and the wgrad.
 #include <immintrin.h>
 #include <omp.h>
 
+#include <cstdint>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "conv_impl.h"
@@ -377,6 +383,7 @@ template <typename T>
 using Vec = Avx512<T>;
 constexpr int kRegisters = 32;
 #include "dw_vec.h"
+#include "dw_lanes.h"
 }  // namespace avx512
 
 #pragma GCC pop_options
@@ -465,6 +472,7 @@ template <typename T>
 using Vec = Avx2<T>;
 constexpr int kRegisters = 16;
 #include "dw_vec.h"
+#include "dw_lanes.h"
 }  // namespace avx2
 
 #pragma GCC pop_options
@@ -513,10 +521,66 @@ bool dw_forward_flat_vector(const ConvShape& s, const T* x, const T* w, const T*
   return false;
 }
 
+// The channels-in-lanes kernels (dw_lanes.h) where they pay, measured against the plane kernels
+// on MobileNetV2's 3x3 depthwise layers (batch 32, 32x32 down to 4x4, and 144 x 56 x 56 at batch
+// 16; 2-core AMD EPYC Zen 5, 2 threads, fp32, lanes time / plane time, AVX-512 then AVX2):
+//   forward, stride 1:  4x4 0.61 / 0.71, 8x8 0.36-0.38 / 0.67-0.68, 16x16 0.91 / 1.11,
+//                       32x32 1.34-1.53 / 1.26-1.49, 56x56 1.03 / 1.22;
+//   forward, stride 2:  0.16-0.46 / 0.18-0.51 (output 4x4 to 16x16);
+//   dgrad, stride 1 (a forward of dy): as the forward; strided (a forward of dy spread on the
+//                       stride's lattice, dx 8x8, 16x16, 32x32): 0.41, 0.75, 1.22 / 0.80, 1.16, 1.54;
+//   wgrad:              4x4 to 16x16 0.52-0.95 / 0.64-0.90, 32x32 0.76-1.19 / 0.80-0.88, strided
+//                       0.14-0.17 / 0.18-0.24, 56x56 1.91 / 1.81.
+// So: a forward (of x, or of dy) whose outputs are strided, or whose output planes hold at most
+// kLanesPlaneVectors vectors (256 pixels at AVX-512's 16 fp32 lanes, 128 at AVX2's 8); a wgrad on
+// planes of at most 32x32 outputs, or strided. Where the transposes cost what the FMAs do (large
+// stride-1 planes), the plane kernels' row vectors stay ahead. The buffer of L padded planes is
+// bounded as the plane kernels' one plane is (conv_chunk_bytes), the taps at 25 (a 32-bit set of
+// the taps each output reads inside the image); fewer channels than lanes leave most lanes empty.
+constexpr index_t kLanesPlaneVectors = 16;
+constexpr index_t kLanesWgradMaxPixels = 32 * 32;
+
+// The lanes of the kernel set in use for T (0: none, the portable build).
+template <typename T>
+index_t lanes_in_use() {
+  if (gemm_isa_is("avx512")) return 64 / index_t(sizeof(T));
+  if (gemm_isa_is("avx2")) return 32 / index_t(sizeof(T));
+  return 0;
+}
+
+// Whether the lanes kernels apply to a depthwise forward of shape u, of source planes (x, or dy
+// spread for a strided dgrad) on a buffer of Hp x Wp pixels, and pay (`wgrad`: the wgrad of u).
+template <typename T>
+bool dw_lanes_pays(const ConvShape& u, bool wgrad) {
+  const index_t L = lanes_in_use<T>();
+  const index_t Hp = (u.OH - 1) * u.stride_h + (u.KH - 1) * u.dil_h + 1;
+  const index_t Wp = (u.OW - 1) * u.stride_w + (u.KW - 1) * u.dil_w + 1;
+  if (!L || u.C_out < L || u.KH * u.KW > 25 || u.N * u.OH * u.OW * u.H * u.W == 0 ||
+      Hp * Wp * L * index_t(sizeof(T)) > conv_chunk_bytes())
+    return false;
+  const bool strided = u.stride_h > 1 || u.stride_w > 1;
+  return strided || u.OH * u.OW <= (wgrad ? kLanesWgradMaxPixels : kLanesPlaneVectors * L);
+}
+
+template <typename T>
+bool dw_lanes_forward_vector(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads) {
+  if (!dw_lanes_pays<T>(s, false)) return false;
+  if (gemm_isa_is("avx512")) return avx512::dw_lanes_forward(s, x, w, b, y, nthreads), true;
+  return avx2::dw_lanes_forward(s, x, w, b, y, nthreads), true;
+}
+
+template <typename T>
+bool dw_lanes_wgrad_vector(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+  if (!dw_lanes_pays<T>(s, true)) return false;
+  if (gemm_isa_is("avx512")) return avx512::dw_lanes_wgrad_taps(s, dy, x, dw, nthreads);
+  return avx2::dw_lanes_wgrad_taps(s, dy, x, dw, nthreads);
+}
+
 }  // namespace
 
 template <typename T>
 void depthwise_forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y, int nthreads) {
+  if (dw_lanes_forward_vector(s, x, w, b, y, nthreads)) return;
   if (dw_forward_flat_vector(s, x, w, b, y, nthreads)) return;
   const index_t mult = s.C_out / s.groups, KK = s.KH * s.KW;
   const PaddedPlane pp(s);
@@ -561,17 +625,33 @@ namespace {
 // EPYC Zen 1, AVX2). The zeros multiply w, so an Inf or NaN in w (which the sum over real taps
 // never meets there) declines, as does a padding wider than the kernel's span, a channel
 // multiplier or a padded plane over the chunk bound; false: the caller scatters.
-template <typename T>
-bool depthwise_dgrad_spread(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads) {
-  const index_t KK = s.KH * s.KW;
-  ConvShape u = s;  // the stride-1 forward: dy spread (Hu x Wu) -> dx (H x W)
+// The stride-1 forward u of a strided dgrad: dy spread (Hu x Wu) -> dx (H x W).
+ConvShape spread_shape(const ConvShape& s) {
+  ConvShape u = s;
   u.H = (s.OH - 1) * s.stride_h + 1, u.W = (s.OW - 1) * s.stride_w + 1, u.OH = s.H, u.OW = s.W;
   u.stride_h = u.stride_w = 1;
   u.pad_t = (s.KH - 1) * s.dil_h - s.pad_t, u.pad_l = (s.KW - 1) * s.dil_w - s.pad_l;
+  return u;
+}
+
+// Whether the spread dgrad applies to the shape of s (with u = spread_shape(s)), given finite w.
+template <typename T>
+bool spread_applies(const ConvShape& s, const ConvShape& u) {
   const PaddedPlane pp(u);
-  if (s.C_out != s.groups || u.pad_t < 0 || u.pad_l < 0 || s.N * s.C_in == 0 || s.OH * s.OW * s.H * s.W == 0 ||
-      pp.Hp * pp.Wp * index_t(sizeof(T)) > conv_chunk_bytes() || !all_finite(w, s.C_out * KK))
-    return false;
+  return s.C_out == s.groups && u.pad_t >= 0 && u.pad_l >= 0 && s.N * s.C_in != 0 && s.OH * s.OW * s.H * s.W != 0 &&
+         pp.Hp * pp.Wp * index_t(sizeof(T)) <= conv_chunk_bytes();
+}
+
+template <typename T>
+bool depthwise_dgrad_spread(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads) {
+  const index_t KK = s.KH * s.KW;
+  const ConvShape u = spread_shape(s);
+  if (!spread_applies<T>(s, u) || !all_finite(w, s.C_out * KK)) return false;
+  if (dw_lanes_pays<T>(u, false)) {  // the same forward, in lanes
+    if (gemm_isa_is("avx512")) return avx512::dw_lanes_dgrad_spread(s, u, dy, w, dx, nthreads), true;
+    return avx2::dw_lanes_dgrad_spread(s, u, dy, w, dx, nthreads), true;
+  }
+  const PaddedPlane pp(u);
   Buffer<T> wf(s.C_out * KK);  // the flipped kernels
   for (index_t c = 0; c < s.C_out; ++c)
     for (index_t k = 0; k < KK; ++k) wf.data()[c * KK + KK - 1 - k] = w[c * KK + k];
@@ -618,6 +698,7 @@ void depthwise_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx
 
 template <typename T>
 void depthwise_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+  if (dw_lanes_wgrad_vector(s, dy, x, dw, nthreads)) return;
   if (dw_wgrad_vector(s, dy, x, dw, nthreads)) return;
   const index_t mult = s.C_out / s.groups, KK = s.KH * s.KW;
   const ColRanges cr(s);  // once per call (see depthwise_backward_input)
@@ -629,6 +710,27 @@ void depthwise_backward_weight(const ConvShape& s, const T* dy, const T* x, T* d
     for (index_t n = 0; n < s.N; ++n)
       dw_wgrad_plane(s, cr, dy + (n * s.C_out + co) * s.OH * s.OW, x + (n * s.C_in + co / mult) * s.H * s.W, d);
   }
+}
+
+namespace {
+
+template <typename T>
+bool uses_lanes(const ConvShape& s, const std::string& pass) {
+  if (pass == "fwd") return dw_lanes_pays<T>(s, false);
+  if (pass == "wgrad") return (s.KH * s.KW == 9 || s.KH * s.KW == 25) && dw_lanes_pays<T>(s, true);
+  if (s.C_out != s.groups) return false;  // a channel multiplier's dgrad scatters
+  if (s.stride_h == 1 && s.stride_w == 1) return dw_lanes_pays<T>(dgrad_shape(s), false);
+  const ConvShape u = spread_shape(s);
+  return spread_applies<T>(s, u) && dw_lanes_pays<T>(u, false);
+}
+
+}  // namespace
+
+bool depthwise_uses_lanes(const ConvShape& s, const std::string& pass, index_t elem_bytes) {
+  if (pass != "fwd" && pass != "dgrad" && pass != "wgrad")
+    throw std::invalid_argument("depthwise_uses_lanes: pass must be 'fwd', 'dgrad' or 'wgrad', got '" + pass + "'");
+  if (!is_depthwise(s)) return false;
+  return elem_bytes == 4 ? uses_lanes<float>(s, pass) : uses_lanes<double>(s, pass);
 }
 
 #define FASTCONV_INSTANTIATE(T)                                                                    \

@@ -240,6 +240,31 @@ SUBPIXEL = [
     Conv("subpixel_odd_width", 1, 64, 80, 79, 8, 3, 3, stride=2, padding=1),
     Conv("subpixel_strides_3_2", 1, 64, 60, 57, 6, 5, 4, stride=(3, 2), padding=(2, 1)),
 ]
+# depthwise with the channels in the vector lanes (dw_lanes.h; AVX-512 and AVX2, fp32 and fp64:
+# 16, 8 or 4 lanes) on small planes and strided layers, every pass unless named: a ragged last block
+# of channels at stride 2 (dgrad: dy spread); small "same" planes; 5x5 at stride (2, 1) with
+# dilation (dgrad spread at stride 2 down the rows only); a channel multiplier (its dgrad scatters);
+# per-side padding; a kernel narrower than the stride (2x2, 4 taps: the wgrad takes the plane
+# kernels); a padding wider than the kernel's span (the dgrad scatters); 4x4 planes; a wgrad on
+# 32x32 planes (the forward and dgrad on planes; not with fp64 on AVX2)
+DW_LANES = [
+    Conv("dw_lanes_ragged_block", 2, 19, 9, 11, 19, 3, 3, stride=2, padding=1, groups=19),
+    Conv("dw_lanes_same", 3, 35, 5, 7, 35, 3, 3, padding=1, groups=35),
+    Conv("dw_lanes_5x5_dilated_strided", 2, 17, 10, 11, 17, 5, 5, stride=(2, 1), padding=(2, 1), dilation=(1, 2),
+         groups=17),
+    Conv("dw_lanes_multiplier", 2, 8, 10, 9, 16, 3, 3, stride=2, padding=1, groups=8),
+    Conv("dw_lanes_per_side", 2, 21, 9, 8, 21, 3, 3, stride=2, padding=((1, 4), (0, 5)), groups=21),
+    Conv("dw_lanes_stride_over_kernel", 2, 32, 10, 9, 32, 2, 2, stride=3, groups=32),
+    Conv("dw_lanes_wide_pad", 2, 24, 9, 9, 24, 3, 3, stride=2, padding=3, groups=24),
+    Conv("dw_lanes_4x4", 2, 33, 4, 4, 33, 3, 3, padding=1, groups=33),
+    Conv("dw_lanes_wgrad_32x32", 2, 16, 32, 32, 16, 3, 3, padding=1, groups=16),
+]
+# the passes of each that take the lanes in fp32 with either vector set
+DW_LANES_PASSES = {
+    "dw_lanes_multiplier": ("fwd", "wgrad"), "dw_lanes_stride_over_kernel": ("fwd", "dgrad"),
+    "dw_lanes_wide_pad": ("fwd", "wgrad"), "dw_lanes_wgrad_32x32": ("wgrad",),
+}
+FAST_PATHS += DW_LANES
 FAST_PATHS += WINOGRAD + WINOGRAD_WGRAD + DOT_WGRAD + CHAN_WGRAD + SUBPIXEL + WINOGRAD_F4 + WINOGRAD_F4_WGRAD + WINOGRAD_F3
 
 
@@ -280,6 +305,32 @@ def test_winograd_problems_take_winograd(c):
     and few tiles do not."""
     p = _params(c)
     assert _cpp.conv2d_uses_winograd(p, "fwd", F32) and _cpp.conv2d_uses_winograd(p, "dgrad", F32), c.name
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in DW_LANES])
+def test_dw_lanes_problems_take_the_lanes(c, isa):
+    """The DW_LANES problems reach the lanes kernels in the passes named (fp32, either vector set),
+    the other passes not; the portable build never."""
+    passes = DW_LANES_PASSES.get(c.name, ("fwd", "dgrad", "wgrad"))
+    for pass_ in ("fwd", "dgrad", "wgrad"):
+        assert _cpp.conv2d_depthwise_uses_lanes(_params(c), pass_, F32) == (isa != "generic" and pass_ in passes), pass_
+
+
+def test_dw_lanes_where_they_pay(isa):
+    """MobileNetV2's depthwise layers (batch 32): strided ones and planes of up to 16 vectors take the
+    lanes, larger stride-1 planes the plane kernels (16x16 with AVX-512 only); the wgrad up to 32x32."""
+    if isa == "generic":
+        pytest.skip("no lanes without a vector set")
+    def uses(C, H, stride, pass_):
+        c = Conv("mbv2", 32, C, H, H, C, 3, 3, stride=stride, padding=1, groups=C)
+        return _cpp.conv2d_depthwise_uses_lanes(_params(c), pass_, F32)
+    assert all(uses(C, H, 2, p) for C, H in ((144, 32), (576, 8)) for p in ("fwd", "wgrad"))
+    assert uses(576, 8, 2, "dgrad") and not uses(144, 32, 2, "dgrad")  # dx 8x8 in lanes, 32x32 spread on planes
+    assert all(uses(C, H, 1, p) for C, H in ((960, 4), (384, 8)) for p in ("fwd", "dgrad", "wgrad"))
+    assert uses(192, 16, 1, "fwd") == (isa == "avx512") and uses(144, 32, 1, "wgrad") and not uses(144, 32, 1, "fwd")
+    assert not uses(3, 8, 1, "fwd")  # fewer channels than lanes
+    with pytest.raises(ValueError, match="depthwise_uses_lanes: pass must be"):
+        _cpp.conv2d_depthwise_uses_lanes(_params(DW_LANES[0]), "bwd", F32)
 
 
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in WINOGRAD_WGRAD])
@@ -934,6 +985,7 @@ def test_winograd_non_finite_as_the_reference(where, passes, c, rng):
     Conv("gemm_dx_smaller", 1, 64, 3, 3, 64, 3, 3, padding=1),  # dx checked after, then w
     Conv("depthwise", 2, 3, 6, 7, 3, 3, 3, padding=1, groups=3),
     Conv("depthwise_strided_spread", 2, 3, 9, 8, 3, 3, 3, stride=2, padding=1, groups=3),
+    DW_LANES[0],  # the spread dgrad in lanes
     SUBPIXEL[3],  # the heuristics' sub-pixel dgrad with the AVX-512 kernels
 ], ids=lambda c: c.name)
 def test_stride1_dgrad_non_finite_w_as_the_reference(c, rng):
@@ -1159,10 +1211,11 @@ def test_max_pool_vector_path_matches_reference(case, pool_isa, dtype, rng):
         _cpp.set_gemm_isa("auto")
 
 
-@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in FAST_PATHS if c.name.startswith("dw_wgrad")])
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in FAST_PATHS
+                               if c.name.startswith(("dw_wgrad", "dw_lanes"))])
 def test_depthwise_wgrad_inf_and_nan_as_the_portable_loops(c, rng):
-    """The vector kernel masks the taps that fall in the padding out of its FMAs, as the portable
-    loops skip them: an Inf in dy on the border column gives Inf, not Inf * 0 = NaN, in those taps."""
+    """The vector kernels mask (the lanes kernels skip) the taps that fall in the padding, as the
+    portable loops skip them: an Inf in dy on the border column gives Inf, not Inf * 0 = NaN, there."""
     x, w, _, dy = _inputs(rng, c, small_ints, np.float32)
     dy[0, 0, :, 0] = np.inf
     dy[-1, -1, 1, -1] = -np.inf
