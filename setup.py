@@ -42,7 +42,7 @@ cpp = Pybind11Extension(
              "csrc/layout.cpp", "csrc/winograd.cpp", "csrc/workspace.cpp"],
     include_dirs=["csrc"],
     depends=["csrc/common.h", "csrc/conv.h", "csrc/conv_impl.h", "csrc/gemm.h", "csrc/gemm_kernel.h", "csrc/linear.h",
-             "csrc/pool.h", "csrc/pool_max_vec.h", "csrc/dw_vec.h", "csrc/ukernel.h",
+             "csrc/pool.h", "csrc/pool_max_vec.h", "csrc/dw_vec.h", "csrc/dw_lanes.h", "csrc/ukernel.h",
              "csrc/activation.h", "csrc/bind_util.h", "csrc/dropout.h", "csrc/loss.h", "csrc/norm.h", "csrc/winograd.h",
              "csrc/lanes.h", "csrc/layout.h"],
     cxx_std=17,

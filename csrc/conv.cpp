@@ -263,7 +263,7 @@ void conv2d_backward_input(const ConvShape& s, const T* dy, const T* w, T* dx, i
 namespace {
 
 // wgrad takes the flat path for weights smaller than this, pointwise ones smaller than 1 MiB, and
-// with 16+ images and the AVX-512 kernels, smaller than the second (see conv2d_backward_weight).
+// with 16+ images and the AVX-512 kernels, any smaller than the second (see conv2d_backward_weight).
 constexpr index_t kFlatWgradMaxBytes = index_t(4) << 20;
 constexpr index_t kFlatWgradBatchMaxBytes = index_t(10) << 20;
 
@@ -295,12 +295,15 @@ void conv2d_backward_weight(const ConvShape& s, const T* dy, const T* x, T* dw, 
   // MiB at most (measured, flat vs packed time: 0.5x on ResNet-20's layers, 0.75-0.87x on VGG's
   // conv3_1 (1.2 MB), 0.71-1.1x on a 3x3x256 (2.4 MB), 4.5x on ResNet-50's 3x3x512 (9.4 MB)); a
   // pointwise layer's packed operand is a plain transpose, which wins from 1 MiB (1.1-1.4x there).
-  // With the AVX-512 kernels and 16+ images, up to 10 MiB (Zen 5, 2 threads: 0.84x on ResNet-18-
-  // CIFAR's 256 -> 512 stride-2 layer at batch 32 (4.7 MB), 0.88-0.89x on 3x3x512 at 4x4 and 14x14,
-  // 1.0x at 7x7; at 1-8 images 1.0-1.4x)
+  // With the AVX-512 kernels and 16+ images, up to 10 MiB, pointwise layers too (Zen 5, 2 threads:
+  // 0.84x on ResNet-18-CIFAR's 256 -> 512 stride-2 layer at batch 32 (4.7 MB), 0.88-0.89x on
+  // 3x3x512 at 4x4 and 14x14, 1.0x at 7x7; at 1-8 images 1.0-1.4x; pointwise, batch 16-32: 0.45x
+  // on MobileNetV2-CIFAR's 320 -> 1280 at 4x4 (1.6 MB), 0.71x on 960 -> 320, 0.50x on 512 -> 1024
+  // at 8x8, 0.54x / 0.87x on ResNet-50's 512 <-> 2048 at 7x7 (4 MB), 0.90x on 1024 -> 256 at 14x14,
+  // 1.0x on 256 -> 1024 at 56x56; at batch 1 1.03x)
   const index_t weight_bytes = s.C_out * (s.C_in / s.groups) * s.KH * s.KW * index_t(sizeof(T));
   const bool batch = s.N >= 16 && gemm_isa_is("avx512");
-  const index_t flat_max = is_pointwise(s) ? index_t(1) << 20 : batch ? kFlatWgradBatchMaxBytes : kFlatWgradMaxBytes;
+  const index_t flat_max = batch ? kFlatWgradBatchMaxBytes : is_pointwise(s) ? index_t(1) << 20 : kFlatWgradMaxBytes;
   if (algo == ConvAlgo::kFlat || (algo == ConvAlgo::kAuto && weight_bytes < flat_max))
     return flat_backward_weight(s, dy, x, dw, nthreads);
   // any layer: the packed GEMM

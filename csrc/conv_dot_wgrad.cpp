@@ -1,4 +1,5 @@
-// wgrad as dot products along the pixels, for layers with few output channels:
+// wgrad as dot products along the pixels, for layers with few output channels (and pointwise ones
+// on large planes, see below):
 //   dW_g[co][k] = sum over images and flat columns q of dyq[co][q] * xq[off[k] + q],
 // xq an image's flat copy (the forward's layout) and dyq its dy on the same columns, zero at the
 // junk ones. The dot kernel reads both along q where they lie (RA*RB FMAs per RA + RB vector
@@ -12,13 +13,19 @@
 // of dy are short (2-core AMD EPYC Zen 5, 2 threads, time against the flat path at 16 output
 // channels): 64 output pixels 1.62x, 100 1.09-1.85x (LeNet's conv2 1.09-1.24x), 144 1.14x, but 196
 // 0.81-0.99x, 256 0.81x, 400-1024 0.74-0.92x (1.10x at 64 input channels); hence kDotMinPixels.
+// Pointwise layers read dy's and x's rows where they lie (no copies, no junk columns), any number
+// of channels, where the flat path's packing of dy^T costs most: planes of 1024+ pixels whose image
+// (x's and dy's rows) fits kDotPointwiseImageBytes (three quarters of Zen 5's 1 MiB L2). Time
+// against the flat path (Zen 5, 2 threads, batch 32): MobileNetV2-CIFAR's layers at 32x32, 16 -> 96
+// 0.56x, 24 -> 144 0.81x, 96 -> 24 0.77x, 144 -> 24 0.88x, 32 -> 16 0.74x; at 16x16 (256 pixels) it
+// lost, 1.03-1.47x, and on ResNet-50's 256 <-> 64 at 56x56 (4 MB an image, batch 16) 1.13-1.78x.
 // The batch is cut into slices of images whose copies take at most kDotSliceBytes (an L2's
 // share), fixed by the shape. Rounds of up to kDotSlots slices run as units (slice, group, run of
 // output-channel tiles): a unit copies its slice and computes each of its tiles in one kernel call
 // over the slice's images; then the round's slices are added to dW in order. One fixed order on
 // any thread count, and a workspace of kDotSlots dW whatever the batch.
 // Junk columns pair dy = 0 with real pixels: x with a non-finite value returns false (the flat
-// path takes it).
+// path takes it); pointwise layers have none and never decline.
 #include <omp.h>
 
 #include "conv_impl.h"
@@ -30,14 +37,19 @@ namespace {
 constexpr index_t kDotSliceBytes = index_t(512) << 10;
 constexpr index_t kDotSlots = 8;
 constexpr index_t kDotMinPixels = 160;  // output pixels per image (OH * OW), see above
+constexpr index_t kDotPointwiseMinPixels = 1024;  // pointwise layers, see above
+constexpr index_t kDotPointwiseImageBytes = index_t(768) << 10;
 
 }  // namespace
 
 // For an fp32 wgrad (the only one with a dot kernel; the caller checks the type).
 bool dot_wgrad_applies(const ConvShape& s) {
   const index_t Kg = s.C_in / s.groups * s.KH * s.KW;
-  return dot_kernel().fn && !is_pointwise(s) && s.C_out / s.groups <= 16 && Kg >= 64 && Kg <= 1024 &&
-         s.OH * s.OW >= kDotMinPixels;
+  const index_t P = s.OH * s.OW;
+  if (is_pointwise(s))
+    return dot_kernel().fn && P % dot_kernel().lanes == 0 && P >= kDotPointwiseMinPixels &&
+           (Kg + s.C_out / s.groups) * P * index_t(sizeof(float)) <= kDotPointwiseImageBytes;
+  return dot_kernel().fn && s.C_out / s.groups <= 16 && Kg >= 64 && Kg <= 1024 && P >= kDotMinPixels;
 }
 
 bool dot_backward_weight(const ConvShape& s, const float* dy, const float* x, float* dw, int nthreads) {
@@ -57,13 +69,15 @@ bool dot_backward_weight(const ConvShape& s, const float* dy, const float* x, fl
   const index_t R = min_i(CB, ceil_div(8, slots * G));
   const index_t dw_size = s.C_out * Kg;
   Buffer<T> partial(slots * dw_size);  // shared: the dW of each slice of a round
+  // pointwise (the identity layout): dy's and x's rows are read where they lie, with no copies
+  const bool in_place = f.identity;
   bool finite = true;
 #pragma omp parallel num_threads(static_cast<int>(min_i(nthreads, slots * G * R)))
   {
     // per thread: flat copies of a slice's images and their dy rows, zeroed once: the junk
     // columns of dyq are never written, and xq holds only finite values wherever a tile reads
     // past its group's channels
-    Buffer<T> xq(IB * f.image), dyq(IB * Cog * f.cols);
+    Buffer<T> xq(in_place ? 0 : IB * f.image), dyq(in_place ? 0 : IB * Cog * f.cols);
     fill_zero(xq.data(), xq.size());
     fill_zero(dyq.data(), dyq.size());
     for (index_t s0 = 0; s0 < S; s0 += slots) {
@@ -73,7 +87,7 @@ bool dot_backward_weight(const ConvShape& s, const float* dy, const float* x, fl
         const index_t slot = u / (G * R), grp = (u / R) % G, run = u % R;
         const index_t cb0 = run * CB / R, cb1 = (run + 1) * CB / R, co1 = min_i(Cog, cb1 * RA);
         const index_t n0 = (s0 + slot) * IB, imgs = min_i(IB, s.N - n0);
-        for (index_t img = 0; img < imgs && finite; ++img) {
+        for (index_t img = 0; img < imgs && finite && !in_place; ++img) {
           for (index_t c = grp * Cig; c < (grp + 1) * Cig; ++c) {
             const T* xc = x + ((n0 + img) * s.C_in + c) * HW;
             finite = finite && all_finite(xc, HW);
@@ -87,17 +101,20 @@ bool dot_backward_weight(const ConvShape& s, const float* dy, const float* x, fl
           }
         }
         if (!finite) continue;
-        const T* xg = xq.data() + grp * Cig * f.chan;
+        // where tile rows start in image n0, and the strides to the next image
+        const T* xg = in_place ? x + (n0 * s.C_in + grp * Cig) * HW : xq.data() + grp * Cig * f.chan;
+        const T* dyg = in_place ? dy + (n0 * s.C_out + grp * Cog) * P : dyq.data();
+        const index_t x_image = in_place ? s.C_in * HW : f.image, dy_image = in_place ? s.C_out * P : Cog * f.cols;
         T* part = partial.data() + slot * dw_size + grp * Cog * Kg;
         for (index_t cb = cb0; cb < cb1; ++cb)
           for (index_t kb = 0; kb < KB; ++kb) {
             // rows past the edge repeat the last one; their sums are dropped
             const T* a[kMaxDotRows];
             const T* b[kMaxDotRows];
-            for (int i = 0; i < RA; ++i) a[i] = dyq.data() + min_i(Cog - 1, cb * RA + i) * f.cols;
+            for (int i = 0; i < RA; ++i) a[i] = dyg + min_i(Cog - 1, cb * RA + i) * (in_place ? P : f.cols);
             for (int j = 0; j < RB; ++j) b[j] = xg + f.off[min_i(Kg - 1, kb * RB + j)];
             T sums[kMaxDotRows * kMaxDotRows];
-            dk.fn(f.cols, imgs, a, Cog * f.cols, b, f.image, sums);
+            dk.fn(in_place ? P : f.cols, imgs, a, dy_image, b, x_image, sums);
             for (index_t co = cb * RA; co < min_i(Cog, (cb + 1) * RA); ++co)
               for (index_t k = kb * RB; k < min_i(Kg, (kb + 1) * RB); ++k)
                 part[co * Kg + k] = sums[(co - cb * RA) * RB + k - kb * RB];

@@ -175,8 +175,13 @@ WINOGRAD_WGRAD = [
 # wgrad as dot products along the pixels (fp32 with AVX-512, up to 16 output channels per group,
 # 64..1024 taps x channels, 160+ output pixels): tiles ragged both ways (7 channels against 4 rows,
 # 117 taps x channels against 6), stride phases, groups, one image in many runs of output-channel
-# tiles, and slices over two rounds; under the other kernel sets they take the flat path
+# tiles, and slices over two rounds; pointwise layers on planes of 1024+ pixels (rows read where
+# they lie, any channels): tiles ragged both ways, groups, 10 images of 400 KiB in slices of one,
+# rounds of 8 and 2; under the other kernel sets they take the flat path
 DOT_WGRAD = [
+    Conv("dot_wgrad_pointwise_ragged", 3, 17, 32, 32, 22, 1, 1),
+    Conv("dot_wgrad_pointwise_groups", 2, 24, 16, 64, 20, 1, 1, groups=2),
+    Conv("dot_wgrad_pointwise_rounds", 10, 40, 32, 32, 60, 1, 1),
     Conv("dot_wgrad_ragged", 3, 13, 15, 11, 7, 3, 3, padding=(0, 2)),
     Conv("dot_wgrad_strided", 3, 8, 31, 25, 12, 3, 3, stride=2, padding=1),
     Conv("dot_wgrad_groups", 4, 16, 17, 10, 10, 3, 3, padding=1, groups=2),
@@ -636,7 +641,9 @@ def test_chan_wgrad_leaves_other_layers(c):
 @pytest.mark.parametrize("c", [
     Conv("many_output_channels", 2, 16, 9, 9, 17, 3, 3, padding=1),
     Conv("few_taps", 2, 2, 9, 9, 8, 5, 5),  # 50 taps x channels: the copies do not pay
-    Conv("pointwise", 2, 128, 9, 9, 8, 1, 1),
+    Conv("pointwise", 2, 128, 9, 9, 8, 1, 1),  # 81 pixels
+    Conv("pointwise_image_over_l2", 2, 128, 32, 32, 96, 1, 1),  # x's and dy's rows 896 KiB an image
+    Conv("pointwise_ragged_rows", 2, 16, 33, 33, 16, 1, 1),  # 1089 pixels, not whole vectors
     Conv("small_image", 2, 16, 12, 13, 16, 3, 3, padding=1),  # 156 output pixels
 ], ids=lambda c: c.name)
 def test_dot_wgrad_leaves_other_layers(c):
