@@ -436,3 +436,14 @@ def test_core_round_trip_is_a_sane_latency_or_none_on_one_core():
         assert trip is None
     else:
         assert 1.0 < trip < 1e7  # ns: above a cache hit, below a 10 ms scheduler stall
+
+
+def test_machine_records_the_malloc_settings_the_workers_inherit(monkeypatch):
+    """glibc's malloc settings change PyTorch's step times (page faults of freed activations), so
+    reports record GLIBC_TUNABLES, which spawned workers inherit, or glibc's defaults."""
+    from fastconv.bench.machine import malloc_settings
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert malloc_settings() == "glibc's defaults"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=4294967296")
+    assert malloc_settings() == "glibc.malloc.trim_threshold=4294967296"

@@ -707,6 +707,7 @@ def format_markdown(doc: dict) -> str:
               f"- Timing: {s['timing']['rule']}. Each contender in a worker process stopped while the others run"
               + ("" if s["isolate"] else " (not here: --in-process)") + ".",
               f"- Threads: {s['threads_set']}. {_threads_line(doc)}.",
+              f"- malloc: {m.get('malloc', 'not recorded')} (the workers inherit it).",
               f"- CPU: {m['cpu']['model']}; features {' '.join(m['cpu']['simd'])}; 1-minute load average "
               f"{_load(s['load_before'])} before, {_load(s['load_after'])} after; fp32 GEMM micro-kernel on one core "
               f"{s['cpu_gflops_before']} GFLOP/s before, {s['cpu_gflops_after']} after; core-to-core round trip "

@@ -166,12 +166,20 @@ def machine_now(when: str) -> dict:
             f"core_round_trip_ns_{when}": core_round_trip()}
 
 
+def malloc_settings() -> str:
+    """glibc malloc's settings, which the worker processes inherit: ``GLIBC_TUNABLES`` where set.
+    By default glibc hands large freed blocks back to the system and faults their pages in again
+    at the next allocation: PyTorch's activations and gradients (and fastconv's outputs) pay that
+    at every step (see the README's end-to-end section)."""
+    return os.environ.get("GLIBC_TUNABLES") or "glibc's defaults"
+
+
 def machine_info(torch=None) -> dict:
     """Everything a report records about the machine; ``torch`` adds its threads and GPUs."""
     threads = dict(fastconv=_threads.get_num_threads(), source=_threads.thread_source(),
                    torch=None if torch is None else torch.get_num_threads(), pools=blas_info())
     return dict(platform=platform.platform(), python=sys.version.split()[0], cpu=cpu_info(),
-                threads=threads, versions=versions(), gpus=gpu_info(torch),
+                malloc=malloc_settings(), threads=threads, versions=versions(), gpus=gpu_info(torch),
                 backends={name: dict(device=REGISTRY[name].device, status=reason or "available")
                           for name, reason in backend_status().items()})
 

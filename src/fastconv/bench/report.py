@@ -322,8 +322,8 @@ def format_markdown(doc: dict, summary: dict, chart: str | None, chart_note: str
               f"{m['cpu']['logical_cores']} logical cores; features: {' '.join(m['cpu']['simd']) or 'none listed'}",
               f"- threads: fastconv {t['fastconv']} (from {t['source']}), torch {t['torch']}; thread pools: {pools}",
               f"- GPU: {gpus}",
-              f"- platform: {m['platform']}; 1-minute load average {s['load_before']} before the run, "
-              f"{s['load_after']} after",
+              f"- platform: {m['platform']}; malloc: {m.get('malloc', 'not recorded')}; 1-minute load average "
+              f"{s['load_before']} before the run, {s['load_after']} after",
               f"- CPU speed: {_speed(s)}",
               "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), "",
               "## Method", "",
