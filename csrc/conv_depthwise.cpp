@@ -614,17 +614,6 @@ void depthwise_dgrad_as_forward(const ConvShape& s, const T* dy, const T* w, T* 
 
 namespace {
 
-// A strided depthwise dgrad (one output channel per group) as a stride-1 depthwise forward: dy
-// spread on the stride's lattice of a zeroed plane (dy[oh][ow] at row oh*sh, column ow*sw, zeros
-// between), convolved with the flipped kernel at padding d*(K-1) - pad, as the stride-1 dgrad
-// (depthwise_dgrad_as_forward). The spread plane is written straight into the thread's padded
-// plane of the forward's tiles (zeroed once: every plane writes the same lattice). Most of the
-// taps meet zeros (3/4 at stride 2), but the tiles run in registers, where the scattered adds of
-// depthwise_backward_input (three dependent adds per input pixel, element by element) took 2.3x
-// PyTorch's channels_last time on MobileNetV2's stride-2 layers, 6x at 8x8 planes (2-core AMD
-// EPYC Zen 1, AVX2). The zeros multiply w, so an Inf or NaN in w (which the sum over real taps
-// never meets there) declines, as does a padding wider than the kernel's span, a channel
-// multiplier or a padded plane over the chunk bound; false: the caller scatters.
 // The stride-1 forward u of a strided dgrad: dy spread (Hu x Wu) -> dx (H x W).
 ConvShape spread_shape(const ConvShape& s) {
   ConvShape u = s;
@@ -642,6 +631,17 @@ bool spread_applies(const ConvShape& s, const ConvShape& u) {
          pp.Hp * pp.Wp * index_t(sizeof(T)) <= conv_chunk_bytes();
 }
 
+// A strided depthwise dgrad (one output channel per group) as a stride-1 depthwise forward: dy
+// spread on the stride's lattice of a zeroed plane (dy[oh][ow] at row oh*sh, column ow*sw, zeros
+// between), convolved with the flipped kernel at padding d*(K-1) - pad, as the stride-1 dgrad
+// (depthwise_dgrad_as_forward). The spread plane is written straight into the thread's padded
+// plane of the forward's tiles (zeroed once: every plane writes the same lattice). Most of the
+// taps meet zeros (3/4 at stride 2), but the tiles run in registers, where the scattered adds of
+// depthwise_backward_input (three dependent adds per input pixel, element by element) took 2.3x
+// PyTorch's channels_last time on MobileNetV2's stride-2 layers, 6x at 8x8 planes (2-core AMD
+// EPYC Zen 1, AVX2). The zeros multiply w, so an Inf or NaN in w (which the sum over real taps
+// never meets there) declines, as does a padding wider than the kernel's span, a channel
+// multiplier or a padded plane over the chunk bound; false: the caller scatters.
 template <typename T>
 bool depthwise_dgrad_spread(const ConvShape& s, const T* dy, const T* w, T* dx, int nthreads) {
   const index_t KK = s.KH * s.KW;

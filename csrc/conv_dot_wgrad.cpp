@@ -78,8 +78,10 @@ bool dot_backward_weight(const ConvShape& s, const float* dy, const float* x, fl
     // columns of dyq are never written, and xq holds only finite values wherever a tile reads
     // past its group's channels
     Buffer<T> xq(in_place ? 0 : IB * f.image), dyq(in_place ? 0 : IB * Cog * f.cols);
-    fill_zero(xq.data(), xq.size());
-    fill_zero(dyq.data(), dyq.size());
+    if (!in_place) {  // (no buffers at all in place: memset's pointer may not be null even for 0 bytes)
+      fill_zero(xq.data(), xq.size());
+      fill_zero(dyq.data(), dyq.size());
+    }
     for (index_t s0 = 0; s0 < S; s0 += slots) {
       const index_t round = min_i(slots, S - s0);
 #pragma omp for schedule(dynamic, 1) reduction(&& : finite)
