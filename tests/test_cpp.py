@@ -48,6 +48,8 @@ def _inputs(rng, c, make, dtype):
 # Problems that reach each fast path of csrc/conv.cpp, beyond the general problem list:
 FAST_PATHS = [
     Conv("pointwise_many_images", 5, 9, 7, 7, 17, 1, 1),                 # B read as a matrix, tiles straddle images
+    # flat wgrad of a whole batch in one chunk with a small dW: two halves of the batch (3 + 2 images)
+    Conv("flat_wgrad_halves_odd_batch", 5, 6, 14, 14, 16, 5, 5),
     Conv("depthwise_stride1", 3, 6, 9, 21, 6, 3, 5, padding=(1, 2), groups=6),  # dgrad as a depthwise forward
     Conv("depthwise_strided", 2, 4, 11, 19, 8, 3, 3, stride=(2, 3), padding=1, dilation=(1, 2), groups=4),
     Conv("dgrad_col2im", 2, 7, 13, 11, 9, 3, 4, stride=(2, 3), padding=(1, 2)),  # stride > 1: GEMM + col2im
