@@ -536,7 +536,8 @@ bool dw_forward_flat_vector(const ConvShape& s, const T* x, const T* w, const T*
 // planes of at most 32x32 outputs, or strided. Where the transposes cost what the FMAs do (large
 // stride-1 planes), the plane kernels' row vectors stay ahead. The buffer of L padded planes is
 // bounded as the plane kernels' one plane is (conv_chunk_bytes), the taps at 25 (a 32-bit set of
-// the taps each output reads inside the image); fewer channels than lanes leave most lanes empty.
+// the taps each output reads inside the image; the wgrad's sums in registers: 9 or 25 taps); fewer
+// channels than lanes leave most lanes empty.
 constexpr index_t kLanesPlaneVectors = 16;
 constexpr index_t kLanesWgradMaxPixels = 32 * 32;
 
@@ -555,7 +556,8 @@ bool dw_lanes_pays(const ConvShape& u, bool wgrad) {
   const index_t L = lanes_in_use<T>();
   const index_t Hp = (u.OH - 1) * u.stride_h + (u.KH - 1) * u.dil_h + 1;
   const index_t Wp = (u.OW - 1) * u.stride_w + (u.KW - 1) * u.dil_w + 1;
-  if (!L || u.C_out < L || u.KH * u.KW > 25 || u.N * u.OH * u.OW * u.H * u.W == 0 ||
+  const index_t KK = u.KH * u.KW;
+  if (!L || u.C_out < L || KK > 25 || (wgrad && KK != 9 && KK != 25) || u.N * u.OH * u.OW * u.H * u.W == 0 ||
       Hp * Wp * L * index_t(sizeof(T)) > conv_chunk_bytes())
     return false;
   const bool strided = u.stride_h > 1 || u.stride_w > 1;
@@ -572,8 +574,8 @@ bool dw_lanes_forward_vector(const ConvShape& s, const T* x, const T* w, const T
 template <typename T>
 bool dw_lanes_wgrad_vector(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
   if (!dw_lanes_pays<T>(s, true)) return false;
-  if (gemm_isa_is("avx512")) return avx512::dw_lanes_wgrad_taps(s, dy, x, dw, nthreads);
-  return avx2::dw_lanes_wgrad_taps(s, dy, x, dw, nthreads);
+  if (gemm_isa_is("avx512")) return avx512::dw_lanes_wgrad_taps(s, dy, x, dw, nthreads), true;
+  return avx2::dw_lanes_wgrad_taps(s, dy, x, dw, nthreads), true;
 }
 
 }  // namespace
@@ -717,7 +719,7 @@ namespace {
 template <typename T>
 bool uses_lanes(const ConvShape& s, const std::string& pass) {
   if (pass == "fwd") return dw_lanes_pays<T>(s, false);
-  if (pass == "wgrad") return (s.KH * s.KW == 9 || s.KH * s.KW == 25) && dw_lanes_pays<T>(s, true);
+  if (pass == "wgrad") return dw_lanes_pays<T>(s, true);
   if (s.C_out != s.groups) return false;  // a channel multiplier's dgrad scatters
   if (s.stride_h == 1 && s.stride_w == 1) return dw_lanes_pays<T>(dgrad_shape(s), false);
   const ConvShape u = spread_shape(s);

@@ -103,20 +103,22 @@ bool dot_backward_weight(const ConvShape& s, const float* dy, const float* x, fl
           }
         }
         if (!finite) continue;
-        // where tile rows start in image n0, and the strides to the next image
-        const T* xg = in_place ? x + (n0 * s.C_in + grp * Cig) * HW : xq.data() + grp * Cig * f.chan;
+        // where the group's rows start in image n0 (in place, the identity layout is x itself: f.image
+        // = C_in*HW, f.chan = HW, f.cols = P: whole vectors, see dot_wgrad_applies), and dy's stride to
+        // the next image
+        const T* xg = (in_place ? x + n0 * f.image : xq.data()) + grp * Cig * f.chan;
         const T* dyg = in_place ? dy + (n0 * s.C_out + grp * Cog) * P : dyq.data();
-        const index_t x_image = in_place ? s.C_in * HW : f.image, dy_image = in_place ? s.C_out * P : Cog * f.cols;
+        const index_t dy_image = (in_place ? s.C_out : Cog) * f.cols;
         T* part = partial.data() + slot * dw_size + grp * Cog * Kg;
         for (index_t cb = cb0; cb < cb1; ++cb)
           for (index_t kb = 0; kb < KB; ++kb) {
             // rows past the edge repeat the last one; their sums are dropped
             const T* a[kMaxDotRows];
             const T* b[kMaxDotRows];
-            for (int i = 0; i < RA; ++i) a[i] = dyg + min_i(Cog - 1, cb * RA + i) * (in_place ? P : f.cols);
+            for (int i = 0; i < RA; ++i) a[i] = dyg + min_i(Cog - 1, cb * RA + i) * f.cols;
             for (int j = 0; j < RB; ++j) b[j] = xg + f.off[min_i(Kg - 1, kb * RB + j)];
             T sums[kMaxDotRows * kMaxDotRows];
-            dk.fn(in_place ? P : f.cols, imgs, a, dy_image, b, x_image, sums);
+            dk.fn(f.cols, imgs, a, dy_image, b, f.image, sums);
             for (index_t co = cb * RA; co < min_i(Cog, (cb + 1) * RA); ++co)
               for (index_t k = kb * RB; k < min_i(Kg, (kb + 1) * RB); ++k)
                 part[co * Kg + k] = sums[(co - cb * RA) * RB + k - kb * RB];

@@ -138,16 +138,13 @@ constexpr index_t kHalvesMaxBytes = index_t(256) << 10;
 template <typename T>
 void flat_wgrad_halves(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
   const index_t h = ceil_div(s.N, 2), dw_size = s.C_out * (s.C_in / s.groups) * s.KH * s.KW;
-  ConvShape first = s, second = s;
-  first.N = h, second.N = s.N - h;
-  Buffer<T> dw2(dw_size);
+  Buffer<T> dw2(dw_size);  // the second half's
 #pragma omp parallel for schedule(static) num_threads(static_cast<int>(min_i(nthreads, 2)))
-  for (int half = 0; half < 2; ++half) {
-    if (half == 0) {
-      flat_wgrad(first, dy, x, dw, 1, false);
-    } else {
-      flat_wgrad(second, dy + h * s.C_out * s.OH * s.OW, x + h * s.C_in * s.H * s.W, dw2.data(), 1, false);
-    }
+  for (index_t half = 0; half < 2; ++half) {
+    ConvShape part = s;
+    part.N = half ? s.N - h : h;
+    const index_t n0 = half * h;
+    flat_wgrad(part, dy + n0 * s.C_out * s.OH * s.OW, x + n0 * s.C_in * s.H * s.W, half ? dw2.data() : dw, 1, false);
   }
   for (index_t i = 0; i < dw_size; ++i) dw[i] += dw2.data()[i];
 }

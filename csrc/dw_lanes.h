@@ -244,10 +244,9 @@ void dw_lanes_wgrad(const ConvShape& s, const T* dy, const T* x, T* dw, int nthr
   }
 }
 
-// The wgrad in lanes where it has a kernel (9 or 25 taps); false: the caller takes another path.
+// The wgrad in lanes by its count of taps, 9 or 25 (dw_lanes_pays admits no other).
 template <typename T>
-bool dw_lanes_wgrad_taps(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
-  if (s.KH * s.KW == 9) return dw_lanes_wgrad<T, 9>(s, dy, x, dw, nthreads), true;
-  if (s.KH * s.KW == 25) return dw_lanes_wgrad<T, 25>(s, dy, x, dw, nthreads), true;
-  return false;
+void dw_lanes_wgrad_taps(const ConvShape& s, const T* dy, const T* x, T* dw, int nthreads) {
+  if (s.KH * s.KW == 9) return dw_lanes_wgrad<T, 9>(s, dy, x, dw, nthreads);
+  dw_lanes_wgrad<T, 25>(s, dy, x, dw, nthreads);
 }
