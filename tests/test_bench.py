@@ -188,6 +188,46 @@ def test_process_workers_are_stopped_between_calls(tmp_path):
     assert not any(w.process.is_alive() for w in workers)
 
 
+def test_run_spreads_each_case_rounds_over_sweeps_of_the_suite(tmp_path, monkeypatch):
+    """Round r of every case runs in the r-th sweep over the suite: a worker prepares the case again
+    there (its result not sent, nothing verified again, that call its warm-up) and goes on from its
+    earlier runs."""
+    from fastconv.bench import runner
+    from fastconv.bench.workers import Session
+
+    log = []
+    prepare, round_ = Session.prepare, Session.round
+
+    def logged_prepare(self, case, seed, send=True):
+        status, out = prepare(self, case, seed, send)
+        log.append(("prepare", self.contender.name, case.id, out is not None))
+        return status, out
+
+    def logged_round(self, step, times=()):
+        status, out = round_(self, step, times)
+        log.append(("round", self.contender.name, step, len(out)))
+        return status, out
+
+    monkeypatch.setattr(Session, "prepare", logged_prepare)
+    monkeypatch.setattr(Session, "round", logged_round)
+    shapes = load_suite(write_shapes(tmp_path / "t.json")).shapes[:2]
+    config = runner.Config(shapes, ("forward",), ("cpp",), torch=False, isolate=False,
+                           policy=Policy(repeat=6, rounds=3))
+    doc = runner.run(config, show_progress=False)
+    ids = [Case(s, "forward", np.dtype(np.float32)).id for s in shapes]
+    cpp = [e for e in log if e[1] == "cpp"]
+    prepares = [(e[2], e[3]) for e in cpp if e[0] == "prepare"]
+    assert prepares == [(ids[0], True), (ids[1], True), (ids[0], False), (ids[1], False),
+                        (ids[0], False), (ids[1], False)]  # verified once, prepared again per sweep
+    rounds = [(e[2], e[3]) for e in cpp if e[0] == "round"]
+    # the first sweep: warm-up and round 1, each case in turn; later ones: the round (the preparation
+    # call warms up)
+    assert rounds == [(0, 0), (1, 2), (0, 0), (1, 2), (2, 4), (2, 4), (3, 6), (3, 6)]
+    assert not [e for e in log if e[1] == "reference" and e[0] == "round"]  # the oracle, not timed
+    assert [(r["contender"], r["status"], r["repeats"]) for r in doc["results"]] == [("cpp", "ok", 6)] * 2
+    assert doc["settings"]["timing"]["rounds"] == 3
+
+
 def _process_state(pid) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]  # the field after the command name

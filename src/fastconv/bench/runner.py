@@ -152,50 +152,89 @@ def _record(case: Case, contender: Contender, status: str, reason: str = "", ver
     return rec
 
 
+class CaseRun:
+    """One case's contenders across the run: verified once, then timed round by round, all rounds
+    at once (:func:`run_case`) or one round per sweep over the suite (:func:`run`)."""
+
+    def __init__(self, case: Case, workers, seed: int, progress=None, oracle=None):
+        """The reference's result, then each contender's first call verified against it.
+        ``workers``: one per contender; ``oracle``: the reference's worker (default: the contender
+        named "reference" among them)."""
+        self.case, self.seed = case, seed
+        self.records: list[dict | None] = []
+        self.ready = []  # (slot in records, worker, verdict) of the contenders to time
+        self.times = {}  # id(worker) -> its runs so far (seconds), or "error: why"
+        oracle = oracle or next(w for w in workers if w.contender.name == "reference")
+        self.holding = {id(oracle): oracle}  # the workers that hold the case's arrays now
+        status, want = oracle.call("prepare", case, seed)
+        if status != "ok":  # without the oracle nothing can be verified, so nothing is timed
+            reason = f"the reference cannot run this case: {want}"
+            self.records = [_record(case, w.contender, "n/a", reason) for w in workers if w.contender.applies(case)]
+            return
+        for w in workers:
+            contender = w.contender
+            if progress is not None:
+                progress.step(f"{case.id} {contender.name}")
+            if not contender.applies(case):
+                continue
+            status, got = (status, want) if w is oracle else w.call("prepare", case, seed)
+            self.holding[id(w)] = w
+            if status != "ok":
+                self.records.append(_record(case, contender, status, got))
+                continue
+            verdict = verify(got, want)
+            if not verdict.ok:
+                self.records.append(_record(case, contender, "FAIL", f"differs from the reference: max error "
+                                            f"{verdict.error_ratio:.3g}x the tolerance", verdict))
+                continue
+            self.ready.append((len(self.records), w, verdict))
+            self.records.append(None)  # filled in once timed
+            self.times[id(w)] = []
+
+    def time(self, steps) -> None:
+        """Rounds ``steps`` (1-based) of every verified contender, after a warm-up the first time; a
+        worker that no longer holds the case (an earlier sweep's :meth:`release`) prepares it again
+        first, and that untimed call is its warm-up (JIT compilation and thread start-up are behind
+        it by then)."""
+        again = set()
+        for _, w, _ in self.ready:
+            if id(w) not in self.holding and not isinstance(self.times[id(w)], str):
+                status, why = w.call("prepare", self.case, self.seed, False)
+                self.holding[id(w)] = w
+                again.add(id(w))
+                if status != "ok":
+                    self.times[id(w)] = f"error: {why}"
+        for step in (0, *steps):  # step 0: the warm-ups
+            for _, w, _ in self.ready:
+                if isinstance(self.times[id(w)], str) or (step == 0 and id(w) in again):
+                    continue  # failed in an earlier round, or warmed up by its preparation
+                status, result = w.call("round", step, self.times[id(w)])
+                self.times[id(w)] = result if status == "ok" else f"error: {result}"
+
+    def release(self) -> None:
+        """Every worker that holds the case's arrays lets them go."""
+        for w in self.holding.values():
+            w.call("release")
+        self.holding = {}
+
+    def results(self, ceilings: dict | None = None) -> list[dict]:
+        """The case's records (``ceilings``, the GPU's measured rates, give GPU records their
+        roofline floor)."""
+        records = list(self.records)
+        for slot, w, verdict in self.ready:
+            t = self.times[id(w)]
+            records[slot] = (_record(self.case, w.contender, "error", t.removeprefix("error: ")) if isinstance(t, str)
+                             else _record(self.case, w.contender, "ok", "", verdict, Stats.of(t), t, ceilings))
+        return records
+
+
 def run_case(case: Case, workers, policy: Policy, seed: int, progress=None, ceilings: dict | None = None,
              oracle=None) -> list[dict]:
-    """All contenders on one case: the reference's result, then verify-then-time each contender in
-    interleaved rounds (see :mod:`.workers`). ``workers``: one per contender; ``oracle``: the
-    reference's worker (default: the contender named "reference" among them). ``ceilings`` (the
-    GPU's measured rates) give GPU records their roofline floor."""
-    oracle = oracle or next(w for w in workers if w.contender.name == "reference")
-    status, want = oracle.call("prepare", case, seed)
-    if status != "ok":  # without the oracle nothing can be verified, so nothing is timed
-        reason = f"the reference cannot run this case: {want}"
-        return [_record(case, w.contender, "n/a", reason) for w in workers if w.contender.applies(case)]
-    records: list[dict | None] = []
-    ready = []  # (slot in records, worker, verdict)
-    for w in workers:
-        contender = w.contender
-        if progress is not None:
-            progress.step(f"{case.id} {contender.name}")
-        if not contender.applies(case):
-            continue
-        status, got = (status, want) if w is oracle else w.call("prepare", case, seed)
-        if status != "ok":
-            records.append(_record(case, contender, status, got))
-            continue
-        verdict = verify(got, want)
-        if not verdict.ok:
-            records.append(_record(case, contender, "FAIL", f"differs from the reference: max error "
-                                   f"{verdict.error_ratio:.3g}x the tolerance", verdict))
-            continue
-        ready.append((len(records), w, verdict))
-        records.append(None)  # filled in once timed
-    times = {id(w): [] for _, w, _ in ready}
-    for step in range(max(1, policy.rounds) + 1):  # step 0: the warm-ups
-        for _, w, _ in ready:
-            if isinstance(times[id(w)], str):
-                continue  # failed in an earlier round
-            status, result = w.call("round", step)
-            times[id(w)] = result if status == "ok" else f"error: {result}"
-    for slot, w, verdict in ready:
-        t = times[id(w)]
-        records[slot] = (_record(case, w.contender, "error", t.removeprefix("error: ")) if isinstance(t, str)
-                         else _record(case, w.contender, "ok", "", verdict, Stats.of(t), t, ceilings))
-    for w in {id(w): w for w in [oracle, *workers]}.values():
-        w.call("release")
-    return records
+    """All contenders on one case, every round at once: verify-then-time (see :class:`CaseRun`)."""
+    c = CaseRun(case, workers, seed, progress, oracle)
+    c.time(range(1, max(1, policy.rounds) + 1))
+    c.release()
+    return c.results(ceilings)
 
 
 def run(config: Config, progress_stream=None, show_progress: bool = True) -> dict:
@@ -211,8 +250,8 @@ def run(config: Config, progress_stream=None, show_progress: bool = True) -> dic
     ceilings = gpu_ceilings(config.dtype) if any(c.device == "gpu" for c in contenders) else None
     threads = _threads.get_num_threads() if config.threads is None else config.threads
     cases = config.cases()
-    progress = Progress(len(cases), progress_stream) if show_progress else None
-    results = []
+    sweeps = max(1, config.policy.rounds)  # round r of every case in sweep r over the suite (.timing)
+    progress = Progress(len(cases) * sweeps, progress_stream) if show_progress else None
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     before = machine_now("before")
     started = time.perf_counter()
@@ -224,12 +263,18 @@ def run(config: Config, progress_stream=None, show_progress: bool = True) -> dic
         with _threads.num_threads(threads):
             machine = machine_info(torch)
             machine["threads"]["torch"] = threads if torch is not None else None  # the workers' setting
-            for case in cases:
-                if progress is not None:
-                    progress.start_case(case.id)
-                results += run_case(case, timed, config.policy, config.seed, progress, ceilings, workers[0])
-                if progress is not None:
-                    progress.finish_case()
+            runs = []
+            for sweep in range(1, sweeps + 1):
+                for i, case in enumerate(cases):
+                    if progress is not None:
+                        progress.start_case(f"{case.id} (sweep {sweep}/{sweeps})")
+                    if sweep == 1:
+                        runs.append(CaseRun(case, timed, config.seed, progress, workers[0]))
+                    runs[i].time((sweep,))
+                    runs[i].release()
+                    if progress is not None:
+                        progress.finish_case()
+            results = [r for c in runs for r in c.results(ceilings)]
     finally:
         for w in workers:
             w.close()
@@ -245,6 +290,7 @@ def run(config: Config, progress_stream=None, show_progress: bool = True) -> dic
                       torch=None if torch is None else torch.__version__, seed=config.seed,
                       timing=dict(budget_s=config.policy.budget_s, min_repeats=config.policy.min_repeats,
                                   max_repeats=config.policy.max_repeats, repeat=config.policy.repeat,
+                                  rounds=sweeps,
                                   warmup=config.policy.warmup, rule=config.policy.describe()),
                       seconds=time.perf_counter() - started, **before, **machine_now("after")),
         machine=machine,

@@ -13,7 +13,9 @@ still meet the same slow and fast phases of a shared machine.
 A worker holds one case at a time: it makes the case's inputs from the case's seed (so every
 worker has the same arrays), makes the verification call and sends the result back, which the
 parent compares with the reference worker's; then it times its calls round by round as the parent
-asks. :class:`LocalWorker` runs the same session in the calling process, one contender after
+asks. The parent keeps each contender's times: when the rounds of a case are spread over sweeps of
+the suite (:mod:`.timing`), a worker prepares the case again in each sweep (the same inputs; the
+result is not sent again) and is handed its times so far. :class:`LocalWorker` runs the same session in the calling process, one contender after
 another, for the tests and for platforms without SIGSTOP.
 """
 
@@ -50,14 +52,15 @@ class Session:
             self.torch.set_num_threads(threads)
             self.torch.backends.cudnn.benchmark = True  # cuDNN picks its fastest algorithm during warm-up
         _threads.set_num_threads(threads)  # fastconv's backends and the BLAS NumPy uses alike
-        self.timed, self.times = None, []
+        self.timed = None
 
-    def prepare(self, case: Case, seed: int):
-        """The case's verification call: ``("ok", result on the host, seconds)``, ``("n/a", why)``
-        (the backend lacks the op) or ``("error", why)``."""
+    def prepare(self, case: Case, seed: int, send: bool = True):
+        """The case's first call: ``("ok", result on the host)`` (``("ok", None)`` unless ``send``:
+        a later sweep's, verified already), ``("n/a", why)`` (the backend lacks the op) or
+        ``("error", why)``."""
         import time
 
-        self.timed, self.times = None, []
+        self.timed = None
         try:
             prepared = self.contender.prepare(case, make_inputs(case, case_rng(seed, case)), self.torch)
             start = time.perf_counter()
@@ -68,20 +71,21 @@ class Session:
         except Exception as exc:  # reported against the contender; the run goes on
             return "error", f"{type(exc).__name__}: {exc}"
         self.timed = Timed(prepared.fn, prepared.timer, first_s)
-        return "ok", out
+        return "ok", out if send else None
 
-    def round(self, step: int):
-        """The contender's share of round ``step`` (0: the warm-up): ``("ok", times so far)`` or
-        ``("error", why)``."""
+    def round(self, step: int, times=()):
+        """The contender's share of round ``step`` (0: the warm-up) after the runs ``times`` (seconds)
+        of the earlier rounds: ``("ok", times so far)`` or ``("error", why)``."""
+        times = list(times)
         try:
-            run_round(self.timed, self.times, self.policy, step)
+            run_round(self.timed, times, self.policy, step)
         except Exception as exc:
             return "error", f"{type(exc).__name__}: {exc}"
-        return "ok", list(self.times)
+        return "ok", times
 
     def release(self):
         """Drop the case's arrays."""
-        self.timed, self.times = None, []
+        self.timed = None
 
 
 class LocalWorker:
