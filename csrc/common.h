@@ -32,6 +32,7 @@ void workspace_reset_peak();
 // workspace_cache_bytes() in all (128 MiB by default; none under AddressSanitizer), instead of
 // going back to the system each call. workspace_alloc returns a 64-byte aligned block of at least
 // `bytes` (a multiple of 64) and its size in `capacity`, which workspace_free takes back.
+constexpr std::size_t kKeptBlockBytes = std::size_t(256) << 10;  // smaller: glibc's heap serves them anyway
 void* workspace_alloc(std::size_t bytes, std::size_t& capacity);
 void workspace_free(void* p, std::size_t capacity);
 void set_workspace_cache_bytes(index_t bytes);  // std::invalid_argument if negative; frees what is over

@@ -23,8 +23,6 @@ namespace {
 
 std::atomic<index_t> workspace_live{0}, workspace_peak{0};
 
-// Blocks of at least this many bytes are kept: smaller ones glibc serves from its heap anyway.
-constexpr std::size_t kMinCached = std::size_t(256) << 10;
 
 #if defined(__SANITIZE_ADDRESS__)
 constexpr index_t kDefaultCacheBytes = 0;  // AddressSanitizer sees a use after free only of freed blocks
@@ -64,7 +62,7 @@ index_t workspace_peak_bytes() { return workspace_peak.load(); }
 void workspace_reset_peak() { workspace_peak.store(workspace_live.load()); }
 
 void* workspace_alloc(std::size_t bytes, std::size_t& capacity) {
-  if (bytes >= kMinCached) {
+  if (bytes >= kKeptBlockBytes) {
     Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.mu);
     // the smallest kept block that holds `bytes`, if it is at most twice that: a small call does
@@ -86,7 +84,7 @@ void* workspace_alloc(std::size_t bytes, std::size_t& capacity) {
 
 void workspace_free(void* p, std::size_t capacity) {
   if (!p) return;
-  if (capacity >= kMinCached) {
+  if (capacity >= kKeptBlockBytes) {
     Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.mu);
     if (capacity <= c.cap) {

@@ -957,6 +957,40 @@ def test_workspace_cache_keeps_blocks_within_its_bound(rng):
         _cpp.set_workspace_cache_bytes(-1)
 
 
+def test_outputs_come_from_kept_blocks_and_go_back_when_freed():
+    """_cpp.empty, the C++ backend's output arrays: one of 256 KiB or more lives in a workspace
+    block, given back to the kept blocks when the array is freed, so the next output of that size
+    takes the same memory (no page faults); smaller ones are NumPy's own. Either way a writable,
+    C-contiguous, 64-byte aligned array of the shape and dtype asked for."""
+    with _workspace_cache(64 << 20):
+        for dtype in (np.float32, np.dtype(np.float64), "float32"):
+            _cpp.set_workspace_cache_bytes(0)  # start with no kept block
+            _cpp.set_workspace_cache_bytes(64 << 20)
+            a = _cpp.empty((3, 256, 128), dtype)
+            assert a.shape == (3, 256, 128) and a.dtype == np.dtype(dtype)
+            assert a.flags.c_contiguous and a.flags.writeable and a.ctypes.data % 64 == 0
+            assert not a.flags.owndata  # the block's capsule owns the memory
+            a[...] = 7
+            address, nbytes = a.ctypes.data, a.nbytes
+            del a  # the block goes back ...
+            assert _cpp.workspace_cached_bytes() >= nbytes
+            b = _cpp.empty((3, 256, 128), dtype)  # ... and the next output of that size takes it
+            assert b.ctypes.data == address and _cpp.workspace_cached_bytes() == 0
+            b[...] = 1
+            assert b.sum() == b.size
+            del b
+        small = _cpp.empty((2, 3), np.float32)
+        assert small.shape == (2, 3) and small.flags.owndata
+        assert _cpp.empty((), np.float64).shape == () and _cpp.empty((0, 5), np.float32).size == 0
+    with _workspace_cache(0):  # nothing kept: the block is freed with the array
+        a = _cpp.empty((1 << 20,), np.float32)
+        a[:] = 0
+        del a
+        assert _cpp.workspace_cached_bytes() == 0
+    with pytest.raises(ValueError, match="empty: negative dimension -2"):
+        _cpp.empty((3, -2), np.float32)
+
+
 def test_workspace_bounded_independent_of_batch(rng):
     """No im2col buffer for a whole image or batch: the peak workspace of forward and dgrad stops
     growing with the batch once a chunk of padded input copies (at most 4 MiB: 20 images of this

@@ -7,9 +7,9 @@ import numpy as np
 POISON = False
 
 
-def empty(shape, dtype):
-    """An output buffer a kernel will overwrite completely: (poisoned) ``np.empty``."""
-    out = np.empty(shape, dtype=dtype)
+def empty(shape, dtype, allocate=np.empty):
+    """An output buffer a kernel will overwrite completely: (poisoned) ``allocate(shape, dtype)``."""
+    out = allocate(shape, dtype)
     if POISON:
         out.fill(np.nan)
     return out

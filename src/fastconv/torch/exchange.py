@@ -3,7 +3,9 @@
 CPU: ``tensor.detach().numpy()`` and ``torch.from_numpy(array)`` share memory, so a contiguous
 float32/float64 CPU tensor reaches a fastconv kernel as a view of the same buffer, and the array a
 kernel returns becomes the result tensor as is (fastconv's outputs are fresh C-contiguous arrays,
-so the result never aliases an input).
+so the result never aliases an input; the C++ backend's large ones, and the channels_last copies
+here, live in blocks kept from freed outputs, which a freed tensor gives back: no page faults for
+each step's activations).
 
 Non-contiguous tensors (a transposed view, ``channels_last`` memory format, a slice with steps)
 are made contiguous here, *explicitly*: that is one copy, before fastconv sees the data. fastconv's
@@ -135,7 +137,7 @@ def contiguous_array(t: torch.Tensor) -> np.ndarray:
         return t.contiguous().numpy(force=True)
     N, C, H, W = t.shape
     nhwc = t.permute(0, 2, 3, 1).numpy(force=True)  # (N, H, W, C), contiguous: a view
-    out = np.empty((N, C, H, W), nhwc.dtype)
+    out = _cpp.empty((N, C, H, W), nhwc.dtype)  # a kept block (see csrc/bindings.cpp's empty)
     _cpp.transpose_batched(nhwc.reshape(N, H * W, C), out.reshape(N, C, H * W), get_num_threads())
     return out
 
@@ -148,10 +150,9 @@ def in_channels_last(y: torch.Tensor) -> torch.Tensor:
             and y.dtype in (torch.float32, torch.float64) and not y.requires_grad):
         return y.contiguous(memory_format=torch.channels_last)
     N, C, H, W = y.shape
-    out = torch.empty((N, C, H, W), dtype=y.dtype, memory_format=torch.channels_last)
-    _cpp.transpose_batched(y.numpy().reshape(N, C, H * W), out.permute(0, 2, 3, 1).numpy().reshape(N, H * W, C),
-                           get_num_threads())
-    return out
+    nhwc = _cpp.empty((N, H, W, C), y.numpy().dtype)  # a kept block, as the kernels' outputs
+    _cpp.transpose_batched(y.numpy().reshape(N, C, H * W), nhwc.reshape(N, H * W, C), get_num_threads())
+    return torch.from_numpy(nhwc).permute(0, 3, 1, 2)  # (N, C, H, W) in channels_last
 
 
 def held_array(held: dict, t: torch.Tensor):

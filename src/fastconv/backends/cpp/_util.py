@@ -2,7 +2,16 @@
 
 import numpy as np
 
+from ... import _cpp
 from ..._threads import get_num_threads
+from .. import _common
+
+
+def empty(shape, dtype):
+    """An output array the kernel overwrites completely, in memory kept from earlier calls' freed
+    outputs (``_cpp.empty``: a large array given back when freed, so the next call of that size
+    does not fault its pages in again)."""
+    return _common.empty(shape, dtype, _cpp.empty)
 
 
 def contiguous(a):

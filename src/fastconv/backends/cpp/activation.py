@@ -3,8 +3,7 @@ softmax along one axis without moving it. Float32 exp/erf/tanh are vectorised po
 (error ~1e-7); float64 uses libm."""
 
 from ... import _cpp
-from .._common import empty
-from ._util import contiguous, nthreads
+from ._util import contiguous, empty, nthreads
 
 _Act = _cpp.Activation
 SELU_ALPHA = 1.6732632423543772848170429916717  # torch's constants, to double precision

@@ -7,8 +7,7 @@ precision allows among them) and the Cython backend's im2col + BLAS.
 
 from ... import _cpp, _dispatch
 from ...autotune import IM2COL, tuned
-from .._common import empty
-from ._util import contiguous, nthreads
+from ._util import contiguous, empty, nthreads
 
 
 def _candidates(pass_name, p, dtype):

@@ -6,8 +6,7 @@ backend's (NumPy PCG64), only their distribution is the same."""
 import numpy as np
 
 from ... import _cpp
-from .._common import empty
-from ._util import contiguous, nthreads
+from ._util import contiguous, empty, nthreads
 
 
 def dropout_forward(x, p, seed):

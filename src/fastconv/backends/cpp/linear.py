@@ -1,8 +1,7 @@
 """C++ dense layer (csrc/linear.cpp): every pass one packed GEMM, transposes as strides."""
 
 from ... import _cpp
-from .._common import empty
-from ._util import contiguous, nthreads
+from ._util import contiguous, empty, nthreads
 
 
 def linear_forward(x, w, b):

@@ -2,8 +2,7 @@
 Sums over rows are taken in row order by one thread, so a loss does not depend on the thread count."""
 
 from ... import _cpp
-from .._common import empty
-from ._util import contiguous, nthreads
+from ._util import contiguous, empty, nthreads
 
 
 def _loss_buffer(rows, reduction, dtype):

@@ -3,8 +3,7 @@ reductions are summed in double, one channel per unit of work (independent of th
 the elementwise passes follow the reference's operation order."""
 
 from ... import _cpp
-from .._common import empty
-from ._util import contiguous, nthreads
+from ._util import contiguous, empty, nthreads
 
 
 def batch_norm_stats(x):

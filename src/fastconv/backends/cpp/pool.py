@@ -4,8 +4,7 @@ import numpy as np
 
 from ... import _cpp
 from ..._checks import indices_out_of_range
-from .._common import empty
-from ._util import contiguous, nthreads
+from ._util import contiguous, empty, nthreads
 
 
 def max_pool2d_forward(x, p, with_indices=True):
