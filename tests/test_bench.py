@@ -226,6 +226,8 @@ def test_run_spreads_each_case_rounds_over_sweeps_of_the_suite(tmp_path, monkeyp
     assert not [e for e in log if e[1] == "reference" and e[0] == "round"]  # the oracle, not timed
     assert [(r["contender"], r["status"], r["repeats"]) for r in doc["results"]] == [("cpp", "ok", 6)] * 2
     assert doc["settings"]["timing"]["rounds"] == 3
+    assert len(doc["settings"]["sweeps"]) == 3  # the machine's speed and core distance before each
+    assert all(w["cpu_gflops"] > 0 for w in doc["settings"]["sweeps"])
 
 
 def _process_state(pid) -> str:
@@ -457,6 +459,10 @@ def test_noise_warnings_name_a_busy_machine_a_speed_change_and_far_cores():
     assert len(drift) == 1 and "150.0 GFLOP/s before, 80.0 after" in drift[0]
     far = report.noise_warnings(doc(0.1, 100.0, 100.0, (80.0, 395.0)))
     assert len(far) == 1 and "different dies" in far[0] and "80.0 ns before, 395.0 after" in far[0]
+    swept = doc(0.1, 100.0, 100.0)  # on one die before and after, on two at the start of a sweep
+    swept["settings"]["sweeps"] = [dict(cpu_gflops=100.0, core_round_trip_ns=t) for t in (81.0, 402.0, 79.0)]
+    far = report.noise_warnings(swept)
+    assert len(far) == 1 and "81.0, 402.0, 79.0 at the start of each sweep, 85.0 after" in far[0]
 
 
 def test_cpu_speed_is_the_micro_kernel_rate_now():

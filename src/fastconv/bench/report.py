@@ -251,12 +251,16 @@ def noise_warnings(doc: dict) -> list[str]:
         found.append(f"the CPU's speed changed during the run (the GEMM micro-kernel on one core: {before} "
                      f"GFLOP/s before, {after} after): rates and ratios measured at different times are not "
                      f"comparable; compare contenders within a case")
-    trips = [t for t in (s.get("core_round_trip_ns_before"), s.get("core_round_trip_ns_after")) if t is not None]
+    sweeps = [w.get("core_round_trip_ns") for w in s.get("sweeps", [])]
+    trips = [t for t in (s.get("core_round_trip_ns_before"), *sweeps, s.get("core_round_trip_ns_after"))
+             if t is not None]
     if trips and max(trips) >= FAR_CORES_NS:
         found.append(f"the two cores sat on different dies for part of the run (a core-to-core round trip of "
-                     f"{s.get('core_round_trip_ns_before')} ns before, {s.get('core_round_trip_ns_after')} after; "
-                     f"under {FAR_CORES_NS:g} on one die): multi-threaded work that shares data between the "
-                     f"cores runs slower then, fastconv's and PyTorch's alike but not equally; rerun to compare")
+                     f"{s.get('core_round_trip_ns_before')} ns before, "
+                     + (f"{', '.join(map(str, sweeps))} at the start of each sweep, " if sweeps else "")
+                     + f"{s.get('core_round_trip_ns_after')} after; under {FAR_CORES_NS:g} on one die): "
+                     f"multi-threaded work that shares data between the cores runs slower then, fastconv's and "
+                     f"PyTorch's alike but not equally; rerun to compare")
     return found
 
 
@@ -264,9 +268,13 @@ def _speed(s: dict) -> str:
     """The CPU speed line of a report (runs written before it was recorded have none)."""
     if s.get("cpu_gflops_before") is None:
         return "not measured (no C++ backend)"
+    sweeps = s.get("sweeps", [])
     trips = ("" if s.get("core_round_trip_ns_before") is None else
              f"; a core-to-core round trip took {s['core_round_trip_ns_before']} ns before, "
              f"{s['core_round_trip_ns_after']} after (about 80 when the cores share a die)")
+    if sweeps and sweeps[0].get("cpu_gflops") is not None:
+        trips += ("; at the start of each sweep over the suite: " +
+                  ", ".join(f"{w['cpu_gflops']} GFLOP/s and {w['core_round_trip_ns']} ns" for w in sweeps))
     return (f"the fp32 GEMM micro-kernel ran at {s['cpu_gflops_before']} GFLOP/s on one core before the run, "
             f"{s['cpu_gflops_after']} after (it moves up to 2x with other tenants of a shared machine: compare "
             f"rates only between runs at a similar speed){trips}")

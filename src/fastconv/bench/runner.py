@@ -239,7 +239,7 @@ def run_case(case: Case, workers, policy: Policy, seed: int, progress=None, ceil
 
 def run(config: Config, progress_stream=None, show_progress: bool = True) -> dict:
     """Run the suite; the raw results (plain JSON-able dicts) with the settings they were taken under."""
-    from .machine import machine_info, machine_now
+    from .machine import core_round_trip, cpu_speed, machine_info, machine_now
 
     from .machine import gpu_ceilings
 
@@ -263,8 +263,11 @@ def run(config: Config, progress_stream=None, show_progress: bool = True) -> dic
         with _threads.num_threads(threads):
             machine = machine_info(torch)
             machine["threads"]["torch"] = threads if torch is not None else None  # the workers' setting
-            runs = []
+            runs, states = [], []
             for sweep in range(1, sweeps + 1):
+                # the machine at the start of each sweep (every worker stopped): which sweeps met a
+                # slow phase or the cores on two dies
+                states.append(dict(cpu_gflops=cpu_speed(0.1), core_round_trip_ns=core_round_trip(0.05)))
                 for i, case in enumerate(cases):
                     if progress is not None:
                         progress.start_case(f"{case.id} (sweep {sweep}/{sweeps})")
@@ -292,7 +295,7 @@ def run(config: Config, progress_stream=None, show_progress: bool = True) -> dic
                                   max_repeats=config.policy.max_repeats, repeat=config.policy.repeat,
                                   rounds=sweeps,
                                   warmup=config.policy.warmup, rule=config.policy.describe()),
-                      seconds=time.perf_counter() - started, **before, **machine_now("after")),
+                      seconds=time.perf_counter() - started, **before, sweeps=states, **machine_now("after")),
         machine=machine,
         shapes=[s.to_json() for s in config.shapes],
         results=results,
