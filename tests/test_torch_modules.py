@@ -239,6 +239,24 @@ def test_patched_channels_last_model_keeps_channels_last(seed):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4, msg=name)
 
 
+def test_patched_channels_last_results_take_in_place_ops(seed):
+    """A patched layer's channels_last result is a tensor of its own (not a view of the buffer it
+    was transposed into), so an in-place ReLU after batch norm trains as in torch.nn."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                          nn.Conv2d(8, 4, 3), nn.ReLU(inplace=True)).to(memory_format=torch.channels_last)
+    patched = copy.deepcopy(model)
+    assert ft.patch(patched).swapped == [("0", "Conv2d"), ("1", "BatchNorm2d"), ("3", "Conv2d")]
+    x = torch.randn(2, 3, 9, 7, generator=torch.Generator().manual_seed(seed)).to(memory_format=torch.channels_last)
+    ys = [m(x) for m in (model, patched)]
+    assert ys[1].is_contiguous(memory_format=torch.channels_last) and ys[1]._base is None
+    torch.testing.assert_close(ys[1], ys[0], rtol=1e-4, atol=1e-5)
+    for y in ys:
+        y.square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), patched.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4, msg=name)
+
+
 def test_patch_rejects_non_modules():
     with pytest.raises(TypeError, match="fastconv.torch.patch: expected a torch.nn.Module, got list"):
         ft.patch([nn.Linear(2, 2)])
