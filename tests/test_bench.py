@@ -228,6 +228,14 @@ def test_run_spreads_each_case_rounds_over_sweeps_of_the_suite(tmp_path, monkeyp
     assert doc["settings"]["timing"]["rounds"] == 3
     assert len(doc["settings"]["sweeps"]) == 3  # the machine's speed and core distance before each
     assert all(w["cpu_gflops"] > 0 for w in doc["settings"]["sweeps"])
+    # 2 runs in 4 rounds: one in round 1, one in round 3; rounds 2 and 4 have nothing to run, so
+    # those sweeps do not prepare the case again either
+    log.clear()
+    doc = runner.run(runner.Config(shapes[:1], ("forward",), ("cpp",), torch=False, isolate=False,
+                                   policy=Policy(repeat=2, rounds=4)), show_progress=False)
+    assert [e[0] for e in log if e[1] == "cpp"] == ["prepare", "round", "round", "prepare", "round"]
+    assert [e[2:] for e in log if e[1] == "cpp" and e[0] == "round"] == [(0, 0), (1, 1), (3, 2)]
+    assert doc["results"][0]["repeats"] == 2
 
 
 def _process_state(pid) -> str:
@@ -443,6 +451,23 @@ def test_benchmark_suite_smoke(tmp_path):
     except ImportError:
         torch_cases = 0
     assert f"{8 + torch_cases} passed" in out.stdout
+
+
+def test_agreement_script_interleaves_a_full_and_a_cpp_only_run(tmp_path):
+    """benchmarks/agreement.py: the full run and the cpp-only run take turns sweep by sweep and
+    cpp's medians are compared case by case; both runs' reports are written."""
+    pytest.importorskip("fastconv._cpp")
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "agreement.py"), "--match", "lenet5_conv1",
+                          "--budget", "0.005", "--out", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "full run / cpp-only run" in out.stdout and "3 cases: geometric mean" in out.stdout
+    for name in ("full", "cpp-only"):
+        doc = json.loads((tmp_path / name / "bench.json").read_text())
+        assert len(doc["settings"]["sweeps"]) == Policy().rounds
+        assert "cpp" in {r["contender"] for r in doc["results"]}
+        backends = doc["settings"]["backends"]
+        assert backends == ["cpp"] if name == "cpp-only" else "cpp" in backends
 
 
 def test_noise_warnings_name_a_busy_machine_a_speed_change_and_far_cores():

@@ -41,7 +41,7 @@ def test_bench_writes_json_markdown_and_png(tmp_path, shapes, capsys):
     for name, passes in (("tiny_conv", 3), ("tiny_pool", 2), ("tiny_dense", 3)):
         assert sum(line.startswith(name + " ") for line in lines) == passes
     assert "geometric mean" in out and "wrote" in out
-    assert "[1/32]" in err and "(sweep 4/4)" in err  # progress on stderr: a line per case and sweep (not a terminal)
+    assert "[1/64]" in err and "(sweep 8/8)" in err  # progress on stderr: a line per case and sweep (not a terminal)
 
     doc = json.loads((out_dir / "bench.json").read_text())
     assert set(doc) == {"schema", "settings", "machine", "shapes", "results", "summary"}

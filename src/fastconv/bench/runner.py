@@ -26,7 +26,7 @@ from .. import _threads
 from .._dispatch import REGISTRY, backend_status
 from .cases import Case, Contender, fastconv_contenders, torch_contenders, verify
 from .suite import Shape
-from .timing import Policy, Stats
+from .timing import Policy, Stats, round_done
 from .workers import start_workers
 
 FAILED = ("FAIL", "error")
@@ -191,21 +191,26 @@ class CaseRun:
             self.records.append(None)  # filled in once timed
             self.times[id(w)] = []
 
-    def time(self, steps) -> None:
+    def time(self, steps, policy: Policy) -> None:
         """Rounds ``steps`` (1-based) of every verified contender, after a warm-up the first time; a
         worker that no longer holds the case (an earlier sweep's :meth:`release`) prepares it again
         first, and that untimed call is its warm-up (JIT compilation and thread start-up are behind
-        it by then)."""
-        again = set()
+        it by then), unless its runs so far already make its share of these rounds."""
+        timing, again = [], set()  # the workers to time now; those prepared again
         for _, w, _ in self.ready:
-            if id(w) not in self.holding and not isinstance(self.times[id(w)], str):
+            t = self.times[id(w)]
+            if isinstance(t, str) or (id(w) not in self.holding and round_done(t, policy, max(steps))):
+                continue  # failed in an earlier round, or nothing to run in these rounds
+            if id(w) not in self.holding:
                 status, why = w.call("prepare", self.case, self.seed, False)
                 self.holding[id(w)] = w
-                again.add(id(w))
                 if status != "ok":
                     self.times[id(w)] = f"error: {why}"
+                    continue
+                again.add(id(w))
+            timing.append(w)
         for step in (0, *steps):  # step 0: the warm-ups
-            for _, w, _ in self.ready:
+            for w in timing:
                 if isinstance(self.times[id(w)], str) or (step == 0 and id(w) in again):
                     continue  # failed in an earlier round, or warmed up by its preparation
                 status, result = w.call("round", step, self.times[id(w)])
@@ -232,71 +237,98 @@ def run_case(case: Case, workers, policy: Policy, seed: int, progress=None, ceil
              oracle=None) -> list[dict]:
     """All contenders on one case, every round at once: verify-then-time (see :class:`CaseRun`)."""
     c = CaseRun(case, workers, seed, progress, oracle)
-    c.time(range(1, max(1, policy.rounds) + 1))
+    c.time(range(1, max(1, policy.rounds) + 1), policy)
     c.release()
     return c.results(ceilings)
 
 
+class SuiteRun:
+    """One run of the suite, driven sweep by sweep: its workers start here, :meth:`sweep` runs
+    round n of every case (the first sweep verifies each case first), :meth:`finish` ends the
+    workers and returns the document. :func:`run` runs every sweep in turn; two SuiteRuns can take
+    turns sweep by sweep (their workers stopped while the other's run), so that both meet the same
+    phases of the machine (``benchmarks/agreement.py``)."""
+
+    def __init__(self, config: Config, progress_stream=None, show_progress: bool = True):
+        from .machine import gpu_ceilings, machine_info, machine_now
+
+        self.config = config
+        self.torch = import_torch() if config.torch else None
+        self.contenders = fastconv_contenders(config.backends)
+        if self.torch is not None:
+            self.contenders += torch_contenders(self.torch, config.devices)
+        self.ceilings = gpu_ceilings(config.dtype) if any(c.device == "gpu" for c in self.contenders) else None
+        self.threads = _threads.get_num_threads() if config.threads is None else config.threads
+        self.cases = config.cases()
+        self.sweeps = max(1, config.policy.rounds)  # round r of every case in sweep r over the suite (.timing)
+        self.progress = Progress(len(self.cases) * self.sweeps, progress_stream) if show_progress else None
+        self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.before = machine_now("before")
+        self.started = time.perf_counter()
+        with _threads.num_threads(self.threads):
+            self.machine = machine_info(self.torch)
+        self.machine["threads"]["torch"] = self.threads if self.torch is not None else None  # the workers' setting
+        self.runs: list[CaseRun] = []
+        self.states = []  # the machine at the start of each sweep
+        oracle = Contender("reference", "fastconv", "cpu", backend="reference")
+        self.workers = start_workers([oracle] + [c for c in self.contenders if c != oracle], self.threads,
+                                     config.policy, config.isolate)
+        self.timed = [w for w in self.workers if w.contender in self.contenders]
+
+    def sweep(self, n: int) -> None:
+        """Sweep ``n`` (1-based) over the suite."""
+        from .machine import core_round_trip, cpu_speed
+
+        # the machine at the start of each sweep (every worker stopped): which sweeps met a slow
+        # phase or the cores on two dies
+        self.states.append(dict(cpu_gflops=cpu_speed(0.1), core_round_trip_ns=core_round_trip(0.05)))
+        for i, case in enumerate(self.cases):
+            if self.progress is not None:
+                self.progress.start_case(f"{case.id} (sweep {n}/{self.sweeps})")
+            if n == 1:
+                self.runs.append(CaseRun(case, self.timed, self.config.seed, self.progress, self.workers[0]))
+            self.runs[i].time((n,), self.config.policy)
+            self.runs[i].release()
+            if self.progress is not None:
+                self.progress.finish_case()
+
+    def close(self) -> None:
+        """End the workers (also when a sweep raised)."""
+        for w in self.workers:
+            w.close()
+        if self.progress is not None:
+            self.progress.close()
+
+    def document(self) -> dict:
+        """The raw results (plain JSON-able dicts) with the settings they were taken under."""
+        from .machine import machine_now
+
+        config, policy = self.config, self.config.policy
+        return dict(
+            schema=1,
+            settings=dict(started_at=self.started_at, command=config.command, dtype=config.dtype,
+                          threads=self.threads, passes=list(config.passes),
+                          backends=list(config.backends), unavailable=dict(config.unavailable),
+                          devices=list(config.devices), gpu_ceilings=self.ceilings,
+                          contenders=[c.name for c in self.contenders],
+                          torch=None if self.torch is None else self.torch.__version__, seed=config.seed,
+                          timing=dict(budget_s=policy.budget_s, min_repeats=policy.min_repeats,
+                                      max_repeats=policy.max_repeats, repeat=policy.repeat, rounds=self.sweeps,
+                                      warmup=policy.warmup, rule=policy.describe()),
+                          seconds=time.perf_counter() - self.started, **self.before, sweeps=self.states,
+                          **machine_now("after")),
+            machine=self.machine,
+            shapes=[s.to_json() for s in config.shapes],
+            results=[r for c in self.runs for r in c.results(self.ceilings)],
+        )
+
+
 def run(config: Config, progress_stream=None, show_progress: bool = True) -> dict:
     """Run the suite; the raw results (plain JSON-able dicts) with the settings they were taken under."""
-    from .machine import core_round_trip, cpu_speed, machine_info, machine_now
-
-    from .machine import gpu_ceilings
-
-    torch = import_torch() if config.torch else None
-    contenders = fastconv_contenders(config.backends)
-    if torch is not None:
-        contenders += torch_contenders(torch, config.devices)
-    ceilings = gpu_ceilings(config.dtype) if any(c.device == "gpu" for c in contenders) else None
-    threads = _threads.get_num_threads() if config.threads is None else config.threads
-    cases = config.cases()
-    sweeps = max(1, config.policy.rounds)  # round r of every case in sweep r over the suite (.timing)
-    progress = Progress(len(cases) * sweeps, progress_stream) if show_progress else None
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    before = machine_now("before")
-    started = time.perf_counter()
-    oracle = Contender("reference", "fastconv", "cpu", backend="reference")
-    workers = start_workers([oracle] + [c for c in contenders if c != oracle], threads, config.policy,
-                            config.isolate)
-    timed = [w for w in workers if w.contender in contenders]
+    suite = SuiteRun(config, progress_stream, show_progress)
     try:
-        with _threads.num_threads(threads):
-            machine = machine_info(torch)
-            machine["threads"]["torch"] = threads if torch is not None else None  # the workers' setting
-            runs, states = [], []
-            for sweep in range(1, sweeps + 1):
-                # the machine at the start of each sweep (every worker stopped): which sweeps met a
-                # slow phase or the cores on two dies
-                states.append(dict(cpu_gflops=cpu_speed(0.1), core_round_trip_ns=core_round_trip(0.05)))
-                for i, case in enumerate(cases):
-                    if progress is not None:
-                        progress.start_case(f"{case.id} (sweep {sweep}/{sweeps})")
-                    if sweep == 1:
-                        runs.append(CaseRun(case, timed, config.seed, progress, workers[0]))
-                    runs[i].time((sweep,))
-                    runs[i].release()
-                    if progress is not None:
-                        progress.finish_case()
-            results = [r for c in runs for r in c.results(ceilings)]
+        for n in range(1, suite.sweeps + 1):
+            suite.sweep(n)
     finally:
-        for w in workers:
-            w.close()
-        if progress is not None:
-            progress.close()
-    return dict(
-        schema=1,
-        settings=dict(started_at=started_at, command=config.command, dtype=config.dtype, threads=threads,
-                      passes=list(config.passes),
-                      backends=list(config.backends), unavailable=dict(config.unavailable),
-                      devices=list(config.devices), gpu_ceilings=ceilings,
-                      contenders=[c.name for c in contenders],
-                      torch=None if torch is None else torch.__version__, seed=config.seed,
-                      timing=dict(budget_s=config.policy.budget_s, min_repeats=config.policy.min_repeats,
-                                  max_repeats=config.policy.max_repeats, repeat=config.policy.repeat,
-                                  rounds=sweeps,
-                                  warmup=config.policy.warmup, rule=config.policy.describe()),
-                      seconds=time.perf_counter() - started, **before, sweeps=states, **machine_now("after")),
-        machine=machine,
-        shapes=[s.to_json() for s in config.shapes],
-        results=results,
-    )
+        suite.close()
+    return suite.document()

@@ -41,7 +41,7 @@ class Policy:
     max_repeats: int = 200
     repeat: int | None = None  # a fixed number of timed runs instead of the budget rule
     warmup: int = 1
-    rounds: int = 4  # interleaved rounds over the contenders of a case
+    rounds: int = 8  # interleaved rounds over the contenders of a case
 
     def describe(self) -> str:
         if self.repeat is not None:
@@ -125,8 +125,7 @@ def run_round(c: Timed, times: list[float], policy: Policy, step: int) -> None:
             for _ in range(policy.warmup):
                 c.timer(c.fn)
         return
-    share = step / max(1, policy.rounds)
-    while not _round_done(times, policy, share):
+    while not round_done(times, policy, step):
         times.append(c.timer(c.fn))
 
 
@@ -146,7 +145,10 @@ def measure(contenders: list[Timed], policy: Policy) -> list[list[float] | Excep
     return out
 
 
-def _round_done(times: list[float], policy: Policy, share: float) -> bool:
+def round_done(times: list[float], policy: Policy, step: int) -> bool:
+    """Whether the runs ``times`` already make a contender's share of round ``step`` (1-based): an
+    expensive contender (at its min_repeats) has nothing to run in some rounds."""
+    share = step / max(1, policy.rounds)
     if policy.repeat is not None:
         return len(times) >= math.ceil(policy.repeat * share)
     return len(times) >= math.ceil(policy.max_repeats * share) or (
