@@ -386,13 +386,15 @@ PYBIND11_MODULE(_cpp, m) {
         const py::dtype dtype = py::dtype::from_args(dtype_like);
         std::vector<py::ssize_t> shape;
         std::size_t bytes = static_cast<std::size_t>(dtype.itemsize());
+        bool too_big = false;  // past what the product can count: NumPy raises its own error then
         for (const auto& item : dims) {
           const auto d = item.cast<py::ssize_t>();
           if (d < 0) throw py::value_error("empty: negative dimension " + std::to_string(d));
           shape.push_back(d);
-          bytes *= static_cast<std::size_t>(d);
+          too_big |= __builtin_mul_overflow(bytes, static_cast<std::size_t>(d), &bytes);
         }
-        if (bytes < fastconv::kKeptBlockBytes) return py::array(dtype, shape);  // glibc's heap serves these
+        if (too_big || bytes < fastconv::kKeptBlockBytes || bytes > static_cast<std::size_t>(PTRDIFF_MAX))
+          return py::array(dtype, shape);  // small ones: glibc's heap serves them anyway
         struct Block {
           void* p;
           std::size_t capacity;

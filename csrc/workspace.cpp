@@ -23,7 +23,6 @@ namespace {
 
 std::atomic<index_t> workspace_live{0}, workspace_peak{0};
 
-
 #if defined(__SANITIZE_ADDRESS__)
 constexpr index_t kDefaultCacheBytes = 0;  // AddressSanitizer sees a use after free only of freed blocks
 #else

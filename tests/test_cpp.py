@@ -989,6 +989,8 @@ def test_outputs_come_from_kept_blocks_and_go_back_when_freed():
         assert _cpp.workspace_cached_bytes() == 0
     with pytest.raises(ValueError, match="empty: negative dimension -2"):
         _cpp.empty((3, -2), np.float32)
+    with pytest.raises(ValueError):  # NumPy's error for a size past what it can count
+        _cpp.empty((1 << 40, 1 << 40), np.float32)
 
 
 def test_workspace_bounded_independent_of_batch(rng):

@@ -11,14 +11,14 @@ The contenders of one case are timed in ``rounds`` interleaved rounds, each taki
 every contender's runs and budget, so all of them meet the same phases of a noisy machine: on these
 shared VMs a process's speed can halve for seconds at a time, and timing one contender after the
 other turned that into ratios off by up to 2x. ``fastconv bench`` runs round r of every case in
-the r-th sweep over the whole suite (:func:`.runner.run`; a worker prepares the case again in each
-sweep, and that first call is not timed), so a case's runs are spread over the
-run's whole length rather than a few seconds of it: a slow phase of the machine (they last tens of
-seconds to minutes) then moves a few of a case's runs, not all of them, and two runs of the bench
-(the full one and a one-backend one) can agree shape by shape. With each case's rounds back to back,
-the 18 consecutive cases of the batch-1 ResNet-50 layers ran 1.02-1.51x (geometric mean 1.24x)
-their times in a cpp-only run, PyTorch NCHW's 1.21x: the full run met a slow phase there, and its
-other cases ran faster than the cpp-only run's.
+the r-th sweep over the whole suite (:class:`.runner.SuiteRun`; a worker prepares the case again in
+each sweep, and that first call is not timed), so a case's runs are spread over the run's whole
+length rather than a few seconds of it: a slow phase of the machine (they last tens of seconds to
+minutes) then moves a few of a case's runs, not all of them, and two runs of the bench (the full
+one and a one-backend one) can agree shape by shape. With each case's rounds back to back, the 18
+consecutive cases of the batch-1 ResNet-50 layers ran 1.02-1.51x (geometric mean 1.24x) their
+times in a cpp-only run, PyTorch NCHW's 1.21x: the full run met a slow phase there, and its other
+cases ran faster than the cpp-only run's.
 
 CPU contenders are timed with ``time.perf_counter`` around the call. GPU contenders record CUDA
 events on the stream around the call and synchronise on the end event, so the time is the
