@@ -25,6 +25,7 @@ import numpy as np
 from .. import _threads
 from .._dispatch import REGISTRY, backend_status
 from .cases import Case, Contender, fastconv_contenders, torch_contenders, verify
+from .machine import core_round_trip, cpu_speed, gpu_ceilings, machine_info, machine_now
 from .suite import Shape
 from .timing import Policy, Stats, round_done
 from .workers import start_workers
@@ -250,8 +251,6 @@ class SuiteRun:
     phases of the machine (``benchmarks/agreement.py``)."""
 
     def __init__(self, config: Config, progress_stream=None, show_progress: bool = True):
-        from .machine import gpu_ceilings, machine_info, machine_now
-
         self.config = config
         self.torch = import_torch() if config.torch else None
         self.contenders = fastconv_contenders(config.backends)
@@ -277,8 +276,6 @@ class SuiteRun:
 
     def sweep(self, n: int) -> None:
         """Sweep ``n`` (1-based) over the suite."""
-        from .machine import core_round_trip, cpu_speed
-
         # the machine at the start of each sweep (every worker stopped): which sweeps met a slow
         # phase or the cores on two dies
         self.states.append(dict(cpu_gflops=cpu_speed(0.1), core_round_trip_ns=core_round_trip(0.05)))
@@ -301,8 +298,6 @@ class SuiteRun:
 
     def document(self) -> dict:
         """The raw results (plain JSON-able dicts) with the settings they were taken under."""
-        from .machine import machine_now
-
         config, policy = self.config, self.config.policy
         return dict(
             schema=1,

@@ -150,8 +150,9 @@ def in_channels_last(y: torch.Tensor) -> torch.Tensor:
             and y.dtype in (torch.float32, torch.float64) and not y.requires_grad):
         return y.contiguous(memory_format=torch.channels_last)
     N, C, H, W = y.shape
-    nhwc = _cpp.empty((N, H, W, C), y.numpy().dtype)  # a kept block, as the kernels' outputs
-    _cpp.transpose_batched(y.numpy().reshape(N, C, H * W), nhwc.reshape(N, H * W, C), get_num_threads())
+    nchw = y.numpy()
+    nhwc = _cpp.empty((N, H, W, C), nchw.dtype)  # a kept block, as the kernels' outputs
+    _cpp.transpose_batched(nchw.reshape(N, C, H * W), nhwc.reshape(N, H * W, C), get_num_threads())
     # (N, C, H, W) in channels_last over that storage: a tensor of its own, not a view (a custom op
     # must not return one; autograd forbids modifying it in place then, as ReLU(inplace=True) does)
     return torch.empty(0, dtype=y.dtype).set_(torch.from_numpy(nhwc).untyped_storage(), 0, (N, C, H, W),
