@@ -343,6 +343,10 @@ PYBIND11_MODULE(_cpp, m) {
   m.def("core_round_trip_ns", &fastconv::core_round_trip_ns, py::arg("seconds"),
         py::call_guard<py::gil_scoped_release>(),
         "ns for two threads to hand a cache line to each other and back now (median of slices of 200)");
+  m.def("cores_apart", &fastconv::cores_apart, py::arg("nthreads"), py::call_guard<py::gil_scoped_release>(),
+        "whether a team of nthreads has threads on different dies now (measured at most every 100 ms)");
+  m.def("set_cores_apart", &fastconv::set_cores_apart, py::arg("forced"),
+        "-1: measure (the default); 0 or 1: answer so for every team of 2+ threads (tests)");
   m.def(
       "cache_sizes",
       [] {

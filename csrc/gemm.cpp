@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -305,6 +306,79 @@ double core_round_trip_ns(double seconds) {
   echo.join();
   std::nth_element(trips.begin(), trips.begin() + trips.size() / 2, trips.end());
   return trips[trips.size() / 2];
+}
+
+namespace {
+
+std::atomic<int>& cores_apart_forced() {
+  static std::atomic<int> forced{-1};
+  return forced;
+}
+
+// The median of kSlices slices of kTrips round trips between the team's first and last thread, in
+// ns; a negative value when the two did not meet in time (a thread descheduled, a team of one).
+double team_round_trip_ns(int nthreads) {
+  constexpr int kSlices = 5, kTrips = 8;
+  constexpr long kMaxSpins = 1 << 20;  // ~1 ms: give up rather than wait on a descheduled thread
+  std::atomic<int> turn{0};
+  std::atomic<bool> gave_up{false};
+  double slices[kSlices] = {};
+  bool met = false;
+  const auto wait_for = [&](int t) {
+    for (long spins = 0; turn.load(std::memory_order_acquire) != t; ++spins)
+      if (spins > kMaxSpins || gave_up.load(std::memory_order_relaxed)) {
+        gave_up.store(true);  // the other side stops too
+        return false;
+      }
+    return true;
+  };
+#pragma omp parallel num_threads(nthreads)
+  {
+    const int me = omp_get_thread_num(), last = omp_get_num_threads() - 1;
+    if (last > 0 && me == 0) {
+      met = true;
+      for (int s = 0; s < kSlices && met; ++s) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < kTrips && met; ++i) {
+          const int t = 2 * (s * kTrips + i);
+          turn.store(t + 1, std::memory_order_release);
+          met = wait_for(t + 2);
+        }
+        slices[s] = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / kTrips;
+      }
+    } else if (last > 0 && me == last) {
+      for (int t = 0; t < 2 * kSlices * kTrips && wait_for(t + 1); t += 2) turn.store(t + 2, std::memory_order_release);
+    }
+  }
+  if (!met) return -1;
+  std::nth_element(slices, slices + kSlices / 2, slices + kSlices);
+  return slices[kSlices / 2];
+}
+
+}  // namespace
+
+bool cores_apart(int nthreads) {
+  using clock = std::chrono::steady_clock;
+  const int forced = cores_apart_forced().load();
+  if (nthreads < 2 || forced == 0) return false;
+  if (forced == 1) return true;
+  static std::atomic<bool> apart{false};
+  static std::atomic<clock::rep> next{0};  // when to measure again
+  static std::mutex probing;
+  const clock::time_point now = clock::now();
+  // a call inside a team (nested teams are not started) or beside another probe takes the last answer
+  if (now.time_since_epoch().count() < next.load() || omp_in_parallel() || !probing.try_lock()) return apart.load();
+  const std::lock_guard<std::mutex> hold(probing, std::adopt_lock);
+  const double ns = team_round_trip_ns(nthreads);
+  if (ns >= 0) apart.store(ns >= 250.0);
+  next.store((now + std::chrono::milliseconds(100)).time_since_epoch().count());
+  return apart.load();
+}
+
+void set_cores_apart(int forced) {
+  if (forced < -1 || forced > 1)
+    throw std::invalid_argument("set_cores_apart: forced must be -1 (measure), 0 or 1, got " + std::to_string(forced));
+  cores_apart_forced().store(forced);
 }
 
 template void gemm<float>(index_t, index_t, index_t, const float*, index_t, index_t, const float*, index_t,

@@ -68,6 +68,14 @@ double kernel_gflops(double seconds);
 // which sometimes sit on one die (~80 ns on Zen 5) and sometimes on two (~390 ns); work that
 // shares data between the cores runs slower then (see the benchmark's warnings).
 double core_round_trip_ns(double seconds);
+// Whether a team of `nthreads` has threads on different dies now: a round trip of a cache line
+// between its first and last thread of 250 ns or more (see core_round_trip_ns), measured inside a
+// team of that size at most every 100 ms (a few microseconds each time), else the last answer.
+// Work that the threads share (a copy one fills and both read) runs 1.3-1.5x slower then, where
+// private pieces do not (see gemm_forward). set_cores_apart: -1 measures (the default), 0 or 1
+// answers for every team of 2+ threads from then on (tests; std::invalid_argument otherwise).
+bool cores_apart(int nthreads);
+void set_cores_apart(int forced);
 // Use another kernel set ("auto" = the best this CPU has). Throws std::invalid_argument for a set
 // this CPU or build cannot run. For tests and benchmarks; not meant to race with running ops.
 void set_gemm_isa(const std::string& name);

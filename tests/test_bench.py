@@ -225,6 +225,7 @@ def test_run_spreads_each_case_rounds_over_sweeps_of_the_suite(tmp_path, monkeyp
     assert rounds == [(0, 0), (1, 2), (0, 0), (1, 2), (2, 4), (2, 4), (3, 6), (3, 6)]
     assert not [e for e in log if e[1] == "reference" and e[0] == "round"]  # the oracle, not timed
     assert [(r["contender"], r["status"], r["repeats"]) for r in doc["results"]] == [("cpp", "ok", 6)] * 2
+    assert [r["round_runs"] for r in doc["results"]] == [[2, 2, 2]] * 2  # which sweep each run met
     assert doc["settings"]["timing"]["rounds"] == 3
     assert len(doc["settings"]["sweeps"]) == 3  # the machine's speed and core distance before each
     assert all(w["cpu_gflops"] > 0 for w in doc["settings"]["sweeps"])
@@ -236,6 +237,7 @@ def test_run_spreads_each_case_rounds_over_sweeps_of_the_suite(tmp_path, monkeyp
     assert [e[0] for e in log if e[1] == "cpp"] == ["prepare", "round", "round", "prepare", "round"]
     assert [e[2:] for e in log if e[1] == "cpp" and e[0] == "round"] == [(0, 0), (1, 1), (3, 2)]
     assert doc["results"][0]["repeats"] == 2
+    assert doc["results"][0]["round_runs"] == [1, 0, 1, 0]
 
 
 def _process_state(pid) -> str:
@@ -488,6 +490,14 @@ def test_noise_warnings_name_a_busy_machine_a_speed_change_and_far_cores():
     swept["settings"]["sweeps"] = [dict(cpu_gflops=100.0, core_round_trip_ns=t) for t in (81.0, 402.0, 79.0)]
     far = report.noise_warnings(swept)
     assert len(far) == 1 and "81.0, 402.0, 79.0 at the start of each sweep, 85.0 after" in far[0]
+    # with each run's sweep known (round_runs): each contender's far / near medians, geomean over cases
+    rec = dict(status="ok", contender="cpp", round_runs=[2, 1, 2], times_ms=[1.0, 1.2, 3.0, 1.1, 0.9])
+    swept["results"] = [rec, dict(rec, times_ms=[2.0, 2.0, 2.0, 2.0, 2.0]),
+                        dict(rec, contender="torch/nchw", times_ms=[1.0, 1.0, 1.1, 1.0, 1.0])]
+    assert report.far_over_near(swept) == pytest.approx({"cpp": (3.0 / 1.05 * 1.0) ** 0.5, "torch/nchw": 1.1})
+    far = report.noise_warnings(swept)
+    assert len(far) == 1 and "over the cases: cpp 1.69x, torch/nchw 1.10x)" in far[0]
+    assert report.far_over_near(dict(swept, settings=dict(sweeps=swept["settings"]["sweeps"][::2]))) == {}
 
 
 def test_cpu_speed_is_the_micro_kernel_rate_now():

@@ -63,6 +63,9 @@ FAST_PATHS = [
     Conv("flat_strided_1x1", 3, 8, 9, 11, 5, 1, 1, stride=2),
     Conv("flat_wide_rows", 1, 3, 5, 70, 4, 3, 3, padding=1),
     Conv("flat_many_images_groups", 9, 6, 5, 4, 9, 3, 2, padding=(2, 1), groups=3),
+    # one depth block (147) and output rows wider than a panel (75, junk 3): the forward stores the
+    # tiles within a row in y directly and the straddling ones through a tile, not staged
+    Conv("flat_unstaged_stem", 2, 3, 21, 150, 9, 7, 7, stride=2, padding=3),
     # the weight read in place, except where its rows (forward) or depth steps (stride-1 dgrad) are a
     # multiple of 2 KiB apart, when its panels are packed as the kernel goes (C_in = 512): pointwise,
     # and a 3x3 whose 29 output channels leave a ragged panel in both passes
@@ -1125,6 +1128,50 @@ def test_bands_bit_identical_to_whole_images(c, small_chunks, rng, threads_at_an
                 assert_equal(got, one, f"{c.name} {name} in bands vs whole, {threads} threads")
         assert_equal(banded[2], first[2], f"{c.name} dw in bands, {threads} vs 1 thread")
         assert_close(banded[2], want[2], f"{c.name} dw in bands", scale=scale["dw"])
+
+
+@pytest.fixture
+def cores_apart_restored():
+    yield
+    _cpp.set_cores_apart(-1)
+
+
+def test_cores_apart_probe_and_override(cores_apart_restored):
+    """The probe answers a bool for a team of 2+ (False for one thread); an override answers for
+    every team of 2+ until -1 restores the probe; anything else is a ValueError naming the values."""
+    assert _cpp.cores_apart(1) is False
+    assert _cpp.cores_apart(2) in (True, False)
+    _cpp.set_cores_apart(1)
+    assert (_cpp.cores_apart(2), _cpp.cores_apart(3), _cpp.cores_apart(1)) == (True, True, False)
+    _cpp.set_cores_apart(0)
+    assert _cpp.cores_apart(2) is False
+    with pytest.raises(ValueError, match=r"set_cores_apart: forced must be -1 \(measure\), 0 or 1, got 2"):
+        _cpp.set_cores_apart(2)
+
+
+def test_cores_apart_changes_no_bit(rng, cores_apart_restored):
+    """At batch 1 with a weight over a quarter of a band's copy (590 KB here), the forward runs
+    private bands of rows when the cores sit on different dies and a shared copy when not, and so do
+    the sub-pixel dgrad's phase forwards: the same sums either way, equal to the reference on small
+    integers and bit-identical on random data, on 1, 2 and 3 threads."""
+    c = Conv("bands_when_apart", 1, 128, 56, 56, 128, 3, 3, stride=2, padding=1)
+    assert _cpp.conv2d_dgrad_uses_subpixel(_params(c)) == (_cpp.gemm_isa() == "avx512")
+    for make in (small_ints, randn):
+        x, w, b, dy = _inputs(rng, c, make, np.float32)
+        want = _all_passes(c, x, w, b, dy, "reference")
+        got = {}
+        for threads in (1, 2, 3):
+            for apart in (0, 1):
+                _cpp.set_cores_apart(apart)
+                with num_threads(threads):
+                    got[threads, apart] = _all_passes(c, x, w, b, dy, "cpp")[:2]
+        for key, (y, dx) in got.items():
+            if make is small_ints:
+                assert_equal(y, want[0], f"y, (threads, apart) = {key}")
+                assert_equal(dx, want[1], f"dx, (threads, apart) = {key}")
+            else:
+                assert_equal(y, got[1, 0][0], f"y, (threads, apart) = {key} vs (1, 0)")
+                assert_equal(dx, got[1, 0][1], f"dx, (threads, apart) = {key} vs (1, 0)")
 
 
 @pytest.mark.parametrize("c", [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 from .cases import torch_label
@@ -238,6 +239,28 @@ SPEED_DRIFT = 0.2
 FAR_CORES_NS = 250.0
 
 
+def far_over_near(doc: dict) -> dict[str, float]:
+    """Per contender: its median over the sweeps that began with the cores on different dies over its
+    median over the others, geometric mean over the cases (a sweep's state is taken at its start:
+    the machine can change within one). Empty unless the run had sweeps of both kinds."""
+    far = [(w.get("core_round_trip_ns") or 0) >= FAR_CORES_NS for w in doc["settings"].get("sweeps", [])]
+    if not any(far) or all(far):
+        return {}
+    ratios = {}
+    for r in doc.get("results", []):
+        runs = r.get("round_runs")
+        if r["status"] != "ok" or runs is None or len(runs) != len(far):
+            continue
+        parts = {True: [], False: []}
+        at = 0
+        for n, is_far in zip(runs, far):
+            parts[is_far] += r["times_ms"][at:at + n]
+            at += n
+        if parts[True] and parts[False]:
+            ratios.setdefault(r["contender"], []).append(statistics.median(parts[True]) / statistics.median(parts[False]))
+    return {name: _geomean(v) for name, v in ratios.items()}
+
+
 def noise_warnings(doc: dict) -> list[str]:
     s, found = doc["settings"], []
     load = s.get("load_before")
@@ -260,7 +283,11 @@ def noise_warnings(doc: dict) -> list[str]:
                      + (f"{', '.join(map(str, sweeps))} at the start of each sweep, " if sweeps else "")
                      + f"{s.get('core_round_trip_ns_after')} after; under {FAR_CORES_NS:g} on one die): "
                      f"multi-threaded work that shares data between the cores runs slower then, fastconv's and "
-                     f"PyTorch's alike but not equally; rerun to compare")
+                     f"PyTorch's alike but not equally"
+                     + ("" if not (slower := far_over_near(doc)) else
+                        " (medians in the sweeps begun on two dies over those on one, geometric mean over the "
+                        "cases: " + ", ".join(f"{n} {v:.2f}x" for n, v in slower.items()) + ")")
+                     + "; rerun to compare")
     return found
 
 

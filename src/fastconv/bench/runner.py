@@ -165,6 +165,7 @@ class CaseRun:
         self.records: list[dict | None] = []
         self.ready = []  # (slot in records, worker, verdict) of the contenders to time
         self.times = {}  # id(worker) -> its runs so far (seconds), or "error: why"
+        self.ends = {}  # id(worker) -> {round: its runs so far at the end of that round}
         oracle = oracle or next(w for w in workers if w.contender.name == "reference")
         self.holding = {id(oracle): oracle}  # the workers that hold the case's arrays now
         status, want = oracle.call("prepare", case, seed)
@@ -191,6 +192,7 @@ class CaseRun:
             self.ready.append((len(self.records), w, verdict))
             self.records.append(None)  # filled in once timed
             self.times[id(w)] = []
+            self.ends[id(w)] = {}
 
     def time(self, steps, policy: Policy) -> None:
         """Rounds ``steps`` (1-based) of every verified contender, after a warm-up the first time; a
@@ -216,6 +218,9 @@ class CaseRun:
                     continue  # failed in an earlier round, or warmed up by its preparation
                 status, result = w.call("round", step, self.times[id(w)])
                 self.times[id(w)] = result if status == "ok" else f"error: {result}"
+            for _, w, _ in self.ready if step else ():  # timed now or skipped: where its runs stand
+                if not isinstance(self.times[id(w)], str):
+                    self.ends[id(w)][step] = len(self.times[id(w)])
 
     def release(self) -> None:
         """Every worker that holds the case's arrays lets them go."""
@@ -229,8 +234,12 @@ class CaseRun:
         records = list(self.records)
         for slot, w, verdict in self.ready:
             t = self.times[id(w)]
-            records[slot] = (_record(self.case, w.contender, "error", t.removeprefix("error: ")) if isinstance(t, str)
-                             else _record(self.case, w.contender, "ok", "", verdict, Stats.of(t), t, ceilings))
+            if isinstance(t, str):
+                records[slot] = _record(self.case, w.contender, "error", t.removeprefix("error: "))
+                continue
+            records[slot] = _record(self.case, w.contender, "ok", "", verdict, Stats.of(t), t, ceilings)
+            ends = [self.ends[id(w)][r] for r in sorted(self.ends[id(w)])]
+            records[slot]["round_runs"] = [b - a for a, b in zip([0, *ends], ends)]  # runs of round 1, 2, ...
         return records
 
 
