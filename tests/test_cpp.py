@@ -996,6 +996,41 @@ def test_outputs_come_from_kept_blocks_and_go_back_when_freed():
         _cpp.empty((1 << 40, 1 << 40), np.float32)
 
 
+def test_kept_blocks_go_back_to_the_thread_that_freed_them():
+    """Among kept blocks of one size a thread takes one it freed itself (its lines are in its core's
+    caches), whatever the order they were freed in."""
+    shape, freed, taken = (1 << 18,), {}, {}
+    turn = {name: threading.Event() for name in ("a_free", "b_free", "b_take", "a_take", "done")}
+
+    def worker(me, free_after, free_then, take_after, take_then):
+        block = _cpp.empty(shape, np.float32)
+        block[:] = 0
+        freed[me] = block.ctypes.data
+        turn[free_after].wait(10)
+        del block
+        turn[free_then].set()
+        turn[take_after].wait(10)
+        again = _cpp.empty(shape, np.float32)
+        taken[me] = again.ctypes.data
+        turn[take_then].set()
+        turn["done"].wait(10)
+
+    with _workspace_cache(64 << 20):
+        _cpp.set_workspace_cache_bytes(0)
+        _cpp.set_workspace_cache_bytes(64 << 20)
+        # a frees first, b second; then b takes first: the first-freed block would be a's
+        threads = [threading.Thread(target=worker, args=("a", "a_free", "b_free", "a_take", "done")),
+                   threading.Thread(target=worker, args=("b", "b_free", "b_take", "b_take", "a_take"))]
+        for t in threads:
+            t.start()
+        while len(freed) < 2:
+            time.sleep(0.001)
+        turn["a_free"].set()
+        for t in threads:
+            t.join(20)
+    assert freed["a"] != freed["b"] and taken == freed
+
+
 def test_workspace_bounded_independent_of_batch(rng):
     """No im2col buffer for a whole image or batch: the peak workspace of forward and dgrad stops
     growing with the batch once a chunk of padded input copies (at most 4 MiB: 20 images of this
