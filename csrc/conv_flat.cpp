@@ -461,7 +461,9 @@ void gemm_forward(const ConvShape& s, const T* x, const WeightA<T>& wa, const T*
   // band's copy. Measured (2 threads, Zen 5), bands vs shared: the cores on one die, a 7x7 stride-2
   // 3 -> 64 first layer at 224x224 0.97x, 64 -> 64 stride 2 at 112x112 0.96x; on two dies (two bands
   // a thread) 0.82x and 0.71x; but 128 -> 128 stride 2 at 56x56, whose 590 KB weight each band read
-  // again, 1.06x (one band a thread) and 1.18x (two) on one die, 0.85x on two: it stays shared.
+  // again, 1.06x (one band a thread) and 1.18x (two) on one die, 0.85x on two: it stays shared
+  // unless the cores sit on different dies now (cores_apart, measured as calls come): there it ran
+  // 0.82x the time of the shared copy, and its sub-pixel dgrad, whose phases are such forwards, 0.88x.
   const index_t own = f.identity ? 0 : bound / nthreads / f.image;
   bool alone = nthreads > 1 && !banded && own >= 1 && s.N >= 2 * nthreads;
   index_t chunk = f.identity ? s.N : max_i(1, min_i(s.N, bound / f.image));

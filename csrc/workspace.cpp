@@ -30,12 +30,12 @@ constexpr index_t kDefaultCacheBytes = 0;  // AddressSanitizer sees a use after 
 constexpr index_t kDefaultCacheBytes = index_t(128) << 20;
 #endif
 
-// The free blocks by size; `held` bytes in all, at most `cap` (the smallest blocks leave first).
 struct Kept {
   void* p;
   std::thread::id user;  // the thread that freed it: its lines are in that core's caches
 };
 
+// The free blocks by size; `held` bytes in all, at most `cap` (the smallest blocks leave first).
 struct Cache {
   std::mutex mu;
   std::multimap<std::size_t, Kept> blocks;
