@@ -165,7 +165,7 @@ class CaseRun:
         self.records: list[dict | None] = []
         self.ready = []  # (slot in records, worker, verdict) of the contenders to time
         self.times = {}  # id(worker) -> its runs so far (seconds), or "error: why"
-        self.ends = {}  # id(worker) -> {round: its runs so far at the end of that round}
+        self.ends = {}  # id(worker) -> its runs so far at the end of each round, round 1 first
         oracle = oracle or next(w for w in workers if w.contender.name == "reference")
         self.holding = {id(oracle): oracle}  # the workers that hold the case's arrays now
         status, want = oracle.call("prepare", case, seed)
@@ -192,7 +192,7 @@ class CaseRun:
             self.ready.append((len(self.records), w, verdict))
             self.records.append(None)  # filled in once timed
             self.times[id(w)] = []
-            self.ends[id(w)] = {}
+            self.ends[id(w)] = []
 
     def time(self, steps, policy: Policy) -> None:
         """Rounds ``steps`` (1-based) of every verified contender, after a warm-up the first time; a
@@ -220,7 +220,7 @@ class CaseRun:
                 self.times[id(w)] = result if status == "ok" else f"error: {result}"
             for _, w, _ in self.ready if step else ():  # timed now or skipped: where its runs stand
                 if not isinstance(self.times[id(w)], str):
-                    self.ends[id(w)][step] = len(self.times[id(w)])
+                    self.ends[id(w)].append(len(self.times[id(w)]))
 
     def release(self) -> None:
         """Every worker that holds the case's arrays lets them go."""
@@ -238,7 +238,7 @@ class CaseRun:
                 records[slot] = _record(self.case, w.contender, "error", t.removeprefix("error: "))
                 continue
             records[slot] = _record(self.case, w.contender, "ok", "", verdict, Stats.of(t), t, ceilings)
-            ends = [self.ends[id(w)][r] for r in sorted(self.ends[id(w)])]
+            ends = self.ends[id(w)]
             records[slot]["round_runs"] = [b - a for a, b in zip([0, *ends], ends)]  # runs of round 1, 2, ...
         return records
 
@@ -254,8 +254,8 @@ def run_case(case: Case, workers, policy: Policy, seed: int, progress=None, ceil
 
 class SuiteRun:
     """One run of the suite, driven sweep by sweep: its workers start here, :meth:`sweep` runs
-    round n of every case (the first sweep verifies each case first), :meth:`finish` ends the
-    workers and returns the document. :func:`run` runs every sweep in turn; two SuiteRuns can take
+    round n of every case (the first sweep verifies each case first), :meth:`close` ends the
+    workers and :meth:`document` returns the results. :func:`run` runs every sweep in turn; two SuiteRuns can take
     turns sweep by sweep (their workers stopped while the other's run), so that both meet the same
     phases of the machine (``benchmarks/agreement.py``)."""
 
